@@ -1,0 +1,35 @@
+# The two commands of the README. Both set everything up first, idempotently:
+# Debian packages (Java, Maven) if missing, the venv and Python packages when pyproject.toml
+# changed, the Kafka broker's jars from Maven Central into ~/.cache/steplog (reused).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: demo test setup bench clean
+
+## Set up and run the local stack with the demo, on the embedded defaults.
+demo: setup
+	$(BIN)/steplog demo
+
+## Set up and run the whole test suite (real Kafka broker, real ClickHouse engine).
+test: setup
+	$(BIN)/pytest
+
+setup: $(INSTALLED)
+	@bash scripts/install-system-packages.sh
+	@$(BIN)/steplog broker install
+
+$(INSTALLED): pyproject.toml
+	@bash scripts/install-system-packages.sh
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	@touch $@
+
+## Benchmarks print figures; they are not tests.
+bench: setup
+	$(BIN)/python benchmarks/broker_start.py
+
+clean:
+	rm -rf $(VENV) .steplog

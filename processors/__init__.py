@@ -1,0 +1,1 @@
+"""Stream processors: the pure fold of events into run and step state, and its faust hosts."""

@@ -1,0 +1,352 @@
+"""The sender: hands events to Kafka in the background so callers never wait on the network.
+
+`send()` only appends to an in-memory buffer and returns; a daemon thread with its own asyncio
+loop drains the buffer into an aiokafka producer in chunks. This works the same from sync code
+and from asyncio code (the caller's loop is never used, so a blocked or closed caller loop
+cannot stall delivery).
+
+Guarantees and their limits:
+- Order per key (run_id) is kept: chunks are delivered one after another and a chunk that
+  fails is retried before anything behind it is sent (head-of-line), and the producer is
+  idempotent, so broker-side retries do not reorder or duplicate within a partition.
+- Memory is bounded: when the buffer holds more than `max_buffer_bytes`, the oldest events are
+  dropped and counted (`stats().dropped`). An outage therefore loses the oldest telemetry, never
+  the process.
+- Retriable Kafka errors (broker down, leader moving) are retried forever with exponential
+  backoff and jitter; each failure is reported to `on_error`. Non-retriable ones (a message the
+  broker refuses) drop that chunk's failed events, count them as `failed` and report.
+- On interpreter exit the buffer is flushed for up to `close_timeout` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from pydantic import BaseModel, ConfigDict
+from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
+
+from steplog.errors import EventTooLargeError, SendError
+from steplog.schemas.codec import DEFAULT_MAX_BYTES, encode
+from steplog.schemas.events import Event
+
+ErrorCallback = Callable[[BaseException], None]
+# Kafka's request carries batch headers on top of the event; see also steplog.topics.
+_REQUEST_HEADROOM_BYTES = 64 * 1024
+
+
+class SenderStats(BaseModel):
+    """Counters since the sender was created."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sent: int
+    """Events acknowledged by Kafka."""
+    retried: int
+    """Event deliveries that failed and were tried again (one event may count more than once)."""
+    dropped: int
+    """Oldest events discarded because the buffer was full."""
+    failed: int
+    """Events Kafka refused for good (non-retriable errors)."""
+    buffered: int
+    """Events waiting to be delivered now."""
+    buffered_bytes: int
+
+
+class _Retriable(Exception):
+    """A chunk had retriable failures; tenacity retries the part that failed."""
+
+    def __init__(self, messages: list[tuple[bytes, bytes]]) -> None:
+        super().__init__(f"{len(messages)} events to retry")
+        self.messages = messages
+
+
+class EventSender:
+    """Batches encoded events to one topic; see the module docstring for its guarantees."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        max_buffer_bytes: int = 64 * 1024 * 1024,
+        max_event_bytes: int = DEFAULT_MAX_BYTES,
+        chunk_size: int = 5000,
+        linger_ms: int = 5,
+        on_error: ErrorCallback | None = None,
+        throw_on_send_error: bool = False,
+        close_timeout: float = 10.0,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.max_buffer_bytes = max_buffer_bytes
+        self.max_event_bytes = max_event_bytes
+        self.chunk_size = chunk_size
+        self.linger_ms = linger_ms
+        self.on_error = on_error
+        self.throw_on_send_error = throw_on_send_error
+        self.close_timeout = close_timeout
+
+        self._buffer: deque[tuple[bytes, bytes]] = deque()
+        self._buffered_bytes = 0
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)
+        self._sent = self._retried = self._dropped = self._failed = 0
+        self._pending_errors: list[BaseException] = []
+
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._loop_idle = False
+        self._closing = False
+        self._owner_pid = 0
+
+    # ----------------------------------------------------------------- caller side
+
+    def send_event(self, event: Event) -> None:
+        """Encode and queue an event, keyed by its run id."""
+        self.send(event.run_id.encode(), encode(event, max_bytes=self.max_event_bytes))
+
+    def send(self, key: bytes, value: bytes) -> None:
+        """Queue one encoded event; returns at once. Raises EventTooLargeError for an event
+        over the limit, and SendError for earlier failures when throw_on_send_error is set."""
+        if len(value) > self.max_event_bytes:
+            raise EventTooLargeError(
+                "",
+                f"event is {len(value)} bytes, over the limit of {self.max_event_bytes} "
+                "(STEPLOG_MAX_EVENT_BYTES)",
+            )
+        self._raise_pending_errors()
+        if self._owner_pid != os.getpid():
+            self._start()
+        with self._lock:
+            if self._closing:
+                raise SendError(f"the sender for {self.topic!r} is closed")
+            self._buffer.append((key, value))
+            self._buffered_bytes += len(key) + len(value)
+            while self._buffered_bytes > self.max_buffer_bytes and len(self._buffer) > 1:
+                old_key, old_value = self._buffer.popleft()
+                self._buffered_bytes -= len(old_key) + len(old_value)
+                self._dropped += 1
+            wake = self._loop_idle
+            self._loop_idle = False
+        if wake:
+            # Only an idle loop needs waking; a busy one takes the next chunk by itself. This
+            # keeps the cross-thread call (a pipe write) off the per-event path.
+            assert self._loop is not None and self._wake is not None
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until every queued event is acknowledged (or dropped/failed); False on timeout.
+
+        With throw_on_send_error, raises SendError for failures seen since the last check.
+        """
+        with self._drained:
+            done = self._drained.wait_for(
+                lambda: not self._buffer and not self._in_flight, timeout=timeout
+            )
+        self._raise_pending_errors()
+        return done
+
+    async def flush_async(self, timeout: float | None = 30.0) -> bool:
+        """`flush` for asyncio callers: waits in a worker thread, not on the caller's loop."""
+        return await asyncio.to_thread(self.flush, timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush (for up to `timeout`, default close_timeout) and stop the background thread."""
+        if self._thread is None or self._owner_pid != os.getpid():
+            return
+        self.flush(self.close_timeout if timeout is None else timeout)
+        with self._lock:
+            self._closing = True
+        assert self._loop is not None and self._wake is not None
+        self._loop.call_soon_threadsafe(self._wake.set)
+        self._thread.join(self.close_timeout if timeout is None else timeout)
+        self._thread = None
+
+    def stats(self) -> SenderStats:
+        with self._lock:
+            return SenderStats(
+                sent=self._sent,
+                retried=self._retried,
+                dropped=self._dropped,
+                failed=self._failed,
+                buffered=len(self._buffer),
+                buffered_bytes=self._buffered_bytes,
+            )
+
+    def _raise_pending_errors(self) -> None:
+        if not self.throw_on_send_error or not self._pending_errors:
+            return
+        with self._lock:
+            errors, self._pending_errors = self._pending_errors, []
+        raise SendError(
+            f"{len(errors)} send failure(s) to topic {self.topic!r}; first: {errors[0]!r}"
+        ) from errors[0]
+
+    def _report(self, exc: BaseException) -> None:
+        if self.throw_on_send_error:
+            with self._lock:
+                self._pending_errors.append(exc)
+        if self.on_error is not None:
+            try:
+                self.on_error(exc)
+            except Exception:  # a broken callback must not kill delivery
+                pass
+
+    # ------------------------------------------------------------ background side
+
+    def _start(self) -> None:
+        # Also runs in a forked child (the parent's thread does not exist there): the buffer
+        # copied from the parent belongs to the parent, which delivers it.
+        with self._lock:
+            self._buffer.clear()
+            self._buffered_bytes = 0
+            self._in_flight = 0
+            self._owner_pid = os.getpid()
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run_loop, args=(ready,), name=f"steplog-sender-{self.topic}", daemon=True
+        )
+        self._thread.start()
+        ready.wait()
+        _close_at_exit(self)
+
+    def _run_loop(self, ready: threading.Event) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._wake = asyncio.Event()
+        ready.set()
+        try:
+            self._loop.run_until_complete(self._deliver_forever())
+        finally:
+            self._loop.close()
+
+    async def _deliver_forever(self) -> None:
+        assert self._wake is not None
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            client_id="steplog-sdk",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=self.linger_ms,
+            max_request_size=self.max_event_bytes + _REQUEST_HEADROOM_BYTES,
+        )
+        await self._start_producer(producer)
+        try:
+            while True:
+                chunk = self._take_chunk()
+                if chunk:
+                    await self._deliver(producer, chunk)
+                    continue
+                if self._closing:
+                    return
+                await self._wake.wait()
+                self._wake.clear()
+        finally:
+            await producer.stop()
+
+    async def _start_producer(self, producer: AIOKafkaProducer) -> None:
+        # Every start failure is worth retrying: the broker may simply not be up yet, and
+        # meanwhile events wait in the bounded buffer.
+        async for attempt in AsyncRetrying(
+            wait=wait_exponential_jitter(multiplier=0.2, max=10),
+            retry=retry_if_exception(self._note_start_failure),
+        ):
+            with attempt:
+                await producer.start()
+
+    def _take_chunk(self) -> list[tuple[bytes, bytes]]:
+        with self._lock:
+            count = min(self.chunk_size, len(self._buffer))
+            chunk = [self._buffer.popleft() for _ in range(count)]
+            self._buffered_bytes -= sum(len(k) + len(v) for k, v in chunk)
+            self._in_flight = count
+            if not count:
+                self._loop_idle = True
+                self._drained.notify_all()
+            return chunk
+
+    async def _deliver(self, producer: AIOKafkaProducer, chunk: list[tuple[bytes, bytes]]) -> None:
+        pending = chunk
+        async for attempt in AsyncRetrying(
+            wait=wait_exponential_jitter(multiplier=0.1, max=10),
+            retry=retry_if_exception(lambda exc: isinstance(exc, _Retriable)),
+        ):
+            with attempt:
+                try:
+                    await self._send_chunk(producer, pending)
+                except _Retriable as exc:
+                    pending = exc.messages
+                    with self._lock:
+                        self._retried += len(pending)
+                    raise
+        with self._lock:
+            self._in_flight = 0
+
+    async def _send_chunk(self, producer: AIOKafkaProducer, chunk: list[tuple[bytes, bytes]]) -> None:
+        """Send a chunk and count the outcome; raise _Retriable with what should be retried."""
+        results = await asyncio.gather(
+            *[await self._enqueue(producer, key, value) for key, value in chunk],
+            return_exceptions=True,
+        )
+        retry: list[tuple[bytes, bytes]] = []
+        first_error: BaseException | None = None
+        refused = 0
+        for message, result in zip(chunk, results):
+            if not isinstance(result, BaseException):
+                continue
+            first_error = first_error or result
+            if _is_retriable(result):
+                retry.append(message)
+            else:
+                refused += 1
+        with self._lock:
+            self._sent += len(chunk) - len(retry) - refused
+            self._failed += refused
+            self._in_flight = len(retry)
+        if first_error is not None:
+            self._report(first_error)
+        if retry:
+            raise _Retriable(retry)
+
+    async def _enqueue(
+        self, producer: AIOKafkaProducer, key: bytes, value: bytes
+    ) -> asyncio.Future[object]:
+        """The producer's delivery future; a send refused before queuing becomes a failed
+        future, so one bad event cannot stop the chunk around it."""
+        try:
+            future: asyncio.Future[object] = await producer.send(self.topic, value=value, key=key)
+        except Exception as exc:
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(exc)
+        return future
+
+    def _note_start_failure(self, exc: BaseException) -> bool:
+        self._report(exc)
+        return True
+
+
+def _is_retriable(exc: BaseException) -> bool:
+    if isinstance(exc, KafkaError):
+        return bool(getattr(exc, "retriable", False))
+    return isinstance(exc, (ConnectionError, asyncio.TimeoutError))
+
+
+def _close_at_exit(sender: EventSender) -> None:
+    ref = weakref.ref(sender)
+
+    def close() -> None:
+        alive = ref()
+        if alive is not None:
+            alive.close()
+
+    atexit.register(close)
+

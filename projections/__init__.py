@@ -1,0 +1,1 @@
+"""ClickHouse: the connection, the tables and their migrations, writers and queries."""

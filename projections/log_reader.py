@@ -1,0 +1,78 @@
+"""Reading a topic from its first offset to the end it had when reading began.
+
+The end is fixed up front (the high watermark of every partition), so a reader of a busy topic
+finishes instead of chasing new messages; that is what replay and the demo's read-back need.
+No consumer group is joined and no offset committed: reading the log never disturbs the
+processors' own positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from steplog.errors import TopicError
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+
+
+async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
+    """The partition numbers of a topic; TopicError when it does not exist."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if described["error_code"] or not described["partitions"]:
+        raise TopicError(f"topic {topic!r} does not exist (run `steplog topics ensure`)")
+    return sorted(p["partition"] for p in described["partitions"])
+
+
+async def read_log(
+    bootstrap: str, topic: str, *, fetch_max_bytes: int = 50 * 1024 * 1024
+) -> AsyncIterator[LogRecord]:
+    """Yield every record of `topic` up to its current end, partition by partition in
+    offset order (records of different partitions interleave)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_bytes=fetch_max_bytes,
+        max_partition_fetch_bytes=fetch_max_bytes,
+    )
+    partitions = await topic_partitions(bootstrap, topic)
+    await consumer.start()
+    try:
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        ends = await consumer.end_offsets(assigned)
+        remaining = {tp for tp in assigned if ends[tp] > await consumer.position(tp)}
+        while remaining:
+            batches = await consumer.getmany(*remaining, timeout_ms=1000)
+            for tp, messages in batches.items():
+                for message in messages:
+                    if message.offset >= ends[tp]:
+                        break
+                    yield LogRecord(
+                        partition=tp.partition,
+                        offset=message.offset,
+                        key=message.key,
+                        value=message.value,
+                        timestamp_ms=message.timestamp,
+                    )
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()

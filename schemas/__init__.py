@@ -1,0 +1,18 @@
+"""Steplog's wire vocabulary: event, signal and command models, statuses, topic names.
+
+Depends on nothing else of Steplog's (but the error hierarchy), so other languages' SDKs and
+every layer can share it.
+
+- `statuses`: RunStatus, StepStatus, parse_step_status (ours and the seed SDKs' words).
+- `base`: the strict WireModel base, shared field types, ErrorInfo, TriggerInfo.
+- `events`: run and step events on the events topic; `Event` is their discriminated union.
+- `signals`: `Signal`, a named event on the signals topic.
+- `commands`: start / resume / cancel instructions for workers; `Command`.
+- `dead_letters`: `DeadLetter`, an unusable message kept with the reason.
+- `codec`: bytes <-> models (encode, decode_*, validate_*), with one clear error per message.
+- `golden`, `export`: golden examples and JSON Schemas, written to `examples/` and `json/`.
+- `topics`: topic names and their keys.
+
+Nothing is re-exported here on purpose: `steplog.settings` imports `topics`, and keeping this
+module empty keeps that import from pulling in pydantic models (and any import cycle with them).
+"""

@@ -1,0 +1,281 @@
+"""Bytes on a topic <-> wire models, with one clear error for anything that is not valid.
+
+Decoding is on the processors' hot path (about 100k events/s), so a valid message costs exactly
+one `TypeAdapter.validate_json` call: no pre-parse, no size of anything but `len(data)`. Only
+when that call fails does `_diagnose` look again, slowly, to turn pydantic's report into one
+InvalidEventError a person can act on (it goes into the dead letter's `reason`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails, PydanticSerializationError, from_json, to_json
+
+from steplog.errors import EventTooLargeError, InvalidEventError
+
+from .base import SCHEMA_VERSION, WireModel, models_by_type
+from .commands import Command
+from .dead_letters import DeadLetter
+from .events import Event
+from .signals import Signal
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "SCHEMA_VERSION",
+    "decode_command",
+    "decode_dead_letter",
+    "decode_event",
+    "decode_signal",
+    "encode",
+    "validate_command",
+    "validate_event",
+    "validate_signal",
+]
+
+DEFAULT_MAX_BYTES = 1024 * 1024
+"""Largest encoded message accepted; Kafka's default message limit is about the same."""
+
+# The setting that changes the limit, named in errors; this layer does not import the settings.
+_LIMIT_SETTING = "STEPLOG_MAX_EVENT_BYTES"
+_VALUE_REPR_CHARS = 80
+
+MessageT = TypeVar("MessageT")
+
+
+@dataclass(frozen=True)
+class _MessageKind(Generic[MessageT]):
+    """What a decoder needs to know about one kind of message (event, signal, ...)."""
+
+    noun: str
+    adapter: TypeAdapter[MessageT]
+    models: Mapping[str, type[WireModel]]
+    """Each accepted `type` tag and its model."""
+
+    @property
+    def tagged(self) -> bool:
+        # pydantic prefixes error locations inside a discriminated union with the tag.
+        return len(self.models) > 1
+
+
+def _kind(noun: str, adapter: TypeAdapter[MessageT], message_type: Any) -> _MessageKind[MessageT]:
+    return _MessageKind(noun, adapter, models_by_type(message_type))
+
+
+_EVENTS = _kind("event", TypeAdapter[Event](Event), Event)
+_SIGNALS = _kind("signal", TypeAdapter(Signal), Signal)
+_COMMANDS = _kind("command", TypeAdapter[Command](Command), Command)
+_DEAD_LETTERS = _kind("dead letter", TypeAdapter(DeadLetter), DeadLetter)
+
+
+# --- encoding -------------------------------------------------------------------------------
+
+
+def encode(message: WireModel, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """Compact UTF-8 JSON of `message`; EventTooLargeError if it is over `max_bytes`.
+
+    Checked here so that the producer's caller hears about it, not a broker rejecting a batch
+    later (where one oversized event would fail its neighbours too).
+    """
+    # The model's own serializer writes bytes directly (model_dump_json would decode to str).
+    data: bytes = message.__pydantic_serializer__.to_json(message)
+    if len(data) > max_bytes:
+        tag = getattr(message, "type", type(message).__name__)
+        raise EventTooLargeError(
+            "",
+            f"encoded {tag} is {len(data)} bytes, over the limit of {max_bytes} bytes; "
+            f"shrink its input, output or metadata, or raise {_LIMIT_SETTING}",
+        )
+    return data
+
+
+# --- decoding -------------------------------------------------------------------------------
+
+
+def decode_event(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Event:
+    """The event in `data`; InvalidEventError (or EventTooLargeError) naming what is wrong."""
+    return _decode(_EVENTS, data, max_bytes)
+
+
+def decode_signal(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Signal:
+    return _decode(_SIGNALS, data, max_bytes)
+
+
+def decode_command(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Command:
+    return _decode(_COMMANDS, data, max_bytes)
+
+
+def decode_dead_letter(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> DeadLetter:
+    return _decode(_DEAD_LETTERS, data, max_bytes)
+
+
+def validate_event(mapping: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Event:
+    """The event in a Python mapping (e.g. a parsed HTTP body), with decode_event's rules.
+
+    The mapping goes through JSON on purpose: a parsed JSON body then means exactly what the
+    same bytes on the topic would (ISO strings are timestamps, "2" is not an attempt), and
+    Python values (datetimes, enum members, models) are written the way `encode` writes them.
+    """
+    return _decode(_EVENTS, _mapping_to_json(mapping), max_bytes)
+
+
+def validate_signal(mapping: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Signal:
+    return _decode(_SIGNALS, _mapping_to_json(mapping), max_bytes)
+
+
+def validate_command(
+    mapping: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Command:
+    return _decode(_COMMANDS, _mapping_to_json(mapping), max_bytes)
+
+
+def _mapping_to_json(mapping: Mapping[str, Any]) -> bytes:
+    if not isinstance(mapping, Mapping):
+        raise InvalidEventError("", f"expected a mapping, got {type(mapping).__name__}")
+    try:
+        return to_json(dict(mapping))
+    except PydanticSerializationError as exc:
+        raise InvalidEventError("", f"not JSON-serializable: {exc}") from None
+
+
+def _decode(kind: _MessageKind[MessageT], data: bytes, max_bytes: int) -> MessageT:
+    # Size first, from len() alone: parsing a 50 MB value only to refuse it is the cost the
+    # limit is there to avoid.
+    if len(data) > max_bytes:
+        raise EventTooLargeError(
+            "",
+            f"{kind.noun} is {len(data)} bytes, over the limit of {max_bytes} bytes "
+            f"(set by {_LIMIT_SETTING})",
+        )
+    try:
+        return kind.adapter.validate_json(data)
+    except ValidationError as exc:
+        # `from None`: the InvalidEventError already says everything pydantic's report did.
+        raise _diagnose(kind, data, exc) from None
+
+
+# --- diagnosis (only for invalid input) -----------------------------------------------------
+
+
+def _diagnose(kind: _MessageKind[Any], data: bytes, exc: ValidationError) -> InvalidEventError:
+    """One error for an invalid message, checking in the order a reader would fix things:
+    bytes, JSON, object, type, schema_version, then the first field pydantic complained about.
+    """
+    errors = exc.errors(include_url=False)
+    if errors and errors[0]["type"] == "json_invalid":
+        return _undecodable(data, errors[0])
+    try:
+        document = from_json(data)
+    except ValueError as bad:  # valid to the validator's parser, too deep for this one
+        return InvalidEventError("", f"not JSON: {bad}")
+    problem = _envelope_problem(kind, document)
+    if problem is not None:
+        return problem
+    return _field_problem(kind, document, errors[0])
+
+
+def _undecodable(data: bytes, error: ErrorDetails) -> InvalidEventError:
+    where = error.get("ctx", {}).get("error", error["msg"])
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        byte = data[bad.start : bad.start + 1].hex()
+        return InvalidEventError(
+            "", f"not UTF-8: byte 0x{byte} at offset {bad.start} ({bad.reason}); JSON: {where}"
+        )
+    return InvalidEventError("", f"not JSON: {where}")
+
+
+def _envelope_problem(kind: _MessageKind[Any], document: Any) -> InvalidEventError | None:
+    if not isinstance(document, dict):
+        return InvalidEventError(
+            "", f"expected a JSON object ({kind.noun}), got {_json_kind(document)}"
+        )
+    known = ", ".join(kind.models)
+    if "type" not in document:
+        return InvalidEventError("type", f"missing; expected one of {known}")
+    if not isinstance(document["type"], str) or document["type"] not in kind.models:
+        return InvalidEventError(
+            "type", f"unknown {kind.noun} type {_shown(document['type'])}; expected one of {known}"
+        )
+    # Before any other field: a message from a newer producer fails on many fields, and only
+    # this one says why. A missing version reads as 1 (the first version).
+    version = document.get("schema_version", SCHEMA_VERSION)
+    if type(version) is not int or version != SCHEMA_VERSION:
+        return InvalidEventError(
+            "schema_version",
+            f"unsupported version {_shown(version)}; this build reads version {SCHEMA_VERSION}",
+        )
+    return None
+
+
+def _field_problem(
+    kind: _MessageKind[Any], document: Any, error: ErrorDetails
+) -> InvalidEventError:
+    """The InvalidEventError for one pydantic error: the one place errors are worded."""
+    location = list(error["loc"])
+    if kind.tagged and location and location[0] in kind.models:
+        location = location[1:]
+    field = ".".join(str(part) for part in location)
+    match error["type"]:
+        case "missing":
+            problem = "required field is missing"
+        case "extra_forbidden":
+            problem = f"unknown field (value {_shown(error['input'])})"
+            allowed = _fields_at(kind, document, location[:-1])
+            if allowed:
+                problem += f"; expected one of {', '.join(allowed)}"
+        case "timezone_aware":
+            problem = (
+                f"timestamp has no UTC offset, got {_shown(error['input'])}; "
+                "add one, e.g. 'Z' or '+00:00'"
+            )
+        case _:
+            problem = f"{error['msg']}, got {_shown(error['input'])}"
+    return InvalidEventError(field, problem)
+
+
+def _fields_at(kind: _MessageKind[Any], document: Any, location: list[Any]) -> list[str]:
+    """The field names of the model at `location` inside the message, or [] if not a model."""
+    model: type[BaseModel] | None = kind.models.get(document.get("type", ""))
+    for part in location:
+        if model is None or part not in model.model_fields:
+            return []
+        model = _model_in(model.model_fields[part].annotation)
+    return list(model.model_fields) if model is not None else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    # A nested field is either a model or `Model | None`.
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for member in getattr(annotation, "__args__", ()):
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            return member
+    return None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    if len(text) > _VALUE_REPR_CHARS:
+        text = text[: _VALUE_REPR_CHARS - 3] + "..."
+    return text
+
+
+def _json_kind(value: Any) -> str:
+    match value:
+        case list():
+            return "an array"
+        case str():
+            return "a string"
+        case bool():
+            return "a boolean"
+        case int() | float():
+            return "a number"
+        case None:
+            return "null"
+        case _:
+            return type(value).__name__

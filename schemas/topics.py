@@ -1,0 +1,32 @@
+"""Topic names and what each topic is keyed by.
+
+Keys decide ordering: Kafka orders messages only within a partition, and a key always maps to
+the same partition, so everything that must be seen in order shares a key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    """The four topics under one prefix (`steplog.` by default)."""
+
+    events: str
+    """Run and step events; key = run_id, so a run's events stay in order."""
+    signals: str
+    """Named events from outside or from `emit`; key = event name."""
+    commands: str
+    """Start / resume / cancel instructions for workers; key = run_id."""
+    dlq: str
+    """Dead letters: messages a processor could not use, with the reason; key = source key."""
+
+    @classmethod
+    def with_prefix(cls, prefix: str) -> TopicNames:
+        return cls(
+            events=f"{prefix}events",
+            signals=f"{prefix}signals",
+            commands=f"{prefix}commands",
+            dlq=f"{prefix}dlq",
+        )

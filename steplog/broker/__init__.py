@@ -1,0 +1,13 @@
+"""A real Apache Kafka broker (KRaft, one node) on this machine, installed from Maven Central.
+
+    with LocalBroker.from_settings(load_settings()) as broker:
+        ...  # clients connect to broker.bootstrap
+
+`ensure_kafka_jars` (install.py) fetches the broker's jars once into the cache; `LocalBroker`
+(process.py) formats, starts, probes and stops one node over a data dir.
+"""
+
+from steplog.broker.install import ensure_kafka_jars, kafka_libs_dir
+from steplog.broker.process import BrokerStatus, LocalBroker
+
+__all__ = ["BrokerStatus", "LocalBroker", "ensure_kafka_jars", "kafka_libs_dir"]

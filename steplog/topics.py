@@ -1,0 +1,157 @@
+"""Creating Steplog's topics with the shapes the settings ask for (`steplog topics ensure`).
+
+Idempotent: missing topics are created; existing ones keep their data and get their configs
+brought in line (other dynamic configs an operator set are kept). Partition counts are never
+changed automatically: adding partitions re-maps keys to partitions, and per-run ordering (key =
+run_id) would break for runs in flight, so a mismatch is an error that says what to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from steplog.errors import TopicError
+from steplog.settings import Settings, env_name
+
+_TOPIC_ALREADY_EXISTS = 36
+_DYNAMIC_TOPIC_CONFIG = 1  # DescribeConfigs config_source for a per-topic override
+# Kafka counts record-batch overhead against max.message.bytes; leave room above the largest
+# event so that an event at exactly the limit still fits in a batch of one.
+_BATCH_HEADROOM_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    partitions_setting: str
+    """The settings field that chooses the partition count (for error messages)."""
+    replication_factor: int
+    configs: dict[str, str] = field(default_factory=dict)
+
+
+class TopicOutcome(StrEnum):
+    CREATED = "created"
+    UNCHANGED = "unchanged"
+    CONFIGS_UPDATED = "configs updated"
+
+
+@dataclass(frozen=True)
+class TopicReport:
+    name: str
+    partitions: int
+    outcome: TopicOutcome
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """The four topics with partitions, replication and configs from the settings."""
+    names = settings.topics
+    message_bytes = str(settings.max_event_bytes + _BATCH_HEADROOM_BYTES)
+
+    def spec(name: str, setting: str, retention_ms: int) -> TopicSpec:
+        return TopicSpec(
+            name=name,
+            partitions=int(getattr(settings, setting)),
+            partitions_setting=setting,
+            replication_factor=settings.replication_factor,
+            configs={
+                "cleanup.policy": "delete",
+                "retention.ms": str(retention_ms),
+                "max.message.bytes": message_bytes,
+            },
+        )
+
+    log_retention = settings.log_retention_ms
+    return [
+        spec(names.events, "events_partitions", log_retention),
+        spec(names.signals, "signals_partitions", log_retention),
+        spec(names.commands, "commands_partitions", log_retention),
+        spec(names.dlq, "dlq_partitions", settings.dlq_retention_ms),
+    ]
+
+
+async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[TopicReport]:
+    """Create missing topics and align configs of existing ones; raise TopicError on a
+    partition-count mismatch or a broker refusal."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="steplog-topics")
+    await admin.start()
+    try:
+        response = await admin.create_topics(
+            [NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.configs)
+             for s in specs]
+        )
+        created = set()
+        for result in response.to_object()["topic_errors"]:
+            if result["error_code"] == 0:
+                created.add(result["topic"])
+            elif result["error_code"] != _TOPIC_ALREADY_EXISTS:
+                raise TopicError(
+                    f"cannot create topic {result['topic']!r}: {result['error_message']} "
+                    f"(Kafka error {result['error_code']})"
+                )
+        existing = [s for s in specs if s.name not in created]
+        reports = [TopicReport(s.name, s.partitions, TopicOutcome.CREATED)
+                   for s in specs if s.name in created]
+        if existing:
+            reports += await _align_existing(admin, existing)
+        return sorted(reports, key=lambda r: [s.name for s in specs].index(r.name))
+    finally:
+        await admin.close()
+
+
+async def _align_existing(admin: AIOKafkaAdminClient, specs: list[TopicSpec]) -> list[TopicReport]:
+    described = {t["topic"]: t for t in await admin.describe_topics([s.name for s in specs])}
+    for spec in specs:
+        actual = len(described[spec.name]["partitions"])
+        if actual != spec.partitions:
+            raise TopicError(
+                f"topic {spec.name!r} has {actual} partitions but "
+                f"{env_name(spec.partitions_setting)} asks for {spec.partitions}. Steplog does "
+                "not change partition counts (keys would move and per-run order break): set "
+                f"{env_name(spec.partitions_setting)}={actual}, or use a new "
+                "STEPLOG_TOPIC_PREFIX and replay into it"
+            )
+    current = await _dynamic_configs(admin, [s.name for s in specs])
+    stale = [s for s in specs if any(current[s.name].get(k) != v for k, v in s.configs.items())]
+    if stale:
+        # AlterConfigs replaces a topic's whole set of overrides, so send ours merged over the
+        # ones already there to keep an operator's own settings.
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, s.name, {**current[s.name], **s.configs})
+             for s in stale]
+        )
+    stale_names = {s.name for s in stale}
+    return [
+        TopicReport(
+            s.name,
+            s.partitions,
+            TopicOutcome.CONFIGS_UPDATED if s.name in stale_names else TopicOutcome.UNCHANGED,
+        )
+        for s in specs
+    ]
+
+
+async def _dynamic_configs(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, dict[str, str]]:
+    responses = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+    )
+    configs: dict[str, dict[str, str]] = {name: {} for name in names}
+    for response in responses:
+        resource: dict[str, Any]
+        for resource in response.to_object()["resources"]:
+            if resource["error_code"]:
+                raise TopicError(
+                    f"cannot read configs of topic {resource['resource_name']!r}: "
+                    f"{resource['error_message']}"
+                )
+            configs[resource["resource_name"]] = {
+                entry["config_names"]: entry["config_value"]
+                for entry in resource["config_entries"]
+                if entry["config_source"] == _DYNAMIC_TOPIC_CONFIG
+            }
+    return configs
