@@ -12,9 +12,11 @@ INSTALLED := $(VENV)/.installed
 demo: setup
 	$(BIN)/steplog demo
 
-## Set up and run the whole test suite (real Kafka broker, real ClickHouse engine).
+## Set up and run the whole test suite (real Kafka broker, real ClickHouse engine), then
+## mypy --strict over the package, tests and benchmarks.
 test: setup
 	$(BIN)/pytest
+	bash scripts/typecheck.sh
 
 setup: $(INSTALLED)
 	@bash scripts/install-system-packages.sh

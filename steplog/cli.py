@@ -17,8 +17,13 @@ from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 
+from steplog.broker import LocalBroker, ensure_kafka_jars
+from steplog.demo import run_demo
 from steplog.errors import SteplogError
-from steplog.settings import Settings, env_name, load_settings
+from steplog.projections.clickhouse import open_clickhouse
+from steplog.projections.migrations import migrate
+from steplog.settings import env_name, load_settings
+from steplog.topics import ensure_topics, topic_specs
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -56,18 +61,14 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def _local_broker(settings: Settings, port: int | None, data_dir: Path | None):  # type: ignore[no-untyped-def]
-    from steplog.broker import LocalBroker
-
-    return LocalBroker.from_settings(settings, data_dir=data_dir, port=port)
+def _local_broker(port: int | None, data_dir: Path | None) -> LocalBroker:
+    return LocalBroker.from_settings(load_settings(), data_dir=data_dir, port=port)
 
 
 @broker_app.command("install")
 @reports_errors
 def broker_install() -> None:
     """Resolve the broker's jars from Maven Central into the cache (reused afterwards)."""
-    from steplog.broker import ensure_kafka_jars
-
     settings = load_settings()
     libs = ensure_kafka_jars(settings.kafka_version, settings.cache_dir)
     typer.echo(f"Kafka {settings.kafka_version} jars ready in {libs}")
@@ -77,7 +78,7 @@ def broker_install() -> None:
 @reports_errors
 def broker_start(port: PortOption = None, data_dir: DataDirOption = None) -> None:
     """Start the broker in the background and wait until it answers."""
-    broker = _local_broker(load_settings(), port, data_dir)
+    broker = _local_broker(port, data_dir)
     broker.start()
     typer.echo(f"Kafka broker running on {broker.bootstrap} (data in {broker.data_dir})")
 
@@ -86,7 +87,7 @@ def broker_start(port: PortOption = None, data_dir: DataDirOption = None) -> Non
 @reports_errors
 def broker_stop(port: PortOption = None, data_dir: DataDirOption = None) -> None:
     """Stop the broker started from this data dir."""
-    broker = _local_broker(load_settings(), port, data_dir)
+    broker = _local_broker(port, data_dir)
     broker.stop()
     typer.echo("Kafka broker stopped")
 
@@ -95,7 +96,7 @@ def broker_stop(port: PortOption = None, data_dir: DataDirOption = None) -> None
 @reports_errors
 def broker_status(port: PortOption = None, data_dir: DataDirOption = None) -> None:
     """Print the broker's status; exit 1 when it is not running."""
-    status = _local_broker(load_settings(), port, data_dir).status()
+    status = _local_broker(port, data_dir).status()
     typer.echo(status.model_dump_json(indent=2))
     if not status.running:
         raise typer.Exit(1)
@@ -105,8 +106,6 @@ def broker_status(port: PortOption = None, data_dir: DataDirOption = None) -> No
 @reports_errors
 def topics_ensure() -> None:
     """Create the topics (idempotent) and align their configs with the settings."""
-    from steplog.topics import ensure_topics, topic_specs
-
     settings = load_settings()
     for report in asyncio.run(ensure_topics(settings.kafka_bootstrap, topic_specs(settings))):
         typer.echo(f"{report.name:<40} {report.partitions:>4} partitions  {report.outcome}")
@@ -116,9 +115,6 @@ def topics_ensure() -> None:
 @reports_errors
 def migrate_tables() -> None:
     """Create or upgrade Steplog's ClickHouse tables (idempotent)."""
-    from steplog.projections.clickhouse import open_clickhouse
-    from steplog.projections.migrations import migrate
-
     settings = load_settings()
     applied = migrate(open_clickhouse(settings.clickhouse_dsn), settings.clickhouse_database)
     for migration in applied:
@@ -141,10 +137,4 @@ def demo(
     runs: Annotated[int, typer.Option(help="How many demo runs to send.")] = 5,
 ) -> None:
     """Start the local stack, send demo events through the SDK's sender and read them back."""
-    from steplog.demo import run_demo
-
     run_demo(load_settings(), runs=runs, out=sys.stdout)
-
-
-def main() -> None:
-    app()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -34,7 +35,7 @@ def step_events(project: str) -> list[Event]:
     events: list[Event] = []
     for index in range(EVENTS):
         run, seq = index % RUNS, index // RUNS
-        common = dict(
+        common: dict[str, Any] = dict(
             event_id=new_event_id(),
             project=project,
             flow="checkout",
