@@ -25,8 +25,9 @@ setup: $(INSTALLED)
 $(INSTALLED): pyproject.toml
 	@bash scripts/install-system-packages.sh
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	@echo "installing Python packages into $(VENV) (log: $(VENV)/pip.log)"
+	@$(BIN)/pip install --upgrade pip > $(VENV)/pip.log 2>&1 || (cat $(VENV)/pip.log; exit 1)
+	@$(BIN)/pip install -e ".[dev]" >> $(VENV)/pip.log 2>&1 || (cat $(VENV)/pip.log; exit 1)
 	@touch $@
 
 ## Benchmarks print figures; they are not tests.

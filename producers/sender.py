@@ -31,7 +31,13 @@ from collections.abc import Callable
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ConfigDict
-from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    RetryError,
+    retry_if_exception,
+    wait_exponential_jitter,
+)
 
 from steplog.errors import EventTooLargeError, SendError
 from steplog.schemas.codec import DEFAULT_MAX_BYTES, encode
@@ -239,7 +245,10 @@ class EventSender:
             linger_ms=self.linger_ms,
             max_request_size=self.max_event_bytes + _REQUEST_HEADROOM_BYTES,
         )
-        await self._start_producer(producer)
+        if not await self._start_producer(producer):
+            self._abandon_buffer()
+            await producer.stop()  # releases the half-opened client
+            return
         try:
             while True:
                 chunk = self._take_chunk()
@@ -253,15 +262,33 @@ class EventSender:
         finally:
             await producer.stop()
 
-    async def _start_producer(self, producer: AIOKafkaProducer) -> None:
+    async def _start_producer(self, producer: AIOKafkaProducer) -> bool:
+        """Connect, retrying until it works or the sender is closed (then False)."""
         # Every start failure is worth retrying: the broker may simply not be up yet, and
         # meanwhile events wait in the bounded buffer.
-        async for attempt in AsyncRetrying(
-            wait=wait_exponential_jitter(multiplier=0.2, max=10),
-            retry=retry_if_exception(self._note_start_failure),
-        ):
-            with attempt:
-                await producer.start()
+        try:
+            async for attempt in AsyncRetrying(
+                wait=wait_exponential_jitter(multiplier=0.2, max=10, jitter=0.5),
+                retry=retry_if_exception(self._note_start_failure),
+                stop=self._stop_when_closing,
+            ):
+                with attempt:
+                    await producer.start()
+        except RetryError:
+            return False
+        return True
+
+    def _stop_when_closing(self, _: RetryCallState) -> bool:
+        return self._closing
+
+    def _abandon_buffer(self) -> None:
+        """Closed while Kafka is unreachable: what is left counts as failed, not sent."""
+        with self._lock:
+            self._failed += len(self._buffer) + self._in_flight
+            self._buffer.clear()
+            self._buffered_bytes = 0
+            self._in_flight = 0
+            self._drained.notify_all()
 
     def _take_chunk(self) -> list[tuple[bytes, bytes]]:
         with self._lock:
@@ -276,18 +303,22 @@ class EventSender:
 
     async def _deliver(self, producer: AIOKafkaProducer, chunk: list[tuple[bytes, bytes]]) -> None:
         pending = chunk
-        async for attempt in AsyncRetrying(
-            wait=wait_exponential_jitter(multiplier=0.1, max=10),
-            retry=retry_if_exception(lambda exc: isinstance(exc, _Retriable)),
-        ):
-            with attempt:
-                try:
-                    await self._send_chunk(producer, pending)
-                except _Retriable as exc:
-                    pending = exc.messages
-                    with self._lock:
-                        self._retried += len(pending)
-                    raise
+        try:
+            async for attempt in AsyncRetrying(
+                wait=wait_exponential_jitter(multiplier=0.1, max=10, jitter=0.5),
+                retry=retry_if_exception(lambda exc: isinstance(exc, _Retriable)),
+                stop=self._stop_when_closing,
+            ):
+                with attempt:
+                    try:
+                        await self._send_chunk(producer, pending)
+                    except _Retriable as exc:
+                        pending = exc.messages
+                        with self._lock:
+                            self._retried += len(pending)
+                        raise
+        except RetryError:
+            self._abandon_buffer()
         with self._lock:
             self._in_flight = 0
 

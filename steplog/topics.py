@@ -8,6 +8,8 @@ run_id) would break for runs in flight, so a mismatch is an error that says what
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -75,9 +77,11 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     ]
 
 
-async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[TopicReport]:
+async def ensure_topics(
+    bootstrap: str, specs: list[TopicSpec], *, timeout: float = 30.0
+) -> list[TopicReport]:
     """Create missing topics and align configs of existing ones; raise TopicError on a
-    partition-count mismatch or a broker refusal."""
+    partition-count mismatch or a broker refusal. Returns once every topic is usable."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="steplog-topics")
     await admin.start()
     try:
@@ -94,20 +98,44 @@ async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[TopicRep
                     f"cannot create topic {result['topic']!r}: {result['error_message']} "
                     f"(Kafka error {result['error_code']})"
                 )
+        partitions = await _partition_counts(admin, [s.name for s in specs], timeout)
         existing = [s for s in specs if s.name not in created]
         reports = [TopicReport(s.name, s.partitions, TopicOutcome.CREATED)
                    for s in specs if s.name in created]
         if existing:
-            reports += await _align_existing(admin, existing)
+            reports += await _align_existing(admin, existing, partitions)
         return sorted(reports, key=lambda r: [s.name for s in specs].index(r.name))
     finally:
         await admin.close()
 
 
-async def _align_existing(admin: AIOKafkaAdminClient, specs: list[TopicSpec]) -> list[TopicReport]:
-    described = {t["topic"]: t for t in await admin.describe_topics([s.name for s in specs])}
+async def _partition_counts(
+    admin: AIOKafkaAdminClient, names: list[str], timeout: float
+) -> dict[str, int]:
+    """Partition counts once every topic shows its partitions in the metadata.
+
+    A topic just created (here or by a concurrent caller) exists before its partitions appear
+    in the broker's metadata; callers of `ensure_topics` expect usable topics, so wait.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        described = await admin.describe_topics(names)
+        counts = {t["topic"]: len(t["partitions"]) for t in described if not t["error_code"]}
+        if all(counts.get(name) for name in names):
+            return counts
+        if time.monotonic() > deadline:
+            missing = sorted(name for name in names if not counts.get(name))
+            raise TopicError(f"topics {missing} have no partitions after {timeout:.0f}s")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+async def _align_existing(
+    admin: AIOKafkaAdminClient, specs: list[TopicSpec], partitions: dict[str, int]
+) -> list[TopicReport]:
     for spec in specs:
-        actual = len(described[spec.name]["partitions"])
+        actual = partitions[spec.name]
         if actual != spec.partitions:
             raise TopicError(
                 f"topic {spec.name!r} has {actual} partitions but "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,11 +41,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def announce(config: pytest.Config, line: str) -> None:
+    """Write to the test log even with output capture on: CI's log must show the real
+    components being started and used."""
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    assert capture is not None
+    with capture.global_and_fixture_disabled():
+        print(line, flush=True)
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def kafka_bootstrap(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[str]:
     """The bootstrap address of a real Kafka broker for the whole run."""
     existing = os.environ.get("STEPLOG_TEST_KAFKA_BOOTSTRAP")
     if existing:
+        announce(pytestconfig, f"using the Kafka broker at {existing}")
         yield existing
         return
     base = load_settings()
@@ -55,20 +68,28 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         version=base.kafka_version,
         cache_dir=base.cache_dir,
     )
+    began = time.perf_counter()
     broker.start()
-    print(f"\nstarted Kafka {base.kafka_version} on {broker.bootstrap}")
+    announce(
+        pytestconfig,
+        f"\nstarted Kafka {base.kafka_version} (KRaft) on {broker.bootstrap} "
+        f"in {time.perf_counter() - began:.1f}s, data in {broker.data_dir}",
+    )
     try:
         yield broker.bootstrap
     finally:
         broker.stop()
+        announce(pytestconfig, f"\nstopped Kafka on {broker.bootstrap}")
 
 
 @pytest.fixture(scope="session")
-def clickhouse_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
+def clickhouse_dsn(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> str:
     """The ClickHouse DSN for the whole run: the embedded engine unless a server is named."""
-    return os.environ.get("STEPLOG_TEST_CLICKHOUSE_DSN") or (
+    dsn = os.environ.get("STEPLOG_TEST_CLICKHOUSE_DSN") or (
         f"chdb://{tmp_path_factory.mktemp('clickhouse')}"
     )
+    announce(pytestconfig, f"ClickHouse for this run: {dsn}")
+    return dsn
 
 
 @pytest.fixture
