@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class TopicNames:
-    """The four topics under one prefix (`steplog.` by default)."""
+    """The topics under one prefix (`steplog.` by default)."""
 
     events: str
     """Run and step events; key = run_id, so a run's events stay in order."""
@@ -21,6 +21,8 @@ class TopicNames:
     """Start / resume / cancel instructions for workers; key = run_id."""
     dlq: str
     """Dead letters: messages a processor could not use, with the reason; key = source key."""
+    flows: str
+    """Flow definitions (compacted: the latest per key); key = "<project>/<slug>"."""
 
     @classmethod
     def with_prefix(cls, prefix: str) -> TopicNames:
@@ -29,4 +31,5 @@ class TopicNames:
             signals=f"{prefix}signals",
             commands=f"{prefix}commands",
             dlq=f"{prefix}dlq",
+            flows=f"{prefix}flows",
         )

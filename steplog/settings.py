@@ -54,6 +54,7 @@ class Settings(BaseSettings):
         6, ge=1, le=1000, description="Partitions of <prefix>commands."
     )
     dlq_partitions: int = Field(1, ge=1, le=1000, description="Partitions of <prefix>dlq.")
+    flows_partitions: int = Field(1, ge=1, le=1000, description="Partitions of <prefix>flows.")
     replication_factor: int = Field(1, ge=1, le=16, description="Replicas of every topic.")
     log_retention_ms: int = Field(
         -1,

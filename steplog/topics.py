@@ -51,18 +51,18 @@ class TopicReport:
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """The four topics with partitions, replication and configs from the settings."""
+    """The topics with partitions, replication and configs from the settings."""
     names = settings.topics
     message_bytes = str(settings.max_event_bytes + _BATCH_HEADROOM_BYTES)
 
-    def spec(name: str, setting: str, retention_ms: int) -> TopicSpec:
+    def spec(name: str, setting: str, retention_ms: int, cleanup: str = "delete") -> TopicSpec:
         return TopicSpec(
             name=name,
             partitions=int(getattr(settings, setting)),
             partitions_setting=setting,
             replication_factor=settings.replication_factor,
             configs={
-                "cleanup.policy": "delete",
+                "cleanup.policy": cleanup,
                 "retention.ms": str(retention_ms),
                 "max.message.bytes": message_bytes,
             },
@@ -74,6 +74,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         spec(names.signals, "signals_partitions", log_retention),
         spec(names.commands, "commands_partitions", log_retention),
         spec(names.dlq, "dlq_partitions", settings.dlq_retention_ms),
+        # Compacted: only the latest definition of each flow matters, forever.
+        spec(names.flows, "flows_partitions", -1, cleanup="compact"),
     ]
 
 

@@ -42,7 +42,7 @@ def test_topics_ensure_and_migrate_are_idempotent(settings: Settings, tmp_path: 
     assert f"{settings.topic_prefix}events" in first.stdout and "created" in first.stdout
     second = steplog("topics", "ensure", env=env)
     assert second.returncode == 0, second.stderr
-    assert "created" not in second.stdout and second.stdout.count("unchanged") == 4
+    assert "created" not in second.stdout and second.stdout.count("unchanged") == 5
 
     migrated = steplog("migrate", env=env)
     assert migrated.returncode == 0, migrated.stderr
