@@ -10,7 +10,7 @@ INSTALLED := $(VENV)/.installed
 
 ## Set up and run the local stack with the demo, on the embedded defaults.
 demo: setup
-	$(BIN)/steplog demo
+	$(BIN)/steplog dev --demo
 
 ## Set up and run the whole test suite (real Kafka broker, real ClickHouse engine), then
 ## mypy --strict over the package, tests and benchmarks.

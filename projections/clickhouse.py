@@ -109,3 +109,11 @@ def open_clickhouse(dsn: str, database: str | None = None) -> Client:
     if database:
         client.database = database
     return client
+
+
+def query_value(client: Client, sql: str, parameters: dict[str, object] | None = None) -> object:
+    """The single value a query returns (the first column of its first row)."""
+    rows = client.query(sql, parameters=parameters).result_rows
+    if not rows:
+        raise ClickHouseError(f"expected one row from: {sql}")
+    return rows[0][0]

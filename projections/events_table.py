@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from clickhouse_connect.driver.client import Client
-
 from steplog.schemas.events import Event
 
 EVENT_COLUMNS = (
@@ -42,9 +40,3 @@ def event_row(event: Event, partition: int, offset: int) -> list[Any]:
         partition,
         offset,
     ]
-
-
-def insert_events(client: Client, database: str, rows: list[list[Any]]) -> None:
-    """Insert rows built by `event_row` in one batch."""
-    if rows:
-        client.insert(f"{database}.events", rows, column_names=EVENT_COLUMNS)

@@ -39,6 +39,19 @@ async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
     return sorted(p["partition"] for p in described["partitions"])
 
 
+async def topic_end_offsets(bootstrap: str, topic: str) -> list[int]:
+    """The end offset (next offset to be written) of every partition of a topic."""
+    partitions = await topic_partitions(bootstrap, topic)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        assigned = [TopicPartition(topic, p) for p in partitions]
+        ends = await consumer.end_offsets(assigned)
+        return [ends[tp] for tp in assigned]
+    finally:
+        await consumer.stop()
+
+
 async def read_log(
     bootstrap: str, topic: str, *, fetch_max_bytes: int = 50 * 1024 * 1024
 ) -> AsyncIterator[LogRecord]:

@@ -1,14 +1,17 @@
-"""Steplog's ClickHouse tables, created and evolved by numbered migrations.
+"""Steplog's ClickHouse tables and views, created and evolved by numbered migrations.
 
-Each migration is a list of idempotent statements (`IF NOT EXISTS`), and the versions applied
-are recorded in `schema_migrations`. Re-running `migrate` is a no-op; two processes migrating
-at once both succeed (every statement is idempotent and the version table keeps one row per
-version after merges, which `applied_versions` does not rely on).
+Each migration is a list of idempotent statements (`IF NOT EXISTS`, `CREATE OR REPLACE VIEW`),
+and the versions applied are recorded in `schema_migrations`. Re-running `migrate` is a no-op;
+two processes migrating at once both succeed.
 
-Table design in one paragraph: `events` mirrors the log (one row per event, deduplicated by
-event_id); `runs` and `steps` hold the folded state, one row per state change, and a `version`
-column that grows with every event folded into a run, so that ReplacingMergeTree keeps the
-newest row and queries can pick it (argMax by version) before any merge has happened.
+Design in one paragraph: `events` mirrors the log (one row per event; ReplacingMergeTree on
+event_id, so a re-delivered event collapses); `runs` and `steps` hold the folded state, one row
+per change, with a `version` that counts the events folded into the run, so ReplacingMergeTree
+keeps the newest row; `flows` holds the latest definition of each flow. Analysts read the views:
+`runs_current` / `steps_current` give exactly one row per run / step with the derived statuses
+(`stuck`, `overdue`) and are correct before any merge (FINAL), and the `*_minutely` views
+aggregate outcomes and duration quantiles. The projection tables (`PROJECTION_TABLES`) are the
+ones replay rebuilds under another name and swaps in.
 """
 
 from __future__ import annotations
@@ -20,6 +23,173 @@ from clickhouse_connect.driver.client import Client
 from steplog.errors import ClickHouseError
 
 TS = "DateTime64(6, 'UTC')"
+PROJECTION_TABLES = ("events", "runs", "steps", "flows")
+
+
+def table_ddl(table: str, qualified_name: str) -> str:
+    """CREATE TABLE for one projection table under any name (replay builds beside the live one)."""
+    return _TABLES[table].replace("{name}", qualified_name)
+
+
+_TABLES = {
+    "events": f"""
+        CREATE TABLE IF NOT EXISTS {{name}} (
+            event_id String,
+            type LowCardinality(String),
+            schema_version UInt16,
+            project LowCardinality(String),
+            flow LowCardinality(String),
+            run_id String,
+            step_key String COMMENT 'empty for run events',
+            attempt UInt32,
+            seq UInt64,
+            ts {TS},
+            payload String COMMENT 'the typed payload as JSON',
+            log_partition UInt32 COMMENT 'Kafka partition the event was read from',
+            log_offset UInt64 COMMENT 'Kafka offset the event was read from'
+        )
+        -- log_offset as the version: an event sent twice (same event_id, two offsets) keeps
+        -- the later copy whatever order the rows were inserted in, live or in replay.
+        ENGINE = ReplacingMergeTree(log_offset)
+        PARTITION BY toYYYYMM(ts)
+        ORDER BY (project, flow, run_id, event_id)
+    """,
+    "runs": f"""
+        CREATE TABLE IF NOT EXISTS {{name}} (
+            project LowCardinality(String),
+            flow LowCardinality(String),
+            run_id String,
+            app String,
+            status LowCardinality(String),
+            scheduled_for Nullable({TS}),
+            started_at Nullable({TS}),
+            finished_at Nullable({TS}),
+            duration_ms Nullable(Float64),
+            input String,
+            output String,
+            error_type String,
+            error_message String,
+            error_stack String,
+            parent_run_id String,
+            parent_step_key String,
+            trigger_event String COMMENT 'name of the signal that started the run',
+            trigger_event_id String COMMENT 'event_id of that signal',
+            retrigger_of String,
+            stuck_after Nullable({TS}) COMMENT 'earliest deadline of a running step',
+            step_count UInt32,
+            failed_step_count UInt32,
+            version UInt64 COMMENT 'events folded into this run so far',
+            updated_at {TS} COMMENT 'newest event time folded in (not a wall clock)'
+        )
+        ENGINE = ReplacingMergeTree(version)
+        ORDER BY (project, flow, run_id)
+    """,
+    "steps": f"""
+        CREATE TABLE IF NOT EXISTS {{name}} (
+            project LowCardinality(String),
+            flow LowCardinality(String),
+            run_id String,
+            step_key String,
+            kind LowCardinality(String),
+            status LowCardinality(String),
+            attempt UInt32,
+            started_at Nullable({TS}),
+            finished_at Nullable({TS}),
+            duration_ms Nullable(Float64),
+            error_type String,
+            error_message String,
+            error_stack String,
+            input String,
+            output String,
+            metadata String,
+            deadline_at Nullable({TS}) COMMENT 'running past this is stuck',
+            version UInt64 COMMENT 'events of this step folded so far (0: missing)',
+            updated_at Nullable({TS}) COMMENT 'newest event time of the step (null: missing)'
+        )
+        ENGINE = ReplacingMergeTree(version)
+        ORDER BY (project, flow, run_id, step_key)
+    """,
+    "flows": f"""
+        CREATE TABLE IF NOT EXISTS {{name}} (
+            project LowCardinality(String),
+            slug String,
+            name String,
+            step_deadline_ms Nullable(UInt64),
+            steps String COMMENT 'JSON array of steps (sdk_step_key, name, deadline_ms)',
+            edges String COMMENT 'JSON array of edges (source, target)',
+            defined_at {TS}
+        )
+        ENGINE = ReplacingMergeTree(defined_at)
+        ORDER BY (project, slug)
+    """,
+}
+
+_VIEWS = (
+    """
+    CREATE OR REPLACE VIEW {db}.runs_current AS
+    SELECT
+        project, flow, run_id, app,
+        multiIf(
+            status = 'running' AND stuck_after IS NOT NULL AND stuck_after < now64(6), 'stuck',
+            status = 'scheduled' AND scheduled_for IS NOT NULL AND scheduled_for < now64(6),
+            'overdue',
+            status
+        ) AS status,
+        status AS recorded_status,
+        scheduled_for, started_at, finished_at, duration_ms, input, output,
+        error_type, error_message, error_stack,
+        parent_run_id, parent_step_key, trigger_event, trigger_event_id, retrigger_of,
+        step_count, failed_step_count, version, updated_at
+    FROM {db}.runs FINAL
+    """,
+    """
+    CREATE OR REPLACE VIEW {db}.steps_current AS
+    SELECT
+        project, flow, run_id, step_key, kind,
+        if(status = 'running' AND deadline_at IS NOT NULL AND deadline_at < now64(6),
+           'stuck', status) AS status,
+        status AS recorded_status,
+        attempt, started_at, finished_at, duration_ms,
+        error_type, error_message, error_stack, input, output, metadata,
+        deadline_at, version, updated_at
+    FROM {db}.steps FINAL
+    """,
+    """
+    CREATE OR REPLACE VIEW {db}.step_outcomes_minutely AS
+    SELECT
+        project, flow, step_key,
+        toStartOfMinute(ts) AS minute,
+        countIf(type = 'step.completed') AS completed,
+        countIf(type = 'step.failed') AS failed,
+        countIf(type = 'step.skipped') AS skipped,
+        count() AS outcomes,
+        quantileIf(0.5)(JSONExtract(payload, 'duration_ms', 'Nullable(Float64)'),
+                        type != 'step.skipped') AS p50_ms,
+        quantileIf(0.95)(JSONExtract(payload, 'duration_ms', 'Nullable(Float64)'),
+                         type != 'step.skipped') AS p95_ms,
+        quantileIf(0.99)(JSONExtract(payload, 'duration_ms', 'Nullable(Float64)'),
+                         type != 'step.skipped') AS p99_ms
+    FROM {db}.events FINAL
+    WHERE type IN ('step.completed', 'step.failed', 'step.skipped')
+    GROUP BY project, flow, step_key, minute
+    """,
+    """
+    CREATE OR REPLACE VIEW {db}.run_outcomes_minutely AS
+    SELECT
+        project, flow,
+        toStartOfMinute(finished_at) AS minute,
+        countIf(status = 'completed') AS completed,
+        countIf(status = 'failed') AS failed,
+        countIf(status = 'cancelled') AS cancelled,
+        count() AS finished,
+        quantile(0.5)(duration_ms) AS p50_ms,
+        quantile(0.95)(duration_ms) AS p95_ms,
+        quantile(0.99)(duration_ms) AS p99_ms
+    FROM {db}.runs FINAL
+    WHERE finished_at IS NOT NULL
+    GROUP BY project, flow, minute
+    """,
+)
 
 
 @dataclass(frozen=True)
@@ -27,86 +197,14 @@ class Migration:
     version: int
     name: str
     statements: tuple[str, ...]
-    """SQL with `{db}` where the database name goes."""
+    """SQL with `{db}` where the database name goes (replaced textually: SQL has braces)."""
 
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
-        "events, runs and steps",
-        (
-            f"""
-            CREATE TABLE IF NOT EXISTS {{db}}.events (
-                event_id String,
-                type LowCardinality(String),
-                schema_version UInt16,
-                project LowCardinality(String),
-                flow LowCardinality(String),
-                run_id String,
-                step_key String COMMENT 'empty for run events',
-                attempt UInt32,
-                seq UInt64,
-                ts {TS},
-                payload String COMMENT 'the typed payload as JSON',
-                log_partition UInt32 COMMENT 'Kafka partition the event was read from',
-                log_offset UInt64 COMMENT 'Kafka offset the event was read from',
-                ingested_at {TS} DEFAULT now64(6)
-            )
-            ENGINE = ReplacingMergeTree
-            PARTITION BY toYYYYMM(ts)
-            ORDER BY (project, flow, run_id, event_id)
-            """,
-            f"""
-            CREATE TABLE IF NOT EXISTS {{db}}.runs (
-                project LowCardinality(String),
-                flow LowCardinality(String),
-                run_id String,
-                app String,
-                status LowCardinality(String),
-                scheduled_for Nullable({TS}),
-                started_at Nullable({TS}),
-                finished_at Nullable({TS}),
-                duration_ms Nullable(Float64),
-                input String,
-                output String,
-                error_type String,
-                error_message String,
-                error_stack String,
-                parent_run_id String,
-                parent_step_key String,
-                trigger_event String,
-                retrigger_of String,
-                version UInt64 COMMENT 'events folded into this run so far',
-                updated_at {TS}
-            )
-            ENGINE = ReplacingMergeTree(version)
-            ORDER BY (project, flow, run_id)
-            """,
-            f"""
-            CREATE TABLE IF NOT EXISTS {{db}}.steps (
-                project LowCardinality(String),
-                flow LowCardinality(String),
-                run_id String,
-                step_key String,
-                kind LowCardinality(String),
-                status LowCardinality(String),
-                attempt UInt32,
-                started_at Nullable({TS}),
-                finished_at Nullable({TS}),
-                duration_ms Nullable(Float64),
-                error_type String,
-                error_message String,
-                error_stack String,
-                input String,
-                output String,
-                metadata String,
-                version UInt64 COMMENT 'events folded into the run so far',
-                updated_at {TS}
-            )
-            ENGINE = ReplacingMergeTree(version)
-            ORDER BY (project, flow, run_id, step_key)
-            """,
-        ),
+        "events, runs, steps, flows and their views",
+        tuple(table_ddl(table, "{db}." + table) for table in PROJECTION_TABLES) + _VIEWS,
     ),
 )
 
@@ -149,7 +247,7 @@ def migrate(client: Client, database: str) -> list[Migration]:
             continue
         for statement in migration.statements:
             try:
-                client.command(statement.format(db=database))
+                client.command(statement.replace("{db}", database))
             except Exception as exc:
                 raise ClickHouseError(
                     f"migration {migration.version} ({migration.name}) failed on "

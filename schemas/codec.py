@@ -21,6 +21,7 @@ from .base import SCHEMA_VERSION, WireModel, models_by_type
 from .commands import Command
 from .dead_letters import DeadLetter
 from .events import Event
+from .flows import FlowDefinition
 from .signals import Signal
 
 __all__ = [
@@ -29,10 +30,12 @@ __all__ = [
     "decode_command",
     "decode_dead_letter",
     "decode_event",
+    "decode_flow",
     "decode_signal",
     "encode",
     "validate_command",
     "validate_event",
+    "validate_flow",
     "validate_signal",
 ]
 
@@ -69,6 +72,7 @@ _EVENTS = _kind("event", TypeAdapter[Event](Event), Event)
 _SIGNALS = _kind("signal", TypeAdapter(Signal), Signal)
 _COMMANDS = _kind("command", TypeAdapter[Command](Command), Command)
 _DEAD_LETTERS = _kind("dead letter", TypeAdapter(DeadLetter), DeadLetter)
+_FLOWS = _kind("flow definition", TypeAdapter(FlowDefinition), FlowDefinition)
 
 
 # --- encoding -------------------------------------------------------------------------------
@@ -112,6 +116,11 @@ def decode_dead_letter(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> De
     return _decode(_DEAD_LETTERS, data, max_bytes)
 
 
+def decode_flow(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> FlowDefinition:
+    """A flow definition from the flows topic, with decode_event's rules."""
+    return _decode(_FLOWS, data, max_bytes)
+
+
 def validate_event(mapping: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Event:
     """The event in a Python mapping (e.g. a parsed HTTP body), with decode_event's rules.
 
@@ -130,6 +139,12 @@ def validate_command(
     mapping: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> Command:
     return _decode(_COMMANDS, _mapping_to_json(mapping), max_bytes)
+
+
+def validate_flow(
+    mapping: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_BYTES
+) -> FlowDefinition:
+    return _decode(_FLOWS, _mapping_to_json(mapping), max_bytes)
 
 
 def _mapping_to_json(mapping: Mapping[str, Any]) -> bytes:
@@ -228,6 +243,15 @@ def _field_problem(
             allowed = _fields_at(kind, document, location[:-1])
             if allowed:
                 problem += f"; expected one of {', '.join(allowed)}"
+        case "value_error" if not field:
+            # A model's own check (FlowDefinition's graph); its message starts with the path
+            # of the field it is about: "edges[1].target: 'x' is not one of the flow's steps".
+            message = str(error.get("ctx", {}).get("error", error["msg"]))
+            path, separator, rest = message.partition(": ")
+            if separator and " " not in path:
+                field, problem = path, rest
+            else:
+                problem = message
         case "timezone_aware":
             problem = (
                 f"timestamp has no UTC offset, got {_shown(error['input'])}; "

@@ -20,12 +20,13 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from .base import SCHEMA_VERSION
+from .base import SCHEMA_VERSION, WireModel
 from .codec import encode
 from .commands import Command
 from .dead_letters import DeadLetter
 from .events import Event
-from .golden import golden_messages
+from .flows import FlowDefinition
+from .golden import golden_flow_definition, golden_messages
 from .signals import Signal
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -39,6 +40,7 @@ _SCHEMAS: dict[str, tuple[str, Any]] = {
     "signal": ("Steplog signal", Signal),
     "command": ("Steplog command", Command),
     "dead_letter": ("Steplog dead letter", DeadLetter),
+    "flow": ("Steplog flow definition", FlowDefinition),
 }
 
 
@@ -55,7 +57,9 @@ def render_schema(name: str) -> str:
 def render_files() -> dict[str, str]:
     """Every generated file, by its path relative to the package directory."""
     files = {f"json/{name}.schema.json": render_schema(name) for name in _SCHEMAS}
-    for type_tag, message in golden_messages().items():
+    flow = golden_flow_definition()
+    messages: dict[str, WireModel] = {**golden_messages(), flow.type: flow}
+    for type_tag, message in messages.items():
         # Field order, not sorted keys: an example reads like the envelope it illustrates.
         value = json.loads(encode(message))
         files[f"examples/{type_tag}.json"] = (

@@ -52,6 +52,7 @@ from .events import (
     StepWaiting,
     StepWaitingPayload,
 )
+from .flows import FlowDefinition, FlowEdge, FlowStep
 from .signals import Signal
 
 PROJECT = "acme"
@@ -288,3 +289,27 @@ def golden_messages() -> dict[str, WireModel]:
     if set(by_type) != expected or len(by_type) != len(messages):
         raise AssertionError(f"golden examples do not cover each type once: {sorted(by_type)}")
     return by_type
+
+
+def golden_flow_definition() -> FlowDefinition:
+    """The `checkout` flow's declared graph (`examples/flow.defined.json`), as pushed from
+    `.steplog/flows.json` to the flows topic. Separate from golden_messages: it is not an
+    event, signal or command, and travels on a topic of its own."""
+    return FlowDefinition(
+        project=PROJECT,
+        slug=FLOW,
+        name="Checkout",
+        step_deadline_ms=30_000,
+        steps=[
+            FlowStep(sdk_step_key="reserve-stock", name="Reserve stock"),
+            FlowStep(sdk_step_key="charge", name="Charge card", deadline_ms=10_000),
+            FlowStep(sdk_step_key="apply-coupon", name="Apply coupon"),
+            FlowStep(sdk_step_key="send-receipt", name="Send receipt"),
+        ],
+        edges=[
+            FlowEdge(source="reserve-stock", target="charge"),
+            FlowEdge(source="apply-coupon", target="charge"),
+            FlowEdge(source="charge", target="send-receipt"),
+        ],
+        ts=_at(-3600),
+    )

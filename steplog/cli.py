@@ -18,12 +18,27 @@ from typing import Annotated, ParamSpec, TypeVar
 import typer
 
 from steplog.broker import LocalBroker, ensure_kafka_jars
-from steplog.demo import run_demo
+from steplog.demo import demo_hooks
 from steplog.errors import SteplogError
 from steplog.projections.clickhouse import open_clickhouse
 from steplog.projections.migrations import migrate
 from steplog.settings import env_name, load_settings
 from steplog.topics import ensure_topics, topic_specs
+from steplog.health import check_stack
+from steplog.producers.flows_file import load_flows_file, push_flows
+from steplog.projections.migrations import PROJECTION_TABLES
+from steplog.replay import log_size, replay_log
+from steplog.sql_client import OutputFormat, analyst_client, render
+from steplog.stack import processor_config, run_dev, run_processors
+from steplog.errors import ClickHouseError
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -37,6 +52,8 @@ broker_app = typer.Typer(help="The local Apache Kafka broker (KRaft, one node, 1
 topics_app = typer.Typer(help="Steplog's Kafka topics.")
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
+flows_app = typer.Typer(help="Flow definitions (.steplog/flows.json).")
+app.add_typer(flows_app, name="flows")
 
 PortOption = Annotated[
     int | None, typer.Option("--port", help="Broker port (default: from STEPLOG_KAFKA_BOOTSTRAP).")
@@ -122,6 +139,141 @@ def migrate_tables() -> None:
     typer.echo(f"tables in {settings.clickhouse_database!r} are up to date")
 
 
+SqlPortOption = Annotated[
+    int | None,
+    typer.Option("--sql-port", help="Serve SQL (ClickHouse HTTP) here (default: STEPLOG_SQL_PORT)."),
+]
+
+
+@app.command("processors")
+@reports_errors
+def processors(sql_port: SqlPortOption = None) -> None:
+    """Run the processors against the configured Kafka and ClickHouse (foreground).
+
+    With the embedded engine this process owns the chDB files and serves SQL for everyone.
+    """
+    settings = load_settings()
+    run_processors(settings, sql_port=sql_port or settings.sql_port)
+
+
+@app.command("dev")
+@reports_errors
+def dev(
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Local state (default: STEPLOG_DATA_DIR).")
+    ] = None,
+    kafka_port: Annotated[
+        int | None, typer.Option("--kafka-port", help="Broker port on 127.0.0.1.")
+    ] = None,
+    sql_port: SqlPortOption = None,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Run the example checkout service and print queries.")
+    ] = False,
+    exit_after_demo: Annotated[
+        bool, typer.Option("--exit-after-demo", help="Stop the stack once the demo has printed.")
+    ] = False,
+) -> None:
+    """The whole local stack in the foreground: broker, topics, tables, processors, SQL.
+
+    Ctrl-C stops everything it started.
+    """
+    overrides: dict[str, object] = {}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    if kafka_port is not None:
+        overrides["kafka_bootstrap"] = f"127.0.0.1:{kafka_port}"
+    if sql_port is not None:
+        overrides["sql_port"] = sql_port
+    settings = load_settings(**overrides)
+    hooks = demo_hooks(settings, exit_after=exit_after_demo) if demo else None
+    run_dev(settings, sql_port=settings.sql_port, hooks=hooks)
+
+
+@app.command("status")
+@reports_errors
+def status() -> None:
+    """Check the broker, the processors and ClickHouse; exit 0 only when all are healthy."""
+    settings = load_settings()
+    checks = asyncio.run(check_stack(settings, processor_config(settings).app_id))
+    for check in checks:
+        mark = "ok  " if check.healthy else "FAIL"
+        typer.echo(f"{mark} {check.name:<13} {check.detail}")
+    if not all(check.healthy for check in checks):
+        raise typer.Exit(1)
+
+
+@app.command("sql")
+@reports_errors
+def sql(
+    query: Annotated[str, typer.Argument(help="The SQL to run, e.g. \"SELECT * FROM runs_current\".")],
+    output: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="How to print the result.")
+    ] = OutputFormat.TABLE,
+) -> None:
+    """Run a query against Steplog's tables and print the result."""
+    settings = load_settings()
+    try:
+        result = analyst_client(settings).query(query)
+    except SteplogError:
+        raise
+    except Exception as exc:  # ClickHouse's own message says what is wrong with the query
+        raise ClickHouseError(str(exc)) from None
+    typer.echo(render(result.column_names, result.result_rows, output))
+
+
+@app.command("replay")
+@reports_errors
+def replay(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Rebuild beside the live tables and print a diff.")
+    ] = False,
+) -> None:
+    """Rebuild every projection from offset 0 of the log and swap it in (processors stopped)."""
+    settings = load_settings()
+    total = asyncio.run(log_size(settings))
+    with Progress(
+        TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TextColumn("records"),
+        TimeElapsedColumn(), TimeRemainingColumn(),
+    ) as bar:
+        task = bar.add_task("replay", total=total)
+        report = replay_log(settings, dry_run=dry_run, progress=lambda n: bar.advance(task, n))
+    rate = report.events / report.seconds if report.seconds else 0.0
+    typer.echo(
+        f"folded {report.events} events of {report.runs} runs and {report.flows} flows in "
+        f"{report.seconds:.1f}s ({rate:,.0f} events/s); {report.invalid} invalid skipped"
+    )
+    if report.swapped:
+        typer.echo("rebuilt tables swapped in: " + ", ".join(PROJECTION_TABLES))
+        return
+    for diff in report.diffs:
+        verdict = "identical" if diff.identical else (
+            f"{diff.only_live} rows only live, {diff.only_rebuilt} only rebuilt"
+        )
+        typer.echo(f"{diff.table:<7} live {diff.live_rows:>8}  rebuilt {diff.rebuilt_rows:>8}  {verdict}")
+        for sample in diff.samples:
+            typer.echo(f"    {sample}")
+    if not all(diff.identical for diff in report.diffs):
+        raise typer.Exit(1)
+
+
+@flows_app.command("push")
+@reports_errors
+def flows_push(
+    file: Annotated[
+        Path, typer.Option("--file", help="The flows file.")
+    ] = Path(".steplog/flows.json"),
+) -> None:
+    """Validate the flows file and register every flow (on the flows topic)."""
+    settings = load_settings()
+    definitions = load_flows_file(file, settings.project)
+    push_flows(settings, definitions)
+    for definition in definitions:
+        typer.echo(
+            f"pushed flow {definition.slug!r}: {len(definition.steps)} steps, "
+            f"{len(definition.edges)} edges"
+        )
+
+
 @app.command("settings")
 @reports_errors
 def show_settings() -> None:
@@ -129,12 +281,3 @@ def show_settings() -> None:
     settings = load_settings()
     shown = {env_name(k): v for k, v in json.loads(settings.model_dump_json()).items()}
     typer.echo(json.dumps(shown, indent=2))
-
-
-@app.command("demo")
-@reports_errors
-def demo(
-    runs: Annotated[int, typer.Option(help="How many demo runs to send.")] = 5,
-) -> None:
-    """Start the local stack, send demo events through the SDK's sender and read them back."""
-    run_demo(load_settings(), runs=runs, out=sys.stdout)

@@ -1,139 +1,172 @@
-"""The README's main job: the local stack on the embedded defaults, with demo events.
+"""The README's main job: `steplog dev --demo`.
 
-Starts the Kafka broker (unless one already answers from this data dir), ensures the topics and
-the ClickHouse tables, sends a few checkout runs through the SDK's sender, reads them back from
-the log, mirrors them into the `events` table and shows them with SQL. A broker it started it
-also stops; the data stays in the data dir for the next run.
+Once the stack is up, an example checkout service instrumented with the SDK handles a few
+hundred orders: most succeed, some cards are declined (the step fails and the error propagates
+to the service, as it would without Steplog), some customers opted out of receipts (a skipped
+step), a charge that times out is retried by the service (attempt 2), the mail service reports
+its step with `record_step`, some orders take a code path that is not instrumented (a `missing`
+step on the graph) and two stock reservations hang (`stuck` past their deadline). Then the
+README's analyst queries run and print, and the stack keeps serving SQL until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import random
+import signal
+import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TextIO
 
-from steplog.broker import LocalBroker
-from steplog.producers.sender import EventSender
-from steplog.projections.clickhouse import open_clickhouse
-from steplog.projections.events_table import event_row, insert_events
-from steplog.projections.log_reader import read_log
-from steplog.projections.migrations import migrate
-from steplog.schemas.codec import decode_event
-from steplog.schemas.events import (
-    ErrorInfo,
-    Event,
-    StepCompleted,
-    StepCompletedPayload,
-    StepFailed,
-    StepFailedPayload,
-    StepSkipped,
-    StepStarted,
-    StepStartedPayload,
-    new_event_id,
-)
+from steplog.analyst_queries import ANALYST_QUERIES
+from steplog.producers.client import Client
+from steplog.producers.flows_file import push_flows
+from steplog.projections.clickhouse import open_clickhouse, query_value
+from steplog.schemas.flows import FlowDefinition, FlowEdge, FlowStep
 from steplog.settings import Settings
-from steplog.topics import ensure_topics, topic_specs
+from steplog.sql_client import OutputFormat, render
+from steplog.stack import StackHooks
+
+ORDERS = 300
+STUCK_ORDERS = 2
+RESERVE_DEADLINE_MS = 1500
+CHECKOUT_STEPS = ("validate-cart", "reserve-stock", "charge-card", "send-receipt")
 
 
-def checkout_run(project: str, number: int) -> list[Event]:
-    """One instrumented checkout: every third card is declined, every fourth receipt skipped."""
-    run_id = f"demo-{datetime.now(UTC):%H%M%S}-{number}"
-    events: list[Event] = []
+class CardDeclined(Exception):
+    """What the example payment provider raises."""
 
-    def common(step_key: str) -> dict[str, Any]:
-        return dict(
-            event_id=new_event_id(),
-            project=project,
-            flow="checkout",
-            run_id=run_id,
-            step_key=step_key,
-            ts=datetime.now(UTC),
-            seq=len(events),
-        )
 
-    for step_key in ("reserve-stock", "charge-card"):
-        events.append(StepStarted(**common(step_key), payload=StepStartedPayload()))
-        if step_key == "charge-card" and number % 3 == 2:
-            declined = ErrorInfo(type="CardDeclined", message="card declined: insufficient funds")
-            events.append(StepFailed(**common(step_key), payload=StepFailedPayload(error=declined)))
-            return events
-        done = StepCompletedPayload(output={"ok": True, "run": number}, duration_ms=12.5)
-        events.append(StepCompleted(**common(step_key), payload=done))
-    if number % 4 == 3:
-        events.append(StepSkipped(**common("send-receipt")))
+def checkout_flow(project: str) -> FlowDefinition:
+    return FlowDefinition(
+        project=project,
+        slug="checkout",
+        name="Checkout",
+        step_deadline_ms=30_000,
+        steps=[
+            FlowStep(sdk_step_key=key, deadline_ms=RESERVE_DEADLINE_MS if key == "reserve-stock" else None)
+            for key in CHECKOUT_STEPS
+        ],
+        edges=[FlowEdge(source=a, target=b) for a, b in zip(CHECKOUT_STEPS, CHECKOUT_STEPS[1:])],
+        ts=datetime.now(UTC),
+    )
+
+
+async def _work(rng: random.Random, low_ms: float, high_ms: float) -> None:
+    await asyncio.sleep(rng.uniform(low_ms, high_ms) / 1000)
+
+
+async def checkout(client: Client, run_id: str, number: int, rng: random.Random) -> str:
+    """One order through the instrumented service; returns what happened to it."""
+    run = client.run("checkout", run_id=run_id)
+    if number % 50 != 17:  # this code path never instrumented validation: `missing`
+        await run.step("validate-cart", _work, rng, 1, 4)
+    await run.step("reserve-stock", _work, rng, 2, 10, metadata={"warehouse": "eu-1"})
+
+    async def charge(attempt: int) -> None:
+        await _work(rng, 5, 30)
+        if number % 7 == 3:
+            raise CardDeclined("card declined: insufficient funds")
+        if number % 11 == 6 and attempt == 1:
+            raise TimeoutError("payment provider timed out")
+
+    try:
+        await run.step("charge-card", charge, 1, metadata={"amount_cents": 4200})
+    except CardDeclined:
+        return "declined"
+    except TimeoutError:
+        await run.step("charge-card", charge, 2, metadata={"amount_cents": 4200})
+    if number % 5 == 4:
+        run.skip("send-receipt", reason="customer opted out of receipts")
+    elif number % 13 == 5:
+        # The mail service sends this receipt and reports the step itself.
+        client.record_step(flow_key="checkout", run_id=run_id, step_key="send-receipt",
+                           status="success")
     else:
-        events.append(StepStarted(**common("send-receipt"), payload=StepStartedPayload()))
-        events.append(StepCompleted(**common("send-receipt")))
-    return events
+        await run.step("send-receipt", _work, rng, 1, 5)
+    return "ok"
 
 
-def run_demo(settings: Settings, *, runs: int, out: TextIO) -> None:
+def run_demo_service(settings: Settings, say: Callable[[str], None]) -> str:
+    """Send the demo's orders; returns the run id prefix they share."""
+    prefix = f"demo-{datetime.now(UTC):%H%M%S}"
+    rng = random.Random(7)
+    client = Client(settings=settings, capture_stack=True)
+
+    async def all_orders() -> list[str]:
+        outcomes = []
+        for first in range(0, ORDERS, 50):  # 50 orders in flight at a time
+            outcomes += await asyncio.gather(*(
+                checkout(client, f"{prefix}-{n:03d}", n, rng) for n in range(first, first + 50)
+            ))
+        return outcomes
+
+    outcomes = asyncio.run(all_orders())
+    for n in range(STUCK_ORDERS):
+        # A reservation that hangs: it started and never reports again.
+        client.record_step(flow_key="checkout", run_id=f"{prefix}-stuck-{n}",
+                           step_key="reserve-stock", status="running")
+    client.flush(timeout=60)
+    stats = client.stats()
+    client.close()
+    say(f"demo: {ORDERS + STUCK_ORDERS} checkout runs sent ({outcomes.count('declined')} cards "
+        f"declined); {stats.sent} events acknowledged by Kafka, {stats.dropped} dropped")
+    return prefix
+
+
+def demo_hooks(settings: Settings, *, exit_after: bool, out: TextIO | None = None) -> StackHooks:
+    """Hooks that run the demo in a thread once the processors are up."""
+
     def say(line: str) -> None:
         print(line, file=out, flush=True)
 
-    broker = LocalBroker.from_settings(settings)
-    started_here = not broker.status().running
-    began = time.perf_counter()
-    broker.start()
-    say(f"Kafka {settings.kafka_version} on {broker.bootstrap} "
-        f"({'started' if started_here else 'already running'}, {time.perf_counter() - began:.1f}s)")
-    try:
-        _demo_on_stack(settings, runs, say)
-    finally:
-        if started_here:
-            broker.stop()
-            say("Kafka broker stopped (data kept in "
-                f"{broker.data_dir}; `steplog broker start` keeps one running)")
+    def demo() -> None:
+        try:
+            show_demo(settings, say)
+        except Exception as exc:  # the demo must not take the stack down with a traceback
+            say(f"demo failed: {exc!r}")
+        if exit_after:
+            os.kill(os.getpid(), signal.SIGTERM)  # the worker stops as on Ctrl-C
+        else:
+            say(f"\nThe stack keeps running: SQL on http://127.0.0.1:{settings.sql_port} "
+                "(try `steplog sql \"SELECT status, count() FROM runs_current GROUP BY status\"`)."
+                " Ctrl-C stops it.")
+
+    return StackHooks(on_ready=lambda: threading.Thread(target=demo, daemon=True).start())
 
 
-def _demo_on_stack(settings: Settings, runs: int, say: Callable[[str], None]) -> None:
-    for report in asyncio.run(ensure_topics(settings.kafka_bootstrap, topic_specs(settings))):
-        say(f"  topic {report.name:<22} {report.partitions} partitions, {report.outcome}")
-    client = open_clickhouse(settings.clickhouse_dsn)
-    migrate(client, settings.clickhouse_database)
-    say(f"ClickHouse tables ready in {settings.clickhouse_dsn} "
-        f"(database {settings.clickhouse_database})")
+def show_demo(settings: Settings, say: Callable[[str], None]) -> None:
+    database = settings.clickhouse_database
+    client = open_clickhouse(settings.clickhouse_dsn, database)
+    flow = checkout_flow(settings.project)
+    push_flows(settings, [flow])
+    _wait(lambda: query_value(
+        client,
+        f"SELECT count() > 0 FROM {database}.flows WHERE project = {{p:String}} "
+        "AND slug = 'checkout'",
+        {"p": settings.project}) == 1, "the checkout flow to be registered")
+    prefix = run_demo_service(settings, say)
+    expected = ORDERS + STUCK_ORDERS
+    _wait(lambda: query_value(
+        client,
+        f"SELECT count() = {expected} AND countIf(status = 'stuck') = {STUCK_ORDERS} "
+        f"FROM {database}.runs_current WHERE startsWith(run_id, {{p:String}})",
+        {"p": prefix}) == 1,
+        "every demo run to be projected (and the hanging ones to pass their deadline)")
+    for query in ANALYST_QUERIES:
+        result = client.query(query.sql)
+        say(f"\n-- {query.title}\n{query.sql}")
+        say(render(result.column_names, result.result_rows, OutputFormat.TABLE))
 
-    sent = [event for number in range(runs) for event in checkout_run(settings.project, number)]
-    sender = EventSender(settings.kafka_bootstrap, settings.topics.events,
-                         max_event_bytes=settings.max_event_bytes)
-    for event in sent:
-        sender.send_event(event)
-    sender.flush(timeout=60)
-    sender.close()
-    stats = sender.stats()
-    say(f"sent {len(sent)} events for {runs} checkout runs: {stats.sent} acknowledged, "
-        f"{stats.retried} retried, {stats.dropped} dropped")
 
-    ours = {event.event_id for event in sent}
-    rows = []
-    total = 0
-
-    async def read_back() -> None:
-        nonlocal total
-        async for record in read_log(settings.kafka_bootstrap, settings.topics.events):
-            total += 1
-            event = decode_event(record.value, max_bytes=settings.max_event_bytes)
-            if event.event_id in ours:
-                rows.append(event_row(event, record.partition, record.offset))
-
-    asyncio.run(read_back())
-    say(f"read back {len(rows)} of them from {settings.topics.events} "
-        f"({total} events on the log in all), each validated")
-    insert_events(client, settings.clickhouse_database, rows)
-
-    by_status = Counter(row[1] for row in rows)
-    say("by type: " + ", ".join(f"{kind} {count}" for kind, count in sorted(by_status.items())))
-    query = (
-        f"SELECT run_id, step_key, type, JSONExtractString(payload, 'error', 'message') AS error "
-        f"FROM {settings.clickhouse_database}.events FINAL "
-        f"WHERE event_id IN {{ids:Array(String)}} ORDER BY run_id, seq"
-    )
-    say("SQL> SELECT run_id, step_key, type, error FROM events ... ORDER BY run_id, seq")
-    result = client.query(query, parameters={"ids": sorted(ours)})
-    for run_id, step_key, kind, error in result.result_rows:
-        say(f"  {run_id:<22} {step_key:<14} {kind:<15} {error}")
-
+def _wait(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up after {timeout:.0f}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)

@@ -50,3 +50,29 @@ class ClickHousePathLockedError(ClickHouseError):
 
 class SendError(SteplogError):
     """Events could not be delivered to Kafka (raised only with throw_on_send_error=True)."""
+
+
+class MetadataError(SteplogError):
+    """Step metadata that cannot be sent: too many keys, a key or value too long, a value that
+    is not a flat scalar. Raised where the step is called, before the step's code runs.
+
+    `key` is the offending metadata key, or "" when the problem is the whole mapping.
+    """
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"metadata[{key!r}]: {problem}" if key else f"metadata: {problem}")
+
+
+class FlowsFileError(SteplogError):
+    """A `.steplog/flows.json` that cannot be used; the message names the file, the line and
+    the field path (e.g. `flows[0].steps[2].sdk_step_key`)."""
+
+    def __init__(self, path: str, line: int | None, field: str, problem: str) -> None:
+        self.path = path
+        self.line = line
+        self.field = field
+        self.problem = problem
+        where = f"{path}:{line}" if line is not None else path
+        super().__init__(f"{where}: {field}: {problem}" if field else f"{where}: {problem}")

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
         30 * 24 * 3600 * 1000, ge=-1, description="Retention of the dead-letter topic."
     )
 
+    sql_port: int = Field(
+        8123, ge=1, le=65535,
+        description="Port of the stack's SQL endpoint (ClickHouse HTTP) on 127.0.0.1.",
+    )
     max_event_bytes: int = Field(
         1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest encoded event accepted."
     )

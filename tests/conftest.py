@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import clickhouse_connect
 import pytest
 from clickhouse_connect.driver.client import Client
 
@@ -124,3 +129,89 @@ def clickhouse(settings: Settings) -> Iterator[Client]:
         yield client
     finally:
         client.command(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}")
+
+
+@dataclass
+class RunningProcessors:
+    """`steplog processors` in a child process, with its own chDB files and SQL endpoint."""
+
+    settings: Settings
+    process: subprocess.Popen[bytes]
+    sql: Client
+    """clickhouse-connect's HTTP client on the processors' SQL endpoint, as an analyst uses it."""
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=30)
+
+
+def processors_environment(settings: Settings) -> dict[str, str]:
+    fields = ("kafka_bootstrap", "clickhouse_dsn", "clickhouse_database", "topic_prefix",
+              "data_dir", "events_partitions", "commands_partitions", "signals_partitions",
+              "sql_port", "project")
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")},
+        **{f"STEPLOG_{name.upper()}": str(getattr(settings, name)) for name in fields},
+    }
+
+
+def start_processors(settings: Settings, log_path: Path) -> RunningProcessors:
+    """Start the processors and wait (with a deadline) until their SQL endpoint answers."""
+    log = open(log_path, "ab")
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from steplog.entry import main; main()", "processors"],
+        env=processors_environment(settings),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"processors exited with {process.returncode}: "
+                                 f"{log_path.read_text(errors='replace')[-3000:]}")
+        try:
+            sql = clickhouse_connect.get_client(
+                host="127.0.0.1", port=settings.sql_port, database=settings.clickhouse_database
+            )
+            return RunningProcessors(settings, process, sql)
+        except Exception:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise
+            time.sleep(0.1)  # polling an endpoint that is starting; bounded by the deadline
+
+
+@pytest.fixture
+def stack_settings(topics: Settings, tmp_path: Path) -> Settings:
+    """Settings for a processors child process: its own chDB path and SQL port."""
+    return topics.model_copy(
+        update={
+            "clickhouse_dsn": f"chdb://{tmp_path / 'stack-clickhouse'}",
+            "sql_port": free_port(),
+        }
+    )
+
+
+@pytest.fixture
+def processors(stack_settings: Settings, tmp_path: Path) -> Iterator[RunningProcessors]:
+    running = start_processors(stack_settings, tmp_path / "processors.log")
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def wait_for(condition: Callable[[], bool], *, timeout: float = 60, what: str = "condition") -> None:
+    """Poll `condition` until it holds, with a deadline (tests wait on state, never on time)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)

@@ -1,0 +1,333 @@
+"""The instrumentation client: what a service creates once and wraps its steps with.
+
+    client = steplog.Client(project="shop", on_error=log.warning)
+    run = client.run("checkout", run_id=request_id)
+    total = run.step("charge-card", charge_card, cart)
+    client.record_step(flow_key="checkout", run_id=request_id, step_key="ship", status="success")
+
+The send-failure policy, in one place (Run calls `_send` and `_report`):
+
+- Sending never waits on the network and, by default, never raises: a failure (Kafka
+  unreachable, a refused batch, an event over STEPLOG_MAX_EVENT_BYTES) goes to `on_error` and
+  the application goes on. Telemetry is not worth an outage of the thing it observes.
+- `throw_on_send_error=True` surfaces failures as exceptions, but only where raising cannot
+  change what the application sees of its own code: at the start of the next step, skip,
+  record_step, complete or flush, before any of the caller's code runs. A failure noticed while
+  recording a step's end (the step already returned or raised) is kept and raised then; it
+  never replaces the step's return value or exception.
+- Mistakes in the call itself (a bad step key, metadata over its limits, a status record_step
+  cannot send) raise at once, whatever the policy: they are programming errors, and the place
+  to see them is the call site in development.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Final
+
+from steplog.errors import EventTooLargeError, InvalidEventError, SendError
+from steplog.producers.event_bytes import encode_name
+from steplog.producers.metadata import clean_metadata
+from steplog.producers.run import Run
+from steplog.producers.sender import EventSender, SenderStats
+from steplog.producers.sink import EventSink
+from steplog.schemas.base import new_event_id
+from steplog.schemas.codec import DEFAULT_MAX_BYTES, encode, validate_event
+from steplog.schemas.statuses import StepStatus, parse_step_status
+from steplog.settings import Settings, load_settings
+
+__all__ = ["Client", "ErrorCallback"]
+
+ErrorCallback = Callable[[BaseException], None]
+
+DEFAULT_MAX_OUTPUT_CHARS: Final = 16 * 1024
+
+# What record_step can send, by status, and the words a caller may use for each.
+_RECORDABLE: Final = {
+    StepStatus.RUNNING: "step.started",
+    StepStatus.COMPLETED: "step.completed",
+    StepStatus.FAILED: "step.failed",
+    StepStatus.SKIPPED: "step.skipped",
+}
+_RECORDABLE_WORDS: Final = "running, success/succeeded/completed, error/failed, skipped"
+
+
+class Client:
+    """Sends the step events of one project; one per process is enough (it is thread-safe).
+
+    Arguments not given come from the STEPLOG_* settings (`load_settings()`): the project, the
+    Kafka bootstrap servers and the events topic.
+
+    - on_error: called (from any thread) with each send failure; exceptions it raises are
+      ignored.
+    - throw_on_send_error: surface send failures as SendError at the next call (module doc).
+    - capture_stack: put the formatted traceback of a failed step on `step.failed`.
+    - record_output: put a step's return value on `step.completed`. Off by default, because
+      the return values of arbitrary application functions are where customer data, tokens and
+      whole documents live (metadata is redacted; outputs cannot be, they have no keys to go
+      by), and because encoding them costs time on every call. Turn it on per step
+      (`run.step(..., record_output=True)`) where the value is a small, safe summary. Values
+      that are not JSON or longer than max_output_chars are recorded as null.
+    - sink: where encoded events go instead of Kafka (a MemorySink in tests).
+    - max_buffer_bytes, linger_ms, chunk_size, close_timeout, max_event_bytes: passed to the
+      EventSender (see producers.sender).
+    """
+
+    def __init__(
+        self,
+        project: str | None = None,
+        *,
+        on_error: ErrorCallback | None = None,
+        throw_on_send_error: bool = False,
+        capture_stack: bool = False,
+        record_output: bool = False,
+        max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
+        bootstrap: str | None = None,
+        topic: str | None = None,
+        settings: Settings | None = None,
+        sink: EventSink | None = None,
+        max_buffer_bytes: int = 64 * 1024 * 1024,
+        max_event_bytes: int | None = None,
+        linger_ms: int = 5,
+        chunk_size: int = 5000,
+        close_timeout: float = 10.0,
+    ) -> None:
+        if settings is None and (
+            project is None or (sink is None and (bootstrap is None or topic is None))
+        ):
+            settings = load_settings()
+        self.project: str = project if project is not None else _loaded(settings).project
+        encode_name("project", self.project)
+        self.on_error = on_error
+        self.throw_on_send_error = throw_on_send_error
+        self.capture_stack = capture_stack
+        self.record_output = record_output
+        self.max_output_chars = max_output_chars
+        if max_event_bytes is None:
+            max_event_bytes = settings.max_event_bytes if settings else DEFAULT_MAX_BYTES
+        self.max_event_bytes: int = max_event_bytes
+        if sink is None:
+            sink = EventSender(
+                bootstrap or _loaded(settings).kafka_bootstrap,
+                topic or _loaded(settings).topics.events,
+                max_buffer_bytes=max_buffer_bytes,
+                max_event_bytes=max_event_bytes,
+                chunk_size=chunk_size,
+                linger_ms=linger_ms,
+                on_error=on_error,
+                throw_on_send_error=throw_on_send_error,
+                close_timeout=close_timeout,
+            )
+        self.sink: EventSink = sink
+        self._sink_send = sink.send  # bound once: it is called twice per step
+        self._deferred: list[BaseException] = []
+        self._deferred_lock = threading.Lock()
+
+    # ------------------------------------------------------------------------ public API
+
+    def run(self, flow: str, *, run_id: str | None = None) -> Run:
+        """A handle on one run of `flow` (the slug in .steplog/flows.json). Sends nothing.
+
+        `run_id` ties the run's events together; use the natural id at hand (a request id, a
+        job id, a webhook delivery id). Without one, a random id is made (`run.run_id`).
+        """
+        return Run(self, flow, run_id if run_id is not None else uuid.uuid4().hex)
+
+    def record_step(
+        self,
+        *,
+        flow_key: str,
+        run_id: str,
+        step_key: str,
+        status: str,
+        metadata: Mapping[str, object] | None = None,
+        error: str | BaseException | None = None,
+        output: object = None,
+        duration_ms: float | None = None,
+        reason: str | None = None,
+        attempt: int = 1,
+    ) -> None:
+        """Record a step that ran where it could not be wrapped (another service, a callback).
+
+        status: running, success/succeeded/completed, error/failed or skipped (seed SDK words
+        are accepted). `error` (a message or an exception) only with a failed status, `output`
+        with a completed one, `duration_ms` with either, `reason` with skipped. Its `seq` is 0:
+        this process cannot know the run's order, and the fold orders by status precedence.
+
+        Raises InvalidEventError naming the argument for anything that cannot be sent.
+        """
+        event_type = _RECORDABLE.get(parse_step_status(status))
+        if event_type is None:
+            # pending/scheduled, retrying, interrupted: states the platform derives for
+            # durable workflows, not facts an instrumented service observes about a step.
+            raise InvalidEventError(
+                "status",
+                f"{status!r} cannot be recorded for an instrumented step; "
+                f"expected one of {_RECORDABLE_WORDS}",
+            )
+        _refuse_unused(
+            event_type, error=error, output=output, duration_ms=duration_ms, reason=reason
+        )
+        clean = clean_metadata(metadata)
+        payload: dict[str, Any]
+        match event_type:
+            case "step.started":
+                payload = {"kind": "instrumented", "metadata": clean}
+            case "step.completed":
+                payload = {"output": output, "duration_ms": duration_ms, "metadata": clean}
+            case "step.failed":
+                error_info = _error_info(error)
+                payload = {"error": error_info, "duration_ms": duration_ms, "metadata": clean}
+            case _:
+                payload = {"reason": reason, "metadata": clean}
+        mapping = {
+            "event_id": new_event_id(),
+            "type": event_type,
+            "project": self.project,
+            "flow": flow_key,
+            "run_id": run_id,
+            "attempt": attempt,
+            "ts": datetime.now(UTC),
+            "seq": 0,
+            "step_key": step_key,
+            "payload": payload,
+        }
+        # The slow path on purpose: record_step is rare, and the models' validation turns a
+        # bad argument into an error naming it ("flow", "payload.duration_ms").
+        try:
+            event = validate_event(mapping, max_bytes=self.max_event_bytes)
+        except EventTooLargeError as exc:
+            self._refuse_oversized(exc)
+            return
+        value = encode(event, max_bytes=self.max_event_bytes)
+        self._send(run_id.encode(), value, surface=True)
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until every event sent so far is delivered; False on timeout. With
+        throw_on_send_error, raises SendError for failures not yet surfaced."""
+        done = self.sink.flush(timeout)
+        self._raise_deferred()
+        return done
+
+    async def flush_async(self, timeout: float | None = 30.0) -> bool:
+        """`flush` for asyncio code: waits in a worker thread, never on the caller's loop."""
+        return await asyncio.to_thread(self.flush, timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush (for up to `timeout`) and release the connection. Also done at interpreter
+        exit (the sender registers it), so calling it is only needed to close early."""
+        self.sink.close(timeout)
+
+    def stats(self) -> SenderStats:
+        """The sender's counters: sent, retried, dropped, failed, buffered."""
+        return self.sink.stats()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ---------------------------------------------------------- the send-failure policy
+
+    def _send(self, key: bytes, value: bytes, *, surface: bool) -> None:
+        """Queue one event. `surface`: raising is allowed here (no caller code has run yet)."""
+        if self._deferred and surface:
+            self._raise_deferred()
+        try:
+            self._sink_send(key, value)
+        except Exception as exc:
+            self._send_failed(key, value, exc, surface)
+
+    def _send_failed(self, key: bytes, value: bytes, exc: Exception, surface: bool) -> None:
+        if not self.throw_on_send_error:
+            self._report(exc)  # e.g. EventTooLargeError, or a sender already closed
+            return
+        if not isinstance(exc, SendError):
+            self._report(exc)  # SendErrors were reported by the sender as they happened
+        if surface:
+            raise exc
+        self._defer(exc)
+        if isinstance(exc, SendError):
+            # The sender raised for earlier failures and did not queue this event; its error
+            # list is now empty, so a second try queues it.
+            try:
+                self._sink_send(key, value)
+            except Exception as again:
+                self._report(again)
+                self._defer(again)
+
+    def _refuse_oversized(self, exc: EventTooLargeError) -> None:
+        self._report(exc)
+        if self.throw_on_send_error:
+            raise exc
+
+    def _report(self, exc: BaseException) -> None:
+        if self.on_error is None:
+            return
+        try:
+            self.on_error(exc)
+        except Exception:  # a broken callback must not break the caller either
+            pass
+
+    def _defer(self, exc: BaseException) -> None:
+        with self._deferred_lock:
+            self._deferred.append(exc)
+
+    def _raise_deferred(self) -> None:
+        if not self._deferred:
+            return
+        with self._deferred_lock:
+            errors, self._deferred = self._deferred, []
+        if errors:
+            raise SendError(
+                f"{len(errors)} send failure(s) while recording earlier steps; "
+                f"first: {errors[0]!r}"
+            ) from errors[0]
+
+
+def _loaded(settings: Settings | None) -> Settings:
+    assert settings is not None, "settings are loaded whenever an argument is missing"
+    return settings
+
+
+def _error_info(error: str | BaseException | None) -> dict[str, Any]:
+    if error is None:
+        return {"type": "Error", "message": ""}
+    if isinstance(error, BaseException):
+        return {"type": type(error).__qualname__, "message": str(error)}
+    if isinstance(error, str):
+        return {"type": "Error", "message": error}
+    raise InvalidEventError(
+        "error", f"expected a message or an exception, got {type(error).__name__}"
+    )
+
+
+# The arguments of record_step that belong to one kind of event only.
+_ARGUMENT_EVENTS: Final = {
+    "output": ("step.completed",),
+    "duration_ms": ("step.completed", "step.failed"),
+    "error": ("step.failed",),
+    "reason": ("step.skipped",),
+}
+
+
+def _refuse_unused(event_type: str, **given: object) -> None:
+    # An argument the event has no place for would be silently dropped; say so instead.
+    for name, value in given.items():
+        if value is not None and event_type not in _ARGUMENT_EVENTS[name]:
+            raise InvalidEventError(
+                name,
+                f"has no place on {event_type}; it is recorded on "
+                f"{' and '.join(_ARGUMENT_EVENTS[name])} only",
+            )

@@ -1,0 +1,106 @@
+"""`steplog status`: is the stack healthy? Each check says what it saw.
+
+Healthy means: the broker answers and has Steplog's topics, the processors' consumer group has
+live members (with their lag), and ClickHouse answers (the SQL endpoint for the embedded
+engine, the server otherwise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from steplog.projections.clickhouse import chdb_path
+from steplog.settings import Settings
+
+TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    healthy: bool
+    detail: str
+
+
+async def check_stack(settings: Settings, processors_group: str) -> list[Check]:
+    broker = await _check_broker(settings)
+    checks = [broker]
+    if broker.healthy:
+        checks.append(await _check_processors(settings, processors_group))
+    checks.append(await _check_clickhouse(settings))
+    return checks
+
+
+async def _check_broker(settings: Settings) -> Check:
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(TIMEOUT_S * 1000)
+    )
+    try:
+        await asyncio.wait_for(admin.start(), TIMEOUT_S)
+        topics = set(await admin.list_topics())
+    except Exception as exc:
+        return Check("kafka", False, f"{settings.kafka_bootstrap} does not answer: {exc!r}")
+    finally:
+        await admin.close()
+    names = settings.topics
+    missing = [t for t in (names.events, names.signals, names.commands, names.dlq, names.flows)
+               if t not in topics]
+    if missing:
+        return Check("kafka", False, f"missing topics {missing} (run `steplog topics ensure`)")
+    return Check("kafka", True, f"{settings.kafka_bootstrap}, topics present")
+
+
+async def _check_processors(settings: Settings, group: str) -> Check:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group,
+                                enable_auto_commit=False)
+    try:
+        await admin.start()
+        described = await admin.describe_consumer_groups([group])
+        members, state = _group_members(described)
+        if not members:
+            return Check("processors", False, f"consumer group {group!r} has no members ({state})")
+        await consumer.start()
+        partitions = consumer.partitions_for_topic(settings.topics.events) or set()
+        assigned = [TopicPartition(settings.topics.events, p) for p in sorted(partitions)]
+        ends = await consumer.end_offsets(assigned) if assigned else {}
+        lag = 0
+        for tp in assigned:
+            committed = await consumer.committed(tp)
+            lag += ends[tp] - (committed or 0)
+        return Check("processors", True, f"{members} member(s) in {group!r}, lag {lag} events")
+    except Exception as exc:
+        return Check("processors", False, f"cannot describe group {group!r}: {exc!r}")
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+def _group_members(described: list[object]) -> tuple[int, str]:
+    for response in described:
+        for group in response.to_object()["groups"]:  # type: ignore[attr-defined]
+            return len(group["members"]), str(group["group_state"])
+    return 0, "unknown"
+
+
+async def _check_clickhouse(settings: Settings) -> Check:
+    if chdb_path(settings.clickhouse_dsn) is not None:
+        url = f"http://127.0.0.1:{settings.sql_port}/ping"
+        name = "sql endpoint"
+    else:
+        url = settings.clickhouse_dsn.rstrip("/") + "/ping"
+        name = "clickhouse"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as http:
+            async with http.get(url) as response:
+                body = await response.text()
+                if response.status == 200 and body.startswith("Ok"):
+                    return Check(name, True, url)
+                return Check(name, False, f"{url} answered {response.status}: {body[:100]}")
+    except Exception as exc:
+        return Check(name, False, f"{url} does not answer: {exc!r}")

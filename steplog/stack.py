@@ -1,0 +1,104 @@
+"""Running Steplog's server side: the processors (`steplog processors`) and, around them, the
+whole local stack (`steplog dev`: broker, topics, tables, processors, SQL endpoint).
+
+The processors run as a faust worker in the foreground; faust handles SIGINT/SIGTERM by
+stopping its agents (the batch in hand finishes first), and `steplog dev` then stops the broker
+it started. With the embedded engine the processors' process owns the chDB files, so it also
+serves SQL over ClickHouse's HTTP interface for everyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import faust
+
+from steplog.broker import LocalBroker
+from steplog.processors.host import ProcessorConfig, create_processor_app
+from steplog.projections.clickhouse import chdb_path, open_clickhouse
+from steplog.projections.flows_table import load_flows
+from steplog.projections.migrations import migrate
+from steplog.projections.writer import ProjectionWriter
+from steplog.settings import Settings
+from steplog.sql_http import serve_sql
+from steplog.topics import ensure_topics, topic_specs
+
+log = logging.getLogger("steplog.stack")
+
+
+def processor_config(settings: Settings) -> ProcessorConfig:
+    return ProcessorConfig(
+        app_id=f"{settings.topic_prefix}processors",
+        bootstrap=settings.kafka_bootstrap,
+        topics=settings.topics,
+        events_partitions=settings.events_partitions,
+        replication_factor=settings.replication_factor,
+        max_event_bytes=settings.max_event_bytes,
+        data_dir=settings.data_dir / "processors",
+    )
+
+
+@dataclass
+class StackHooks:
+    """Things to run inside the worker once it is up (the demo uses it)."""
+
+    on_ready: Callable[[], None] | None = None
+
+
+def run_processors(settings: Settings, *, sql_port: int | None, hooks: StackHooks | None = None) -> None:
+    """Run the processors in the foreground until SIGINT/SIGTERM (raises SystemExit then)."""
+    client = open_clickhouse(settings.clickhouse_dsn)
+    migrate(client, settings.clickhouse_database)
+    writer = ProjectionWriter(client, settings.clickhouse_database)
+    app, _ = create_processor_app(
+        processor_config(settings), writer, load_flows(client, settings.clickhouse_database)
+    )
+    if sql_port is not None and chdb_path(settings.clickhouse_dsn) is not None:
+        _serve_sql_from(app, settings, sql_port)
+    if hooks is not None and hooks.on_ready is not None:
+        ready = hooks.on_ready
+
+        @app.task  # type: ignore[untyped-decorator]
+        async def announce_ready() -> None:
+            ready()
+
+    worker = faust.Worker(app, loglevel="WARN", quiet=True, redirect_stdouts=False)
+    worker.spinner = None  # a terminal spinner garbles logs written to files
+    logging.getLogger("aiokafka").addFilter(_drop_startup_noise)
+    worker.execute_from_commandline()
+
+
+def _drop_startup_noise(record: logging.LogRecord) -> bool:
+    # A fresh broker takes a moment to elect the group coordinator; aiokafka reports every
+    # poll of that moment, which reads like a failure and is not one.
+    message = record.getMessage()
+    return not ("GroupCoordinatorNotAvailable" in message or "coordinator dead" in message)
+
+
+def _serve_sql_from(app: faust.App, settings: Settings, port: int) -> None:
+    # The endpoint lives as long as the worker's process; its socket closes with it.
+    @app.task  # type: ignore[untyped-decorator]
+    async def serve() -> None:
+        await serve_sql(
+            lambda database: open_clickhouse(settings.clickhouse_dsn, database),
+            settings.clickhouse_database,
+            port=port,
+        )
+        log.warning("SQL endpoint on http://127.0.0.1:%d (ClickHouse HTTP interface)", port)
+
+
+def run_dev(settings: Settings, *, sql_port: int, hooks: StackHooks | None = None) -> None:
+    """The whole local stack in the foreground; Ctrl-C stops everything it started."""
+    broker = LocalBroker.from_settings(settings)
+    started_here = not broker.status().running
+    broker.start()
+    log.warning("Kafka on %s", broker.bootstrap)
+    try:
+        asyncio.run(ensure_topics(settings.kafka_bootstrap, topic_specs(settings)))
+        run_processors(settings, sql_port=sql_port, hooks=hooks)
+    finally:
+        if started_here:
+            broker.stop()
