@@ -3,18 +3,24 @@
 `send()` only appends to an in-memory buffer and returns; a daemon thread with its own asyncio
 loop drains the buffer into an aiokafka producer in chunks. This works the same from sync code
 and from asyncio code (the caller's loop is never used, so a blocked or closed caller loop
-cannot stall delivery).
+cannot stall delivery). A chunk is split by partition, computed as the producer's default
+partitioner does (murmur2 of the key), and each partition's events go to Kafka as whole record
+batches (`send_batch`): per event, the delivery thread only appends bytes to a batch, so it
+takes little of the GIL from the caller's threads.
 
 Guarantees and their limits:
-- Order per key (run_id) is kept: chunks are delivered one after another and a chunk that
-  fails is retried before anything behind it is sent (head-of-line), and the producer is
-  idempotent, so broker-side retries do not reorder or duplicate within a partition.
+- Order per key (run_id) is kept: a key always maps to one partition; chunks are delivered one
+  after another, and within a chunk each partition's batches one after another, each only once
+  the previous one was acknowledged; a batch that fails is retried, with everything behind it,
+  before anything else of its partition is sent (head-of-line). The producer is idempotent, so
+  broker-side retries do not reorder or duplicate within a partition.
 - Memory is bounded: when the buffer holds more than `max_buffer_bytes`, the oldest events are
   dropped and counted (`stats().dropped`). An outage therefore loses the oldest telemetry, never
   the process.
 - Retriable Kafka errors (broker down, leader moving) are retried forever with exponential
   backoff and jitter; each failure is reported to `on_error`. Non-retriable ones (a message the
-  broker refuses) drop that chunk's failed events, count them as `failed` and report.
+  broker refuses) drop the failed events, count them as `failed` and report; when the broker
+  refuses a batch, its events are sent again one by one, so only the bad ones are lost.
 - On interpreter exit the buffer is flushed for up to `close_timeout` seconds.
 """
 
@@ -29,7 +35,8 @@ from collections import deque
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, ProducerClosed
+from aiokafka.partitioner import DefaultPartitioner
 from pydantic import BaseModel, ConfigDict
 from tenacity import (
     AsyncRetrying,
@@ -44,8 +51,20 @@ from steplog.schemas.codec import DEFAULT_MAX_BYTES, encode
 from steplog.schemas.events import Event
 
 ErrorCallback = Callable[[BaseException], None]
+Message = tuple[bytes, bytes]
+"""An encoded event: (key, value)."""
 # Kafka's request carries batch headers on top of the event; see also steplog.topics.
 _REQUEST_HEADROOM_BYTES = 64 * 1024
+# Largest record batch the sender builds (one event larger than this still goes, alone). The
+# producer keeps one batch per partition in flight, so this bounds what one round trip to the
+# broker carries. Below the broker's default max.message.bytes (1 MiB), so any topic takes it.
+_BATCH_BYTES = 512 * 1024
+# Partition of each key seen lately (murmur2 in pure Python costs microseconds per key).
+_PARTITION_CACHE_KEYS = 100_000
+_default_partitioner = DefaultPartitioner()
+# Errors about a refused batch as a whole (it expired, the producer is closing): sending its
+# events one by one would fail the same way.
+_BATCH_WIDE_ERRORS = (KafkaTimeoutError, ProducerClosed)
 
 
 class SenderStats(BaseModel):
@@ -69,7 +88,7 @@ class SenderStats(BaseModel):
 class _Retriable(Exception):
     """A chunk had retriable failures; tenacity retries the part that failed."""
 
-    def __init__(self, messages: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, messages: list[Message]) -> None:
         super().__init__(f"{len(messages)} events to retry")
         self.messages = messages
 
@@ -100,7 +119,7 @@ class EventSender:
         self.throw_on_send_error = throw_on_send_error
         self.close_timeout = close_timeout
 
-        self._buffer: deque[tuple[bytes, bytes]] = deque()
+        self._buffer: deque[Message] = deque()
         self._buffered_bytes = 0
         self._in_flight = 0
         self._lock = threading.Lock()
@@ -114,6 +133,9 @@ class EventSender:
         self._loop_idle = False
         self._closing = False
         self._owner_pid = 0
+        # Delivery thread only: the topic's partitions and the partition of recent keys.
+        self._partitions: list[int] = []
+        self._partition_of: dict[bytes, int] = {}
 
     # ----------------------------------------------------------------- caller side
 
@@ -243,6 +265,7 @@ class EventSender:
             acks="all",
             enable_idempotence=True,
             linger_ms=self.linger_ms,
+            max_batch_size=_BATCH_BYTES,
             max_request_size=self.max_event_bytes + _REQUEST_HEADROOM_BYTES,
         )
         if not await self._start_producer(producer):
@@ -259,6 +282,10 @@ class EventSender:
                     return
                 await self._wake.wait()
                 self._wake.clear()
+                if self.linger_ms and not self._closing:
+                    # Woken by the first event after a quiet spell: give the ones right behind
+                    # it a moment to join its batch (the producer's linger, for whole chunks).
+                    await asyncio.sleep(self.linger_ms / 1000)
         finally:
             await producer.stop()
 
@@ -290,7 +317,7 @@ class EventSender:
             self._in_flight = 0
             self._drained.notify_all()
 
-    def _take_chunk(self) -> list[tuple[bytes, bytes]]:
+    def _take_chunk(self) -> list[Message]:
         with self._lock:
             count = min(self.chunk_size, len(self._buffer))
             chunk = [self._buffer.popleft() for _ in range(count)]
@@ -301,7 +328,7 @@ class EventSender:
                 self._drained.notify_all()
             return chunk
 
-    async def _deliver(self, producer: AIOKafkaProducer, chunk: list[tuple[bytes, bytes]]) -> None:
+    async def _deliver(self, producer: AIOKafkaProducer, chunk: list[Message]) -> None:
         pending = chunk
         try:
             async for attempt in AsyncRetrying(
@@ -322,39 +349,140 @@ class EventSender:
         with self._lock:
             self._in_flight = 0
 
-    async def _send_chunk(self, producer: AIOKafkaProducer, chunk: list[tuple[bytes, bytes]]) -> None:
-        """Send a chunk and count the outcome; raise _Retriable with what should be retried."""
-        results = await asyncio.gather(
-            *[await self._enqueue(producer, key, value) for key, value in chunk],
-            return_exceptions=True,
+    async def _send_chunk(self, producer: AIOKafkaProducer, chunk: list[Message]) -> None:
+        """Send a chunk and count the outcome; raise _Retriable with what should be retried.
+
+        The chunk is split by partition (the producer's default partitioner: murmur2 of the
+        key, so a run's events share a partition and keep their order in it) and each
+        partition's events go out as whole record batches (`send_batch`), one batch after the
+        other: the cost per event is appending it to a batch, not a coroutine and a future.
+        """
+        try:
+            groups = await self._by_partition(producer, chunk)
+        except Exception as exc:  # no metadata for the topic: nothing was sent
+            self._report(exc)
+            if _is_retriable(exc):
+                raise _Retriable(chunk) from exc
+            with self._lock:
+                self._failed += len(chunk)
+                self._in_flight = 0
+            return
+        outcomes = await asyncio.gather(
+            *[self._send_partition(producer, p, messages) for p, messages in groups.items()]
         )
-        retry: list[tuple[bytes, bytes]] = []
-        first_error: BaseException | None = None
-        refused = 0
-        for message, result in zip(chunk, results):
-            if not isinstance(result, BaseException):
-                continue
-            first_error = first_error or result
-            if _is_retriable(result):
-                retry.append(message)
-            else:
-                refused += 1
+        retry = [message for pending, _ in outcomes for message in pending]
         with self._lock:
-            self._sent += len(chunk) - len(retry) - refused
-            self._failed += refused
             self._in_flight = len(retry)
+        first_error = next((error for _, error in outcomes if error is not None), None)
         if first_error is not None:
             self._report(first_error)
         if retry:
             raise _Retriable(retry)
 
+    async def _by_partition(
+        self, producer: AIOKafkaProducer, chunk: list[Message]
+    ) -> dict[int, list[Message]]:
+        """The chunk's events by partition, each list in chunk order."""
+        partitions = sorted(await producer.partitions_for(self.topic))
+        if partitions != self._partitions:
+            # New or changed partition count (a topic's partitions can only be added to):
+            # keys are hashed again against the new list, as the producer itself would.
+            self._partitions = partitions
+            self._partition_of.clear()
+        partition_of = self._partition_of
+        if len(partition_of) > _PARTITION_CACHE_KEYS:
+            partition_of.clear()
+        groups: dict[int, list[Message]] = {}
+        for message in chunk:
+            key = message[0]
+            partition = partition_of.get(key)
+            if partition is None:
+                partition = _default_partitioner(key, partitions, partitions)
+                partition_of[key] = partition
+            group = groups.get(partition)
+            if group is None:
+                groups[partition] = [message]
+            else:
+                group.append(message)
+        return groups
+
+    async def _send_partition(
+        self, producer: AIOKafkaProducer, partition: int, messages: list[Message]
+    ) -> tuple[list[Message], BaseException | None]:
+        """Send one partition's events in order, one record batch at a time, each batch after
+        the previous one was acknowledged (so a failed batch is retried before anything behind
+        it, head-of-line). Counts what was sent and refused; returns what should be retried
+        (the failed batch and everything behind it) and the first error."""
+        first_error: BaseException | None = None
+        start, total = 0, len(messages)
+        while start < total:
+            batch = producer.create_batch()
+            end = start
+            while end < total:
+                key, value = messages[end]
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    break  # full; the first event always fits, however large
+                end += 1
+            batch.close()
+            try:
+                delivery = await producer.send_batch(batch, self.topic, partition=partition)
+                await delivery
+            except Exception as exc:
+                first_error = first_error or exc
+                if _is_retriable(exc):
+                    return messages[start:], first_error
+                # Refused for good. The broker refuses a batch for one bad record; find out
+                # which, so that one bad event cannot cost the events around it.
+                retry, error = await self._send_one_by_one(
+                    producer, partition, messages[start:end], exc
+                )
+                if retry:
+                    return retry + messages[end:], first_error
+            else:
+                with self._lock:
+                    self._sent += end - start
+                    self._in_flight -= end - start
+            start = end
+        return [], first_error
+
+    async def _send_one_by_one(
+        self,
+        producer: AIOKafkaProducer,
+        partition: int,
+        messages: list[Message],
+        batch_error: BaseException,
+    ) -> tuple[list[Message], BaseException]:
+        """After a batch was refused: each of its events on its own. Counts what was sent and
+        refused; returns the retriable failures in order and the batch's error."""
+        if len(messages) == 1 or isinstance(batch_error, _BATCH_WIDE_ERRORS):
+            outcomes: list[object] = [batch_error] * len(messages)
+        else:
+            futures = [await self._enqueue(producer, partition, k, v) for k, v in messages]
+            outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        retry: list[Message] = []
+        sent = refused = 0
+        for message, outcome in zip(messages, outcomes):
+            if not isinstance(outcome, BaseException):
+                sent += 1
+            elif _is_retriable(outcome):
+                retry.append(message)
+            else:
+                refused += 1
+        with self._lock:
+            self._sent += sent
+            self._failed += refused
+            self._in_flight -= sent + refused
+        return retry, batch_error
+
     async def _enqueue(
-        self, producer: AIOKafkaProducer, key: bytes, value: bytes
+        self, producer: AIOKafkaProducer, partition: int, key: bytes, value: bytes
     ) -> asyncio.Future[object]:
-        """The producer's delivery future; a send refused before queuing becomes a failed
-        future, so one bad event cannot stop the chunk around it."""
+        """The producer's delivery future for one event; a send refused before queuing becomes
+        a failed future, so one bad event cannot stop the others."""
         try:
-            future: asyncio.Future[object] = await producer.send(self.topic, value=value, key=key)
+            future: asyncio.Future[object] = await producer.send(
+                self.topic, value=value, key=key, partition=partition
+            )
         except Exception as exc:
             future = asyncio.get_running_loop().create_future()
             future.set_exception(exc)

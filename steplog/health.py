@@ -82,9 +82,13 @@ async def _check_processors(settings: Settings, group: str) -> Check:
 
 
 def _group_members(described: list[object]) -> tuple[int, str]:
+    """Members and state of the group from aiokafka's raw DescribeGroupsResponses, whose
+    groups read {"error_code", "group", "state", "protocol_type", "protocol", "members"}."""
     for response in described:
         for group in response.to_object()["groups"]:  # type: ignore[attr-defined]
-            return len(group["members"]), str(group["group_state"])
+            if group["error_code"]:
+                return 0, f"error code {group['error_code']}"
+            return len(group["members"]), str(group["state"])
     return 0, "unknown"
 
 

@@ -21,6 +21,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from steplog.errors import ClickHouseError, ClickHousePathLockedError
 from steplog.projections.clickhouse import chdb_path, open_clickhouse
@@ -64,9 +65,12 @@ def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: OutputFor
         writer.writerow(columns)
         writer.writerows([[_text(value) for value in row] for row in rows])
         return out.getvalue().rstrip("\n")
-    table = Table(*columns, show_lines=False)
+    # Text, not str: rich would read "[...]" in names and values as markup (and fail on some).
+    table = Table(show_lines=False)
+    for column in columns:
+        table.add_column(Text(column))
     for row in rows:
-        table.add_row(*(_text(value) for value in row))
+        table.add_row(*(Text(_text(value)) for value in row))
     shown = io.StringIO()
     console = Console(file=shown, width=200, force_terminal=False)
     console.print(table)
@@ -89,4 +93,4 @@ def _json_value(value: Any) -> Any:
         return str(value)
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
-    raise TypeError(f"cannot show {type(value).__name__} as JSON")
+    return str(value)  # IPv4Address, timedelta, ...: their text, as in the table and CSV

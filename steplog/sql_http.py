@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import re
+import sys
+import threading
 import zlib
 from collections.abc import Callable, Mapping
 
@@ -56,6 +58,7 @@ _INSERT = re.compile(
 _INLINE_INSERT = re.compile(
     rb"^(\s*INSERT\s+INTO\s[^\n]*?\bFORMAT\s+\w+)[ \t]*\r?\n", re.IGNORECASE
 )
+_IS_INSERT = re.compile(r"^\s*INSERT\b", re.IGNORECASE)
 _ERROR_CODE = re.compile(r"Code:\s*(\d+)")
 _CONTENT_TYPES = {
     "JSON": "application/json; charset=UTF-8",
@@ -68,8 +71,27 @@ _CONTENT_TYPES = {
     "Parquet": "application/octet-stream",
     "Arrow": "application/octet-stream",
 }
-# Statuses ClickHouse gives some error codes; everything else is a 500.
-_STATUS_BY_CODE = {60: 404, 81: 404, 62: 400, 47: 400, 46: 400, 516: 403}
+# The statuses ClickHouse's HTTP handler gives error codes (exceptionCodeToHTTPStatus);
+# everything else is a 500.
+_STATUS_BY_CODE = {
+    194: 401,  # REQUIRED_PASSWORD
+    **dict.fromkeys((192, 193, 516, 512), 403),  # UNKNOWN_USER, WRONG_PASSWORD, ...
+    # BAD_ARGUMENTS, CANNOT_PARSE_*, DUPLICATE_COLUMN, ILLEGAL_COLUMN, ..._AST, SYNTAX_ERROR,
+    # INCORRECT_DATA, TYPE_MISMATCH, VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+    **dict.fromkeys(
+        (36, 427, 6, 25, 26, 38, 41, 72, 441, 675, 676, 27, 376, 15, 44, 37, 123, 8, 167, 168,
+         223, 62, 117, 53, 321),
+        400,
+    ),
+    # UNKNOWN_TABLE, _FUNCTION, _IDENTIFIER, _TYPE, _STORAGE, _DATABASE, _SETTING,
+    # _DIRECTION_OF_SORTING, _AGGREGATE_FUNCTION, _FORMAT, _DATABASE_ENGINE, _TYPE_OF_QUERY, _ROLE
+    **dict.fromkeys((60, 46, 47, 50, 56, 81, 115, 152, 63, 73, 336, 78, 511), 404),
+    229: 413,  # QUERY_IS_TOO_LARGE
+    48: 501,  # NOT_IMPLEMENTED
+    **dict.fromkeys((209, 76, 439), 503),  # SOCKET_TIMEOUT, CANNOT_OPEN_FILE, CANNOT_SCHEDULE_TASK
+    381: 411,  # HTTP_LENGTH_REQUIRED
+    159: 408,  # TIMEOUT_EXCEEDED
+}
 
 
 class SqlRequest:
@@ -102,13 +124,14 @@ class SqlRequest:
 
 def execute(client: Client, request: SqlRequest) -> bytes:
     """Run one request on the engine (blocking); ClickHouse's own errors propagate."""
+    query = request.query
     if request.data is not None:
-        insert = _INSERT.match(request.query)
+        insert = _INSERT.match(query)
         if insert is None:
-            raise ValueError(
-                "Code: 62. DB::Exception: data was sent in the body, so the query must be "
-                "INSERT INTO <table> [(columns)] [FORMAT <format>]. (SYNTAX_ERROR)"
-            )
+            # Like ClickHouse: the body continues the query in the URL
+            # (`?query=INSERT INTO t VALUES` with the rows in the body).
+            query = f"{query}\n{request.data.decode('utf-8')}"
+            return _run_query(client, query, request)
         table = insert.group("table").replace("`", "").replace('"', "")
         if "." not in table:
             table = f"{request.database}.{table}"
@@ -121,11 +144,18 @@ def execute(client: Client, request: SqlRequest) -> bytes:
             fmt=insert.group("format") or request.format,
         )
         return b""
+    return _run_query(client, query, request)
+
+
+def _run_query(client: Client, query: str, request: SqlRequest) -> bytes:
+    # An INSERT's inline data (VALUES ...) ends the statement: a FORMAT appended after it
+    # would be read as more data. ClickHouse ignores the output format for INSERTs anyway.
+    output = None if request.format_in_query or _IS_INSERT.match(query) else request.format
     return client.raw_query(
-        request.query,
+        query,
         parameters=request.parameters or None,
         settings=request.settings or None,
-        fmt=None if request.format_in_query else request.format,
+        fmt=output,
     )
 
 
@@ -134,15 +164,29 @@ ClientFactory = Callable[[str], Client]
 
 
 def sql_app(open_client: ClientFactory, default_database: str) -> web.Application:
-    """The aiohttp application answering ClickHouse HTTP requests."""
+    """The aiohttp application answering ClickHouse HTTP requests.
+
+    It decodes Content-Encoding itself (aiohttp knows neither lz4 nor ClickHouse's error
+    format), so run it with aiohttp's own request decompression off (`auto_decompress=False`,
+    as `serve_sql` does): otherwise gzip, deflate and zstd bodies would be decoded twice.
+    """
     clients: dict[str, Client] = {}
+    opening = threading.Lock()
 
     def client_for(database: str) -> Client:
         # One client per default database keeps each request's database exact without `USE`,
-        # which would leak between concurrent requests sharing a session.
-        if database not in clients:
-            clients[database] = open_client(database)
-        return clients[database]
+        # which would leak between concurrent requests sharing a session. Requests run in
+        # worker threads, so two first requests on one database must not both open one.
+        with opening:
+            if database not in clients:
+                clients[database] = open_client(database)
+            return clients[database]
+
+    async def close_clients(_: web.Application) -> None:
+        with opening:
+            for client in clients.values():
+                client.close()
+            clients.clear()
 
     async def ping(_: web.Request) -> web.Response:
         return web.Response(text="Ok.\n")
@@ -171,6 +215,7 @@ def sql_app(open_client: ClientFactory, default_database: str) -> web.Applicatio
         )
 
     app = web.Application(client_max_size=256 * 1024 * 1024)
+    app.on_cleanup.append(close_clients)
     app.router.add_get("/ping", ping)
     app.router.add_route("GET", "/", handle)
     app.router.add_route("POST", "/", handle)
@@ -192,9 +237,14 @@ def decompress(encoding: str, body: bytes) -> bytes:
 
             return bytes(lz4.frame.decompress(body))
         if encoding == "zstd":
-            import zstandard
+            # clickhouse-connect's own zstd: the standard library's from Python 3.14, the
+            # backport before (the `zstandard` package is not installed with it).
+            if sys.version_info >= (3, 14):
+                from compression import zstd
+            else:
+                from backports import zstd
 
-            return bytes(zstandard.ZstdDecompressor().decompressobj().decompress(body))
+            return bytes(zstd.decompress(body))
     except Exception as exc:
         raise ValueError(
             f"Code: 432. DB::Exception: cannot decompress the {encoding} request body: {exc}. "
@@ -223,7 +273,9 @@ async def serve_sql(
     open_client: ClientFactory, default_database: str, *, host: str = "127.0.0.1", port: int = 8123
 ) -> web.AppRunner:
     """Start answering on host:port; the caller stops it with `await runner.cleanup()`."""
-    runner = web.AppRunner(sql_app(open_client, default_database), access_log=None)
+    runner = web.AppRunner(
+        sql_app(open_client, default_database), access_log=None, auto_decompress=False
+    )
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

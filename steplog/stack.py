@@ -52,10 +52,10 @@ def run_processors(settings: Settings, *, sql_port: int | None, hooks: StackHook
     """Run the processors in the foreground until SIGINT/SIGTERM (raises SystemExit then)."""
     client = open_clickhouse(settings.clickhouse_dsn)
     migrate(client, settings.clickhouse_database)
+    config = processor_config(settings)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
     writer = ProjectionWriter(client, settings.clickhouse_database)
-    app, _ = create_processor_app(
-        processor_config(settings), writer, load_flows(client, settings.clickhouse_database)
-    )
+    app, _ = create_processor_app(config, writer, load_flows(client, settings.clickhouse_database))
     if sql_port is not None and chdb_path(settings.clickhouse_dsn) is not None:
         _serve_sql_from(app, settings, sql_port)
     if hooks is not None and hooks.on_ready is not None:

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -169,21 +170,27 @@ def start_processors(settings: Settings, log_path: Path) -> RunningProcessors:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 120
-    while True:
+
+    def answers() -> bool:
         if process.poll() is not None:
             raise AssertionError(f"processors exited with {process.returncode}: "
                                  f"{log_path.read_text(errors='replace')[-3000:]}")
         try:
-            sql = clickhouse_connect.get_client(
-                host="127.0.0.1", port=settings.sql_port, database=settings.clickhouse_database
-            )
-            return RunningProcessors(settings, process, sql)
-        except Exception:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise
-            time.sleep(0.1)  # polling an endpoint that is starting; bounded by the deadline
+            with urllib.request.urlopen(f"http://127.0.0.1:{settings.sql_port}/ping", timeout=5):
+                return True
+        except OSError:
+            return False
+
+    try:
+        wait_for(answers, timeout=120, what="the processors' SQL endpoint")
+    except BaseException:
+        process.kill()
+        process.wait(timeout=30)
+        raise
+    sql = clickhouse_connect.get_client(
+        host="127.0.0.1", port=settings.sql_port, database=settings.clickhouse_database
+    )
+    return RunningProcessors(settings, process, sql)
 
 
 @pytest.fixture
