@@ -265,7 +265,9 @@ class EventSender:
             acks="all",
             enable_idempotence=True,
             linger_ms=self.linger_ms,
-            max_batch_size=_BATCH_BYTES,
+            # A batch may not exceed the topic's max.message.bytes (steplog.topics sets it to
+            # max_event_bytes plus headroom); a single larger event still goes, alone.
+            max_batch_size=min(_BATCH_BYTES, self.max_event_bytes),
             max_request_size=self.max_event_bytes + _REQUEST_HEADROOM_BYTES,
         )
         if not await self._start_producer(producer):

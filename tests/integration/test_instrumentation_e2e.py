@@ -16,7 +16,7 @@ from steplog.projections.log_reader import read_log
 from steplog.schemas.codec import decode_dead_letter
 from steplog.schemas.flows import FlowDefinition, FlowEdge, FlowStep
 from steplog.settings import Settings
-from conftest import RunningProcessors, wait_for
+from tests.conftest import RunningProcessors, wait_for
 
 
 class CardDeclined(Exception):

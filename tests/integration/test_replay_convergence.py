@@ -15,7 +15,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from conftest import RunningProcessors, processors_environment, start_processors, wait_for
+from tests.conftest import RunningProcessors, processors_environment, start_processors, wait_for
 
 from steplog.producers.flows_file import push_flows
 from steplog.producers.sender import EventSender
@@ -160,9 +160,9 @@ def test_killed_processors_converge_and_replay_rebuilds_the_same_rows(
         assert scalar(running, "SELECT uniqExact(project, flow, run_id, step_key) "
                                "FROM steps_current") == scalar(
             running, "SELECT count() FROM steps_current")
-        statuses = dict(running.sql.query(
-            "SELECT status, count() FROM runs_current GROUP BY status").result_rows)
-        assert statuses.keys() >= {"completed", "failed", "running"}
+        statuses = {status for (status,) in running.sql.query(
+            "SELECT DISTINCT status FROM runs_current").result_rows}
+        assert statuses >= {"completed", "failed", "running"}
     finally:
         running.stop()
 

@@ -127,6 +127,7 @@ def test_status_reports_a_healthy_stack_then_what_stopped(processors: RunningPro
 
     # The endpoint answers before the consumer group has its members.
     wait_for(healthy, timeout=120, what=f"a healthy `steplog status`: {seen[-1:]}")
+    print(seen[-1].stdout, len(seen))
     lines = {line.split()[1]: line for line in seen[-1].stdout.splitlines()}
     assert lines["kafka"].startswith("ok ")
     assert lines["processors"].startswith("ok ") and "member(s)" in lines["processors"]
@@ -136,6 +137,7 @@ def test_status_reports_a_healthy_stack_then_what_stopped(processors: RunningPro
     processors.stop()
     down = steplog("status", env=env)
     assert down.returncode == 1, down.stdout + down.stderr
+    print(down.stdout)
     lines = {line.split()[1]: line for line in down.stdout.splitlines()}
     assert lines["kafka"].startswith("ok ")
     assert lines["sql"].startswith("FAIL") and "does not answer" in lines["sql"], down.stdout
