@@ -13,7 +13,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from conftest import RunningProcessors, processors_environment, wait_for
+from tests.conftest import RunningProcessors, processors_environment, wait_for
 
 
 def steplog(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
