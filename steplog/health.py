@@ -63,22 +63,40 @@ async def _check_processors(settings: Settings, group: str) -> Check:
         await admin.start()
         described = await admin.describe_consumer_groups([group])
         members, state = _group_members(described)
-        if not members:
-            return Check("processors", False, f"consumer group {group!r} has no members ({state})")
         await consumer.start()
-        partitions = consumer.partitions_for_topic(settings.topics.events) or set()
-        assigned = [TopicPartition(settings.topics.events, p) for p in sorted(partitions)]
-        ends = await consumer.end_offsets(assigned) if assigned else {}
-        lag = 0
-        for tp in assigned:
-            committed = await consumer.committed(tp)
-            lag += ends[tp] - (committed or 0)
+        lag = await _events_lag(admin, consumer, settings.topics.events)
+        if not members:
+            return Check(
+                "processors", False,
+                f"consumer group {group!r} has no members ({state}), lag {lag} events",
+            )
         return Check("processors", True, f"{members} member(s) in {group!r}, lag {lag} events")
     except Exception as exc:
         return Check("processors", False, f"cannot describe group {group!r}: {exc!r}")
     finally:
         await consumer.stop()
         await admin.close()
+
+
+async def _events_lag(admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, topic: str) -> int:
+    """Events of the topic past the group's committed offsets.
+
+    The partitions come from the topic's metadata: a consumer that subscribes to nothing (this
+    one only reads the group's offsets) knows no topic's partitions.
+    """
+    described = await admin.describe_topics([topic])
+    partitions = sorted(
+        int(p.get("partition", p.get("partition_index")))
+        for t in described if t.get("topic", t.get("name")) == topic
+        for p in t["partitions"]
+    )
+    assigned = [TopicPartition(topic, p) for p in partitions]
+    ends = await consumer.end_offsets(assigned) if assigned else {}
+    lag = 0
+    for tp in assigned:
+        committed = await consumer.committed(tp)
+        lag += ends[tp] - (committed or 0)
+    return lag
 
 
 def _group_members(described: list[object]) -> tuple[int, str]:

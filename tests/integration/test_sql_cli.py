@@ -7,13 +7,16 @@ import csv
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
-from tests.conftest import RunningProcessors, processors_environment, wait_for
+from steplog.producers.sender import EventSender
+from steplog.schemas.events import StepStarted, StepStartedPayload, new_event_id
+from steplog.settings import Settings
+from tests.conftest import RunningProcessors, free_port, processors_environment, wait_for
 
 
 def steplog(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -32,19 +35,13 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout
 
 
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_sql_opens_the_files_when_no_process_holds_them(tmp_path: Path) -> None:
     env = {
         "STEPLOG_DATA_DIR": str(tmp_path / "steplog"),
         "STEPLOG_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'clickhouse'}",
         "STEPLOG_CLICKHOUSE_DATABASE": f"cli_{uuid.uuid4().hex[:8]}",
         # Nothing listens here: the files are free, so the endpoint must not be needed.
-        "STEPLOG_SQL_PORT": str(unused_port()),
+        "STEPLOG_SQL_PORT": str(free_port()),
     }
     assert "up to date" in ok(steplog("migrate", env=env))
     ok(steplog(
@@ -112,7 +109,7 @@ def test_sql_goes_through_the_endpoint_of_the_process_that_holds_the_files(
     assert "Traceback" not in bad.stderr + bad.stdout
 
     # The files are held but nothing answers on the configured port: say so, and where.
-    elsewhere = steplog("sql", "SELECT 1", env={**env, "STEPLOG_SQL_PORT": str(unused_port())})
+    elsewhere = steplog("sql", "SELECT 1", env={**env, "STEPLOG_SQL_PORT": str(free_port())})
     assert elsewhere.returncode == 2, elsewhere.stdout + elsewhere.stderr
     assert "STEPLOG_SQL_PORT" in elsewhere.stderr and "Traceback" not in elsewhere.stderr
 
@@ -127,19 +124,40 @@ def test_status_reports_a_healthy_stack_then_what_stopped(processors: RunningPro
 
     # The endpoint answers before the consumer group has its members.
     wait_for(healthy, timeout=120, what=f"a healthy `steplog status`: {seen[-1:]}")
-    print(seen[-1].stdout, len(seen))
     lines = {line.split()[1]: line for line in seen[-1].stdout.splitlines()}
     assert lines["kafka"].startswith("ok ")
     assert lines["processors"].startswith("ok ") and "member(s)" in lines["processors"]
     assert lines["sql"].startswith("ok ") and "sql endpoint" in lines["sql"]
     assert f":{processors.settings.sql_port}/ping" in lines["sql"]
 
+    # Events the processors fold: the lag comes back to 0 once their offsets are committed.
+    send_step_events(processors.settings, 6)
+    wait_for(lambda: healthy() and "lag 0 events" in seen[-1].stdout, timeout=120,
+             what=f"the processors' lag back at 0: {seen[-1:]}")
+
     processors.stop()
+    # Sent while nothing consumes them: they are the lag.
+    send_step_events(processors.settings, 4)
     down = steplog("status", env=env)
     assert down.returncode == 1, down.stdout + down.stderr
-    print(down.stdout)
     lines = {line.split()[1]: line for line in down.stdout.splitlines()}
     assert lines["kafka"].startswith("ok ")
     assert lines["sql"].startswith("FAIL") and "does not answer" in lines["sql"], down.stdout
     # The processors left their group when they stopped.
-    assert lines["processors"].startswith("FAIL") and "no members" in lines["processors"], down.stdout
+    assert lines["processors"].startswith("FAIL"), down.stdout
+    assert "no members" in lines["processors"] and "lag 4 events" in lines["processors"]
+
+
+def send_step_events(settings: Settings, count: int) -> None:
+    sender = EventSender(settings.kafka_bootstrap, settings.topics.events)
+    try:
+        for index in range(count):
+            sender.send_event(StepStarted(
+                event_id=new_event_id(), project=settings.project, flow="status",
+                run_id=f"run-{uuid.uuid4().hex[:8]}", step_key=f"step-{index}",
+                ts=datetime.now(UTC), payload=StepStartedPayload(input={"n": index}),
+            ))
+        assert sender.flush(timeout=60), sender.stats()
+        assert sender.stats().sent == count
+    finally:
+        sender.close()

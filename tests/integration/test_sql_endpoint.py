@@ -12,7 +12,6 @@ import csv
 import gzip
 import io
 import json
-import socket
 import threading
 import urllib.error
 import urllib.parse
@@ -28,12 +27,7 @@ from clickhouse_connect.driver.client import Client
 from steplog.projections.clickhouse import open_clickhouse
 from steplog.settings import Settings
 from steplog.sql_http import serve_sql
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.conftest import free_port
 
 
 @dataclass
@@ -50,16 +44,23 @@ class _ServerThread:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="sql-endpoint", daemon=True)
         self.thread.start()
-        self.runner: web.AppRunner = asyncio.run_coroutine_threadsafe(
-            serve_sql(lambda db: open_clickhouse(dsn, db), database, port=port), self.loop
-        ).result(timeout=60)
+        self.runner: web.AppRunner | None = None
+        try:
+            self.runner = asyncio.run_coroutine_threadsafe(
+                serve_sql(lambda db: open_clickhouse(dsn, db), database, port=port), self.loop
+            ).result(timeout=60)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         try:
-            asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=60)
+            if self.runner is not None:
+                asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(60)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=60)
+            assert not self.thread.is_alive(), "the endpoint's event loop did not stop"
             self.loop.close()
 
 
