@@ -38,7 +38,7 @@ from steplog.schemas.codec import encode
 from steplog.schemas.flows import FlowDefinition, FlowEdge, FlowStep
 from steplog.settings import Settings
 
-__all__ = ["DEFAULT_FLOWS_FILE", "load_flows_file", "push_flows", "push_flows_async"]
+__all__ = ["DEFAULT_FLOWS_FILE", "load_flows_file", "push_flows", "push_flows_async", "read_flows"]
 
 DEFAULT_FLOWS_FILE: Final = Path(".steplog") / "flows.json"
 
@@ -72,8 +72,14 @@ def load_flows_file(path: Path | str, project: str) -> list[FlowDefinition]:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise FlowsFileError(shown, None, "", f"cannot be read: {exc}") from None
-    document = _LocatedJson.parse(shown, text)
-    return _FlowsReader(shown, document, project).read()
+    return read_flows(text, project, source=shown)
+
+
+def read_flows(text: str, project: str, *, source: str) -> list[FlowDefinition]:
+    """The flows declared in a flows document's text (a file's content, an HTTP body), with
+    load_flows_file's checks; its errors name `source` where they would name the file."""
+    document = _LocatedJson.parse(source, text)
+    return _FlowsReader(source, document, project).read()
 
 
 def push_flows(settings: Settings, definitions: Sequence[FlowDefinition]) -> None:

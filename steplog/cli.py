@@ -17,6 +17,7 @@ from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 
+from steplog.api import serve_api
 from steplog.broker import LocalBroker, ensure_kafka_jars
 from steplog.demo import demo_hooks
 from steplog.errors import SteplogError
@@ -154,6 +155,26 @@ def processors(sql_port: SqlPortOption = None) -> None:
     """
     settings = load_settings()
     run_processors(settings, sql_port=sql_port or settings.sql_port)
+
+
+@app.command("api")
+@reports_errors
+def api(
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host", help="Address to listen on (0.0.0.0: every interface, in a container)."
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")
+    ] = 8000,
+) -> None:
+    """Serve the ingest API (foreground): POST /v1/events, /v1/signals, /v1/flows; GET /healthz.
+
+    For services that cannot run the Python SDK; SIGINT/SIGTERM flush what was accepted, then stop.
+    """
+    serve_api(load_settings(), host=host, port=port)
 
 
 @app.command("dev")

@@ -1,10 +1,16 @@
 """docker-compose.yml cannot run here (no Docker engine), so its consistency is tested instead."""
 
+import re
+import shlex
 from pathlib import Path
 from typing import Any
 
+import typer
+import typer.core
+import typer.main
 import yaml
 
+import steplog.cli
 from steplog.settings import Settings, env_name
 
 COMPOSE = Path(__file__).parents[2] / "docker-compose.yml"
@@ -45,3 +51,59 @@ def test_published_ports_bind_to_loopback_only() -> None:
     for name, service in load_compose()["services"].items():
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+def _steplog_invocations() -> list[tuple[str, list[str]]]:
+    """Every `steplog` command line in compose, as (service, arguments after `steplog`).
+
+    The image's ENTRYPOINT is `steplog`, so a `command:` list is its arguments; the one-shot
+    `setup` runs `steplog ...` commands through `sh -c`.
+    """
+    invocations: list[tuple[str, list[str]]] = []
+    for name, service in load_compose()["services"].items():
+        if "build" not in service:
+            continue  # third-party images (kafka, clickhouse)
+        if "command" in service:
+            command = service["command"]
+            assert isinstance(command, list), f"{name}: write command as a list of arguments"
+            invocations.append((name, [str(part) for part in command]))
+        entrypoint = service.get("entrypoint")
+        if entrypoint is not None:
+            assert entrypoint[:2] == ["sh", "-c"], f"{name}: unexpected entrypoint {entrypoint}"
+            for line in re.split(r"&&|\|\||;", entrypoint[2]):
+                words = shlex.split(line)
+                assert words and words[0] == "steplog", f"{name}: {line.strip()!r} is not steplog"
+                invocations.append((name, words[1:]))
+    return invocations
+
+
+def test_dockerfile_entrypoint_is_steplog() -> None:
+    dockerfile = (COMPOSE.parent / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["steplog"]' in dockerfile
+
+
+def test_every_compose_command_is_a_real_steplog_command() -> None:
+    invocations = _steplog_invocations()
+    assert {name for name, _ in invocations} >= {"setup", "processors", "api"}
+    for service, arguments in invocations:
+        # typer's click objects (typer vendors click since 0.24: not the `click` package's).
+        command = typer.main.get_command(steplog.cli.app)
+        path = ["steplog"]
+        remaining = list(arguments)
+        while isinstance(command, typer.core.TyperGroup):
+            assert remaining, f"{service}: `{' '.join(path)}` needs a subcommand"
+            name = remaining.pop(0)
+            context = typer.Context(command)
+            subcommand = command.get_command(context, name)
+            assert subcommand is not None, (
+                f"{service}: `{' '.join(path)} {name}` is not a command; "
+                f"expected one of {sorted(command.list_commands(context))}"
+            )
+            command, path = subcommand, [*path, name]
+        # Parsing (without running) checks the options and their values too.
+        try:
+            command.make_context(" ".join(path), list(remaining))
+        except Exception as exc:  # a usage error: unknown option, bad value, extra argument
+            raise AssertionError(
+                f"{service}: `{' '.join(path)}` cannot take {remaining}: {exc}"
+            ) from None
