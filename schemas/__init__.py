@@ -6,8 +6,12 @@ every layer can share it.
 - `statuses`: RunStatus, StepStatus, parse_step_status (ours and the seed SDKs' words).
 - `base`: the strict WireModel base, shared field types, ErrorInfo, TriggerInfo.
 - `events`: run and step events on the events topic; `Event` is their discriminated union.
-- `signals`: `Signal`, a named event on the signals topic.
-- `commands`: start / resume / cancel instructions for workers; `Command`.
+- `signals`: the signals topic: `Signal` and the wait / trigger bookkeeping of its name
+  (`WaitRegistered`, `WaitEnded`, `TriggerRegistered`); `SignalsMessage`; wait matching.
+- `commands`: start / resume / cancel instructions for workers, with the run's history; `Command`.
+- `flows`: the flows topic: `FlowDefinition`, `WorkflowDefinition` (with its `RetryPolicy`);
+  `FlowsMessage`.
+- `ids`: deterministic ids (`derived_id`) that make duplicate writes collapse.
 - `dead_letters`: `DeadLetter`, an unusable message kept with the reason.
 - `codec`: bytes <-> models (encode, decode_*, validate_*), with one clear error per message.
 - `golden`, `export`: golden examples and JSON Schemas, written to `examples/` and `json/`.

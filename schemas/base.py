@@ -69,6 +69,20 @@ MessageId = Annotated[str, Field(min_length=1, max_length=128)]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 """Project, flow, run id, step key, event name: short identifiers that end up in table keys."""
 
+MatchPath = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[^.]+(\.[^.]+)*$",
+        description="Dotted path into the signal as a JSON object, e.g. 'data.order_id'; "
+        "a segment of digits indexes an array.",
+    ),
+]
+"""Where a wait's match value is read: the same path in the run's trigger event (by the worker,
+giving `match_value`) and in each signal of the name (by the signals agent); see
+`signals.resolve_match_path`."""
+
 Timestamp = AwareDatetime
 """A point in time with its UTC offset; naive datetimes are refused (whose clock would they be?)."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, get_origin
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails, PydanticSerializationError, from_json, to_json
@@ -21,8 +21,8 @@ from .base import SCHEMA_VERSION, WireModel, models_by_type
 from .commands import Command
 from .dead_letters import DeadLetter
 from .events import Event
-from .flows import FlowDefinition
-from .signals import Signal
+from .flows import FlowDefinition, FlowsMessage
+from .signals import Signal, SignalsMessage
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -31,12 +31,16 @@ __all__ = [
     "decode_dead_letter",
     "decode_event",
     "decode_flow",
+    "decode_flows_message",
     "decode_signal",
+    "decode_signals_message",
     "encode",
     "validate_command",
     "validate_event",
     "validate_flow",
+    "validate_flows_message",
     "validate_signal",
+    "validate_signals_message",
 ]
 
 DEFAULT_MAX_BYTES = 1024 * 1024
@@ -73,6 +77,14 @@ _SIGNALS = _kind("signal", TypeAdapter(Signal), Signal)
 _COMMANDS = _kind("command", TypeAdapter[Command](Command), Command)
 _DEAD_LETTERS = _kind("dead letter", TypeAdapter(DeadLetter), DeadLetter)
 _FLOWS = _kind("flow definition", TypeAdapter(FlowDefinition), FlowDefinition)
+# The whole topics: a consumer of the signals (or flows) topic reads every kind on it, while
+# decode_signal (decode_flow) still reads only its one model, for callers that expect only it.
+_SIGNALS_MESSAGES = _kind(
+    "signals-topic message", TypeAdapter[SignalsMessage](SignalsMessage), SignalsMessage
+)
+_FLOWS_MESSAGES = _kind(
+    "flows-topic message", TypeAdapter[FlowsMessage](FlowsMessage), FlowsMessage
+)
 
 
 # --- encoding -------------------------------------------------------------------------------
@@ -105,7 +117,16 @@ def decode_event(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Event:
 
 
 def decode_signal(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Signal:
+    """A signal only: a wait or trigger registration is refused as an unknown type."""
     return _decode(_SIGNALS, data, max_bytes)
+
+
+def decode_signals_message(
+    data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES
+) -> SignalsMessage:
+    """Any message of the signals topic: a signal, wait.registered, wait.ended or
+    trigger.registered (what the signals agent reads)."""
+    return _decode(_SIGNALS_MESSAGES, data, max_bytes)
 
 
 def decode_command(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Command:
@@ -117,8 +138,14 @@ def decode_dead_letter(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> De
 
 
 def decode_flow(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> FlowDefinition:
-    """A flow definition from the flows topic, with decode_event's rules."""
+    """A flow definition from the flows topic, with decode_event's rules; a workflow
+    definition is refused as an unknown type (read the topic with decode_flows_message)."""
     return _decode(_FLOWS, data, max_bytes)
+
+
+def decode_flows_message(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> FlowsMessage:
+    """Any message of the flows topic: a flow or a workflow definition."""
+    return _decode(_FLOWS_MESSAGES, data, max_bytes)
 
 
 def validate_event(mapping: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Event:
@@ -135,6 +162,12 @@ def validate_signal(mapping: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_
     return _decode(_SIGNALS, _mapping_to_json(mapping), max_bytes)
 
 
+def validate_signals_message(
+    mapping: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_BYTES
+) -> SignalsMessage:
+    return _decode(_SIGNALS_MESSAGES, _mapping_to_json(mapping), max_bytes)
+
+
 def validate_command(
     mapping: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> Command:
@@ -145,6 +178,12 @@ def validate_flow(
     mapping: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> FlowDefinition:
     return _decode(_FLOWS, _mapping_to_json(mapping), max_bytes)
+
+
+def validate_flows_message(
+    mapping: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_BYTES
+) -> FlowsMessage:
+    return _decode(_FLOWS_MESSAGES, _mapping_to_json(mapping), max_bytes)
 
 
 def _mapping_to_json(mapping: Mapping[str, Any]) -> bytes:
@@ -243,13 +282,17 @@ def _field_problem(
             allowed = _fields_at(kind, document, location[:-1])
             if allowed:
                 problem += f"; expected one of {', '.join(allowed)}"
-        case "value_error" if not field:
-            # A model's own check (FlowDefinition's graph); its message starts with the path
-            # of the field it is about: "edges[1].target: 'x' is not one of the flow's steps".
+        case "value_error":
+            # A model's own check (FlowDefinition's graph, RetryPolicy's delays) starts its
+            # message with the path of the field it is about, relative to the model:
+            # "edges[1].target: 'x' is not one of the flow's steps". A field's own check
+            # (SleepKind, ReportableStepStatus) says what was expected, and the value is added.
             message = str(error.get("ctx", {}).get("error", error["msg"]))
             path, separator, rest = message.partition(": ")
             if separator and " " not in path:
-                field, problem = path, rest
+                field, problem = ".".join(part for part in (field, path) if part), rest
+            elif field and not isinstance(error["input"], dict):
+                problem = f"{message}, got {_shown(error['input'])}"
             else:
                 problem = message
         case "timezone_aware":
@@ -265,15 +308,25 @@ def _field_problem(
 def _fields_at(kind: _MessageKind[Any], document: Any, location: list[Any]) -> list[str]:
     """The field names of the model at `location` inside the message, or [] if not a model."""
     model: type[BaseModel] | None = kind.models.get(document.get("type", ""))
+    in_container = False
     for part in location:
-        if model is None or part not in model.model_fields:
+        if model is None:
             return []
-        model = _model_in(model.model_fields[part].annotation)
-    return list(model.model_fields) if model is not None else []
+        if in_container:
+            # The index into a list (steps[1]) or the key into a mapping (history["charge"])
+            # of models: the model stays the same.
+            in_container = False
+            continue
+        if part not in model.model_fields:
+            return []
+        annotation = model.model_fields[part].annotation
+        in_container = get_origin(annotation) in (list, dict)
+        model = _model_in(annotation)
+    return list(model.model_fields) if model is not None and not in_container else []
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:
-    # A nested field is either a model or `Model | None`.
+    # A nested field is a model, `Model | None`, `list[Model]` or `dict[str, Model]`.
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for member in getattr(annotation, "__args__", ()):

@@ -13,11 +13,12 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, JsonValue
+from pydantic import AfterValidator, Field, JsonValue, WithJsonSchema
 
 from .base import (
     SCHEMA_VERSION,
     ErrorInfo,
+    MatchPath,
     MessageId,
     Metadata,
     Name,
@@ -59,6 +60,7 @@ __all__ = [
     "StepFailedPayload",
     "StepInvoked",
     "StepInvokedPayload",
+    "SleepKind",
     "StepKind",
     "StepSkipped",
     "StepSkippedPayload",
@@ -86,6 +88,23 @@ class StepKind(StrEnum):
     WAIT_FOR_EVENT = "wait_for_event"
     RUN_WORKFLOW = "run_workflow"
     EMIT = "emit"
+
+
+_SLEEP_KINDS = (StepKind.SLEEP, StepKind.SLEEP_UNTIL)
+
+
+def _is_sleep_kind(kind: StepKind) -> StepKind:
+    if kind not in _SLEEP_KINDS:
+        raise ValueError(f"not a sleep; expected one of {', '.join(_SLEEP_KINDS)}")
+    return kind
+
+
+SleepKind = Annotated[
+    StepKind,
+    AfterValidator(_is_sleep_kind),
+    WithJsonSchema({"type": "string", "enum": [kind.value for kind in _SLEEP_KINDS]}),
+]
+"""The kinds of step that sleep: `sleep` (a duration) and `sleep_until` (an absolute time)."""
 
 
 # --- the envelope ---------------------------------------------------------------------------
@@ -159,6 +178,11 @@ class StepSkippedPayload(WireModel):
 
 class StepSleepingPayload(WireModel):
     wake_at: Timestamp = Field(description="The absolute time the run wakes up.")
+    # The sleep is the step's only event until it wakes, so it says which call made it (the
+    # dashboard tells `sleep("1h")` from `sleep_until(renewal)`).
+    kind: SleepKind = Field(
+        StepKind.SLEEP, description="sleep (a duration) or sleep_until (an absolute time)."
+    )
 
 
 class StepWaitingPayload(WireModel):
@@ -166,7 +190,7 @@ class StepWaitingPayload(WireModel):
     timeout_at: Timestamp | None = Field(
         None, description="When the wait resolves to null; null waits forever."
     )
-    match: str | None = Field(
+    match: MatchPath | None = Field(
         None, description="Dotted path into the signal, e.g. 'data.order_id', to compare."
     )
     match_value: JsonValue = Field(
@@ -238,6 +262,9 @@ class StepInvoked(StepEventEnvelope):
 
 class RunScheduledPayload(WireModel):
     start_at: Timestamp = Field(description="When the run is due to start.")
+    # The timer service builds the start_run from the run's state when start_at is due, and
+    # workers take only their app's commands: without the app, the start would go to anyone.
+    app: str | None = Field(None, description="The app whose worker starts the run.")
     input: JsonValue = None
     trigger: TriggerInfo | None = None
 

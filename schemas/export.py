@@ -25,9 +25,9 @@ from .codec import encode
 from .commands import Command
 from .dead_letters import DeadLetter
 from .events import Event
-from .flows import FlowDefinition
-from .golden import golden_flow_definition, golden_messages
-from .signals import Signal
+from .flows import FlowDefinition, FlowsMessage
+from .golden import golden_flows_messages, golden_messages
+from .signals import Signal, SignalsMessage
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 """Where the committed files live: the `schemas/` folder (package data in a wheel)."""
@@ -35,12 +35,16 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 _OUTPUT_DIRS = ("json", "examples")
 _EXPORT_COMMAND = "python -m steplog.schemas.export"
 
+# One schema per topic (what a consumer of it must read), and the single models that callers
+# of decode_signal / decode_flow still read alone.
 _SCHEMAS: dict[str, tuple[str, Any]] = {
     "event": ("Steplog event", Event),
     "signal": ("Steplog signal", Signal),
+    "signals_message": ("Steplog signals-topic message", SignalsMessage),
     "command": ("Steplog command", Command),
     "dead_letter": ("Steplog dead letter", DeadLetter),
     "flow": ("Steplog flow definition", FlowDefinition),
+    "flows_message": ("Steplog flows-topic message", FlowsMessage),
 }
 
 
@@ -57,8 +61,7 @@ def render_schema(name: str) -> str:
 def render_files() -> dict[str, str]:
     """Every generated file, by its path relative to the package directory."""
     files = {f"json/{name}.schema.json": render_schema(name) for name in _SCHEMAS}
-    flow = golden_flow_definition()
-    messages: dict[str, WireModel] = {**golden_messages(), flow.type: flow}
+    messages: dict[str, WireModel] = {**golden_messages(), **golden_flows_messages()}
     for type_tag, message in messages.items():
         # Field order, not sorted keys: an example reads like the envelope it illustrates.
         value = json.loads(encode(message))

@@ -4,7 +4,8 @@
 language passes when it decodes every file and its encoder writes the same JSON value back.
 Ids and timestamps are fixed so that the files only change when the schema does.
 
-They tell one story: a run of the `checkout` workflow, started by an `order.created` signal.
+They tell one story: a run of the `checkout` workflow of the `shop` app, started by an
+`order.created` signal. Its steps run in parallel branches, which is why their times overlap.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from steplog.errors import InvalidEventError
 
 from .base import ErrorInfo, TriggerInfo, WireModel
 from .codec import decode_event, encode
-from .commands import COMMAND_TYPES, CancelRun, ResumeRun, StartRun
+from .commands import COMMAND_TYPES, CancelRun, ResumeRun, StartRun, StepRecord
 from .dead_letters import DeadLetter
 from .events import (
     EVENT_TYPES,
@@ -52,12 +53,21 @@ from .events import (
     StepWaiting,
     StepWaitingPayload,
 )
-from .flows import FlowDefinition, FlowEdge, FlowStep
-from .signals import Signal
+from .flows import FlowDefinition, FlowEdge, FlowStep, RetryPolicy, WorkflowDefinition
+from .signals import (
+    SIGNALS_MESSAGE_TYPES,
+    Signal,
+    TriggerRegistered,
+    WaitEnded,
+    WaitRegistered,
+)
+from .statuses import StepStatus
 
 PROJECT = "acme"
+APP = "shop"
 FLOW = "checkout"
 RUN_ID = "run_01HZX3K9Q8ZP4T6W2M5N7B1C3D"
+CHILD_RUN_ID = "run_01HZX3KB2V7R9S0Q4P6N8M1L2K"
 _T0 = datetime(2025, 3, 14, 9, 26, 53, 589000, tzinfo=UTC)
 
 
@@ -165,7 +175,7 @@ def _events() -> list[WireModel]:
             seq=8,
             step_key="fraud",
             payload=StepInvokedPayload(
-                child_run_id="run_01HZX3KB2V7R9S0Q4P6N8M1L2K",
+                child_run_id=CHILD_RUN_ID,
                 workflow="order.fraud-check",
                 app="risk",
                 data={"order_id": "ord_1042"},
@@ -176,14 +186,16 @@ def _events() -> list[WireModel]:
             **_RUN,
             ts=_at(0),
             seq=0,
-            payload=RunScheduledPayload(start_at=_at(0.5), input=_ORDER, trigger=_TRIGGER),
+            payload=RunScheduledPayload(
+                start_at=_at(0.5), app=APP, input=_ORDER, trigger=_TRIGGER
+            ),
         ),
         RunStarted(
             event_id=_id("run.started"),
             **_RUN,
             ts=_at(0.5),
             seq=1,
-            payload=RunStartedPayload(app="shop", input=_ORDER, trigger=_TRIGGER),
+            payload=RunStartedPayload(app=APP, input=_ORDER, trigger=_TRIGGER),
         ),
         RunCompleted(
             event_id=_id("run.completed"),
@@ -222,17 +234,52 @@ def _events() -> list[WireModel]:
     ]
 
 
-def _signal() -> Signal:
-    return Signal(
-        event_id=_id("signal"),
-        project=PROJECT,
-        name="order.created",
-        data=_ORDER,
-        app=None,
-        ts=_at(-1),
-        source_run_id=None,
-        source_step_key=None,
-    )
+def _signals_messages() -> list[WireModel]:
+    return [
+        Signal(
+            event_id=_id("signal"),
+            project=PROJECT,
+            name="order.created",
+            data=_ORDER,
+            app=None,
+            ts=_at(-1),
+            source_run_id=None,
+            source_step_key=None,
+        ),
+        WaitRegistered(
+            event_id=_id("wait.registered"),
+            project=PROJECT,
+            name="order.approved",
+            app=APP,
+            flow=FLOW,
+            run_id=RUN_ID,
+            step_key="await-approval",
+            attempt=1,
+            match="data.order_id",
+            match_value="ord_1042",
+            timeout_at=_at(86405),
+            ts=_at(4.9),
+        ),
+        WaitEnded(
+            event_id=_id("wait.ended"),
+            project=PROJECT,
+            name="order.approved",
+            run_id=RUN_ID,
+            flow=FLOW,
+            step_key="await-approval",
+            attempt=1,
+            reason="timeout",
+            ts=_at(86405),
+        ),
+        TriggerRegistered(
+            event_id=_id("trigger.registered"),
+            project=PROJECT,
+            name="order.created",
+            app=APP,
+            workflow=FLOW,
+            ts=_at(-3600),
+        ),
+    ]
 
 
 def _commands() -> list[WireModel]:
@@ -243,7 +290,7 @@ def _commands() -> list[WireModel]:
             run_id=RUN_ID,
             ts=_at(-0.5),
             workflow=FLOW,
-            app="shop",
+            app=APP,
             input=_ORDER,
             trigger=_TRIGGER,
             start_at=_at(0.5),
@@ -254,6 +301,41 @@ def _commands() -> list[WireModel]:
             run_id=RUN_ID,
             ts=_at(3604),
             reason="timer wait-for-settlement",
+            workflow=FLOW,
+            app=APP,
+            # Every kind of record: a memoized output, a retry that is due later, a skip, the
+            # sleep that just woke, a parked wait and a child run still going.
+            history={
+                "charge": StepRecord(
+                    kind=StepKind.RUN,
+                    status=StepStatus.COMPLETED,
+                    output={"charge_id": "ch_9a8b7c", "captured": True},
+                ),
+                "reserve-stock": StepRecord(
+                    kind=StepKind.RUN,
+                    status=StepStatus.RETRYING,
+                    attempt=2,
+                    error=ErrorInfo(
+                        type="TimeoutError",
+                        message="inventory service did not answer within 5s",
+                    ),
+                    retry_at=_at(3660),
+                ),
+                "apply-coupon": StepRecord(kind=StepKind.RUN, status=StepStatus.SKIPPED),
+                "wait-for-settlement": StepRecord(
+                    kind=StepKind.SLEEP, status=StepStatus.COMPLETED, wake_at=_at(3604)
+                ),
+                "await-approval": StepRecord(
+                    kind=StepKind.WAIT_FOR_EVENT, status=StepStatus.RUNNING
+                ),
+                "fraud": StepRecord(
+                    kind=StepKind.RUN_WORKFLOW, status=StepStatus.RUNNING, child_run_id=CHILD_RUN_ID
+                ),
+            },
+            # The run's events are on partition 3 (see the dead letter), the last one the fold
+            # had folded when it sent this at offset 1041.
+            history_partition=3,
+            history_offset=1041,
         ),
         CancelRun(
             command_id=_id("command.cancel_run"),
@@ -261,6 +343,7 @@ def _commands() -> list[WireModel]:
             run_id=RUN_ID,
             ts=_at(90000),
             reason="order withdrawn by the customer",
+            app=APP,
         ),
     ]
 
@@ -281,20 +364,43 @@ def _dead_letter(step_started: WireModel) -> DeadLetter:
 def golden_messages() -> dict[str, WireModel]:
     """Every golden message by its `type` (the example file's name without `.json`)."""
     events = _events()
-    messages = [*events, _signal(), *_commands(), _dead_letter(events[0])]
+    messages = [*events, *_signals_messages(), *_commands(), _dead_letter(events[0])]
     by_type = {str(getattr(m, "type")): m for m in messages}
     # One example per type, no more and no fewer: a type without an example is a type other
     # SDKs have no test vector for.
-    expected = {*EVENT_TYPES, "signal", *COMMAND_TYPES, "dead_letter"}
+    expected = {*EVENT_TYPES, *SIGNALS_MESSAGE_TYPES, *COMMAND_TYPES, "dead_letter"}
     if set(by_type) != expected or len(by_type) != len(messages):
         raise AssertionError(f"golden examples do not cover each type once: {sorted(by_type)}")
     return by_type
 
 
+def golden_flows_messages() -> dict[str, WireModel]:
+    """The flows topic's golden messages by `type`: the flow and the workflow definition.
+    Separate from golden_messages: neither is an event, signal or command."""
+    return {
+        message.type: message
+        for message in (golden_flow_definition(), golden_workflow_definition())
+    }
+
+
+def golden_workflow_definition() -> WorkflowDefinition:
+    """The `checkout` workflow of the `shop` app (`examples/workflow.defined.json`), as its
+    worker registers it at start."""
+    return WorkflowDefinition(
+        project=PROJECT,
+        app=APP,
+        name=FLOW,
+        triggers=["order.created"],
+        retries=RetryPolicy(
+            attempts=4, initial_delay_ms=3_000, max_delay_ms=300_000, multiplier=20.0, jitter=0.2
+        ),
+        ts=_at(-3600),
+    )
+
+
 def golden_flow_definition() -> FlowDefinition:
     """The `checkout` flow's declared graph (`examples/flow.defined.json`), as pushed from
-    `.steplog/flows.json` to the flows topic. Separate from golden_messages: it is not an
-    event, signal or command, and travels on a topic of its own."""
+    `.steplog/flows.json` to the flows topic."""
     return FlowDefinition(
         project=PROJECT,
         slug=FLOW,

@@ -16,7 +16,9 @@ from steplog.schemas.codec import (
     decode_command,
     decode_dead_letter,
     decode_event,
+    decode_flows_message,
     decode_signal,
+    decode_signals_message,
     encode,
     validate_command,
     validate_event,
@@ -25,9 +27,11 @@ from steplog.schemas.codec import (
 from steplog.schemas.commands import COMMAND_TYPES
 from steplog.schemas.events import EVENT_TYPES, StepStarted, StepStartedPayload
 from steplog.schemas.export import PACKAGE_DIR
-from steplog.schemas.golden import golden_messages
+from steplog.schemas.flows import FLOWS_MESSAGE_TYPES
+from steplog.schemas.golden import golden_flows_messages, golden_messages
+from steplog.schemas.signals import SIGNALS_MESSAGE_TYPES
 
-GOLDEN = golden_messages()
+GOLDEN: dict[str, WireModel] = {**golden_messages(), **golden_flows_messages()}
 EXAMPLES = PACKAGE_DIR / "examples"
 
 
@@ -38,6 +42,10 @@ def _decoder_for(type_tag: str) -> Callable[[bytes], WireModel]:
         return decode_command
     if type_tag == "signal":
         return decode_signal
+    if type_tag in SIGNALS_MESSAGE_TYPES:
+        return decode_signals_message
+    if type_tag in FLOWS_MESSAGE_TYPES:
+        return decode_flows_message
     return decode_dead_letter
 
 

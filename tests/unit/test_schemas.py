@@ -25,7 +25,9 @@ from steplog.schemas.events import (
     StepStartedPayload,
     new_event_id,
 )
-from steplog.schemas.golden import golden_messages
+from steplog.schemas.flows import FLOWS_MESSAGE_TYPES
+from steplog.schemas.golden import golden_flows_messages, golden_messages
+from steplog.schemas.signals import SIGNALS_MESSAGE_TYPES
 from steplog.schemas.statuses import (
     DERIVED_STEP_STATUSES,
     RunStatus,
@@ -218,7 +220,25 @@ def test_check_command_exits_1_on_drift_and_0_once_written(
 
 
 def test_there_is_one_golden_example_per_type() -> None:
-    assert set(golden_messages()) == {*EVENT_TYPES, "signal", *COMMAND_TYPES, "dead_letter"}
+    assert set(golden_messages()) == {
+        *EVENT_TYPES, *SIGNALS_MESSAGE_TYPES, *COMMAND_TYPES, "dead_letter"
+    }
+    assert set(golden_flows_messages()) == set(FLOWS_MESSAGE_TYPES)
+
+
+def test_every_golden_example_has_its_file_and_every_file_its_example() -> None:
+    files = {path.stem for path in (export.PACKAGE_DIR / "examples").glob("*.json")}
+    assert files == {*golden_messages(), *golden_flows_messages()}
+
+
+def test_topic_schemas_list_every_type_on_their_topic() -> None:
+    signals = json.loads(export.render_schema("signals_message"))
+    assert set(signals["discriminator"]["mapping"]) == set(SIGNALS_MESSAGE_TYPES)
+    flows = json.loads(export.render_schema("flows_message"))
+    assert set(flows["discriminator"]["mapping"]) == set(FLOWS_MESSAGE_TYPES)
+    # The single-model schemas stay, for readers of one kind only.
+    assert json.loads(export.render_schema("signal"))["properties"]["type"]["const"] == "signal"
+    assert json.loads(export.render_schema("flow"))["properties"]["type"]["const"] == "flow.defined"
 
 
 def test_event_schema_lists_every_event_type_and_requires_the_tags() -> None:
