@@ -64,7 +64,17 @@ run's, its last row's version would depend on how its events interleaved with ot
 
 **Re-delivery.** An event whose id was folded already changes nothing; its effects are the
 current rows of its run and step (and the run's missing steps) again, which repairs a host that
-died after saving the state and before writing the rows.
+died after saving the state and before writing the rows. It has no engine effect.
+
+**Engine effects.** After the rows of an event not seen before, `workflow.step_event_effects` /
+`run_event_effects` add what the event asks of the engine (commands, timers, events for other
+runs; see processors/workflow.py). Timer effects follow from the state (the difference between
+the timers the run wants before and after the event), so they converge like the rows; the
+others follow the log's order.
+
+**Kind.** A step's kind is its latest step.started's, else the kind of its highest parking
+event (step.sleeping, whose payload says sleep or sleep_until; step.waiting; step.invoked), kept
+in the state so that a sleep that has woken still shows as a sleep.
 
 Cost: O(1) amortised per event (O(log n) for the earliest deadline), whatever the size of the
 run or the order of its events. The run's status reads what is kept current as steps change:
@@ -126,6 +136,7 @@ from .state import (
     StepState,
     WaitInfo,
 )
+from .workflow import run_event_effects, step_event_effects, step_timers, wanted_timers
 
 __all__ = ["FlowGraph", "apply_event", "current_rows", "flow_graph", "fold_events"]
 
@@ -137,12 +148,6 @@ _STATUS_BY_WINNER: Final = {
     "step.invoked": StepStatus.RUNNING,
     "step.completed": StepStatus.COMPLETED,
     "step.skipped": StepStatus.SKIPPED,
-}
-# A step with no step.started takes its kind from the event that parked it.
-_KIND_BY_WINNER: Final = {
-    "step.sleeping": StepKind.SLEEP.value,
-    "step.waiting": StepKind.WAIT_FOR_EVENT.value,
-    "step.invoked": StepKind.RUN_WORKFLOW.value,
 }
 _INSTRUMENTED: Final = StepKind.INSTRUMENTED.value
 _MISSING: Final = StepStatus.MISSING.value
@@ -243,7 +248,7 @@ def flow_graph(flow: FlowDefinition) -> FlowGraph:
 def apply_event(
     state: RunState | None, event: Event, flow: FlowDefinition | None = None
 ) -> tuple[RunState, list[Effect]]:
-    """Fold one event into its run's state; return the state and the rows that changed.
+    """Fold one event into its run's state; return the state and its effects.
 
     Takes ownership of `state`: it is updated in place and returned (keep `state.copy()` if
     the state before the event is still needed). None starts a new run.
@@ -254,7 +259,8 @@ def apply_event(
     further event keep the deadlines of the old one.
 
     Effects, in order: rows of steps that just became missing, the event's step row, the run
-    row. RunMismatchError if the state or flow belongs to another run than the event.
+    row, then the engine effects of an event not seen before (processors/workflow.py).
+    RunMismatchError if the state or flow belongs to another run than the event.
     """
     if state is None:
         state = RunState(
@@ -284,10 +290,19 @@ def apply_event(
     if ts > state.updated_at:
         state.updated_at = ts
     if isinstance(event, StepEventEnvelope):
+        key = event.step_key
+        before = state.steps.get(key)
+        old_winner = None if before is None else before.winner
+        timers_before = step_timers(state, key)
         _apply_step_event(state, event, ts, graph, effects)
+        effects.append(RunRowChanged(_run_row(state, graph)))
+        effects.extend(step_event_effects(state, event, old_winner, timers_before))
     else:
+        was_started, was_ended = state.started is not None, state.ended is not None
+        timers_before = wanted_timers(state)
         _apply_run_event(state, event, ts, graph, effects)
-    effects.append(RunRowChanged(_run_row(state, graph)))
+        effects.append(RunRowChanged(_run_row(state, graph)))
+        effects.extend(run_event_effects(state, event, was_started, was_ended, timers_before))
     return state, effects
 
 
@@ -377,13 +392,19 @@ def _apply_step_event(
 
     step = state.steps.get(key)
     old_status: StepStatus | None
+    parking = (
+        _step_fact(event, order) if isinstance(event, StepSleeping | StepWaiting | StepInvoked)
+        else None
+    )
     if step is None:
-        winner = _step_fact(event, order)
-        step = StepState(1, ts, winner, _status_of(winner), start, start)
+        winner = parking if parking is not None else _step_fact(event, order)
+        step = StepState(1, ts, winner, _status_of(winner), start, start, parked=parking)
         state.steps[key] = step
         state.graph_finished_cache = None
         old_status = None
     else:
+        if parking is not None and (step.parked is None or order > step.parked.order):
+            step.parked = parking
         old_status = step.status
         step.events += 1
         if ts > step.updated_at:
@@ -402,7 +423,7 @@ def _apply_step_event(
         if start is not None and (step.last_start is None or start.order > step.last_start.order):
             step.last_start = start
         if order > step.winner.order:
-            step.winner = _step_fact(event, order)
+            step.winner = parking if parking is not None else _step_fact(event, order)
             step.status = _status_of(step.winner)
             state.graph_finished_cache = None
     _track_step(state, key, step, old_status, graph)
@@ -453,7 +474,10 @@ def _step_fact(event: StepEvent, order: StepOrder) -> StepFact:
     if isinstance(event, StepStarted | StepSkipped):
         return StepFact(order, event.type, metadata=event.payload.metadata)
     if isinstance(event, StepSleeping):
-        return StepFact(order, event.type, parked=SleepInfo(_utc(event.payload.wake_at)))
+        sleeping = event.payload
+        return StepFact(
+            order, event.type, parked=SleepInfo(_utc(sleeping.wake_at), sleeping.kind._value_)
+        )
     if isinstance(event, StepWaiting):
         waiting = event.payload
         return StepFact(
@@ -633,6 +657,7 @@ def _apply_run_event(
                 json_text(scheduled.input),
                 "" if trigger is None else trigger.name,
                 "" if trigger is None else trigger.event_id,
+                scheduled.app or "",
             )
     elif isinstance(event, RunStarted):
         started = event.payload
@@ -688,7 +713,11 @@ def _run_row(state: RunState, graph: FlowGraph | None) -> RunRow:
         project=state.project,
         flow=state.flow,
         run_id=state.run_id,
-        app="" if started is None else started.app,
+        app=(
+            started.app
+            if started is not None
+            else ("" if scheduled is None else scheduled.app)
+        ),
         status=status._value_,
         scheduled_for=None if scheduled is None else scheduled.start_at,
         started_at=started_at,
@@ -796,17 +825,12 @@ def _step_row(state: RunState, key: str, step: StepState) -> StepRow:
         metadata = {**started.metadata, **winner.metadata}
     else:
         metadata = started.metadata
-    last_start = step.last_start
     return StepRow(
         project=state.project,
         flow=state.flow,
         run_id=state.run_id,
         step_key=key,
-        kind=(
-            last_start.kind
-            if last_start is not None
-            else _KIND_BY_WINNER.get(winner.type, _INSTRUMENTED)
-        ),
+        kind=step.kind,
         status=step.status._value_,
         attempt=winner.order[0],
         started_at=started_at,

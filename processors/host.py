@@ -1,36 +1,54 @@
-"""The faust app that hosts the fold: consume events, fold them, project, dead-letter the rest.
+"""The faust app that hosts the fold and the workflow engine around it.
 
-Per batch (faust `take_events`, up to `batch_size` events or `batch_seconds`):
+Agents and tasks (one process; see docs/processors.md for the whole protocol):
+
+- `fold_events` (events topic, concurrency 1, batches): decode, fold, project, dead-letter,
+  carry out the fold's engine effects, store run states (`FoldHost.process_events`);
+- `record_flows` (flows topic): flow definitions to the `flows` table, workflow definitions to
+  the registry (`FoldHost.process_flows`);
+- `resolve_signals` (signals topic, concurrency 1, batches): triggers and waits per event name
+  (`SignalsHost.process_signals`, logic in `signals_agent`);
+- `fire_timers` (a task): the timer service (`TimerService`), rebuilt from the run states each
+  time the `runs` table has been recovered.
+
+Per batch of events (faust `take_events`, up to `batch_size` events or `batch_seconds`):
 
 1. decode each event; one that cannot be used goes to the dead-letter list with the reason;
-2. fold it into its run's state (taken from the `runs` table, keyed by run_id);
+2. fold it into its run's state (taken from the `runs` table, keyed by run);
 3. write the batch's rows to ClickHouse (retrying with backoff until it succeeds);
-4. send the dead letters and wait until Kafka has them;
+4. send the dead letters and the fold's messages (commands, events for other runs, signals
+   bookkeeping) and wait until Kafka has acknowledged every one;
 5. store the new run states in the table (in memory, and to its changelog topic);
-6. return, which lets faust acknowledge the batch; faust commits acknowledged offsets later,
+6. hand the batch's timer changes to the timer service;
+7. return, which lets faust acknowledge the batch; faust commits acknowledged offsets later,
    after flushing its producer (so the changelog of step 5 is durable before the commit).
 
 What a crash between two steps does (the process may die anywhere):
 - before 3: nothing was written; the events are delivered again and folded again.
-- between 3 and 5: rows are in ClickHouse, the state is not; the events come again and are
-  folded onto the old state, giving the same rows again (same versions, so ReplacingMergeTree
-  keeps one; the events table collapses on event_id).
+- between 3 and 5: rows (and maybe messages) are out, the state is not; the events come again
+  and are folded onto the old state, giving the same rows again (same versions, so
+  ReplacingMergeTree keeps one) and the same messages again, with the same derived ids: the
+  consumers drop them (a worker holds a resume_run for a run in flight until its pass ends,
+  and a late one finds the run parked or ended in its history).
 - between 5 and the commit: the state already has the events; folding them again is a no-op
-  for the state and re-emits the same current rows.
+  for the state, re-emits the same current rows, and sends nothing (a duplicate event has no
+  engine effects). Their messages are safe: step 4 finished before step 5 began.
+- step 6 is in memory only: the timer service is rebuilt from the stored states at start-up.
 So a restart converges to the same rows, nothing lost and nothing doubled in the views.
 
-The agent runs with concurrency 1: one batch at a time, so a partition's events are folded in
-log order and a run's state is never updated by two batches at once.
+The agents run with concurrency 1: one batch at a time, so a partition's messages are handled
+in log order and a run's (or a name's) state is never updated by two batches at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import faust
 from faust.streams import Stream
@@ -39,17 +57,33 @@ from tenacity import AsyncRetrying, RetryCallState, wait_exponential_jitter
 
 from steplog.errors import InvalidEventError
 from steplog.projections.writer import ProjectionWriter
-from steplog.schemas.codec import decode_event, decode_flow, encode
+from steplog.schemas.codec import decode_event, decode_flows_message, decode_signals_message, encode
 from steplog.schemas.dead_letters import DeadLetter
 from steplog.schemas.events import Event
-from steplog.schemas.flows import FlowDefinition
+from steplog.schemas.flows import FlowDefinition, WorkflowDefinition
 from steplog.schemas.topics import TopicNames
 
+from .dispatch import Dispatcher, Outbox, Planned, SendFunction
+from .effects import ClearTimer, RunRowChanged, SetTimer, StepRowChanged, TimerKind
 from .fold import apply_event
 from .projection_batch import ProjectionBatch
+from .registry import WorkflowRegistry
+from .signals_agent import NameTriggers, NameWaits, apply_signals_message
 from .state import RunState
+from .timers import TimerHeap, fire_timer
 
 log = logging.getLogger("steplog.processors")
+
+Clock = Callable[[], datetime]
+
+_TIMER_MAX_SLEEP_S: Final = 1.0
+_QUEUED_BATCHES: Final = 256
+"""Batches collected ahead of the worker before collecting waits (back-pressure)."""
+_TIMER_RETRY_S: Final = 1.0
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -62,8 +96,122 @@ class ProcessorConfig:
     replication_factor: int
     max_event_bytes: int
     data_dir: Path
+    signals_partitions: int = 3
     batch_size: int = 10_000
-    batch_seconds: float = 0.05
+    batch_seconds: float = 0.005
+    """How long a batch waits for more events: an upper bound on the latency it adds to every
+    resume (a woken sleep, a resolved wait) and to every row."""
+
+
+# --- timers ------------------------------------------------------------------------------------
+
+
+class TimerService:
+    """Keeps the due times of every run and, when one is due, writes what it means.
+
+    The heap is in memory only. It is rebuilt from the run states each time the `runs` table
+    has been recovered (`rebuild`), and kept up to date by the fold host after each batch
+    (`apply`), once the batch's states are stored: a due timer is checked against the stored
+    state (`timers.fire_timer`), which must already be the one that wanted it.
+
+    `run` sleeps until the earliest due time (at most a second, and woken early when a sooner
+    timer is set), fires what is due, and waits for Kafka's acknowledgements. A fired timer is
+    forgotten: its run's next event decides what comes next (a woken sleep's step.completed,
+    a worker's step.started), and after a restart the rebuilt heap fires it again if the run
+    still wants it: a duplicate, dropped by its consumer thanks to its derived id.
+    """
+
+    def __init__(
+        self,
+        load_state: Callable[[bytes], RunState | None],
+        dispatcher: Dispatcher,
+        clock: Clock = _utc_now,
+    ) -> None:
+        self.heap = TimerHeap()
+        self.load_state = load_state
+        self.dispatcher = dispatcher
+        self.clock = clock
+        self.ready = asyncio.Event()
+        self._wakeup = asyncio.Event()
+        self._unresolved: dict[bytes, SetTimer] = {}
+        """Start timers whose workflow no app defines yet (the run stays scheduled)."""
+
+    def rebuild(self, states: Iterable[tuple[bytes, RunState]]) -> None:
+        self.heap.rebuild(states)
+        self._unresolved.clear()
+        log.info("timer service: %d timers after recovery", len(self.heap))
+        self.ready.set()
+        self._wakeup.set()
+
+    def apply(self, changes: Iterable[tuple[bytes, SetTimer | ClearTimer]]) -> None:
+        soonest = self.heap.next_due()
+        wake = False
+        for run_key, change in changes:
+            if isinstance(change, SetTimer):
+                self.heap.set(run_key, change)
+                wake = wake or soonest is None or change.due < soonest
+            else:
+                self.heap.clear(run_key, change.kind, change.step_key)
+                if change.kind is TimerKind.START:
+                    self._unresolved.pop(run_key, None)
+        if wake:
+            self._wakeup.set()
+
+    def registry_changed(self) -> None:
+        """A workflow became known: try the starts that were waiting for an app again."""
+        if not self._unresolved:
+            return
+        for run_key, timer in self._unresolved.items():
+            self.heap.set(run_key, timer)
+        self._unresolved.clear()
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        await self.ready.wait()
+        while True:
+            self._wakeup.clear()
+            now = self.clock()
+            due = self.heap.pop_due(now)
+            if due:
+                await self._fire(due, now)
+                continue
+            next_due = self.heap.next_due()
+            timeout = _TIMER_MAX_SLEEP_S
+            if next_due is not None:
+                timeout = min(max((next_due - now).total_seconds(), 0.0), timeout)
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def _fire(self, due: Sequence[tuple[bytes, SetTimer]], now: datetime) -> None:
+        planned = [
+            Planned(effect, run_key)
+            for run_key, timer in due
+            for effect in fire_timer(self.load_state(run_key), timer, now)
+        ]
+        if not planned:
+            return
+        try:
+            result = await self.dispatcher.carry_out(planned)
+        except Exception:
+            log.exception("timer service: firing %d timers failed; again in %.0fs",
+                          len(due), _TIMER_RETRY_S)
+            later = now + timedelta(seconds=_TIMER_RETRY_S)
+            for run_key, timer in due:
+                if (run_key, timer.kind, timer.step_key) not in self.heap:  # not replaced since
+                    self.heap.set(run_key, timer, at=later)
+            return
+        starts = {run_key: timer for run_key, timer in due if timer.kind is TimerKind.START}
+        for run_key, command in result.unresolved:
+            workflow = getattr(command.command, "workflow", "?")
+            log.warning("scheduled run %s is due but no app defines workflow %r: it stays "
+                        "scheduled (overdue) until a worker registers it",
+                        command.command.run_id, workflow)
+            self._unresolved[run_key] = starts[run_key]
+
+
+# --- the fold ----------------------------------------------------------------------------------
 
 
 class FoldHost:
@@ -74,19 +222,21 @@ class FoldHost:
         config: ProcessorConfig,
         writer: ProjectionWriter,
         runs: TableT[bytes, Any],
-        dead_letters: faust.TopicT,
-        producer_flush: Callable[[], Any],
+        dispatcher: Dispatcher,
+        timers: TimerService | None = None,
     ) -> None:
         self.config = config
         self.writer = writer
         self.runs = runs
-        self.dead_letters = dead_letters
-        self.producer_flush = producer_flush
+        self.dispatcher = dispatcher
+        self.registry = dispatcher.registry
+        self.timers = timers or TimerService(self.load_state, dispatcher)
         self.flows: dict[str, FlowDefinition] = {}
 
     async def process_events(self, batch: Sequence[EventT[Any]]) -> None:
         projection = ProjectionBatch()
-        dead: list[DeadLetter] = []
+        outbox = self.dispatcher.outbox()
+        planned: list[Planned] = []
         touched: dict[bytes, tuple[RunState, int]] = {}
         for item in batch:
             message = item.message
@@ -101,46 +251,54 @@ class FoldHost:
                         "run_id", f"message key {message.key!r} is not the event's run_id"
                     )
             except InvalidEventError as exc:
-                dead.append(
-                    DeadLetter.for_message(
-                        exc, message.topic, message.partition, message.offset,
-                        message.key, value,
-                    )
-                )
+                self._dead_letter(outbox, exc, message, value)
                 continue
             state_key = run_state_key(event)
             held = touched.get(state_key)
-            state = held[0] if held else self._load_state(state_key)
+            state = held[0] if held else self.load_state(state_key)
             flow = self.flows.get(f"{event.project}/{event.flow}")
             state, effects = apply_event(state, event, flow)
+            position = (message.partition, message.offset)
+            if state.position is None or state.position < position:
+                state.position = position
             touched[state_key] = (state, message.partition)
             projection.add_event(event, message.partition, message.offset)
             projection.add_effects(effects)
+            planned.extend(
+                Planned(effect, state_key, position)
+                for effect in effects
+                if not isinstance(effect, RunRowChanged | StepRowChanged)
+            )
+        # Messages first, then rows: a resume must not wait for the ClickHouse insert (with the
+        # embedded engine an insert holds the GIL, so not even running both at once helps).
+        # Both are done before any state is stored, which is what the crash protocol needs.
+        result = await self.dispatcher.carry_out(planned, outbox)
         await self._write(projection)
-        await self._send_dead_letters(dead)
         for state_key, (state, partition) in touched.items():
             self._store_state(state_key, state, partition)
+        self.timers.apply(result.timers)
 
     async def process_flows(self, batch: Sequence[EventT[Any]]) -> None:
         projection = ProjectionBatch()
-        dead: list[DeadLetter] = []
+        outbox = self.dispatcher.outbox()
+        learned = False
         for item in batch:
             message = item.message
             value = message.value or b""
             try:
-                definition = decode_flow(value, max_bytes=self.config.max_event_bytes)
+                definition = decode_flows_message(value, max_bytes=self.config.max_event_bytes)
             except InvalidEventError as exc:
-                dead.append(
-                    DeadLetter.for_message(
-                        exc, message.topic, message.partition, message.offset,
-                        message.key, value,
-                    )
-                )
+                self._dead_letter(outbox, exc, message, value)
+                continue
+            if isinstance(definition, WorkflowDefinition):
+                learned = self.registry.remember(definition) or learned
                 continue
             self.remember_flows([definition])
             projection.add_flow(definition)
         await self._write(projection)
-        await self._send_dead_letters(dead)
+        await outbox.flush()
+        if learned:
+            self.timers.registry_changed()
 
     def remember_flows(self, definitions: Iterable[FlowDefinition]) -> None:
         for definition in definitions:
@@ -148,7 +306,20 @@ class FoldHost:
             if held is None or held.ts <= definition.ts:
                 self.flows[definition.key] = definition
 
-    def _load_state(self, state_key: bytes) -> RunState | None:
+    async def recovered(self) -> None:
+        """The `runs` table is recovered (start-up, or a rebalance): rebuild what is derived
+        from every run state, the timer heap and the parents of running children."""
+        self.timers.rebuild(self._all_states())
+
+    def _all_states(self) -> Iterator[tuple[bytes, RunState]]:
+        # One state decoded at a time (the store keeps the bytes): memory stays flat.
+        for state_key in list(self.runs.data.keys()):
+            state = self.load_state(state_key)
+            if state is not None:
+                self.dispatcher.remember_parents(state_key, state)
+                yield state_key, state
+
+    def load_state(self, state_key: bytes) -> RunState | None:
         # The store holds RunState objects for runs folded by this process and the changelog's
         # bytes for runs recovered at start-up; decode those on first use.
         value = self.runs.data.get(state_key)
@@ -176,17 +347,103 @@ class FoldHost:
                 # A thread: the insert blocks, and the loop must keep heartbeating meanwhile.
                 await loop.run_in_executor(None, self.writer.write, rows)
 
-    async def _send_dead_letters(self, dead: list[DeadLetter]) -> None:
-        if not dead:
-            return
-        for letter in dead:
-            key = letter.key_b64.encode() if letter.key_b64 else None
-            await self.dead_letters.send(key=key, value=encode(letter, max_bytes=2**24))
-            log.warning(
-                "dead letter: %s at %s[%d]@%d", letter.reason, letter.source_topic,
-                letter.partition, letter.offset,
-            )
-        await self.producer_flush()
+    def _dead_letter(
+        self, outbox: Outbox, exc: InvalidEventError, message: Any, value: bytes
+    ) -> None:
+        _add_dead_letter(self.config, outbox, exc, message, value)
+
+
+# --- signals -----------------------------------------------------------------------------------
+
+
+class SignalsHost:
+    """The signals agent's batch: decode, apply per name, carry out, then store the names.
+
+    Same protocol as the fold's: the effects (start_run commands, step.completed events) are
+    acknowledged before the names' states are stored, so a crash in between handles the batch
+    again from the old states and writes the same messages with the same derived ids.
+    """
+
+    def __init__(
+        self,
+        config: ProcessorConfig,
+        waits: TableT[bytes, Any],
+        triggers: TableT[bytes, Any],
+        dispatcher: Dispatcher,
+        clock: Clock = _utc_now,
+    ) -> None:
+        self.config = config
+        self.waits = waits
+        self.triggers = triggers
+        self.dispatcher = dispatcher
+        self.clock = clock
+
+    async def process_signals(self, batch: Sequence[EventT[Any]]) -> None:
+        outbox = self.dispatcher.outbox()
+        planned: list[Planned] = []
+        touched_waits: dict[bytes, tuple[NameWaits, int]] = {}
+        touched_triggers: dict[bytes, tuple[NameTriggers, int]] = {}
+        now = self.clock()
+        for item in batch:
+            message = item.message
+            value = message.value or b""
+            try:
+                decoded = decode_signals_message(value, max_bytes=self.config.max_event_bytes)
+                name_key = decoded.name.encode()
+                if message.key != name_key:
+                    # A name's waits and triggers live in the partition of its key.
+                    raise InvalidEventError(
+                        "name", f"message key {message.key!r} is not the message's name"
+                    )
+            except InvalidEventError as exc:
+                _add_dead_letter(self.config, outbox, exc, message, value)
+                continue
+            held_waits = touched_waits.get(name_key)
+            waits = held_waits[0] if held_waits else self._load_waits(name_key)
+            held_triggers = touched_triggers.get(name_key)
+            triggers = held_triggers[0] if held_triggers else self._load_triggers(name_key)
+            effects = apply_signals_message(waits, triggers, decoded, now)
+            if decoded.type == "trigger.registered":
+                touched_triggers[name_key] = (triggers, message.partition)
+            else:
+                touched_waits[name_key] = (waits, message.partition)
+            planned.extend(Planned(effect) for effect in effects)
+        await self.dispatcher.carry_out(planned, outbox)
+        for name_key, (waits, partition) in touched_waits.items():
+            self.waits.data[name_key] = waits
+            self.waits.send_changelog(partition, name_key, waits.to_bytes())
+        for name_key, (triggers, partition) in touched_triggers.items():
+            self.triggers.data[name_key] = triggers
+            self.triggers.send_changelog(partition, name_key, triggers.to_bytes())
+
+    def _load_waits(self, name_key: bytes) -> NameWaits:
+        value = self.waits.data.get(name_key)
+        if value is None:
+            return NameWaits()
+        return value if isinstance(value, NameWaits) else NameWaits.from_bytes(value)
+
+    def _load_triggers(self, name_key: bytes) -> NameTriggers:
+        value = self.triggers.data.get(name_key)
+        if value is None:
+            return NameTriggers()
+        return value if isinstance(value, NameTriggers) else NameTriggers.from_bytes(value)
+
+
+# --- shared ------------------------------------------------------------------------------------
+
+
+def _add_dead_letter(
+    config: ProcessorConfig, outbox: Outbox, exc: InvalidEventError, message: Any, value: bytes
+) -> None:
+    letter = DeadLetter.for_message(
+        exc, message.topic, message.partition, message.offset, message.key, value
+    )
+    key = letter.key_b64.encode() if letter.key_b64 else None
+    outbox.add(config.topics.dlq, key, encode(letter, max_bytes=2**24))
+    log.warning(
+        "dead letter: %s at %s[%d]@%d", letter.reason, letter.source_topic,
+        letter.partition, letter.offset,
+    )
 
 
 def run_state_key(event: Event) -> bytes:
@@ -205,10 +462,57 @@ def _log_retry(state: RetryCallState) -> None:
     )
 
 
+async def run_in_batches(
+    stream: StreamT[Any],
+    process: Callable[[list[EventT[Any]]], Awaitable[None]],
+    *,
+    max_events: int,
+    within: float,
+) -> None:
+    """Feed `stream`'s events to `process` in batches, and acknowledge each event only once the
+    batch holding it has been processed.
+
+    Collecting and processing overlap: faust gathers events (`noack_take`, up to `within`
+    seconds) while one worker task processes, and the worker takes everything that queued up
+    while it was busy as one batch (up to `max_events`). Idle, a batch is what arrived within
+    `within` (the latency a batch adds); under load, batches grow to what arrived during the
+    previous one, so the fixed cost of a batch (a ClickHouse insert) is paid per batch, not per
+    `within`. One worker, batches in log order: the processing of a partition stays sequential.
+    Unacknowledged events are delivered again after a restart, so nothing between faust and the
+    worker needs to survive a crash.
+    """
+    queue: asyncio.Queue[list[EventT[Any]]] = asyncio.Queue(maxsize=_QUEUED_BATCHES)
+
+    async def work() -> None:
+        while True:
+            batch = await queue.get()
+            while not queue.empty() and len(batch) < max_events:
+                batch.extend(queue.get_nowait())
+            await process(batch)
+            for event in batch:
+                await stream.ack(event)
+
+    worker = asyncio.create_task(work())
+    try:
+        async for taken in cast(Stream[Any], stream).noack_take(max_events, within=within):
+            # noack_take yields the events themselves (it buffers events, not values).
+            put = asyncio.ensure_future(queue.put(cast(list[EventT[Any]], list(taken))))
+            await asyncio.wait({put, worker}, return_when=asyncio.FIRST_COMPLETED)
+            if worker.done():
+                put.cancel()
+                worker.result()  # the worker's failure is the agent's
+    finally:
+        worker.cancel()
+
+
 def create_processor_app(
-    config: ProcessorConfig, writer: ProjectionWriter, flows: list[FlowDefinition]
+    config: ProcessorConfig,
+    writer: ProjectionWriter,
+    flows: list[FlowDefinition],
+    workflows: Iterable[WorkflowDefinition] = (),
 ) -> tuple[faust.App, FoldHost]:
-    """The faust app with its agents; `flows` are the definitions known at start-up."""
+    """The faust app with its agents; `flows` and `workflows` are the definitions known at
+    start-up (the flows table, and the workflow definitions read from the flows topic)."""
     app = faust.App(
         config.app_id,
         broker=f"kafka://{config.bootstrap}",
@@ -225,27 +529,62 @@ def create_processor_app(
         autodiscover=False,
         broker_commit_interval=1.0,
         producer_max_request_size=config.max_event_bytes * 2,
+        # The producer sends what a batch asks for at once: resumes wait on it.
+        producer_linger=0.0,
         consumer_max_fetch_size=max(config.max_event_bytes * 2, 4 * 1024 * 1024),
     )
     raw: dict[str, Any] = {
         "key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"
     }
     events_topic = app.topic(config.topics.events, partitions=config.events_partitions, **raw)
+    signals_topic = app.topic(config.topics.signals, partitions=config.signals_partitions, **raw)
     flows_topic = app.topic(config.topics.flows, **raw)
-    dead_letters = app.topic(config.topics.dlq, **raw)
-    # bytes key and value types make faust's table use the raw codec.
+    # bytes key and value types make faust's tables use the raw codec.
     runs = app.Table("runs", partitions=config.events_partitions, key_type=bytes, value_type=bytes)
-    host = FoldHost(config, writer, runs, dead_letters, lambda: app.producer.flush())
+    waits = app.Table(
+        "waits", partitions=config.signals_partitions, key_type=bytes, value_type=bytes
+    )
+    triggers = app.Table(
+        "triggers", partitions=config.signals_partitions, key_type=bytes, value_type=bytes
+    )
+
+    async def send(topic: str, key: bytes | None, value: bytes) -> Any:
+        # Straight to the producer: faust's topic.send would attach the message to the current
+        # stream event and send it only when that event is acknowledged, after the batch.
+        return await app.producer.send(topic, key, value, None, None, None)
+
+    registry = WorkflowRegistry()
+    for definition in workflows:
+        registry.remember(definition)
+    dispatcher = Dispatcher(
+        config.topics, cast(SendFunction, send), registry, max_bytes=config.max_event_bytes
+    )
+    host = FoldHost(config, writer, runs, dispatcher)
     host.remember_flows(flows)
+    signals = SignalsHost(config, waits, triggers, dispatcher)
+    runs.on_recover(host.recovered)
 
     @app.agent(events_topic, name="fold_events", concurrency=1)
     async def fold_events(stream: StreamT[bytes]) -> None:
-        async for batch in cast(Stream[bytes], stream).take_events(config.batch_size, within=config.batch_seconds):
-            await host.process_events(batch)
+        await run_in_batches(
+            stream, host.process_events, max_events=config.batch_size,
+            within=config.batch_seconds,
+        )
 
     @app.agent(flows_topic, name="record_flows", concurrency=1)
     async def record_flows(stream: StreamT[bytes]) -> None:
         async for batch in cast(Stream[bytes], stream).take_events(100, within=0.1):
             await host.process_flows(batch)
+
+    @app.agent(signals_topic, name="resolve_signals", concurrency=1)
+    async def resolve_signals(stream: StreamT[bytes]) -> None:
+        await run_in_batches(
+            stream, signals.process_signals, max_events=config.batch_size,
+            within=config.batch_seconds,
+        )
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def fire_timers() -> None:
+        await host.timers.run()
 
     return app, host

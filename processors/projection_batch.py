@@ -57,6 +57,8 @@ class ProjectionBatch:
         self.events.append(tuple(event_row(event, partition, offset)))
 
     def add_effects(self, effects: list[Effect]) -> None:
+        """Keep the rows among `effects`; engine effects (commands, timers, ...) are not rows
+        and are left to the caller (replay drops them)."""
         for effect in effects:
             if isinstance(effect, RunRowChanged):
                 row = effect.row

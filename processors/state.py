@@ -25,6 +25,7 @@ from typing import Any, Final, NamedTuple
 
 from steplog.errors import SteplogError
 from steplog.schemas.base import MetadataValue
+from steplog.schemas.events import StepKind
 from steplog.schemas.statuses import StepStatus
 
 __all__ = [
@@ -48,10 +49,11 @@ __all__ = [
     "WaitInfo",
 ]
 
-STATE_FORMAT: Final = 1
+STATE_FORMAT: Final = 2
 """Version of the `RunState.to_bytes` layout. Bump it whenever a field of the state (or of a
-fact) changes meaning or shape: old bytes are then refused instead of being misread, and the
-host rebuilds state by replaying the log."""
+fact) changes meaning or shape: bytes of an unknown format are refused instead of being misread.
+Format 1 (before durable workflows: no parked fact per step, no scheduled app, no sleep kind,
+no position) is still read, with those left empty."""
 
 _MAGIC: Final = b"SLRS"
 
@@ -82,6 +84,8 @@ Meta = Mapping[str, MetadataValue]
 
 class SleepInfo(NamedTuple):
     wake_at: datetime
+    kind: str = "sleep"
+    """`sleep` or `sleep_until` (StepKind), as the step.sleeping said."""
 
 
 class WaitInfo(NamedTuple):
@@ -153,6 +157,8 @@ class ScheduledFact(NamedTuple):
     input: str
     trigger_event: str
     trigger_event_id: str
+    app: str = ""
+    """The app whose worker starts the run ('' for any app defining the workflow)."""
 
 
 class RunStartFact(NamedTuple):
@@ -209,6 +215,10 @@ class StepState:
     """The latest step.started of any attempt: where the step's kind comes from."""
     deadline_at: datetime | None = None
     """When a running step becomes stuck (None if it is not running or has no deadline)."""
+    parked: StepFact | None = None
+    """The highest (by StepOrder) step.sleeping / step.waiting / step.invoked of the step, of
+    any attempt: the step's kind once it has moved on (a sleep has no step.started, and its
+    winner becomes the step.completed that woke it)."""
 
     def copy(self) -> StepState:
         return StepState(
@@ -219,7 +229,24 @@ class StepState:
             self.started,
             self.last_start,
             self.deadline_at,
+            self.parked,
         )
+
+    @property
+    def kind(self) -> str:
+        """Which SDK call made the step (a StepKind value): its latest step.started's kind,
+        else the kind of the event that parked it, else `instrumented`."""
+        if self.last_start is not None:
+            return self.last_start.kind
+        parked = self.parked
+        if parked is None or parked.parked is None:
+            return StepKind.INSTRUMENTED.value
+        info = parked.parked
+        if isinstance(info, SleepInfo):
+            return info.kind
+        if isinstance(info, WaitInfo):
+            return StepKind.WAIT_FOR_EVENT.value
+        return StepKind.RUN_WORKFLOW.value
 
 
 @dataclass(slots=True)
@@ -278,6 +305,12 @@ class RunState:
     earliest deadline costs O(log n) even when steps finish in the order they started (each
     finish removing the minimum). Not stored: rebuilt from running_deadlines on load."""
 
+    position: tuple[int, int] | None = field(default=None, compare=False)
+    """(partition, offset) of the newest event folded into the state, set by the host (the
+    fold knows no offsets), stored with the state: the log position a `resume_run` built from
+    this state reflects (the timer service's retries). Not part of the state's value: replay and
+    the tests fold without it."""
+
     @property
     def version(self) -> int:
         """Distinct events folded into the run: the run row's version."""
@@ -308,6 +341,7 @@ class RunState:
             earliest_failed_cache=self.earliest_failed_cache,
             graph_finished_cache=self.graph_finished_cache,
             deadline_heap=list(self.deadline_heap),
+            position=self.position,
         )
 
     def to_bytes(self) -> bytes:
@@ -332,13 +366,16 @@ class RunState:
                 f"RunState bytes: expected the {_MAGIC!r} header, got {bytes(data[:8])!r}"
             )
         found = data[len(_MAGIC)]
-        if found != STATE_FORMAT:
+        if found not in (1, STATE_FORMAT):
             raise StateFormatError(
-                f"RunState bytes: format {found}, expected {STATE_FORMAT} (STATE_FORMAT); "
+                f"RunState bytes: format {found}, expected {STATE_FORMAT} (STATE_FORMAT) or 1; "
                 "state written by another build cannot be read, rebuild it by replaying the log"
             )
         try:
-            return _state_from_builtins(pickle.loads(data[len(_MAGIC) + 1 :]))
+            values = pickle.loads(data[len(_MAGIC) + 1 :])
+            if found == 1:
+                values = _upgrade_from_format_1(values)
+            return _state_from_builtins(values)
         except Exception as exc:
             raise StateFormatError(f"RunState bytes: format {found} but unreadable: {exc}") from exc
 
@@ -391,6 +428,7 @@ def _state_to_builtins(state: RunState) -> tuple[Any, ...]:
                 None if step.started is None else tuple(step.started),
                 None if step.last_start is None else tuple(step.last_start),
                 step.deadline_at,
+                None if step.parked is None else _step_fact_to_builtins(step.parked),
             )
             for key, step in state.steps.items()
         },
@@ -407,6 +445,7 @@ def _state_to_builtins(state: RunState) -> tuple[Any, ...]:
         state.flow_tag,
         state.incomplete_graph_steps,
         state.missing,
+        state.position,
     )
 
 
@@ -431,6 +470,7 @@ def _state_from_builtins(values: tuple[Any, ...]) -> RunState:
         flow_tag,
         incomplete_graph_steps,
         missing,
+        position,
     ) = values
     return RunState(
         project=project,
@@ -447,6 +487,7 @@ def _state_from_builtins(values: tuple[Any, ...]) -> RunState:
                 None if start is None else StartFact(*start),
                 None if last_start is None else StartFact(*last_start),
                 deadline_at,
+                None if parked is None else _step_fact_from_builtins(parked),
             )
             for key, (
                 events,
@@ -456,6 +497,7 @@ def _state_from_builtins(values: tuple[Any, ...]) -> RunState:
                 start,
                 last_start,
                 deadline_at,
+                parked,
             ) in steps.items()
         },
         first_step_at=first_step_at,
@@ -472,4 +514,30 @@ def _state_from_builtins(values: tuple[Any, ...]) -> RunState:
         flow_tag=flow_tag,
         incomplete_graph_steps=incomplete_graph_steps,
         missing=missing,
+        position=position,
+    )
+
+
+def _upgrade_from_format_1(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Format 1's builtins in format 2's layout: a sleep's kind `sleep`, no parked fact per
+    step (the kind of a sleep that has already woken is then `instrumented`), no scheduled app,
+    no position."""
+
+    def fact(winner: tuple[Any, ...]) -> tuple[Any, ...]:
+        parked = winner[-1]
+        if parked is not None and parked[0] == 0 and len(parked) == 2:  # SleepInfo(wake_at)
+            return (*winner[:-1], (*parked, "sleep"))
+        return winner
+
+    steps = {
+        key: (*step[:2], fact(step[2]), *step[3:], None) for key, step in values[5].items()
+    }
+    scheduled = values[7]
+    return (
+        *values[:5],
+        steps,
+        values[6],
+        None if scheduled is None else (*scheduled, ""),
+        *values[8:],
+        None,
     )

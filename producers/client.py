@@ -5,6 +5,10 @@
     total = run.step("charge-card", charge_card, cart)
     client.record_step(flow_key="checkout", run_id=request_id, step_key="ship", status="success")
 
+    client.send_event("order.placed", data={"id": 7})          # durable workflows: a signal,
+    run_id = client.start("order.process", data={"id": 7}, app="shop")   # a run, a cancel
+    client.cancel(run_id, flow="order.process")
+
 The send-failure policy, in one place (Run calls `_send` and `_report`):
 
 - Sending never waits on the network and, by default, never raises: a failure (Kafka
@@ -18,6 +22,9 @@ The send-failure policy, in one place (Run calls `_send` and `_report`):
 - Mistakes in the call itself (a bad step key, metadata over its limits, a status record_step
   cannot send) raise at once, whatever the policy: they are programming errors, and the place
   to see them is the call site in development.
+
+The workflow control calls (send_event, start, cancel, retrigger) are requests, not telemetry:
+each waits for Kafka's acknowledgement and raises SendError without one (producers.control).
 """
 
 from __future__ import annotations
@@ -31,13 +38,23 @@ from types import TracebackType
 from typing import Any, Final
 
 from steplog.errors import EventTooLargeError, InvalidEventError, SendError
+from steplog.producers.control import ControlSender
+from steplog.producers.durations import Instant, instant
 from steplog.producers.event_bytes import encode_name
 from steplog.producers.metadata import clean_metadata
 from steplog.producers.run import Run
 from steplog.producers.sender import EventSender, SenderStats
 from steplog.producers.sink import EventSink
-from steplog.schemas.base import new_event_id
-from steplog.schemas.codec import DEFAULT_MAX_BYTES, encode, validate_event
+from steplog.schemas.base import TriggerInfo, WireModel, new_event_id
+from steplog.schemas.codec import (
+    DEFAULT_MAX_BYTES,
+    encode,
+    validate_command,
+    validate_event,
+    validate_signal,
+)
+from steplog.schemas.commands import new_command_id
+from steplog.schemas.signals import Signal
 from steplog.schemas.statuses import StepStatus, parse_step_status
 from steplog.settings import Settings, load_settings
 
@@ -127,6 +144,13 @@ class Client:
         self._sink_send = sink.send  # bound once: it is called twice per step
         self._deferred: list[BaseException] = []
         self._deferred_lock = threading.Lock()
+        # Workflow control calls (send_event, start, cancel, retrigger): their own producer,
+        # made at the first such call (producers.control).
+        self._settings = settings
+        self._bootstrap = bootstrap
+        self._events_topic = topic
+        self._control: ControlSender | None = None
+        self._control_lock = threading.Lock()
 
     # ------------------------------------------------------------------------ public API
 
@@ -207,6 +231,180 @@ class Client:
         value = encode(event, max_bytes=self.max_event_bytes)
         self._send(run_id.encode(), value, surface=True)
 
+    # ------------------------------------------------- durable workflows: control calls
+    #
+    # Each call returns once Kafka acknowledged the message (SendError if it could not) and
+    # raises InvalidEventError naming the argument for anything that cannot be sent. Each has
+    # an `*_async` twin for asyncio code.
+
+    def send_event(
+        self, name: str, data: object = None, *, app: str | None = None,
+        event_id: str | None = None,
+    ) -> str:
+        """Send a signal `name` with `data`: it starts the workflows triggered by the name
+        (only `app`'s, when given) and resumes the runs waiting for it. Returns its event id
+        (pass `event_id` to make a retried send a duplicate the processors drop)."""
+        topic, message = self._signal(name, data, app, event_id)
+        self._control_sender().send(topic, message.name, message)
+        return message.event_id
+
+    async def send_event_async(
+        self, name: str, data: object = None, *, app: str | None = None,
+        event_id: str | None = None,
+    ) -> str:
+        topic, message = self._signal(name, data, app, event_id)
+        await self._control_sender().send_async(topic, message.name, message)
+        return message.event_id
+
+    def start(
+        self, workflow: str, data: object = None, *, app: str | None = None,
+        start_at: Instant | None = None, run_id: str | None = None,
+    ) -> str:
+        """Start a run of `workflow` with `data` as its input; returns the run id.
+
+        With `app` and no `start_at`: a start_run command to that app's workers. With
+        `start_at` (an aware datetime, ISO string or epoch ms): a run.scheduled event; the
+        processors start it when due. Without `app`: a run.scheduled due now, and the
+        processors resolve which app defines the workflow.
+        """
+        topic, key, message = self._start(workflow, data, app, start_at, run_id, None, None)
+        self._control_sender().send(topic, key, message)
+        return key
+
+    async def start_async(
+        self, workflow: str, data: object = None, *, app: str | None = None,
+        start_at: Instant | None = None, run_id: str | None = None,
+    ) -> str:
+        topic, key, message = self._start(workflow, data, app, start_at, run_id, None, None)
+        await self._control_sender().send_async(topic, key, message)
+        return key
+
+    def cancel(self, run_id: str, *, flow: str, reason: str | None = None) -> None:
+        """Cancel a run of workflow `flow`: writes run.cancelled (the processors then stop
+        its worker, its timers, its waits and its child runs). A run that ends before the
+        cancel is seen keeps its ending."""
+        topic, key, message = self._cancel(run_id, flow, reason)
+        self._control_sender().send(topic, key, message)
+
+    async def cancel_async(self, run_id: str, *, flow: str, reason: str | None = None) -> None:
+        topic, key, message = self._cancel(run_id, flow, reason)
+        await self._control_sender().send_async(topic, key, message)
+
+    def retrigger(
+        self, run_id: str, *, workflow: str, app: str, data: object = None,
+        trigger: TriggerInfo | None = None, new_run_id: str | None = None,
+    ) -> str:
+        """Run workflow `workflow` of `app` again from the start, with the input (`data`)
+        and trigger of run `run_id`; the new run records `retrigger_of`. Returns its id."""
+        topic, key, message = self._start(workflow, data, app, None, new_run_id, run_id, trigger)
+        self._control_sender().send(topic, key, message)
+        return key
+
+    async def retrigger_async(
+        self, run_id: str, *, workflow: str, app: str, data: object = None,
+        trigger: TriggerInfo | None = None, new_run_id: str | None = None,
+    ) -> str:
+        topic, key, message = self._start(workflow, data, app, None, new_run_id, run_id, trigger)
+        await self._control_sender().send_async(topic, key, message)
+        return key
+
+    def _control_sender(self) -> ControlSender:
+        with self._control_lock:
+            if self._control is None:
+                settings = self._control_settings()
+                self._control = ControlSender(
+                    self._bootstrap or settings.kafka_bootstrap,
+                    max_event_bytes=self.max_event_bytes,
+                )
+            return self._control
+
+    def _control_settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings()
+        return self._settings
+
+    def _signal(
+        self, name: str, data: object, app: str | None, event_id: str | None
+    ) -> tuple[str, Signal]:
+        message = validate_signal(
+            {
+                "event_id": event_id or new_event_id(),
+                "project": self.project,
+                "name": name,
+                "data": data,
+                "app": app,
+                "ts": datetime.now(UTC),
+            },
+            max_bytes=self.max_event_bytes,
+        )
+        return self._control_settings().topics.signals, message
+
+    def _start(
+        self,
+        workflow: str,
+        data: object,
+        app: str | None,
+        start_at: Instant | None,
+        run_id: str | None,
+        retrigger_of: str | None,
+        trigger: TriggerInfo | None,
+    ) -> tuple[str, str, WireModel]:
+        run_id = run_id if run_id is not None else uuid.uuid4().hex
+        now = datetime.now(UTC)
+        topics = self._control_settings().topics
+        if app is not None and start_at is None:
+            command = validate_command(
+                {
+                    "command_id": new_command_id(),
+                    "type": "command.start_run",
+                    "project": self.project,
+                    "run_id": run_id,
+                    "ts": now,
+                    "workflow": workflow,
+                    "app": app,
+                    "input": data,
+                    "trigger": trigger.model_dump() if trigger is not None else None,
+                    "retrigger_of": retrigger_of,
+                },
+                max_bytes=self.max_event_bytes,
+            )
+            return topics.commands, run_id, command
+        due = now if start_at is None else instant(start_at, field="start_at")
+        event = validate_event(
+            {
+                "event_id": new_event_id(),
+                "type": "run.scheduled",
+                "project": self.project,
+                "flow": workflow,
+                "run_id": run_id,
+                "ts": now,
+                "seq": 0,
+                "payload": {"start_at": due, "app": app, "input": data},
+            },
+            max_bytes=self.max_event_bytes,
+        )
+        return self._events_topic or topics.events, run_id, event
+
+    def _cancel(
+        self, run_id: str, flow: str, reason: str | None
+    ) -> tuple[str, str, WireModel]:
+        # seq 0: a run.completed or run.failed its worker wrote (any seq above 0) outranks the
+        # cancel in the fold, so a run that ended before the cancel was seen keeps its ending.
+        event = validate_event(
+            {
+                "event_id": new_event_id(),
+                "type": "run.cancelled",
+                "project": self.project,
+                "flow": flow,
+                "run_id": run_id,
+                "ts": datetime.now(UTC),
+                "seq": 0,
+                "payload": {"reason": reason},
+            },
+            max_bytes=self.max_event_bytes,
+        )
+        return self._events_topic or self._control_settings().topics.events, run_id, event
+
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until every event sent so far is delivered; False on timeout. With
         throw_on_send_error, raises SendError for failures not yet surfaced."""
@@ -222,6 +420,8 @@ class Client:
         """Flush (for up to `timeout`) and release the connection. Also done at interpreter
         exit (the sender registers it), so calling it is only needed to close early."""
         self.sink.close(timeout)
+        if self._control is not None:
+            self._control.close()
 
     def stats(self) -> SenderStats:
         """The sender's counters: sent, retried, dropped, failed, buffered."""

@@ -62,6 +62,19 @@ _BATCH_BYTES = 512 * 1024
 # Partition of each key seen lately (murmur2 in pure Python costs microseconds per key).
 _PARTITION_CACHE_KEYS = 100_000
 _default_partitioner = DefaultPartitioner()
+
+# This process's id, kept here because os.getpid() is a system call and send() asks on every
+# event whether it runs in the process that started the delivery thread (a forked child must
+# start its own).
+_pid = os.getpid()
+
+
+def _note_fork() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_note_fork)
 # Errors about a refused batch as a whole (it expired, the producer is closing): sending its
 # events one by one would fail the same way.
 _BATCH_WIDE_ERRORS = (KafkaTimeoutError, ProducerClosed)
@@ -146,31 +159,39 @@ class EventSender:
     def send(self, key: bytes, value: bytes) -> None:
         """Queue one encoded event; returns at once. Raises EventTooLargeError for an event
         over the limit, and SendError for earlier failures when throw_on_send_error is set."""
-        if len(value) > self.max_event_bytes:
+        size = len(value)
+        if size > self.max_event_bytes:
             raise EventTooLargeError(
                 "",
-                f"event is {len(value)} bytes, over the limit of {self.max_event_bytes} "
+                f"event is {size} bytes, over the limit of {self.max_event_bytes} "
                 "(STEPLOG_MAX_EVENT_BYTES)",
             )
-        self._raise_pending_errors()
-        if self._owner_pid != os.getpid():
+        if self._pending_errors:  # only ever filled with throw_on_send_error
+            self._raise_pending_errors()
+        if self._owner_pid != _pid:
             self._start()
+        size += len(key)
         with self._lock:
             if self._closing:
                 raise SendError(f"the sender for {self.topic!r} is closed")
             self._buffer.append((key, value))
-            self._buffered_bytes += len(key) + len(value)
-            while self._buffered_bytes > self.max_buffer_bytes and len(self._buffer) > 1:
-                old_key, old_value = self._buffer.popleft()
-                self._buffered_bytes -= len(old_key) + len(old_value)
-                self._dropped += 1
-            wake = self._loop_idle
+            self._buffered_bytes += size
+            if self._buffered_bytes > self.max_buffer_bytes:
+                self._drop_oldest()
+            if not self._loop_idle:
+                # A busy loop takes the next chunk by itself: no cross-thread call (a pipe
+                # write) on the per-event path.
+                return
             self._loop_idle = False
-        if wake:
-            # Only an idle loop needs waking; a busy one takes the next chunk by itself. This
-            # keeps the cross-thread call (a pipe write) off the per-event path.
-            assert self._loop is not None and self._wake is not None
-            self._loop.call_soon_threadsafe(self._wake.set)
+        assert self._loop is not None and self._wake is not None
+        self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _drop_oldest(self) -> None:
+        """Over the bound: drop the oldest events (never the newest). Holding the lock."""
+        while self._buffered_bytes > self.max_buffer_bytes and len(self._buffer) > 1:
+            old_key, old_value = self._buffer.popleft()
+            self._buffered_bytes -= len(old_key) + len(old_value)
+            self._dropped += 1
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until every queued event is acknowledged (or dropped/failed); False on timeout.
@@ -190,7 +211,7 @@ class EventSender:
 
     def close(self, timeout: float | None = None) -> None:
         """Flush (for up to `timeout`, default close_timeout) and stop the background thread."""
-        if self._thread is None or self._owner_pid != os.getpid():
+        if self._thread is None or self._owner_pid != _pid:
             return
         self.flush(self.close_timeout if timeout is None else timeout)
         with self._lock:
@@ -239,7 +260,7 @@ class EventSender:
             self._buffer.clear()
             self._buffered_bytes = 0
             self._in_flight = 0
-            self._owner_pid = os.getpid()
+            self._owner_pid = _pid
         ready = threading.Event()
         self._thread = threading.Thread(
             target=self._run_loop, args=(ready,), name=f"steplog-sender-{self.topic}", daemon=True

@@ -9,8 +9,9 @@ event_id, so a re-delivered event collapses); `runs` and `steps` hold the folded
 per change, with a `version` that counts the events folded into the run, so ReplacingMergeTree
 keeps the newest row; `flows` holds the latest definition of each flow. Analysts read the views:
 `runs_current` / `steps_current` give exactly one row per run / step with the derived statuses
-(`stuck`, `overdue`) and are correct before any merge (FINAL), and the `*_minutely` views
-aggregate outcomes and duration quantiles. The projection tables (`PROJECTION_TABLES`) are the
+(`stuck`, `overdue`) and are correct before any merge (FINAL), `runs_overdue` lists the
+scheduled runs due in the past with how late they are, and the `*_minutely` views aggregate
+outcomes and duration quantiles. The projection tables (`PROJECTION_TABLES`) are the
 ones replay rebuilds under another name and swaps in.
 """
 
@@ -192,6 +193,18 @@ _VIEWS = (
 )
 
 
+_RUNS_OVERDUE = """
+    CREATE OR REPLACE VIEW {db}.runs_overdue AS
+    SELECT
+        project, flow, run_id, app, scheduled_for,
+        toInt64(dateDiff('millisecond', scheduled_for, now64(6))) AS overdue_by_ms
+    FROM {db}.runs FINAL
+    WHERE status = 'scheduled' AND scheduled_for IS NOT NULL AND scheduled_for < now64(6)
+"""
+"""Scheduled runs whose start is past (seed 003's "overdue": the engine never got around to
+starting them, e.g. no worker defines their workflow yet, or the processors were down)."""
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -206,6 +219,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "events, runs, steps, flows and their views",
         tuple(table_ddl(table, "{db}." + table) for table in PROJECTION_TABLES) + _VIEWS,
     ),
+    Migration(2, "runs_overdue view", (_RUNS_OVERDUE,)),
 )
 
 

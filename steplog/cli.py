@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
@@ -31,7 +33,10 @@ from steplog.projections.migrations import PROJECTION_TABLES
 from steplog.replay import log_size, replay_log
 from steplog.sql_client import OutputFormat, analyst_client, render
 from steplog.stack import processor_config, run_dev, run_processors
-from steplog.errors import ClickHouseError
+from steplog.errors import ClickHouseError, RunNotFoundError, WorkflowError
+from steplog.producers.client import Client
+from steplog.schemas.base import TriggerInfo
+from steplog.settings import Settings
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -55,6 +60,8 @@ app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
 flows_app = typer.Typer(help="Flow definitions (.steplog/flows.json).")
 app.add_typer(flows_app, name="flows")
+runs_app = typer.Typer(help="Runs of durable workflows: cancel or re-trigger one.")
+app.add_typer(runs_app, name="runs")
 
 PortOption = Annotated[
     int | None, typer.Option("--port", help="Broker port (default: from STEPLOG_KAFKA_BOOTSTRAP).")
@@ -302,3 +309,157 @@ def show_settings() -> None:
     settings = load_settings()
     shown = {env_name(k): v for k, v in json.loads(settings.model_dump_json()).items()}
     typer.echo(json.dumps(shown, indent=2))
+
+
+# --- durable workflows ----------------------------------------------------------------------
+
+
+@app.command("worker")
+@reports_errors
+def worker(
+    target: Annotated[
+        str, typer.Argument(help="The app to serve, MODULE:APP (e.g. shop.workflows:app).")
+    ],
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, help="Runs executed at once.")
+    ] = 200,
+    stop_timeout: Annotated[
+        float,
+        typer.Option("--stop-timeout", min=0, help="Seconds a stop waits for executing steps."),
+    ] = 30.0,
+) -> None:
+    """Run a worker for a steplog.App (foreground): MODULE:APP, e.g. shop.workflows:app.
+
+    It registers the app's workflows and executes their runs. SIGINT/SIGTERM stop it
+    gracefully: in-flight runs are interrupted and resumed by the next worker.
+    """
+    from steplog.producers.app import load_app
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    application = load_app(target)
+    load_settings()  # a bad STEPLOG_* variable fails here, with its name, before any connection
+    typer.echo(
+        f"worker for app {application.name!r}: "
+        + (", ".join(sorted(application.workflows)) or "no workflows")
+    )
+    application.worker(concurrency=concurrency, stop_timeout=stop_timeout).run()
+
+
+RunProjectOption = Annotated[
+    str | None,
+    typer.Option("--project", help="The run's project, when the id is used in several."),
+]
+
+
+@runs_app.command("cancel")
+@reports_errors
+def runs_cancel(
+    run_id: Annotated[str, typer.Argument(help="The run to cancel.")],
+    reason: Annotated[str | None, typer.Option("--reason", help="Recorded on the run.")] = None,
+    project: RunProjectOption = None,
+) -> None:
+    """Cancel a run of a durable workflow (writes run.cancelled).
+
+    The processors then stop its worker, its timers, its waits and its child runs.
+    """
+    settings = load_settings()
+    run = find_run(settings, run_id, project)
+    if run.status in _ENDED:
+        raise WorkflowError(f"run {run_id} of {run.flow!r} already ended ({run.status}); "
+                            "nothing to cancel")
+    client = Client(project=run.project, settings=settings)
+    try:
+        client.cancel(run_id, flow=run.flow, reason=reason)
+    finally:
+        client.close()
+    typer.echo(f"cancelled run {run_id} of {run.flow!r} (project {run.project!r})")
+
+
+@runs_app.command("retrigger")
+@reports_errors
+def runs_retrigger(
+    run_id: Annotated[str, typer.Argument(help="The run to run again from the start.")],
+    project: RunProjectOption = None,
+) -> None:
+    """Run a workflow run again from the start; prints the new run's id.
+
+    The new run has the same workflow, app, input and trigger, and records `retrigger_of`.
+    """
+    settings = load_settings()
+    run = find_run(settings, run_id, project)
+    if not run.app:
+        raise WorkflowError(
+            f"run {run_id} of {run.flow!r} is not a workflow run (no app recorded); only "
+            "runs of durable workflows can be re-triggered"
+        )
+    trigger = (
+        TriggerInfo(name=run.trigger_event, event_id=run.trigger_event_id)
+        if run.trigger_event and run.trigger_event_id
+        else None
+    )
+    client = Client(project=run.project, settings=settings)
+    try:
+        new_run_id = client.retrigger(
+            run_id, workflow=run.flow, app=run.app, data=run.input, trigger=trigger
+        )
+    finally:
+        client.close()
+    typer.echo(new_run_id)
+
+
+_ENDED = ("completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """What `runs cancel` and `runs retrigger` need of a run (from runs_current)."""
+
+    project: str
+    flow: str
+    app: str
+    input: Any
+    trigger_event: str
+    trigger_event_id: str
+    status: str
+
+
+def find_run(settings: Settings, run_id: str, project: str | None) -> RunRow:
+    """The run's row in runs_current; RunNotFoundError when there is none, WorkflowError when
+    the id is in several projects and none was named."""
+    sql = (
+        "SELECT project, flow, app, input, trigger_event, trigger_event_id, recorded_status "
+        "FROM runs_current WHERE run_id = {run_id:String}"
+    )
+    parameters: dict[str, object] = {"run_id": run_id}
+    if project is not None:
+        sql += " AND project = {project:String}"
+        parameters["project"] = project
+    try:
+        rows = analyst_client(settings).query(sql, parameters=parameters).result_rows
+    except SteplogError:
+        raise
+    except Exception as exc:
+        raise ClickHouseError(f"cannot read run {run_id} from runs_current: {exc}") from None
+    if not rows:
+        where = f" in project {project!r}" if project else ""
+        raise RunNotFoundError(
+            f"run {run_id!r}{where} is not in runs_current of database "
+            f"{settings.clickhouse_database!r} (are the processors running?)"
+        )
+    if len(rows) > 1:
+        projects = ", ".join(sorted(str(row[0]) for row in rows))
+        raise WorkflowError(
+            f"run id {run_id!r} is in several projects ({projects}); name one with --project"
+        )
+    project_name, flow, app_name, input_text, trigger_event, trigger_event_id, status = rows[0]
+    return RunRow(
+        project=str(project_name),
+        flow=str(flow),
+        app=str(app_name),
+        input=json.loads(input_text) if input_text else None,
+        trigger_event=str(trigger_event),
+        trigger_event_id=str(trigger_event_id),
+        status=str(status),
+    )

@@ -76,3 +76,93 @@ class FlowsFileError(SteplogError):
         self.problem = problem
         where = f"{path}:{line}" if line is not None else path
         super().__init__(f"{where}: {field}: {problem}" if field else f"{where}: {problem}")
+
+
+# --- durable workflows ----------------------------------------------------------------------
+
+
+class WorkflowError(SteplogError):
+    """Base of the errors of durable workflows: how a workflow is declared, or how a run of it
+    went (a step that failed for good, a pass that does not replay its history)."""
+
+
+class NonRetriableError(WorkflowError):
+    """Raise it in a step's function to fail the step at once, without further attempts.
+
+        if response.status == 402:
+            raise steplog.NonRetriableError("card declined")
+
+    The step is recorded failed for good (`step.failed` with `non_retriable`), and the
+    workflow code sees a StepFailedError it may handle.
+    """
+
+
+class StepFailedError(WorkflowError):
+    """Raised in workflow code by a step that failed for good: its last attempt failed, or it
+    raised NonRetriableError. Catch it to recover; left uncaught, the run fails with it.
+
+    `error_type` and `error_message` are those of the step's last error (e.g. "TimeoutError").
+    """
+
+    def __init__(
+        self,
+        step_key: str,
+        error_type: str,
+        error_message: str,
+        *,
+        attempt: int = 1,
+        message: str | None = None,
+    ) -> None:
+        self.step_key = step_key
+        self.error_type = error_type
+        self.error_message = error_message
+        self.attempt = attempt
+        super().__init__(
+            message
+            or f"step {step_key!r} failed for good (attempt {attempt}): "
+            f"{error_type}: {error_message}"
+        )
+
+
+class ChildRunFailedError(StepFailedError):
+    """Raised in the parent's code by `ctx.step.run_workflow` when the child run failed."""
+
+    def __init__(
+        self, step_key: str, child_run_id: str, error_type: str, error_message: str
+    ) -> None:
+        self.child_run_id = child_run_id
+        super().__init__(
+            step_key,
+            error_type,
+            error_message,
+            message=f"step {step_key!r}: child run {child_run_id} failed: "
+            f"{error_type}: {error_message}",
+        )
+
+
+class NonDeterminismError(WorkflowError):
+    """A pass of a run asked for steps its history does not have where it has others: the
+    workflow's code changed under a run in flight, or depends on something outside its steps
+    (the clock, randomness, a read). The run fails with it; it cannot be caught for good."""
+
+
+class StepOutputError(WorkflowError):
+    """A step's (or a run's) result cannot be stored: it is not JSON, or it is too large. The
+    step fails without further attempts (the same code would return the same value)."""
+
+
+class StepInputError(WorkflowError, ValueError):
+    """A step's recorded input cannot be stored (not JSON, or too large); raised at the call,
+    before anything is written."""
+
+
+class InvalidDurationError(WorkflowError, ValueError):
+    """A duration ("10s", "5m", 250) or a point in time that cannot be read."""
+
+
+class WorkflowNotFoundError(WorkflowError):
+    """A command names a workflow the app does not define."""
+
+
+class RunNotFoundError(SteplogError):
+    """No run with the id is known (in `runs_current`)."""

@@ -1,7 +1,8 @@
 """`steplog replay`: rebuild every projection from offset 0 of the log, then swap it in.
 
 The rebuild folds the flows topic and then the events topic, as they stand when the replay
-starts, with the same fold and the same batch builder as the processors, into fresh tables named
+starts, with the same fold and the same batch builder as the processors (keeping the fold's row
+effects and ignoring the engine's: nothing is sent during a replay), into fresh tables named
 `<table>__replay` beside the live ones. Then each live table is exchanged with its rebuilt twin
 (`EXCHANGE TABLES`, atomic per table; the four run back to back) and the old data dropped.
 `--dry-run` rebuilds the same way, prints a row-by-row comparison with the live tables, and
@@ -30,8 +31,8 @@ from steplog.projections.clickhouse import open_clickhouse, query_value
 from steplog.projections.log_reader import read_log, topic_end_offsets
 from steplog.projections.migrations import PROJECTION_TABLES, migrate, table_ddl
 from steplog.projections.writer import ProjectionWriter
-from steplog.schemas.codec import decode_event, decode_flow
-from steplog.schemas.flows import FlowDefinition
+from steplog.schemas.codec import decode_event, decode_flows_message
+from steplog.schemas.flows import FlowDefinition, WorkflowDefinition
 from steplog.settings import Settings
 
 SUFFIX = "__replay"
@@ -113,10 +114,12 @@ async def _rebuild(settings: Settings, writer: ProjectionWriter, progress: Progr
     async for record in read_log(settings.kafka_bootstrap, settings.topics.flows):
         progress(1)
         try:
-            definition = decode_flow(record.value, max_bytes=settings.max_event_bytes)
+            definition = decode_flows_message(record.value, max_bytes=settings.max_event_bytes)
         except InvalidEventError:
             report.invalid += 1
             continue
+        if isinstance(definition, WorkflowDefinition):
+            continue  # the registry's, not a projection's (the processors skip them too)
         held = flows.get(definition.key)
         if held is None or held.ts <= definition.ts:
             flows[definition.key] = definition
@@ -140,6 +143,8 @@ async def _rebuild(settings: Settings, writer: ProjectionWriter, progress: Progr
         )
         states[key] = state
         batch.add_event(event, record.partition, record.offset)
+        # Rows only: the engine effects (commands, timers, events for other runs) were carried
+        # out when the events were first folded; a rebuild must never start, resume or cancel.
         batch.add_effects(effects)
         report.events += 1
         if pending >= BATCH_EVENTS:

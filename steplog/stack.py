@@ -18,6 +18,7 @@ import faust
 
 from steplog.broker import LocalBroker
 from steplog.processors.host import ProcessorConfig, create_processor_app
+from steplog.processors.registry import read_workflow_definitions
 from steplog.projections.clickhouse import chdb_path, open_clickhouse
 from steplog.projections.flows_table import load_flows
 from steplog.projections.migrations import migrate
@@ -35,6 +36,7 @@ def processor_config(settings: Settings) -> ProcessorConfig:
         bootstrap=settings.kafka_bootstrap,
         topics=settings.topics,
         events_partitions=settings.events_partitions,
+        signals_partitions=settings.signals_partitions,
         replication_factor=settings.replication_factor,
         max_event_bytes=settings.max_event_bytes,
         data_dir=settings.data_dir / "processors",
@@ -55,7 +57,16 @@ def run_processors(settings: Settings, *, sql_port: int | None, hooks: StackHook
     config = processor_config(settings)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     writer = ProjectionWriter(client, settings.clickhouse_database)
-    app, _ = create_processor_app(config, writer, load_flows(client, settings.clickhouse_database))
+    # The workflow registry's start-up state: the compacted flows topic read to its end (see
+    # processors/registry.py); the flows agent learns what is written after.
+    workflows = asyncio.run(
+        read_workflow_definitions(
+            settings.kafka_bootstrap, settings.topics.flows, max_bytes=settings.max_event_bytes
+        )
+    )
+    app, _ = create_processor_app(
+        config, writer, load_flows(client, settings.clickhouse_database), workflows
+    )
     if sql_port is not None and chdb_path(settings.clickhouse_dsn) is not None:
         _serve_sql_from(app, settings, sql_port)
     if hooks is not None and hooks.on_ready is not None:

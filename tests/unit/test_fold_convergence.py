@@ -16,10 +16,18 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from steplog.processors.effects import Effect, StepRowChanged, latest_rows
+from steplog.processors.effects import (
+    ClearTimer,
+    Effect,
+    RunRowChanged,
+    SetTimer,
+    StepRowChanged,
+    latest_rows,
+)
 from steplog.processors.fold import apply_event, current_rows, fold_events
 from steplog.processors.rows import RunRow, StepRow
 from steplog.processors.state import RunState
+from steplog.processors.workflow import wanted_timers
 from steplog.schemas.base import ErrorInfo
 from steplog.schemas.events import (
     Event,
@@ -38,6 +46,8 @@ from steplog.schemas.events import (
     StepCompletedPayload,
     StepFailed,
     StepFailedPayload,
+    StepInvoked,
+    StepInvokedPayload,
     StepKind,
     StepSkipped,
     StepSleeping,
@@ -62,7 +72,10 @@ STEP_SCRIPTS = (
     "retry_then_failed",
     "retrying",
     "sleeping",
+    "slept",
     "waiting",
+    "invoked",
+    "invoked_then_completed",
     "record_step_running_and_success",
     "failed_then_completed_same_attempt",
     "started_twice",
@@ -212,6 +225,27 @@ def runs(draw: Any) -> tuple[list[Event], FlowDefinition | None]:
                     payload=StepSleepingPayload(wake_at=T0 + timedelta(seconds=60)),
                 )
             )
+        elif script == "slept":  # a sleep (no step.started) that the timer service woke
+            b.add(
+                StepSleeping(
+                    **b.envelope(),
+                    step_key=key,
+                    payload=StepSleepingPayload(
+                        wake_at=T0 + timedelta(seconds=60), kind=StepKind.SLEEP_UNTIL
+                    ),
+                )
+            )
+            b.add(StepCompleted(**b.envelope(), step_key=key))
+        elif script in ("invoked", "invoked_then_completed"):
+            b.add(
+                StepInvoked(
+                    **b.envelope(),
+                    step_key=key,
+                    payload=StepInvokedPayload(child_run_id=f"child-{key}", workflow="fraud"),
+                )
+            )
+            if script == "invoked_then_completed":
+                b.completed(key)
         elif script == "waiting":
             b.add(
                 StepWaiting(
@@ -310,7 +344,7 @@ def test_last_row_per_key_is_its_highest_version_and_equal_versions_are_equal_ro
     for effect in effects:
         if isinstance(effect, StepRowChanged):
             emitted[("step", effect.row.step_key)].append(effect.row)
-        else:
+        elif isinstance(effect, RunRowChanged):
             emitted[("run", "")].append(effect.row)
     by_version: dict[tuple[tuple[str, str], int], RunRow | StepRow] = {}
     for key, rows in emitted.items():
@@ -352,3 +386,44 @@ def test_folding_every_event_again_changes_nothing(
     state, again = fold_events(events, flow, state)
     assert state == before
     assert final_rows(again) == final
+
+
+# --- the engine's effects ------------------------------------------------------------------------
+
+
+def engine_effects(effects: list[Effect]) -> list[Effect]:
+    return [e for e in effects if not isinstance(e, RunRowChanged | StepRowChanged)]
+
+
+@SETTINGS
+@given(run=runs(), data=st.data())
+def test_timer_effects_in_any_order_leave_exactly_the_timers_the_state_wants(
+    run: tuple[list[Event], FlowDefinition | None], data: st.DataObject
+) -> None:
+    # The timer service applies each batch's SetTimer / ClearTimer in order; whatever the
+    # order of the events, it must end up holding what the final state wants (what a restart
+    # rebuilds), or a timer would fire for nothing or never.
+    events, flow = run
+    state, effects = fold_events(redelivered(events, data.draw), flow)
+    held: dict[tuple[str, str], SetTimer] = {}
+    for effect in effects:
+        if isinstance(effect, SetTimer):
+            held[(effect.kind, effect.step_key)] = effect
+        elif isinstance(effect, ClearTimer):
+            held.pop((effect.kind, effect.step_key), None)
+    assert held == wanted_timers(state)
+
+
+@SETTINGS
+@given(run=runs(), data=st.data())
+def test_duplicates_add_no_engine_effect(
+    run: tuple[list[Event], FlowDefinition | None], data: st.DataObject
+) -> None:
+    events, flow = run
+    delivered = redelivered(events, data.draw)
+    first_copies: dict[str, Event] = {}
+    for event in delivered:
+        first_copies.setdefault(event.event_id, event)
+    _, with_duplicates = fold_events(delivered, flow)
+    _, without = fold_events(list(first_copies.values()), flow)
+    assert engine_effects(with_duplicates) == engine_effects(without)

@@ -1,0 +1,230 @@
+"""The signals agent's logic: per event name, the registered triggers and the waiting runs.
+
+Pure: `apply_signals_message(waits, triggers, message, now)` updates the two states of the
+message's name in place and returns the effects (`SendCommand(start_run)`, `WriteEvent`). The
+host (`host.SignalsHost`) reads the signals topic in batches, keeps the states in two faust
+tables keyed by the event name (`waits`, `triggers`), carries out the effects, waits for Kafka's
+acknowledgements and only then stores the states: a crash in between re-reads the batch and
+writes the same messages again, with the same derived ids, which their consumers drop.
+
+One partition holds all of a name's messages, so their order is the log's, and it decides:
+
+- `trigger.registered`: the (project, app, workflow) starts a run for each later signal.
+- `wait.registered`: the run waits (kept by its event_id, so a re-registration by a replayed
+  pass is the same wait).
+- `signal`: every trigger of the name in the signal's project (only its `app`'s, when the
+  signal names one) gets `start_run` with run id `triggered_run_id(signal, app, workflow)`;
+  every registered wait with `wait_matches` gets `step.completed(output = signal.data)` with
+  event id `wait_resolution_id(run, step, attempt)`, and is removed.
+- `wait.ended`: if the wait is still registered, it is removed and, for a timeout,
+  `step.completed(output null, timed_out)` is written with the same `wait_resolution_id` (so a
+  wait resolves once, by whichever came first); for a cancel, nothing.
+
+A signal already seen (the same event_id, among the last `RECENT_IDS` of the name) is dropped:
+a client's re-sent signal landing after a new wait.registered must not resolve that wait,
+since the signal was sent before the run parked. Resolved waits' registration ids are
+remembered the same way, so a late duplicate registration does not bring a wait back.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final, Literal
+
+from pydantic import BaseModel, ConfigDict, JsonValue
+
+from steplog.schemas.base import TriggerInfo
+from steplog.schemas.commands import StartRun
+from steplog.schemas.events import StepCompleted, StepCompletedPayload
+from steplog.schemas.ids import (
+    derived_id,
+    triggered_run_id,
+    wait_registration_id,
+    wait_resolution_id,
+)
+from steplog.schemas.signals import (
+    Signal,
+    SignalsMessage,
+    TriggerRegistered,
+    WaitEnded,
+    WaitRegistered,
+    wait_matches,
+)
+
+from .effects import Effect, SendCommand, WriteEvent
+
+__all__ = [
+    "NameTriggers",
+    "NameWaits",
+    "RECENT_IDS",
+    "Trigger",
+    "apply_signals_message",
+]
+
+RECENT_IDS: Final = 1_000
+"""Message ids remembered per name to drop duplicates (signals, ended waits' registrations)."""
+
+Trigger = tuple[str, str, str]
+"""(project, app, workflow)."""
+
+WaitStep = tuple[str, str, str, int]
+"""(project, run_id, step_key, attempt): the step a wait resolves."""
+
+
+@dataclass
+class NameWaits:
+    """The waiting runs of one event name, and the ids recently seen on it."""
+
+    waits: dict[str, WaitRegistered] = field(default_factory=dict)
+    """By the registration's event_id, in registration order."""
+    recent: deque[str] = field(default_factory=deque)
+    recent_set: set[str] = field(default_factory=set)
+
+    def remember(self, message_id: str) -> None:
+        if message_id in self.recent_set:
+            return
+        self.recent.append(message_id)
+        self.recent_set.add(message_id)
+        while len(self.recent) > RECENT_IDS:
+            self.recent_set.discard(self.recent.popleft())
+
+    def find(self, step: WaitStep) -> str | None:
+        """The registration id of the wait of `step`, if it is registered."""
+        derived = wait_registration_id(step[1], step[2], step[3])
+        held = self.waits.get(derived)
+        if held is not None and (held.project, held.run_id, held.step_key, held.attempt) == step:
+            return derived
+        # A registration under another id (a producer that does not derive it): look for it.
+        for registration_id, wait in self.waits.items():
+            if (wait.project, wait.run_id, wait.step_key, wait.attempt) == step:
+                return registration_id
+        return None
+
+    def to_bytes(self) -> bytes:
+        stored = _StoredWaits(waits=list(self.waits.values()), recent=list(self.recent))
+        return stored.model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> NameWaits:
+        stored = _StoredWaits.model_validate_json(data)
+        recent = deque(stored.recent)
+        return cls({wait.event_id: wait for wait in stored.waits}, recent, set(recent))
+
+
+@dataclass
+class NameTriggers:
+    """The workflows one event name starts."""
+
+    triggers: set[Trigger] = field(default_factory=set)
+
+    def to_bytes(self) -> bytes:
+        return _StoredTriggers(triggers=sorted(self.triggers)).model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> NameTriggers:
+        return cls(set(_StoredTriggers.model_validate_json(data).triggers))
+
+
+class _StoredWaits(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    format: Literal[1] = 1
+    waits: list[WaitRegistered]
+    recent: list[str]
+
+
+class _StoredTriggers(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    format: Literal[1] = 1
+    triggers: list[tuple[str, str, str]]
+
+
+def apply_signals_message(
+    waits: NameWaits, triggers: NameTriggers, message: SignalsMessage, now: datetime
+) -> list[Effect]:
+    """Apply one message of the name to its states (in place); the effects, in order."""
+    if isinstance(message, TriggerRegistered):
+        triggers.triggers.add((message.project, message.app, message.workflow))
+        return []
+    if isinstance(message, WaitRegistered):
+        if message.event_id not in waits.waits and message.event_id not in waits.recent_set:
+            waits.waits[message.event_id] = message
+        return []
+    if isinstance(message, WaitEnded):
+        return _end_wait(waits, message, now)
+    if message.event_id in waits.recent_set:
+        return []
+    waits.remember(message.event_id)
+    return _start_triggered(triggers, message) + _resolve_waits(waits, message, now)
+
+
+def _start_triggered(triggers: NameTriggers, signal: Signal) -> list[Effect]:
+    effects: list[Effect] = []
+    for project, app, workflow in sorted(triggers.triggers):
+        if project != signal.project or (signal.app is not None and app != signal.app):
+            continue
+        run_id = triggered_run_id(signal.event_id, app, workflow)
+        effects.append(
+            SendCommand(
+                StartRun(
+                    command_id=derived_id("start", run_id),
+                    project=project,
+                    run_id=run_id,
+                    ts=signal.ts,
+                    workflow=workflow,
+                    app=app,
+                    input=signal.data,
+                    trigger=TriggerInfo(name=signal.name, event_id=signal.event_id),
+                )
+            )
+        )
+    return effects
+
+
+def _resolve_waits(waits: NameWaits, signal: Signal, now: datetime) -> list[Effect]:
+    matched = [key for key, wait in waits.waits.items() if wait_matches(wait, signal)]
+    effects: list[Effect] = []
+    for registration_id in matched:
+        wait = waits.waits.pop(registration_id)
+        waits.remember(registration_id)
+        effects.append(_complete(wait.project, wait.flow, wait.run_id, wait.step_key,
+                                 wait.attempt, now, output=signal.data))
+    return effects
+
+
+def _end_wait(waits: NameWaits, ended: WaitEnded, now: datetime) -> list[Effect]:
+    registration_id = waits.find((ended.project, ended.run_id, ended.step_key, ended.attempt))
+    if registration_id is None:  # resolved by a signal first, or never registered
+        return []
+    del waits.waits[registration_id]
+    waits.remember(registration_id)
+    if ended.reason != "timeout":
+        return []
+    return [_complete(ended.project, ended.flow, ended.run_id, ended.step_key, ended.attempt,
+                      now, output=None, timed_out=True)]
+
+
+def _complete(
+    project: str,
+    flow: str,
+    run_id: str,
+    step_key: str,
+    attempt: int,
+    now: datetime,
+    *,
+    output: JsonValue,
+    timed_out: bool = False,
+) -> WriteEvent:
+    return WriteEvent(
+        StepCompleted(
+            event_id=wait_resolution_id(run_id, step_key, attempt),
+            project=project,
+            flow=flow,
+            run_id=run_id,
+            step_key=step_key,
+            attempt=attempt,
+            ts=now,
+            payload=StepCompletedPayload(output=output, timed_out=timed_out),
+        )
+    )

@@ -1,0 +1,148 @@
+"""Control messages of the client: signals, starts, cancels, each acknowledged before it returns.
+
+Unlike step events (fire and forget, batched by the EventSender), a control call is a request
+whose caller needs to know it landed: `client.start(...)` returns a run id the caller will look
+for. So each send waits for Kafka's acknowledgement (acks=all, idempotent producer) and raises
+SendError when it cannot get one.
+
+One producer serves every call of a client, on an event loop of its own in a daemon thread, so
+that the synchronous calls work from any thread and the `*_async` ones from any event loop
+(the caller's loop only awaits a future). It is created at the first control call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from steplog.errors import SendError
+from steplog.schemas.base import WireModel
+from steplog.schemas.codec import encode
+
+__all__ = ["ControlSender"]
+
+
+class ControlSender:
+    """Sends one message at a time and waits for its acknowledgement."""
+
+    def __init__(self, bootstrap: str, *, max_event_bytes: int, timeout: float = 30.0) -> None:
+        self.bootstrap = bootstrap
+        self.max_event_bytes = max_event_bytes
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._starting: asyncio.Lock | None = None  # made on the sender's own loop
+        self._pid = 0
+
+    def send(self, topic: str, key: str, message: WireModel) -> None:
+        """Send and wait for the acknowledgement (blocking); SendError if none came."""
+        value = encode(message, max_bytes=self.max_event_bytes)
+        future = self._submit(topic, key, value)
+        try:
+            future.result(timeout=self.timeout)
+        except TimeoutError:
+            future.cancel()
+            raise SendError(
+                f"no acknowledgement for {_tag(message)} on {topic!r} within {self.timeout}s "
+                f"(Kafka at {self.bootstrap})"
+            ) from None
+
+    async def send_async(self, topic: str, key: str, message: WireModel) -> None:
+        """`send` for asyncio code: the caller's loop only awaits."""
+        value = encode(message, max_bytes=self.max_event_bytes)
+        future = self._submit(topic, key, value)
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(future), timeout=self.timeout)
+        except TimeoutError:
+            raise SendError(
+                f"no acknowledgement for {_tag(message)} on {topic!r} within {self.timeout}s "
+                f"(Kafka at {self.bootstrap})"
+            ) from None
+
+    def close(self) -> None:
+        with self._lock:
+            loop, thread, producer = self._loop, self._thread, self._producer
+            self._loop = self._thread = self._producer = None
+        if loop is None or thread is None:
+            return
+        if producer is not None:
+            stopping = asyncio.run_coroutine_threadsafe(producer.stop(), loop)
+            try:
+                stopping.result(timeout=self.timeout)
+            except Exception:  # closing: nothing left to report it to
+                pass
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=self.timeout)
+
+    # ------------------------------------------------------------------------- mechanics
+
+    def _submit(self, topic: str, key: str, value: bytes) -> Future[None]:
+        loop = self._running_loop()
+        return asyncio.run_coroutine_threadsafe(self._deliver(topic, key.encode(), value), loop)
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                # First use, or a forked child: the parent's thread does not exist here.
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def serve() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+
+                thread = threading.Thread(target=serve, name="steplog-control", daemon=True)
+                thread.start()
+                ready.wait()
+                self._loop, self._thread, self._producer = loop, thread, None
+                self._starting = None
+                self._pid = os.getpid()
+            return self._loop
+
+    async def _deliver(self, topic: str, key: bytes, value: bytes) -> None:
+        try:
+            producer = await self._started_producer()
+            await producer.send_and_wait(topic, value=value, key=key)
+        except KafkaError as exc:
+            raise SendError(
+                f"could not send to {topic!r} at {self.bootstrap}: {exc!r}"
+            ) from exc
+
+    async def _started_producer(self) -> AIOKafkaProducer:
+        if self._producer is not None:
+            return self._producer
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:  # concurrent first calls start one producer
+            return await self._start_producer()
+
+    async def _start_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                client_id="steplog-client-control",
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=0,
+                max_request_size=self.max_event_bytes + 64 * 1024,
+            )
+            try:
+                await producer.start()
+            except BaseException:
+                await producer.stop()
+                raise
+            self._producer = producer
+        return self._producer
+
+
+def _tag(message: Any) -> str:
+    return str(getattr(message, "type", type(message).__name__))

@@ -1,0 +1,716 @@
+"""The worker against the real broker, driven by commands written here (no processors).
+
+The test plays the processors' part: it writes `start_run` and `resume_run` commands (with the
+history and log position the fold would put in them) and reads what the worker writes to the
+events, signals and flows topics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from steplog.producers.app import App
+from steplog.producers.context import WorkflowContext
+from steplog.producers.control import ControlSender
+from steplog.producers.worker import Worker
+from steplog.schemas.codec import (
+    decode_command,
+    decode_event,
+    decode_flows_message,
+    decode_signals_message,
+)
+from steplog.schemas.commands import CancelRun, ResumeRun, StartRun, StepRecord, new_command_id
+from steplog.schemas.events import (
+    Event,
+    RunCompleted,
+    RunInterrupted,
+    RunStarted,
+    StepCompleted,
+    StepCompletedPayload,
+    StepFailed,
+    StepKind,
+    StepSleeping,
+    StepStarted,
+    StepStartedPayload,
+    StepWaiting,
+    new_event_id,
+)
+from steplog.schemas.flows import RetryPolicy, WorkflowDefinition
+from steplog.schemas.ids import derived_id, wait_registration_id
+from steplog.schemas.signals import TriggerRegistered, WaitRegistered
+from steplog.schemas.statuses import StepStatus
+from steplog.settings import Settings
+from tests.conftest import processors_environment, wait_for
+
+# --------------------------------------------------------------------------- the log
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    message: Any
+
+
+class LogWatcher:
+    """Every message of the events, signals, flows and commands topics from their start,
+    decoded, collected by a consumer in a background thread (no consumer group)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        topics = settings.topics
+        self._decoders: dict[str, Callable[[bytes], Any]] = {
+            topics.events: decode_event,
+            topics.signals: decode_signals_message,
+            topics.flows: decode_flows_message,
+            topics.commands: decode_command,
+        }
+        self.records: list[Record] = []
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._consume()), daemon=True)
+        self._error: BaseException | None = None
+
+    def __enter__(self) -> LogWatcher:
+        self._thread.start()
+        assert self._ready.wait(60), "the log watcher did not start"
+        if self._error:
+            raise self._error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    async def _consume(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=10,
+        )
+        try:
+            await consumer.start()
+            partitions = [
+                TopicPartition(topic, p)
+                for topic in self._decoders
+                for p in (
+                    consumer.partitions_for_topic(topic) or await _partitions(consumer, topic)
+                )
+            ]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            raise
+        self._ready.set()
+
+        def decode(topic: str, value: bytes) -> Any:
+            return self._decoders[topic](value)
+
+        try:
+            while not self._stop.is_set():
+                batches = await consumer.getmany(timeout_ms=50)
+                decoded = [
+                    Record(tp.topic, tp.partition, m.offset, m.key, decode(tp.topic, m.value))
+                    for tp, messages in batches.items()
+                    for m in messages
+                ]
+                if decoded:
+                    with self._changed:
+                        self.records.extend(decoded)
+                        self._changed.notify_all()
+        finally:
+            await consumer.stop()
+
+    def on(self, topic: str) -> list[Record]:
+        with self._changed:
+            return [r for r in self.records if r.topic == topic]
+
+    def events(self, run_id: str) -> list[Event]:
+        return [
+            r.message for r in self.on(self.settings.topics.events)
+            if r.message.run_id == run_id
+        ]
+
+    def types(self, run_id: str) -> list[str]:
+        return [
+            f"{e.type}:{e.step_key}" if hasattr(e, "step_key") else e.type
+            for e in self.events(run_id)
+        ]
+
+    def record_of(self, run_id: str, event_type: str) -> Record:
+        return next(
+            r for r in self.on(self.settings.topics.events)
+            if r.message.run_id == run_id and r.message.type == event_type
+        )
+
+    def wait(self, condition: Callable[[], bool], *, timeout: float = 60, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not condition():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+                self._changed.wait(min(left, 0.5))
+
+    def wait_for_type(self, run_id: str, event_type: str, *, timeout: float = 60) -> Event:
+        self.wait(
+            lambda: any(e.type == event_type for e in self._events_unlocked(run_id)),
+            timeout=timeout, what=f"{event_type} of run {run_id}",
+        )
+        return next(e for e in self.events(run_id) if e.type == event_type)
+
+    def _events_unlocked(self, run_id: str) -> list[Any]:
+        topic = self.settings.topics.events
+        return [r.message for r in self.records if r.topic == topic and r.message.run_id == run_id]
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()
+    return consumer.partitions_for_topic(topic) or set()
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+class WorkerThread:
+    """A worker on an event loop of its own thread, as a test's context manager."""
+
+    def __init__(self, app: App, settings: Settings, **options: Any) -> None:
+        self.worker: Worker = app.worker(settings=settings, session_timeout_ms=6000, **options)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._stopped = False
+
+    def __enter__(self) -> WorkerThread:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.worker.start(), self._loop).result(60)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            asyncio.run_coroutine_threadsafe(self.worker.stop(), self._loop).result(120)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(30)
+
+
+class Counter:
+    """Calls of step functions by name; thread-safe (sync steps run in threads)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def step(self, name: str, result: Any) -> Callable[..., Any]:
+        def fn(*args: Any) -> Any:
+            with self._lock:
+                self.counts[name] = self.counts.get(name, 0) + 1
+            return result
+
+        return fn
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@pytest.fixture
+def control(topics: Settings) -> Iterator[ControlSender]:
+    sender = ControlSender(topics.kafka_bootstrap, max_event_bytes=topics.max_event_bytes)
+    try:
+        yield sender
+    finally:
+        sender.close()
+
+
+@pytest.fixture
+def log(topics: Settings) -> Iterator[LogWatcher]:
+    with LogWatcher(topics) as watcher:
+        yield watcher
+
+
+def send_command(
+    control: ControlSender, settings: Settings, command: StartRun | ResumeRun | CancelRun
+) -> None:
+    control.send(settings.topics.commands, command.run_id, command)
+
+
+def start_run(settings: Settings, run_id: str, workflow: str, data: Any = None) -> StartRun:
+    return StartRun(
+        command_id=new_command_id(), project=settings.project, run_id=run_id,
+        ts=datetime.now(UTC), workflow=workflow, app="shop", input=data,
+    )
+
+
+def resume_run(
+    settings: Settings,
+    run_id: str,
+    workflow: str,
+    *,
+    history: Mapping[str, StepRecord] | None = None,
+    position: tuple[int, int] | None = None,
+) -> ResumeRun:
+    return ResumeRun(
+        command_id=new_command_id(), project=settings.project, run_id=run_id,
+        ts=datetime.now(UTC), reason="test", workflow=workflow, app="shop",
+        history=dict(history or {}),
+        history_partition=position[0] if position else None,
+        history_offset=position[1] if position else None,
+    )
+
+
+def resume(
+    control: ControlSender,
+    settings: Settings,
+    run_id: str,
+    workflow: str,
+    position: tuple[int, int] | None,
+    history: Mapping[str, StepRecord] | None = None,
+) -> None:
+    command = resume_run(settings, run_id, workflow, history=history, position=position)
+    send_command(control, settings, command)
+
+
+def completed_output(log: LogWatcher, run_id: str, *, timeout: float = 60) -> Any:
+    """The output of the run's run.completed, once it is there."""
+    completed = log.wait_for_type(run_id, "run.completed", timeout=timeout)
+    assert isinstance(completed, RunCompleted)
+    return completed.payload.output
+
+
+def started_position(log: LogWatcher, run_id: str) -> tuple[int, int]:
+    """Where the run's run.started is: the position the fold's first resume reflects."""
+    log.wait_for_type(run_id, "run.started")
+    record = log.record_of(run_id, "run.started")
+    return record.partition, record.offset
+
+
+def begin(
+    control: ControlSender, settings: Settings, log: LogWatcher, workflow: str, data: Any = None
+) -> tuple[str, tuple[int, int]]:
+    """start_run, then the position of its run.started (as the fold would answer it)."""
+    run_id = uuid.uuid4().hex
+    send_command(control, settings, start_run(settings, run_id, workflow, data))
+    return run_id, started_position(log, run_id)
+
+
+def shop(settings: Settings, retries: RetryPolicy | None = None) -> App:
+    return App("shop", project=settings.project, settings=settings, retries=retries)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_a_worker_registers_its_workflows_and_their_triggers(
+    topics: Settings, log: LogWatcher
+) -> None:
+    app = shop(topics)
+
+    @app.workflow("order.process", triggers=["order.placed", "order.retried"])
+    async def process(ctx: WorkflowContext) -> None:
+        return None
+
+    with WorkerThread(app, topics):
+        log.wait(lambda: len(log.on(topics.topics.signals)) >= 2, what="trigger registrations")
+    (definition,) = [r for r in log.on(topics.topics.flows)]
+    assert isinstance(definition.message, WorkflowDefinition)
+    assert definition.key == f"{topics.project}/workflow/shop/order.process".encode()
+    assert definition.message.triggers == ["order.placed", "order.retried"]
+    registrations = log.on(topics.topics.signals)
+    assert {(r.key, r.message.workflow) for r in registrations} == {
+        (b"order.placed", "order.process"), (b"order.retried", "order.process")
+    }
+    assert all(isinstance(r.message, TriggerRegistered) for r in registrations)
+
+
+def test_start_run_writes_run_started_with_the_runs_input_and_nothing_else(
+    topics: Settings, log: LogWatcher, control: ControlSender
+) -> None:
+    counter = Counter()
+    app = shop(topics)
+
+    @app.workflow("order.process")
+    async def process(ctx: WorkflowContext) -> Any:
+        return await ctx.step.run("one", counter.step("one", 1))
+
+    with WorkerThread(app, topics) as running:
+        run_id, _ = begin(control, topics, log, "order.process", {"order_id": "ord-1"})
+        started = log.wait_for_type(run_id, "run.started")
+        wait_for(lambda: running.worker.stats.runs_started == 1, what="the start counted")
+    assert isinstance(started, RunStarted)
+    assert started.event_id == derived_id("run-start", run_id)
+    assert (started.project, started.flow) == (topics.project, "order.process")
+    assert (started.payload.app, started.payload.input) == ("shop", {"order_id": "ord-1"})
+    assert log.types(run_id) == ["run.started"] and counter.counts == {}
+
+
+def test_resume_run_with_an_empty_history_executes_the_workflow_to_its_end(
+    topics: Settings, log: LogWatcher, control: ControlSender
+) -> None:
+    counter = Counter()
+    app = shop(topics)
+
+    @app.workflow("order.process")
+    async def process(ctx: WorkflowContext) -> Any:
+        a = await ctx.step.run("one", counter.step("one", 1))
+        b = await ctx.step.run("two", counter.step("two", 2), input={"order": ctx.event.data})
+        c = await ctx.step.run("three", counter.step("three", 3))
+        return {"total": a + b + c, "order": ctx.event.data}
+
+    with WorkerThread(app, topics):
+        run_id, position = begin(control, topics, log, "order.process", {"order_id": "ord-2"})
+        resume(control, topics, run_id, "order.process", position)
+        output = completed_output(log, run_id)
+    assert output == {"total": 6, "order": {"order_id": "ord-2"}}
+    assert log.types(run_id) == [
+        "run.started",
+        "step.started:one", "step.completed:one",
+        "step.started:two", "step.completed:two",
+        "step.started:three", "step.completed:three",
+        "run.completed",
+    ]
+    two = [e for e in log.events(run_id) if isinstance(e, StepStarted) and e.step_key == "two"]
+    assert two[0].payload.input == {"order": {"order_id": "ord-2"}}
+    assert counter.counts == {"one": 1, "two": 1, "three": 1}
+
+
+def test_a_resume_without_a_position_uses_the_start_the_worker_handled(
+    topics: Settings, log: LogWatcher, control: ControlSender
+) -> None:
+    app = shop(topics)
+
+    @app.workflow("echo")
+    async def echo(ctx: WorkflowContext) -> Any:
+        return await ctx.step.run("echo", lambda x: x, input=ctx.event.data)
+
+    with WorkerThread(app, topics):
+        run_id = uuid.uuid4().hex
+        # Back to back: the resume may be read while the start is still being written.
+        send_command(control, topics, start_run(topics, run_id, "echo", [1, 2, 3]))
+        send_command(control, topics, resume_run(topics, run_id, "echo"))
+        assert completed_output(log, run_id) == [1, 2, 3]
+
+
+def test_a_step_completed_in_the_commands_history_is_not_called_again(
+    topics: Settings, log: LogWatcher, control: ControlSender
+) -> None:
+    counter = Counter()
+    app = shop(topics)
+
+    @app.workflow("order.process")
+    async def process(ctx: WorkflowContext) -> Any:
+        a = await ctx.step.run("one", counter.step("one", 1))
+        b = await ctx.step.run("two", counter.step("two", 2))
+        return a + b
+
+    history = {"one": StepRecord(kind=StepKind.RUN, status=StepStatus.COMPLETED, output=40)}
+    with WorkerThread(app, topics):
+        run_id, position = begin(control, topics, log, "order.process")
+        send_command(
+            control, topics,
+            resume_run(topics, run_id, "order.process", history=history, position=position),
+        )
+        assert completed_output(log, run_id) == 42
+    assert counter.counts == {"two": 1}
+    assert log.types(run_id) == [
+        "run.started", "step.started:two", "step.completed:two", "run.completed"
+    ]
+
+
+def test_steps_written_after_the_commands_position_are_read_from_the_log_not_repeated(
+    topics: Settings, log: LogWatcher, control: ControlSender
+) -> None:
+    counter = Counter()
+    app = shop(topics)
+
+    @app.workflow("order.process")
+    async def process(ctx: WorkflowContext) -> Any:
+        a = await ctx.step.run("one", counter.step("one", 1))
+        b = await ctx.step.run("two", counter.step("two", 2))
+        return [a, b]
+
+    with WorkerThread(app, topics):
+        run_id, position = begin(control, topics, log, "order.process")
+        # What a worker that died before committing its command had written.
+        common: dict[str, Any] = dict(
+            project=topics.project, flow="order.process", run_id=run_id, step_key="one"
+        )
+        for event in (
+            StepStarted(event_id=new_event_id(), ts=datetime.now(UTC), seq=1,
+                        payload=StepStartedPayload(kind=StepKind.RUN), **common),
+            StepCompleted(event_id=new_event_id(), ts=datetime.now(UTC), seq=2,
+                          payload=StepCompletedPayload(output="from the log"), **common),
+        ):
+            control.send(topics.topics.events, run_id, event)
+        resume(control, topics, run_id, "order.process", position)
+        assert completed_output(log, run_id) == ["from the log", 2]
+    assert counter.counts == {"two": 1}
+
+
+def test_a_sleep_writes_step_sleeping_parks_the_run_and_commits_the_command(
+    topics: Settings, log: LogWatcher, control: ControlSender
+) -> None:
+    app = shop(topics)
+
+    @app.workflow("napper")
+    async def napper(ctx: WorkflowContext) -> Any:
+        await ctx.step.run("before", lambda: "ok")
+        await ctx.step.sleep("nap", "1h")
+        return await ctx.step.run("after", lambda: "never in this test")
+
+    with WorkerThread(app, topics) as running:
+        before = datetime.now(UTC)
+        run_id, position = begin(control, topics, log, "napper")
+        send_command(control, topics, resume_run(topics, run_id, "napper", position=position))
+        sleeping = log.wait_for_type(run_id, "step.sleeping")
+        wait_for(lambda: running.worker.stats.parked == 1, what="the pass parked")
+        commands = [r for r in log.on(topics.topics.commands) if r.message.run_id == run_id]
+        wait_for(
+            lambda: all(committed(topics, running.worker.group_id, r) for r in commands),
+            what="the commands committed",
+        )
+    assert isinstance(sleeping, StepSleeping)
+    assert sleeping.payload.wake_at - before >= timedelta(minutes=59)
+    assert log.types(run_id)[-3:] == [
+        "step.completed:before", "step.started:nap", "step.sleeping:nap"
+    ]
+    assert "run.completed" not in log.types(run_id)
+
+
+def committed(settings: Settings, group: str, record: Record) -> bool:
+    async def offsets() -> dict[TopicPartition, Any]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            return dict(await admin.list_consumer_group_offsets(group))
+        finally:
+            await admin.close()
+
+    found = asyncio.run(offsets()).get(TopicPartition(record.topic, record.partition))
+    return found is not None and found.offset > record.offset
+
+
+def test_a_failing_step_writes_step_failed_with_its_retry_time_and_parks(
+    topics: Settings, log: LogWatcher, control: ControlSender
+) -> None:
+    app = shop(topics, retries=RetryPolicy(attempts=3, initial_delay_ms=50))
+
+    def flaky() -> None:
+        raise ConnectionError("inventory service refused")
+
+    @app.workflow("order.process")
+    async def process(ctx: WorkflowContext) -> Any:
+        return await ctx.step.run("reserve", flaky)
+
+    with WorkerThread(app, topics) as running:
+        run_id, position = begin(control, topics, log, "order.process")
+        resume(control, topics, run_id, "order.process", position)
+        failed = log.wait_for_type(run_id, "step.failed")
+        wait_for(lambda: running.worker.stats.parked == 1, what="the pass parked")
+    assert isinstance(failed, StepFailed)
+    assert failed.payload.error.type == "ConnectionError"
+    assert failed.payload.retry_at is not None
+    assert timedelta(0) < failed.payload.retry_at - failed.ts <= timedelta(milliseconds=50)
+    assert "run.failed" not in log.types(run_id)
+
+
+def test_wait_for_event_registers_the_wait_on_the_signals_topic_before_step_waiting(
+    topics: Settings, log: LogWatcher, control: ControlSender
+) -> None:
+    app = shop(topics)
+
+    @app.workflow("order.process")
+    async def process(ctx: WorkflowContext) -> Any:
+        return await ctx.step.wait_for_event(
+            "approval", event="order.approved", timeout="24h", match="data.order_id"
+        )
+
+    with WorkerThread(app, topics):
+        run_id, position = begin(control, topics, log, "order.process", {"order_id": "ord-9"})
+        resume(control, topics, run_id, "order.process", position)
+        waiting = log.wait_for_type(run_id, "step.waiting")
+    (registration,) = [
+        r for r in log.on(topics.topics.signals) if isinstance(r.message, WaitRegistered)
+    ]
+    assert registration.key == b"order.approved"
+    wait = registration.message
+    assert wait.event_id == wait_registration_id(run_id, "approval", 1)
+    assert (wait.run_id, wait.step_key, wait.flow, wait.app) == (
+        run_id, "approval", "order.process", "shop"
+    )
+    assert (wait.match, wait.match_value) == ("data.order_id", "ord-9")
+    assert isinstance(waiting, StepWaiting)
+    assert waiting.payload.timeout_at == wait.timeout_at
+    assert wait.ts <= waiting.ts  # acknowledged before step.waiting was even built
+
+
+def test_cancel_run_stops_a_run_executing_here_and_nothing_more_is_written(
+    topics: Settings, log: LogWatcher, control: ControlSender
+) -> None:
+    release = threading.Event()
+    app = shop(topics)
+
+    def hang() -> str:
+        release.wait(60)
+        return "finished anyway"
+
+    @app.workflow("order.process")
+    async def process(ctx: WorkflowContext) -> Any:
+        await ctx.step.run("hang", hang)
+        return await ctx.step.run("after", lambda: "never")
+
+    try:
+        with WorkerThread(app, topics) as running:
+            run_id, position = begin(control, topics, log, "order.process")
+            resume(control, topics, run_id, "order.process", position)
+            log.wait_for_type(run_id, "step.started")
+            send_command(control, topics, CancelRun(
+                command_id=new_command_id(), project=topics.project, run_id=run_id,
+                ts=datetime.now(UTC), app="shop", reason="customer asked",
+            ))
+            wait_for(lambda: running.worker.stats.cancelled == 1, what="the pass cancelled")
+            release.set()
+            assert log.types(run_id) == ["run.started", "step.started:hang"]
+    finally:
+        release.set()
+
+
+def test_a_graceful_stop_interrupts_the_run_and_the_next_worker_resumes_it(
+    topics: Settings, log: LogWatcher, control: ControlSender
+) -> None:
+    counter = Counter()
+    entered, release = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        entered.set()
+        assert release.wait(60)
+        return "slow done"
+
+    def build() -> App:
+        app = shop(topics)
+
+        @app.workflow("order.process")
+        async def process(ctx: WorkflowContext) -> Any:
+            a = await ctx.step.run("slow", slow)
+            b = await ctx.step.run("next", counter.step("next", "next done"))
+            return [a, b]
+
+        return app
+
+    first = WorkerThread(build(), topics)
+    with first:
+        run_id, position = begin(control, topics, log, "order.process")
+        resume(control, topics, run_id, "order.process", position)
+        assert entered.wait(60)
+        stopping = threading.Thread(target=first.stop)
+        stopping.start()
+        wait_for(lambda: first.worker._stopping, what="the stop began")
+        release.set()
+        stopping.join(60)
+    interrupted = log.wait_for_type(run_id, "run.interrupted")
+    assert isinstance(interrupted, RunInterrupted)
+    assert interrupted.payload.reason == "worker stopped"
+    assert "step.completed:slow" in log.types(run_id) and counter.counts == {}
+
+    with WorkerThread(build(), topics):
+        assert completed_output(log, run_id) == ["slow done", "next done"]
+    types = log.types(run_id)
+    assert types.count("step.started:slow") == 1 and counter.counts == {"next": 1}
+    order = [types.index(t) for t in ("run.interrupted", "run.resumed", "run.completed")]
+    assert order == sorted(order)
+
+
+CRASHY_APP = '''
+import os, time
+import steplog
+
+app = steplog.App("shop")
+SIDE_EFFECTS = os.environ["TEST_SIDE_EFFECTS"]
+RELEASE = os.environ["TEST_RELEASE"]
+
+
+def effect(name):
+    def step():
+        with open(SIDE_EFFECTS, "a") as out:
+            out.write(name + "\\n")
+        if name == "two":
+            while not os.path.exists(RELEASE):  # hold the step until the test has killed us
+                time.sleep(0.01)
+        return name
+    return step
+
+
+@app.workflow("crashy")
+async def crashy(ctx):
+    return [await ctx.step.run(name, effect(name)) for name in ("one", "two", "three")]
+'''
+
+
+def test_a_killed_workers_run_is_finished_by_the_next_repeating_only_the_step_in_flight(
+    topics: Settings, log: LogWatcher, control: ControlSender, tmp_path: Path
+) -> None:
+    (tmp_path / "crashy.py").write_text(CRASHY_APP)
+    effects, release = tmp_path / "effects.txt", tmp_path / "release"
+    env = {
+        **processors_environment(topics),
+        "TEST_SIDE_EFFECTS": str(effects),
+        "TEST_RELEASE": str(release),
+    }
+
+    def worker_process(name: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-c", "from steplog.entry import main; main()",
+             "worker", "crashy:app"],
+            cwd=tmp_path, env=env,
+            stdout=open(tmp_path / f"{name}.log", "wb"), stderr=subprocess.STDOUT,
+        )
+
+    def lines() -> list[str]:
+        return effects.read_text().split() if effects.exists() else []
+
+    first = worker_process("first")
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        run_id, position = begin(control, topics, log, "crashy")
+        send_command(control, topics, resume_run(topics, run_id, "crashy", position=position))
+        wait_for(lambda: lines() == ["one", "two"], what="step two in flight")
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+        release.touch()
+        second = worker_process("second")
+        assert completed_output(log, run_id, timeout=120) == ["one", "two", "three"]
+        assert lines() == ["one", "two", "two", "three"]
+        assert log.types(run_id).count("step.completed:one") == 1
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(60) == 0, (tmp_path / "second.log").read_text()
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(30)
