@@ -75,9 +75,9 @@ def _note_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_note_fork)
-# Errors about a refused batch as a whole (it expired, the producer is closing): sending its
-# events one by one would fail the same way.
-_BATCH_WIDE_ERRORS = (KafkaTimeoutError, ProducerClosed)
+# An error about a batch as a whole (the producer is closing): sending its events one by one
+# would fail the same way.
+_BATCH_WIDE_ERRORS = (ProducerClosed,)
 
 
 class SenderStats(BaseModel):
@@ -444,9 +444,17 @@ class EventSender:
             while end < total:
                 key, value = messages[end]
                 if batch.append(key=key, value=value, timestamp=None) is None:
-                    break  # full; the first event always fits, however large
+                    break  # full (the first event of a batch always fits, however large)
                 end += 1
             batch.close()
+            if end == start:  # not expected; never loop on an event the batch refused
+                retry, _ = await self._send_one_by_one(
+                    producer, partition, messages[start : start + 1], None
+                )
+                if retry:
+                    return retry + messages[start + 1 :], first_error
+                start += 1
+                continue
             try:
                 delivery = await producer.send_batch(batch, self.topic, partition=partition)
                 await delivery
@@ -473,11 +481,14 @@ class EventSender:
         producer: AIOKafkaProducer,
         partition: int,
         messages: list[Message],
-        batch_error: BaseException,
-    ) -> tuple[list[Message], BaseException]:
-        """After a batch was refused: each of its events on its own. Counts what was sent and
-        refused; returns the retriable failures in order and the batch's error."""
-        if len(messages) == 1 or isinstance(batch_error, _BATCH_WIDE_ERRORS):
+        batch_error: BaseException | None,
+    ) -> tuple[list[Message], BaseException | None]:
+        """After a batch was refused (`batch_error`; None: never sent): each of its events on
+        its own. Counts what was sent and refused; returns the retriable failures in order and
+        the batch's error."""
+        if batch_error is not None and (
+            len(messages) == 1 or isinstance(batch_error, _BATCH_WIDE_ERRORS)
+        ):
             outcomes: list[object] = [batch_error] * len(messages)
         else:
             futures = [await self._enqueue(producer, partition, k, v) for k, v in messages]
@@ -517,6 +528,11 @@ class EventSender:
 
 
 def _is_retriable(exc: BaseException) -> bool:
+    if isinstance(exc, KafkaTimeoutError):
+        # aiokafka gives up on a batch after request_timeout_ms (40 s) without a broker, or
+        # could not queue it in that time: the broker is down, which is retried like the rest
+        # (aiokafka does not mark it retriable).
+        return True
     if isinstance(exc, KafkaError):
         return bool(getattr(exc, "retriable", False))
     return isinstance(exc, (ConnectionError, asyncio.TimeoutError))

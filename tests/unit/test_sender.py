@@ -10,7 +10,11 @@ import threading
 import time
 
 import pytest
-from aiokafka.errors import CorruptRecordException, NotLeaderForPartitionError
+from aiokafka.errors import (
+    CorruptRecordException,
+    KafkaTimeoutError,
+    NotLeaderForPartitionError,
+)
 from aiokafka.partitioner import DefaultPartitioner
 
 from steplog.errors import SendError
@@ -128,9 +132,11 @@ class _Producer:
     as is that event sent alone; a batch holding a value in `unavailable` fails retriably."""
 
     def __init__(self, *, refuse: frozenset[bytes] = frozenset(),
-                 unavailable: frozenset[bytes] = frozenset()) -> None:
+                 unavailable: frozenset[bytes] = frozenset(),
+                 expire: frozenset[bytes] = frozenset()) -> None:
         self.refuse = refuse
         self.unavailable = unavailable
+        self.expire = expire
         self.batches: list[tuple[int, list[bytes]]] = []
         self.singles: list[bytes] = []
 
@@ -144,6 +150,8 @@ class _Producer:
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         if any(v in self.unavailable for v in values):
             future.set_exception(NotLeaderForPartitionError())
+        elif any(v in self.expire for v in values):
+            future.set_exception(KafkaTimeoutError())
         elif any(v in self.refuse for v in values):
             future.set_exception(CorruptRecordException())
         else:
@@ -199,3 +207,13 @@ def test_a_retriable_batch_failure_holds_back_everything_behind_it_in_order() ->
     assert [value for _, value in caught.value.messages] == [b"e3", b"e4", b"e5", b"e6", b"e7"]
     assert [values for _, values in producer.batches] == [[b"e0", b"e1", b"e2"], [b"e3", b"e4", b"e5"]]
     assert sender.stats().sent == 3 and sender._in_flight == 5
+
+
+def test_a_batch_that_expired_without_a_broker_is_retried_not_counted_failed() -> None:
+    sender = EventSender(unreachable_bootstrap(), "events", on_error=lambda _: None)
+    producer = _Producer(expire=frozenset({b"e1"}))
+    with pytest.raises(_Retriable) as caught:
+        asyncio.run(sender._send_chunk(producer, _chunk(sender, 4)))
+    assert [value for _, value in caught.value.messages] == [b"e0", b"e1", b"e2", b"e3"]
+    assert producer.singles == []
+    assert sender.stats().failed == 0
