@@ -18,11 +18,18 @@ DBOS Transact runs in this process (it is a library: `DBOS.start_workflow` execu
 workflow on its thread pool; every step is a row in PostgreSQL) on a throwaway PostgreSQL
 cluster on 127.0.0.1 (benchmarks/dbos_setup.sh). Steplog runs as it is deployed: a Kafka
 broker (LocalBroker), `steplog processors` and a worker (`app.worker().run()`), each a child
-process of this one; the client is in this process. The two phases run one after the other, so
-that neither system's servers compete with the other's for the two cores.
+process of this one; the client is in this process. The client has no call that waits for a
+run's result, so the caller reads the events topic for the run's `run.completed`. Each round
+measures DBOS, then Steplog, so that neither system's servers compete with the other's for the
+cores; --rounds alternate them and the medians of the rounds are reported.
+
+After its figures, the Steplog phase traces --profile-runs more runs and waits hop by hop
+(Kafka record timestamps of the commands, events and signals topics) and times each batch of
+the processors (their methods wrapped in the child process, their code unchanged); CPU per run
+of every process, and of the rest of the machine ("others": noise), is printed per phase.
 
     bash benchmarks/dbos_setup.sh install     # PostgreSQL if missing; .[bench] into .venv
-    .venv/bin/python benchmarks/workflows_vs_dbos.py
+    .venv/bin/python benchmarks/workflows_vs_dbos.py --rounds 3
 
 (the script runs `dbos_setup.sh install` itself first; `--skip-install` skips that). Every
 process it starts (PostgreSQL, broker, processors, worker) is stopped at the end, also on error.
