@@ -471,7 +471,7 @@ def floor_consumer(bootstrap: str, topic: str, dsn: str, expected: int) -> None:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from steplog.projections.clickhouse import open_clickhouse
-    from steplog.projections.log_reader import topic_partitions
+    from steplog.topics import topic_partitions
 
     client = open_clickhouse(dsn)
     client.command("CREATE DATABASE IF NOT EXISTS floor")

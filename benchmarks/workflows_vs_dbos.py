@@ -622,7 +622,7 @@ class Tail:
     async def start(self) -> None:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
-        from steplog.projections.log_reader import topic_partitions
+        from steplog.topics import topic_partitions
 
         # Commands and signals are read only while profiling (the flag may change later).
         names = [self.topics.events, self.topics.commands, self.topics.signals]

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
 from steplog.errors import InvalidEventError, TopicError
 from steplog.schemas.codec import decode_event
 from steplog.schemas.events import Event, RunStarted
+from steplog.topics import topic_partitions
 
 from .history import RunStart
 
@@ -64,7 +64,7 @@ class RunLogReader:
         self._server: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._partitions = await _partitions_of(self.bootstrap, self.topic)
+        self._partitions = await topic_partitions(self.bootstrap, self.topic)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             client_id="steplog-worker-history",
@@ -222,15 +222,3 @@ class RunLogReader:
             # Not a valid event (the processors dead-letter it): it cannot be a step of ours.
             log.warning("skipping an invalid event on %s: %s", self.topic, exc)
             return None
-
-
-async def _partitions_of(bootstrap: str, topic: str) -> list[int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    if described["error_code"] or not described["partitions"]:
-        raise TopicError(f"topic {topic!r} does not exist (run `steplog topics ensure`)")
-    return sorted(p["partition"] for p in described["partitions"])

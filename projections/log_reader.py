@@ -12,9 +12,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
-from steplog.errors import TopicError
+from steplog.topics import topic_partitions
 
 
 @dataclass(frozen=True)
@@ -24,19 +23,6 @@ class LogRecord:
     key: bytes | None
     value: bytes
     timestamp_ms: int
-
-
-async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
-    """The partition numbers of a topic; TopicError when it does not exist."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    if described["error_code"] or not described["partitions"]:
-        raise TopicError(f"topic {topic!r} does not exist (run `steplog topics ensure`)")
-    return sorted(p["partition"] for p in described["partitions"])
 
 
 async def topic_end_offsets(bootstrap: str, topic: str) -> list[int]:

@@ -48,7 +48,7 @@ from pydantic import TypeAdapter, ValidationError
 from steplog.errors import FlowsFileError, InvalidEventError, SendError, SteplogError, TopicError
 from steplog.producers.flows_file import push_flows_async, read_flows
 from steplog.producers.sender import EventSender, Message, SenderStats
-from steplog.projections.log_reader import topic_partitions
+from steplog.topics import topic_partitions
 from steplog.schemas.base import Name
 from steplog.schemas.codec import encode, validate_event, validate_signal
 from steplog.settings import Settings

@@ -185,3 +185,16 @@ async def _dynamic_configs(admin: AIOKafkaAdminClient, names: list[str]) -> dict
                 if entry["config_source"] == _DYNAMIC_TOPIC_CONFIG
             }
     return configs
+
+
+async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
+    """The partition numbers of a topic; TopicError when it does not exist."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if described["error_code"] or not described["partitions"]:
+        raise TopicError(f"topic {topic!r} does not exist (run `steplog topics ensure`)")
+    return sorted(p["partition"] for p in described["partitions"])
