@@ -56,11 +56,20 @@ another order never writes). A missing step that reports later is replaced by it
 its timeout) plus the flow's deadline for it; the run's `stuck_after` is the earliest of its
 running steps' deadlines, none once the run is terminal. The views compare them with now().
 
+**Steps left open.** A run that ends (an explicit run.completed / run.failed /
+run.cancelled) while a step is still running or retrying leaves that step `interrupted`: a
+parallel sibling cancelled when another branch failed, the sleep or wait of a cancelled run,
+the retry a cancel made moot. Nothing is left showing `running` under an ended run. Folding the
+run's end writes those steps' rows again; the condition only turns true as events are added, and
+a step event arriving after the end (a late success) still wins by precedence.
+
 **Versions.** The run row's version is the number of distinct events folded into the run, the
-step row's the number of distinct events of that step (a missing row's is 0), and updated_at
-the latest event ts among them: never a clock, so replay writes what live processing wrote.
-A step row is emitted only when its own events are folded, hence its own count: with the
-run's, its last row's version would depend on how its events interleaved with other steps'.
+step row's twice the number of distinct events of that step, plus one once the run's end
+closed it (so equal versions are equal rows whatever the order; a missing row's is 0), and
+updated_at the latest event ts among them: never a clock, so replay
+writes what live processing wrote. A step row is emitted when its own events are folded (and
+once when the run's end closes it), hence its own count: with the run's, its last row's
+version would depend on how its events interleaved with other steps'.
 
 **Re-delivery.** An event whose id was folded already changes nothing; its effects are the
 current rows of its run and step (and the run's missing steps) again, which repairs a host that
@@ -158,6 +167,7 @@ _RETRYING: Final = StepStatus.RETRYING
 _FAILED: Final = StepStatus.FAILED
 _COMPLETED: Final = StepStatus.COMPLETED
 _SKIPPED: Final = StepStatus.SKIPPED
+_OPEN_STEP_STATUSES: Final = frozenset({_RUNNING, _RETRYING, StepStatus.SCHEDULED})
 _END_STATUS: Final = {
     "run.completed": RunStatus.COMPLETED,
     "run.failed": RunStatus.FAILED,
@@ -692,6 +702,12 @@ def _apply_run_event(
                 state.ended = RunEndFact(run_order, event.type)
         if first_end and not state.final_failure_seen and graph is not None:
             _declare_missing(state, graph.keys, effects)
+        if first_end:
+            effects.extend(
+                StepRowChanged(_step_row(state, key, step))
+                for key, step in sorted(state.steps.items())
+                if step.status in _OPEN_STEP_STATUSES
+            )
     else:
         order = (event.seq, ts, event.event_id)
         if state.paused is None or order > state.paused.order:
@@ -813,6 +829,12 @@ def _stuck_after(state: RunState) -> datetime | None:
 
 def _step_row(state: RunState, key: str, step: StepState) -> StepRow:
     winner, started = step.winner, step.started
+    status = step.status
+    # Closed by the run's end (see "Steps left open" above): its version sits between the
+    # open row's and that of any row with one more event of the step (see "Versions").
+    closed = state.ended is not None and status in _OPEN_STEP_STATUSES
+    if closed:
+        status = StepStatus.INTERRUPTED
     started_at = None if started is None else started.ts
     finished_at = winner.ts if winner.terminal else None
     duration_ms = winner.duration_ms
@@ -831,7 +853,7 @@ def _step_row(state: RunState, key: str, step: StepState) -> StepRow:
         run_id=state.run_id,
         step_key=key,
         kind=step.kind,
-        status=step.status._value_,
+        status=status._value_,
         attempt=winner.order[0],
         started_at=started_at,
         finished_at=finished_at,
@@ -843,7 +865,7 @@ def _step_row(state: RunState, key: str, step: StepState) -> StepRow:
         output=winner.output,
         metadata=json_text(metadata) if metadata else "",
         deadline_at=step.deadline_at,
-        version=step.events,
+        version=2 * step.events + closed,
         updated_at=step.updated_at,
     )
 

@@ -9,7 +9,14 @@ joins the consumer group `<prefix>worker.<app>` on the commands topic.
 
 **Commands.** A command for another app (or project) is skipped. `start_run` writes the run's
 `run.started` (its event id derived from the run id, so a duplicated start is a duplicate
-event) and is done; the processors answer with a `resume_run`. `resume_run` reads the run's
+event). A start this worker is the first to see executes its first pass at once, with an empty
+history: a start_run written after the partition was assigned here (its offset is at least
+the partition's end offset at assignment) cannot have been handled by a previous owner, so
+nothing of the run can be in the log yet. Any other start (perhaps a re-delivery after a crash,
+the run's steps already in the log) is done once run.started is written, and the run waits for
+the processors' `resume_run`, which the processors send for every run.started; for a run
+started here that resume arrives during or after the first pass and, caused by the
+run.started the pass began from, brings nothing new: it is dropped. `resume_run` reads the run's
 partition after the command's history position, merges what it finds (producers.history),
 and, unless the run has ended, executes a pass (producers.context). `cancel_run` stops the
 run's pass if it executes here, at once, writing nothing more (whoever cancelled wrote
@@ -146,6 +153,8 @@ class _RunHandle:
     held_tokens: list[_Token] = field(default_factory=list)
     cancelled: bool = False
     task: asyncio.Task[None] | None = None
+    started_at: tuple[int, int] | None = None
+    """Where the run.started a fast start wrote is: resumes caused by it bring nothing new."""
 
 
 class _KafkaRunSink:
@@ -173,13 +182,15 @@ class _KafkaRunSink:
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, consumer: AIOKafkaConsumer) -> None:
         self._worker = worker
+        self._consumer = consumer  # the first assignment may come before start() returns
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         await self._worker._hand_over(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._worker._note_first_deliveries(self._consumer, assigned)
         partitions = sorted(tp.partition for tp in assigned)
         log.info("worker %s: assigned partitions %s", self._worker.app.name, partitions)
 
@@ -236,6 +247,8 @@ class Worker:
         # before the run.started is even written) waits for it instead of finding no start.
         self._starting: dict[str, asyncio.Future[None]] = {}
         self._cancelled: OrderedDict[str, None] = OrderedDict()
+        self._first_delivery_from: dict[TopicPartition, int] = {}
+        """Per assigned partition, its end offset at assignment (module docstring)."""
         self._fetcher: asyncio.Task[None] | None = None
         self._committer: asyncio.Task[None] | None = None
         self._started = False
@@ -280,7 +293,7 @@ class Worker:
                 heartbeat_interval_ms=self.heartbeat_interval_ms,
                 max_partition_fetch_bytes=max(settings.max_event_bytes, 1024 * 1024),
             )
-            consumer.subscribe([settings.topics.commands], listener=_Rebalance(self))
+            consumer.subscribe([settings.topics.commands], listener=_Rebalance(self, consumer))
             await consumer.start()
             self._consumer = consumer
         except BaseException:
@@ -439,7 +452,14 @@ class Worker:
         if isinstance(command, StartRun):
             if command.run_id not in self._starting:
                 self._starting[command.run_id] = asyncio.get_running_loop().create_future()
-            self._spawn(self._start_run(command, token))
+            if self._first_delivery(token) and command.workflow in self.app.workflows and (
+                command.run_id not in self._runs
+            ):
+                starting = _RunHandle(command.run_id, tokens=[token])
+                self._runs[command.run_id] = starting
+                starting.task = self._spawn(self._start_and_execute(starting, command))
+            else:
+                self._spawn(self._start_run(command, token))
             return
         handle = self._runs.get(command.run_id)
         if handle is not None:
@@ -450,6 +470,22 @@ class Worker:
         handle = _RunHandle(command.run_id, tokens=[token])
         self._runs[command.run_id] = handle
         handle.task = self._spawn(self._resume(handle, command))
+
+    def _first_delivery(self, token: _Token) -> bool:
+        first_from = self._first_delivery_from.get(token.tp)
+        return first_from is not None and token.offset >= first_from
+
+    async def _note_first_deliveries(
+        self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]
+    ) -> None:
+        if not assigned:
+            return
+        try:
+            ends = await consumer.end_offsets(list(assigned))
+        except KafkaError as exc:  # no fast starts on these partitions: still correct
+            log.warning("reading the end offsets of %s failed: %r", sorted(assigned), exc)
+            return
+        self._first_delivery_from.update(ends)
 
     def _addressed_here(self, command: Command) -> bool:
         if command.project != self.app.project:
@@ -478,13 +514,42 @@ class Worker:
 
     async def _start_run(self, command: StartRun, token: _Token) -> None:
         try:
-            await self._write_run_started(command, token)
+            if await self._write_run_started(command) is not None:
+                self._done(token)
         finally:
-            started = self._starting.pop(command.run_id, None)
-            if started is not None and not started.done():
-                started.set_result(None)
+            self._started_written(command.run_id)
 
-    async def _write_run_started(self, command: StartRun, token: _Token) -> None:
+    async def _start_and_execute(self, handle: _RunHandle, command: StartRun) -> None:
+        """A first delivery: write run.started, then the first pass at once (docstring)."""
+        try:
+            written = await self._write_run_started(command)
+        finally:
+            self._started_written(command.run_id)
+        if written is None or written == _NOWHERE:
+            # Stopping (the start stays uncommitted and is delivered again), or a start that
+            # cannot be carried out (logged; done).
+            self._runs.pop(handle.run_id, None)
+            if written == _NOWHERE:
+                for token in handle.tokens:
+                    self._done(token)
+            return
+        handle.started_at = written
+        first_pass = ResumeRun(
+            command_id=derived_id("fast-start", command.run_id), project=command.project,
+            run_id=command.run_id, ts=_now(), reason="started", workflow=command.workflow,
+            app=self.app.name,
+        )
+        await self._resume(handle, first_pass)
+
+    def _started_written(self, run_id: str) -> None:
+        started = self._starting.pop(run_id, None)
+        if started is not None and not started.done():
+            started.set_result(None)
+
+    async def _write_run_started(self, command: StartRun) -> tuple[int, int] | None:
+        """Write the start (run.started, or run.failed for a workflow not defined here);
+        where it was written, or None if the worker stopped first. A start that cannot be
+        carried out is logged and its place is (-1, -1): done, nothing to execute."""
         run_id = command.run_id
         workflow = self.app.workflows.get(command.workflow)
         event: RunStarted | RunFailed
@@ -517,13 +582,11 @@ class Worker:
             written = await self._write_with_retries(event)
         except Exception:  # see _resume: a command that cannot be carried out is done
             log.exception("start_run %s: cannot be carried out", run_id)
-            self._done(token)
-            return
-        if written:
-            if workflow is not None:
-                self._remember(self._starts, run_id, RunStart.from_command(command))
-                self.stats.runs_started += 1
-            self._done(token)
+            return _NOWHERE
+        if written is not None and workflow is not None:
+            self._remember(self._starts, run_id, RunStart.from_command(command))
+            self.stats.runs_started += 1
+        return written
 
     async def _resume(self, handle: _RunHandle, command: ResumeRun) -> None:
         keep = False  # leave the commands uncommitted (the run goes on elsewhere)
@@ -558,7 +621,8 @@ class Worker:
                     command, handle.held = handle.held, None
                     handle.tokens.extend(handle.held_tokens)
                     handle.held_tokens = []
-                    continue
+                    if not _caused_by(command, handle.started_at):
+                        continue
                 break
         finally:
             self._runs.pop(handle.run_id, None)
@@ -614,7 +678,7 @@ class Worker:
                 ts=_now(), seq=max(history.last_seq + 1, _micros()),
                 payload=RunFailedPayload(error=error_info(error)),
             )
-            return None if await self._write_with_retries(failed) else _NOT_RUN
+            return None if await self._write_with_retries(failed) is not None else _NOT_RUN
         trigger = start.trigger
         run_pass = RunPass(
             fn=workflow.fn,
@@ -652,21 +716,22 @@ class Worker:
         if handle.run_pass is not None:
             handle.run_pass.request_stop("cancel", command.reason or "cancelled")
 
-    async def _write_with_retries(self, event: WorkflowEvent) -> bool:
-        """Write one event, retrying while the worker runs; False if it gave up (stopping)."""
+    async def _write_with_retries(self, event: WorkflowEvent) -> tuple[int, int] | None:
+        """Write one event, retrying while the worker runs; where it was written (partition,
+        offset), or None if it gave up (stopping)."""
         assert self._sink is not None
         for attempt in range(1_000_000):
             try:
-                await (await self._sink.send_event(event))
-                return True
+                written = await (await self._sink.send_event(event))
+                return written.partition, written.offset  # type: ignore[attr-defined]
             except (KafkaError, OSError) as exc:
                 if self._stopping:
-                    return False
+                    return None
                 delay = _RETRY_DELAYS[min(attempt, len(_RETRY_DELAYS) - 1)]
                 log.warning("writing %s of run %s failed (%r); again in %.1fs",
                             event.type, event.run_id, exc, delay)
                 await asyncio.sleep(delay)
-        return False
+        return None
 
     def _not_defined(self, name: str) -> str:
         defined = ", ".join(sorted(self.app.workflows)) or "none"
@@ -747,6 +812,18 @@ class Worker:
         for tp in revoked:
             self._offsets.pop(tp, None)
             self._to_commit.pop(tp, None)
+
+
+_NOWHERE: Final = (-1, -1)
+"""Where a start that could not be carried out was written: nowhere, and it is done."""
+
+
+def _caused_by(command: ResumeRun, started_at: tuple[int, int] | None) -> bool:
+    """Whether the resume was sent for the run.started a fast start wrote (so its pass
+    already began from everything the resume knows)."""
+    return started_at is not None and (command.history_partition, command.history_offset) == (
+        started_at
+    )
 
 
 _NOT_RUN: Final = PassResult(PassOutcome.INTERRUPTED)

@@ -104,7 +104,7 @@ _TABLES = {
             output String,
             metadata String,
             deadline_at Nullable({TS}) COMMENT 'running past this is stuck',
-            version UInt64 COMMENT 'events of this step folded so far (0: missing)',
+            version UInt64 COMMENT '2 x events of this step folded so far, +1 once closed by the run''s end (0: missing)',
             updated_at Nullable({TS}) COMMENT 'newest event time of the step (null: missing)'
         )
         ENGINE = ReplacingMergeTree(version)
@@ -125,36 +125,41 @@ _TABLES = {
     """,
 }
 
-_VIEWS = (
-    """
+_RUNS_CURRENT = """
     CREATE OR REPLACE VIEW {db}.runs_current AS
+    -- `r.status` is the stored column: a bare `status` would be the derived alias below.
     SELECT
         project, flow, run_id, app,
         multiIf(
-            status = 'running' AND stuck_after IS NOT NULL AND stuck_after < now64(6), 'stuck',
-            status = 'scheduled' AND scheduled_for IS NOT NULL AND scheduled_for < now64(6),
+            r.status = 'running' AND stuck_after IS NOT NULL AND stuck_after < now64(6), 'stuck',
+            r.status = 'scheduled' AND scheduled_for IS NOT NULL AND scheduled_for < now64(6),
             'overdue',
-            status
+            r.status
         ) AS status,
-        status AS recorded_status,
+        r.status AS recorded_status,
         scheduled_for, started_at, finished_at, duration_ms, input, output,
         error_type, error_message, error_stack,
         parent_run_id, parent_step_key, trigger_event, trigger_event_id, retrigger_of,
         step_count, failed_step_count, version, updated_at
-    FROM {db}.runs FINAL
-    """,
+    FROM {db}.runs AS r FINAL
     """
+
+_STEPS_CURRENT = """
     CREATE OR REPLACE VIEW {db}.steps_current AS
     SELECT
         project, flow, run_id, step_key, kind,
-        if(status = 'running' AND deadline_at IS NOT NULL AND deadline_at < now64(6),
-           'stuck', status) AS status,
-        status AS recorded_status,
+        if(s.status = 'running' AND deadline_at IS NOT NULL AND deadline_at < now64(6),
+           'stuck', s.status) AS status,
+        s.status AS recorded_status,
         attempt, started_at, finished_at, duration_ms,
         error_type, error_message, error_stack, input, output, metadata,
         deadline_at, version, updated_at
-    FROM {db}.steps FINAL
-    """,
+    FROM {db}.steps AS s FINAL
+    """
+
+_VIEWS = (
+    _RUNS_CURRENT,
+    _STEPS_CURRENT,
     """
     CREATE OR REPLACE VIEW {db}.step_outcomes_minutely AS
     SELECT
@@ -205,6 +210,12 @@ _RUNS_OVERDUE = """
 starting them, e.g. no worker defines their workflow yet, or the processors were down)."""
 
 
+_STEPS_VERSION_COMMENT = """
+    ALTER TABLE {db}.steps COMMENT COLUMN version
+    '2 x events of this step folded so far, +1 once closed by the run''s end (0: missing)'
+"""
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -220,6 +231,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         tuple(table_ddl(table, "{db}." + table) for table in PROJECTION_TABLES) + _VIEWS,
     ),
     Migration(2, "runs_overdue view", (_RUNS_OVERDUE,)),
+    Migration(
+        3,
+        "recorded_status is the stored status in runs_current and steps_current; steps.version",
+        (_RUNS_CURRENT, _STEPS_CURRENT, _STEPS_VERSION_COMMENT),
+    ),
 )
 
 

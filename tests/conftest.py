@@ -98,20 +98,33 @@ def clickhouse_dsn(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytes
     return dsn
 
 
-@pytest.fixture
-def settings(kafka_bootstrap: str, clickhouse_dsn: str, tmp_path: Path) -> Settings:
-    """Settings for one test: its own topics and database on the shared broker and engine."""
+def isolated_settings(kafka_bootstrap: str, clickhouse_dsn: str, data_dir: Path) -> Settings:
+    """Settings with a topic prefix and database of their own on the shared broker and engine."""
     unique = uuid.uuid4().hex[:10]
     return load_settings(
         kafka_bootstrap=kafka_bootstrap,
         clickhouse_dsn=clickhouse_dsn,
         clickhouse_database=f"test_{unique}",
         topic_prefix=f"test.{unique}.",
-        data_dir=tmp_path / "steplog",
+        data_dir=data_dir,
         events_partitions=3,
         commands_partitions=3,
         signals_partitions=2,
     )
+
+
+def with_own_engine(settings: Settings, directory: Path) -> Settings:
+    """Settings for a processors child process: a chDB path (the engine allows one process a
+    path) and a SQL port of its own."""
+    return settings.model_copy(
+        update={"clickhouse_dsn": f"chdb://{directory / 'stack-clickhouse'}", "sql_port": free_port()}
+    )
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, clickhouse_dsn: str, tmp_path: Path) -> Settings:
+    """Settings for one test: its own topics and database on the shared broker and engine."""
+    return isolated_settings(kafka_bootstrap, clickhouse_dsn, tmp_path / "steplog")
 
 
 @pytest.fixture
@@ -196,12 +209,7 @@ def start_processors(settings: Settings, log_path: Path) -> RunningProcessors:
 @pytest.fixture
 def stack_settings(topics: Settings, tmp_path: Path) -> Settings:
     """Settings for a processors child process: its own chDB path and SQL port."""
-    return topics.model_copy(
-        update={
-            "clickhouse_dsn": f"chdb://{tmp_path / 'stack-clickhouse'}",
-            "sql_port": free_port(),
-        }
-    )
+    return with_own_engine(topics, tmp_path)
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from steplog.producers.flows_file import push_flows
 from steplog.projections.log_reader import read_log
 from steplog.schemas.codec import decode_dead_letter
 from steplog.schemas.flows import FlowDefinition, FlowEdge, FlowStep
-from steplog.settings import Settings
 from tests.conftest import RunningProcessors, wait_for
 
 

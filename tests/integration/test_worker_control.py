@@ -18,7 +18,7 @@ from steplog.schemas.events import RunCancelled, RunScheduled
 from steplog.schemas.signals import Signal
 from steplog.settings import Settings
 from tests.conftest import processors_environment
-from tests.integration.test_worker_execution import LogWatcher
+from tests.workflow_harness import LogWatcher
 
 # --------------------------------------------------------------------------- the client
 

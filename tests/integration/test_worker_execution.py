@@ -8,38 +8,32 @@ events, signals and flows topics.
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
-import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from steplog.producers.app import App
 from steplog.producers.context import WorkflowContext
 from steplog.producers.control import ControlSender
-from steplog.producers.worker import Worker
-from steplog.schemas.codec import (
-    decode_command,
-    decode_event,
-    decode_flows_message,
-    decode_signals_message,
+from steplog.schemas.commands import (
+    CancelRun,
+    ResumeRun,
+    StartRun,
+    StepRecord,
+    new_command_id,
 )
-from steplog.schemas.commands import CancelRun, ResumeRun, StartRun, StepRecord, new_command_id
 from steplog.schemas.events import (
-    Event,
     RunCompleted,
     RunInterrupted,
     RunStarted,
+    RunStartedPayload,
     StepCompleted,
     StepCompletedPayload,
     StepFailed,
@@ -55,187 +49,14 @@ from steplog.schemas.ids import derived_id, wait_registration_id
 from steplog.schemas.signals import TriggerRegistered, WaitRegistered
 from steplog.schemas.statuses import StepStatus
 from steplog.settings import Settings
-from tests.conftest import processors_environment, wait_for
-
-# --------------------------------------------------------------------------- the log
-
-
-@dataclass(frozen=True)
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    message: Any
-
-
-class LogWatcher:
-    """Every message of the events, signals, flows and commands topics from their start,
-    decoded, collected by a consumer in a background thread (no consumer group)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        topics = settings.topics
-        self._decoders: dict[str, Callable[[bytes], Any]] = {
-            topics.events: decode_event,
-            topics.signals: decode_signals_message,
-            topics.flows: decode_flows_message,
-            topics.commands: decode_command,
-        }
-        self.records: list[Record] = []
-        self._changed = threading.Condition()
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._consume()), daemon=True)
-        self._error: BaseException | None = None
-
-    def __enter__(self) -> LogWatcher:
-        self._thread.start()
-        assert self._ready.wait(60), "the log watcher did not start"
-        if self._error:
-            raise self._error
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    async def _consume(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=10,
-        )
-        try:
-            await consumer.start()
-            partitions = [
-                TopicPartition(topic, p)
-                for topic in self._decoders
-                for p in (
-                    consumer.partitions_for_topic(topic) or await _partitions(consumer, topic)
-                )
-            ]
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-            raise
-        self._ready.set()
-
-        def decode(topic: str, value: bytes) -> Any:
-            return self._decoders[topic](value)
-
-        try:
-            while not self._stop.is_set():
-                batches = await consumer.getmany(timeout_ms=50)
-                decoded = [
-                    Record(tp.topic, tp.partition, m.offset, m.key, decode(tp.topic, m.value))
-                    for tp, messages in batches.items()
-                    for m in messages
-                ]
-                if decoded:
-                    with self._changed:
-                        self.records.extend(decoded)
-                        self._changed.notify_all()
-        finally:
-            await consumer.stop()
-
-    def on(self, topic: str) -> list[Record]:
-        with self._changed:
-            return [r for r in self.records if r.topic == topic]
-
-    def events(self, run_id: str) -> list[Event]:
-        return [
-            r.message for r in self.on(self.settings.topics.events)
-            if r.message.run_id == run_id
-        ]
-
-    def types(self, run_id: str) -> list[str]:
-        return [
-            f"{e.type}:{e.step_key}" if hasattr(e, "step_key") else e.type
-            for e in self.events(run_id)
-        ]
-
-    def record_of(self, run_id: str, event_type: str) -> Record:
-        return next(
-            r for r in self.on(self.settings.topics.events)
-            if r.message.run_id == run_id and r.message.type == event_type
-        )
-
-    def wait(self, condition: Callable[[], bool], *, timeout: float = 60, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while not condition():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-                self._changed.wait(min(left, 0.5))
-
-    def wait_for_type(self, run_id: str, event_type: str, *, timeout: float = 60) -> Event:
-        self.wait(
-            lambda: any(e.type == event_type for e in self._events_unlocked(run_id)),
-            timeout=timeout, what=f"{event_type} of run {run_id}",
-        )
-        return next(e for e in self.events(run_id) if e.type == event_type)
-
-    def _events_unlocked(self, run_id: str) -> list[Any]:
-        topic = self.settings.topics.events
-        return [r.message for r in self.records if r.topic == topic and r.message.run_id == run_id]
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    await consumer._client.force_metadata_update()
-    return consumer.partitions_for_topic(topic) or set()
-
-
-# --------------------------------------------------------------------------- the worker
-
-
-class WorkerThread:
-    """A worker on an event loop of its own thread, as a test's context manager."""
-
-    def __init__(self, app: App, settings: Settings, **options: Any) -> None:
-        self.worker: Worker = app.worker(settings=settings, session_timeout_ms=6000, **options)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._stopped = False
-
-    def __enter__(self) -> WorkerThread:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.worker.start(), self._loop).result(60)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        try:
-            asyncio.run_coroutine_threadsafe(self.worker.stop(), self._loop).result(120)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(30)
-
-
-class Counter:
-    """Calls of step functions by name; thread-safe (sync steps run in threads)."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def step(self, name: str, result: Any) -> Callable[..., Any]:
-        def fn(*args: Any) -> Any:
-            with self._lock:
-                self.counts[name] = self.counts.get(name, 0) + 1
-            return result
-
-        return fn
-
+from tests.conftest import wait_for
+from tests.workflow_harness import (
+    Counter,
+    CrashyWorkers,
+    LogWatcher,
+    Record,
+    WorkerThread,
+)
 
 # --------------------------------------------------------------------------- commands
 
@@ -314,9 +135,15 @@ def started_position(log: LogWatcher, run_id: str) -> tuple[int, int]:
 def begin(
     control: ControlSender, settings: Settings, log: LogWatcher, workflow: str, data: Any = None
 ) -> tuple[str, tuple[int, int]]:
-    """start_run, then the position of its run.started (as the fold would answer it)."""
+    """A run.started as a worker writes it for a start it must not execute at once (one that
+    may be a re-delivery), and its position (what the fold's resume carries)."""
     run_id = uuid.uuid4().hex
-    send_command(control, settings, start_run(settings, run_id, workflow, data))
+    started = RunStarted(
+        event_id=derived_id("run-start", run_id), project=settings.project, flow=workflow,
+        run_id=run_id, ts=datetime.now(UTC), seq=1,
+        payload=RunStartedPayload(app="shop", input=data),
+    )
+    control.send(settings.topics.events, run_id, started)
     return run_id, started_position(log, run_id)
 
 
@@ -349,7 +176,7 @@ def test_a_worker_registers_its_workflows_and_their_triggers(
     assert all(isinstance(r.message, TriggerRegistered) for r in registrations)
 
 
-def test_start_run_writes_run_started_with_the_runs_input_and_nothing_else(
+def test_a_start_that_may_be_a_redelivery_writes_run_started_and_waits_for_a_resume(
     topics: Settings, log: LogWatcher, control: ControlSender
 ) -> None:
     counter = Counter()
@@ -359,15 +186,42 @@ def test_start_run_writes_run_started_with_the_runs_input_and_nothing_else(
     async def process(ctx: WorkflowContext) -> Any:
         return await ctx.step.run("one", counter.step("one", 1))
 
+    # Written before the worker has its partitions: a previous owner might have handled it.
+    run_id = uuid.uuid4().hex
+    send_command(control, topics, start_run(topics, run_id, "order.process", {"order_id": "o-1"}))
     with WorkerThread(app, topics) as running:
-        run_id, _ = begin(control, topics, log, "order.process", {"order_id": "ord-1"})
         started = log.wait_for_type(run_id, "run.started")
         wait_for(lambda: running.worker.stats.runs_started == 1, what="the start counted")
+        assert running.worker.stats.passes == 0
     assert isinstance(started, RunStarted)
     assert started.event_id == derived_id("run-start", run_id)
     assert (started.project, started.flow) == (topics.project, "order.process")
-    assert (started.payload.app, started.payload.input) == ("shop", {"order_id": "ord-1"})
+    assert (started.payload.app, started.payload.input) == ("shop", {"order_id": "o-1"})
     assert log.types(run_id) == ["run.started"] and counter.counts == {}
+
+
+def test_a_start_first_seen_here_executes_at_once_and_its_resume_is_dropped(
+    topics: Settings, log: LogWatcher, control: ControlSender
+) -> None:
+    counter = Counter()
+    app = shop(topics)
+
+    @app.workflow("order.process")
+    async def process(ctx: WorkflowContext) -> Any:
+        return await ctx.step.run("one", counter.step("one", 1), input=ctx.event.data)
+
+    with WorkerThread(app, topics) as running:
+        run_id = uuid.uuid4().hex
+        send_command(control, topics, start_run(topics, run_id, "order.process", "o-2"))
+        assert completed_output(log, run_id) == 1
+        # The resume the processors send for every run.started brings nothing new.
+        resume(control, topics, run_id, "order.process", started_position(log, run_id))
+        wait_for(lambda: running.worker.stats.commands == 2, what="the resume read")
+        wait_for(lambda: not running.worker._runs, what="the resume handled")
+    assert running.worker.stats.passes == 1 and counter.counts == {"one": 1}
+    assert log.types(run_id) == [
+        "run.started", "step.started:one", "step.completed:one", "run.completed"
+    ]
 
 
 def test_resume_run_with_an_empty_history_executes_the_workflow_to_its_end(
@@ -409,11 +263,12 @@ def test_a_resume_without_a_position_uses_the_start_the_worker_handled(
     async def echo(ctx: WorkflowContext) -> Any:
         return await ctx.step.run("echo", lambda x: x, input=ctx.event.data)
 
+    # Back to back, before the worker has its partitions (so the start is not executed at
+    # once): the resume is read while the start is still being written.
+    run_id = uuid.uuid4().hex
+    send_command(control, topics, start_run(topics, run_id, "echo", [1, 2, 3]))
+    send_command(control, topics, resume_run(topics, run_id, "echo"))
     with WorkerThread(app, topics):
-        run_id = uuid.uuid4().hex
-        # Back to back: the resume may be read while the start is still being written.
-        send_command(control, topics, start_run(topics, run_id, "echo", [1, 2, 3]))
-        send_command(control, topics, resume_run(topics, run_id, "echo"))
         assert completed_output(log, run_id) == [1, 2, 3]
 
 
@@ -646,71 +501,14 @@ def test_a_graceful_stop_interrupts_the_run_and_the_next_worker_resumes_it(
     assert order == sorted(order)
 
 
-CRASHY_APP = '''
-import os, time
-import steplog
-
-app = steplog.App("shop")
-SIDE_EFFECTS = os.environ["TEST_SIDE_EFFECTS"]
-RELEASE = os.environ["TEST_RELEASE"]
-
-
-def effect(name):
-    def step():
-        with open(SIDE_EFFECTS, "a") as out:
-            out.write(name + "\\n")
-        if name == "two":
-            while not os.path.exists(RELEASE):  # hold the step until the test has killed us
-                time.sleep(0.01)
-        return name
-    return step
-
-
-@app.workflow("crashy")
-async def crashy(ctx):
-    return [await ctx.step.run(name, effect(name)) for name in ("one", "two", "three")]
-'''
-
-
 def test_a_killed_workers_run_is_finished_by_the_next_repeating_only_the_step_in_flight(
     topics: Settings, log: LogWatcher, control: ControlSender, tmp_path: Path
 ) -> None:
-    (tmp_path / "crashy.py").write_text(CRASHY_APP)
-    effects, release = tmp_path / "effects.txt", tmp_path / "release"
-    env = {
-        **processors_environment(topics),
-        "TEST_SIDE_EFFECTS": str(effects),
-        "TEST_RELEASE": str(release),
-    }
-
-    def worker_process(name: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-c", "from steplog.entry import main; main()",
-             "worker", "crashy:app"],
-            cwd=tmp_path, env=env,
-            stdout=open(tmp_path / f"{name}.log", "wb"), stderr=subprocess.STDOUT,
-        )
-
-    def lines() -> list[str]:
-        return effects.read_text().split() if effects.exists() else []
-
-    first = worker_process("first")
-    second: subprocess.Popen[bytes] | None = None
-    try:
+    with CrashyWorkers(topics, tmp_path) as workers:
         run_id, position = begin(control, topics, log, "crashy")
         send_command(control, topics, resume_run(topics, run_id, "crashy", position=position))
-        wait_for(lambda: lines() == ["one", "two"], what="step two in flight")
-        first.send_signal(signal.SIGKILL)
-        first.wait(30)
-        release.touch()
-        second = worker_process("second")
+        workers.kill_the_first_in_step_two()
         assert completed_output(log, run_id, timeout=120) == ["one", "two", "three"]
-        assert lines() == ["one", "two", "two", "three"]
+        assert workers.side_effects() == ["one", "two", "two", "three"]
         assert log.types(run_id).count("step.completed:one") == 1
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(60) == 0, (tmp_path / "second.log").read_text()
-    finally:
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait(30)
+        workers.stop_the_second()

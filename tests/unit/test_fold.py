@@ -611,7 +611,20 @@ def test_cancelled_run_is_cancelled_and_never_stuck() -> None:
     events: list[Event] = [r.run_started(0), r.started("charge-card", 1), r.run_cancelled(2)]
     _, run, steps = fold(events, checkout_flow())
     assert (run.status, run.finished_at, run.stuck_after) == ("cancelled", at(2), None)
-    assert steps["charge-card"].status == "running"
+    assert (steps["charge-card"].status, steps["charge-card"].version) == ("interrupted", 3)
+
+
+def test_a_step_left_running_by_the_runs_end_is_interrupted_until_its_own_end_arrives() -> None:
+    r = Run()
+    started, failed = r.started("pack", 1), r.run_failed(2, "boom")
+    completed = r.completed("pack", 3)
+    for events in both_orders(started, failed):
+        _, _, steps = fold([r.run_started(0), *events])
+        assert (steps["pack"].status, steps["pack"].version) == ("interrupted", 3)
+    # A late success still wins, with a higher version than the closed row.
+    for events in both_orders(failed, completed):
+        _, _, steps = fold([r.run_started(0), started, *events])
+        assert (steps["pack"].status, steps["pack"].version) == ("completed", 4)
 
 
 def test_cancelled_before_start_has_no_start() -> None:
@@ -713,7 +726,7 @@ def test_missing_step_that_reports_later_replaces_its_missing_row() -> None:
 
     state, effects = apply_event(state, r.completed("reserve-stock", 3), flow)
     (row,) = [row for row in step_rows(effects) if row.step_key == "reserve-stock"]
-    assert (row.status, row.version) == ("completed", 1)
+    assert (row.status, row.version) == ("completed", 2)
     assert "reserve-stock" not in state.missing
     _, rows = current_rows(state, flow)
     assert [row.status for row in rows if row.step_key == "reserve-stock"] == ["completed"]
@@ -830,11 +843,12 @@ def test_versions_count_distinct_events_and_updated_at_is_the_latest_event_time(
     ]
     state, effects = fold_events([*events, events[0]])
     assert [row.version for row in run_rows(effects)] == [1, 2, 3, 3]
+    # A step row's version is twice its events (odd versions are rows closed by a run's end).
     assert [(row.step_key, row.version) for row in step_rows(effects)] == [
-        ("a", 1),
         ("a", 2),
-        ("b", 1),
-        ("a", 2),
+        ("a", 4),
+        ("b", 2),
+        ("a", 4),
     ]
     run = run_rows(effects)[-1]
     assert (run.updated_at, state.version) == (at(9), 3)
