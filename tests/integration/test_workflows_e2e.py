@@ -265,14 +265,10 @@ def new_stack_settings(kafka_bootstrap: str, clickhouse_dsn: str, directory: Pat
     return settings
 
 
-@pytest.fixture(scope="module")
-def stack(
-    kafka_bootstrap: str, clickhouse_dsn: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    directory = tmp_path_factory.mktemp("workflows")
-    settings = new_stack_settings(kafka_bootstrap, clickhouse_dsn, directory)
-    processors = start_processors(settings, directory / "processors.log")
-    probe = Probe()
+@contextmanager
+def running_stack(settings: Settings, probe: Probe, processors_log: Path) -> Iterator[Stack]:
+    """Processors, a worker of app "shop", a client and a log watcher; all stopped at the end."""
+    processors = start_processors(settings, processors_log)
     try:
         with (
             LogWatcher(settings) as log,
@@ -282,6 +278,16 @@ def stack(
             yield Stack(settings, processors, client, log, probe)
     finally:
         processors.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(
+    kafka_bootstrap: str, clickhouse_dsn: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    directory = tmp_path_factory.mktemp("workflows")
+    settings = new_stack_settings(kafka_bootstrap, clickhouse_dsn, directory)
+    with running_stack(settings, Probe(), directory / "processors.log") as running:
+        yield running
 
 
 def loads(text: str) -> Any:
@@ -530,16 +536,8 @@ def test_a_sleep_wakes_on_time_across_a_restart_of_every_process(
         broker.start()
         try:
             settings = settings or new_stack_settings(broker.bootstrap, clickhouse_dsn, tmp_path)
-            processors = start_processors(settings, tmp_path / f"processors-{name}.log")
-            try:
-                with (
-                    LogWatcher(settings) as log,
-                    WorkerThread(build_shop(settings, probe), settings),
-                    Client(settings=settings) as client,
-                ):
-                    yield Stack(settings, processors, client, log, probe)
-            finally:
-                processors.stop()
+            with running_stack(settings, probe, tmp_path / f"processors-{name}.log") as stack:
+                yield stack
         finally:
             broker.stop()
 
