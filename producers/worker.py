@@ -16,9 +16,14 @@ nothing of the run can be in the log yet. Any other start (perhaps a re-delivery
 the run's steps already in the log) is done once run.started is written, and the run waits for
 the processors' `resume_run`, which the processors send for every run.started; for a run
 started here that resume arrives during or after the first pass and, caused by the
-run.started the pass began from, brings nothing new: it is dropped. `resume_run` reads the run's
-partition after the command's history position, merges what it finds (producers.history),
-and, unless the run has ended, executes a pass (producers.context). `cancel_run` stops the
+run.started the pass began from, brings nothing new: it is dropped (done; if the pass is
+interrupted, the start's uncommitted offset holds the resume's back, and both come again).
+`resume_run` reads the run's partition after the command's history position, merges what it
+finds (producers.history), and, unless the run has ended, executes a pass (producers.context).
+The read is skipped when the history's position is at or past this worker's newest
+acknowledged write of the run: the fold has then seen all of it, and no other worker can have
+written since (these memories are forgotten whenever partitions are taken away; the resume's
+own event and anything the processors write later come with resumes of their own). `cancel_run` stops the
 run's pass if it executes here, at once, writing nothing more (whoever cancelled wrote
 `run.cancelled`). A `resume_run` for a run whose pass is in flight here is held and handled
 when that pass ends: it may report a step that resolved after the pass read its history (a
@@ -46,9 +51,10 @@ import asyncio
 import logging
 import signal
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -88,8 +94,9 @@ __all__ = ["Worker", "WorkerStats"]
 log = logging.getLogger("steplog.worker")
 
 DEFAULT_CONCURRENCY: Final = 200
-_REMEMBERED_STARTS: Final = 20_000
-"""Runs whose start (input, trigger) is kept, so their next resume need not search the log."""
+_REMEMBERED_RUNS: Final = 20_000
+"""Runs whose start (input, trigger), fast start and newest write are kept, so that their
+next resume need not search or read the log."""
 _REMEMBERED_CANCELS: Final = 100_000
 _RETRY_DELAYS: Final = (0.1, 0.5, 1.0, 2.0, 5.0)
 _REVOKE_GRACE: Final = 20.0
@@ -108,6 +115,8 @@ class WorkerStats:
     interrupted: int = 0
     cancelled: int = 0
     aborted: int = 0
+    log_reads: int = 0
+    """Resumes that read the run's log after their history's position."""
 
 
 @dataclass(frozen=True)
@@ -153,25 +162,36 @@ class _RunHandle:
     held_tokens: list[_Token] = field(default_factory=list)
     cancelled: bool = False
     task: asyncio.Task[None] | None = None
-    started_at: tuple[int, int] | None = None
-    """Where the run.started a fast start wrote is: resumes caused by it bring nothing new."""
 
 
 class _KafkaRunSink:
-    """A pass's writes: events keyed by run id, signals-topic messages keyed by name."""
+    """A pass's writes: events keyed by run id, signals-topic messages keyed by name.
+    `on_written(run_id, partition, offset)` hears where each event was acknowledged."""
 
-    def __init__(self, producer: AIOKafkaProducer, settings: Settings) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        settings: Settings,
+        on_written: Callable[[str, int, int], None],
+    ) -> None:
         self._producer = producer
         self._events = settings.topics.events
         self._signals = settings.topics.signals
         self._max_bytes = settings.max_event_bytes
+        self._on_written = on_written
 
     async def send_event(self, event: WorkflowEvent) -> Awaitable[object]:
         value = encode(event, max_bytes=self._max_bytes)
-        future: Awaitable[object] = await self._producer.send(
+        future: asyncio.Future[Any] = await self._producer.send(
             self._events, value=value, key=event.run_id.encode()
         )
+        future.add_done_callback(partial(self._acknowledged, event.run_id))
         return future
+
+    def _acknowledged(self, run_id: str, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            written = future.result()
+            self._on_written(run_id, written.partition, written.offset)
 
     async def send_signal(self, message: SignalsWrite) -> Awaitable[object]:
         value = encode(message, max_bytes=self._max_bytes)
@@ -249,6 +269,10 @@ class Worker:
         self._cancelled: OrderedDict[str, None] = OrderedDict()
         self._first_delivery_from: dict[TopicPartition, int] = {}
         """Per assigned partition, its end offset at assignment (module docstring)."""
+        self._fast_started: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        """Runs started here at once, and where their run.started is."""
+        self._written_at: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        """Per run, where this worker's newest acknowledged write of it is (module doc)."""
         self._fetcher: asyncio.Task[None] | None = None
         self._committer: asyncio.Task[None] | None = None
         self._started = False
@@ -274,7 +298,7 @@ class Worker:
         )
         await producer.start()
         self._producer = producer
-        self._sink = _KafkaRunSink(producer, settings)
+        self._sink = _KafkaRunSink(producer, settings, self._note_written)
         try:
             await self._register()
             self._reader = RunLogReader(
@@ -461,6 +485,9 @@ class Worker:
             else:
                 self._spawn(self._start_run(command, token))
             return
+        if _caused_by(command, self._fast_started.get(command.run_id)):
+            self._done(token)  # the run's first pass began from that run.started
+            return
         handle = self._runs.get(command.run_id)
         if handle is not None:
             # Held until the pass in flight ends (module docstring); the newest suffices.
@@ -533,7 +560,7 @@ class Worker:
                 for token in handle.tokens:
                     self._done(token)
             return
-        handle.started_at = written
+        self._remember(self._fast_started, command.run_id, written)
         first_pass = ResumeRun(
             command_id=derived_id("fast-start", command.run_id), project=command.project,
             run_id=command.run_id, ts=_now(), reason="started", workflow=command.workflow,
@@ -621,8 +648,7 @@ class Worker:
                     command, handle.held = handle.held, None
                     handle.tokens.extend(handle.held_tokens)
                     handle.held_tokens = []
-                    if not _caused_by(command, handle.started_at):
-                        continue
+                    continue
                 break
         finally:
             self._runs.pop(handle.run_id, None)
@@ -648,7 +674,10 @@ class Worker:
                 else reader.partition_of(run_id)
             )
             events: list[Event] = []
-            if command.history_offset is not None:
+            if command.history_offset is not None and not self._fold_saw_our_writes(
+                run_id, partition, command.history_offset
+            ):
+                self.stats.log_reads += 1
                 events, _ = await reader.read_after(partition, command.history_offset, run_id)
             history = RunHistory.from_records(command.history)
             history.merge(events)
@@ -707,6 +736,17 @@ class Worker:
             log.info("run %s of %s failed: %r", run_id, name, result.error)
         return result
 
+    def _note_written(self, run_id: str, partition: int, offset: int) -> None:
+        held = self._written_at.get(run_id)
+        if held is None or held[0] != partition or held[1] < offset:
+            self._remember(self._written_at, run_id, (partition, offset))
+
+    def _fold_saw_our_writes(self, run_id: str, partition: int, offset: int) -> bool:
+        """Whether a history at (partition, offset) covers every write of the run by this
+        worker, so that no worker's write can follow it in the log (module docstring)."""
+        written = self._written_at.get(run_id)
+        return written is not None and written[0] == partition and written[1] <= offset
+
     def _cancel(self, command: CancelRun) -> None:
         self._remember(self._cancelled, command.run_id, None)
         handle = self._runs.get(command.run_id)
@@ -756,7 +796,7 @@ class Worker:
     def _remember(memory: OrderedDict[str, Any], key: str, value: Any) -> None:
         memory[key] = value
         memory.move_to_end(key)
-        limit = _REMEMBERED_CANCELS if value is None else _REMEMBERED_STARTS
+        limit = _REMEMBERED_CANCELS if value is None else _REMEMBERED_RUNS
         while len(memory) > limit:
             memory.popitem(last=False)
 
@@ -812,17 +852,23 @@ class Worker:
         for tp in revoked:
             self._offsets.pop(tp, None)
             self._to_commit.pop(tp, None)
+        # Another worker may execute these runs now: what this one wrote is no longer the
+        # whole story of any of them (and which runs were on `revoked` is not kept).
+        self._fast_started.clear()
+        self._written_at.clear()
 
 
 _NOWHERE: Final = (-1, -1)
 """Where a start that could not be carried out was written: nowhere, and it is done."""
 
 
-def _caused_by(command: ResumeRun, started_at: tuple[int, int] | None) -> bool:
-    """Whether the resume was sent for the run.started a fast start wrote (so its pass
-    already began from everything the resume knows)."""
-    return started_at is not None and (command.history_partition, command.history_offset) == (
-        started_at
+def _caused_by(command: Command, started_at: tuple[int, int] | None) -> bool:
+    """Whether the resume was sent for the run.started a fast start wrote (so the run's
+    first pass began from everything the resume knows)."""
+    return (
+        isinstance(command, ResumeRun)
+        and started_at is not None
+        and (command.history_partition, command.history_offset) == started_at
     )
 
 

@@ -254,6 +254,36 @@ def test_resume_run_with_an_empty_history_executes_the_workflow_to_its_end(
     assert counter.counts == {"one": 1, "two": 1, "three": 1}
 
 
+def test_a_resume_whose_history_covers_the_workers_own_writes_skips_the_log(
+    topics: Settings, log: LogWatcher, control: ControlSender
+) -> None:
+    app = shop(topics)
+
+    @app.workflow("napper")
+    async def napper(ctx: WorkflowContext) -> Any:
+        first = await ctx.step.run("one", lambda: 1)
+        await ctx.step.sleep("nap", "1h")
+        return first
+
+    with WorkerThread(app, topics) as running:
+        run_id = uuid.uuid4().hex
+        send_command(control, topics, start_run(topics, run_id, "napper"))
+        log.wait_for_type(run_id, "step.sleeping")
+        parked = log.record_of(run_id, "step.sleeping")
+        # What the fold sends once the sleep's step.completed (at or past the worker's last
+        # write) is folded: a history that covers everything the worker wrote.
+        history = {
+            "one": StepRecord(kind=StepKind.RUN, status=StepStatus.COMPLETED, output=1),
+            "nap": StepRecord(kind=StepKind.SLEEP, status=StepStatus.COMPLETED),
+        }
+        send_command(control, topics, resume_run(
+            topics, run_id, "napper", history=history,
+            position=(parked.partition, parked.offset),
+        ))
+        assert completed_output(log, run_id) == 1
+        assert (running.worker.stats.passes, running.worker.stats.log_reads) == (2, 0)
+
+
 def test_a_resume_without_a_position_uses_the_start_the_worker_handled(
     topics: Settings, log: LogWatcher, control: ControlSender
 ) -> None:
