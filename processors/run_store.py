@@ -17,8 +17,10 @@ The store has its own producer and sends each partition's states as whole record
 (`send_batch`): a batch of events touches thousands of runs, and a `send` per state (a
 coroutine, a future and the accumulator's wake-ups each) cost more than the fold itself.
 
-Values are kept as the changelog's bytes until a run is first used (`get` decodes them): a
-partition's recovery stays cheap, and a run never touched again never costs a decode.
+Memory holds each state as its changelog bytes, never as objects: `get` decodes a fresh
+`RunState` and `put` encodes it (the encoding is needed for the changelog anyway). A 10-event
+run costs about 1.2 KB so, against 6.4 KB as objects, and a partition's recovery decodes
+nothing; the price is a decode (10-20 µs) per run and batch that touches it.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class RunStore:
         self.bootstrap = bootstrap
         self.changelog = changelog
         self._max_message_bytes = max_message_bytes
-        self._states: dict[int, dict[bytes, RunState | bytes]] = {}
+        self._states: dict[int, dict[bytes, bytes]] = {}
         self._unsent: dict[int, dict[bytes, bytes]] = {}
         self._producer: AIOKafkaProducer | None = None
 
@@ -87,9 +89,7 @@ class RunStore:
 
     def get(self, partition: int, state_key: bytes) -> RunState | None:
         held = self._states[partition].get(state_key)
-        if held is None or isinstance(held, RunState):
-            return held
-        return RunState.from_bytes(held)
+        return None if held is None else RunState.from_bytes(held)
 
     def find(self, state_key: bytes) -> RunState | None:
         """A run's state whatever its partition (the timer service knows only the run)."""
@@ -100,16 +100,16 @@ class RunStore:
 
     def items(self) -> Iterator[tuple[bytes, RunState]]:
         """Every state held, decoded one at a time (memory stays flat)."""
-        for partition, states in list(self._states.items()):
-            for state_key in list(states):
-                state = self.get(partition, state_key)
-                if state is not None:
-                    yield state_key, state
+        for states in list(self._states.values()):
+            for state_key, value in list(states.items()):
+                yield state_key, RunState.from_bytes(value)
 
     def put(self, partition: int, state_key: bytes, state: RunState) -> None:
-        """Hold `state` in memory now; its changelog write goes out with the next `flush`."""
-        self._states[partition][state_key] = state
-        self._unsent.setdefault(partition, {})[state_key] = state.to_bytes()
+        """Hold `state` in memory now (later changes to the object are not kept); its
+        changelog write goes out with the next `flush`."""
+        value = state.to_bytes()
+        self._states[partition][state_key] = value
+        self._unsent.setdefault(partition, {})[state_key] = value
 
     async def flush(self) -> None:
         """Send every state put since the last flush and wait until Kafka acknowledged all.
@@ -167,7 +167,7 @@ class RunStore:
         it is when the read starts) and hold what they say: each run's newest state."""
         if not partitions:
             return
-        recovered: dict[int, dict[bytes, RunState | bytes]] = {p: {} for p in partitions}
+        recovered: dict[int, dict[bytes, bytes]] = {p: {} for p in partitions}
         reader = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=None,
