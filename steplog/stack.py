@@ -2,8 +2,8 @@
 whole local stack (`steplog dev`: broker, topics, tables, processors, SQL endpoint).
 
 The processors run as a faust worker in the foreground; faust handles SIGINT/SIGTERM by
-stopping its agents (the batch in hand finishes first), and `steplog dev` then stops the broker
-it started. With the embedded engine the processors' process owns the chDB files, so it also
+stopping its agents and tasks (a batch in hand is abandoned before its commit and handled again
+after a restart, see docs/processors.md), and `steplog dev` then stops the broker it started. With the embedded engine the processors' process owns the chDB files, so it also
 serves SQL over ClickHouse's HTTP interface for everyone else.
 """
 
