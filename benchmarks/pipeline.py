@@ -14,8 +14,8 @@ measured in the same run:
   in a child process (`--floor-consumer`, it owns its own chDB path) reads them all and inserts
   them raw (ids, type, run, time, the event's bytes as String; json.loads, no validation, no
   fold) in 10,000-row batches through clickhouse-connect; from its start to its last insert.
-  The ratio ours/floor is what validation, the fold and faust cost over the least any
-  consumer must do.
+  The ratio ours/floor is what validation, the fold, the run states and the projection rows
+  cost over the least any consumer must do.
 - lag: runs sent at a paced rate, half the measured throughput, for `--lag-seconds`; a poller
   thread queries the SQL endpoint every `--poll-ms` for runs whose last event is visible;
   latency = that poll's start - the moment the run's last step returned (an upper bound, the
@@ -27,7 +27,11 @@ measured in the same run:
 
 `--rounds` repeats floor and throughput alternately (medians reported); `--profile` runs the
 replay under cProfile and prints where the fold's time goes; `--processors-command` measures a
-candidate processors implementation in place of `steplog processors`.
+candidate processors implementation in place of `steplog processors`. To A/B another checkout
+(`git archive REV | tar -x -C DIR`, then a tree of links laid out like the installed package,
+as scripts/typecheck.sh builds), run it with `python -P` and PYTHONPATH on that tree: without
+-P the child's working directory (this checkout, whose `steplog/` is a package) comes first on
+sys.path and the "other" checkout silently runs this one's code.
 
     .venv/bin/python benchmarks/pipeline.py
     .venv/bin/python benchmarks/pipeline.py --events 50000 --rounds 1 --skip-lag --skip-replay

@@ -1,43 +1,34 @@
-"""The faust app that hosts the fold and the workflow engine around it.
+"""The processors' app: the fold and the workflow engine around it, in one process.
 
-Agents and tasks (one process; see docs/processors.md for the whole protocol):
+Consumers and tasks (see docs/processors.md for the whole protocol):
 
-- `fold_events` (events topic, concurrency 1, batches): decode, fold, project, dead-letter,
-  carry out the fold's engine effects, store run states (`FoldHost.process_events`);
-- `record_flows` (flows topic): flow definitions to the `flows` table, workflow definitions to
-  the registry (`FoldHost.process_flows`);
-- `resolve_signals` (signals topic, concurrency 1, batches): triggers and waits per event name
-  (`SignalsHost.process_signals`, logic in `signals_agent`);
+- `fold_events` (a task hosting `EventsConsumer`: a plain aiokafka consumer on the events
+  topic, group `ProcessorConfig.app_id`, one batch at a time): decode, fold, project,
+  dead-letter, carry out the fold's engine effects, keep run states (`FoldHost.process_events`,
+  states in `RunStore`);
+- `record_flows` (faust agent, flows topic): flow definitions to the `flows` table, workflow
+  definitions to the registry (`FoldHost.process_flows`);
+- `resolve_signals` (faust agent, signals topic, concurrency 1, batches): triggers and waits
+  per event name (`SignalsHost.process_signals`, logic in `signals_agent`);
 - `fire_timers` (a task): the timer service (`TimerService`), rebuilt from the run states each
-  time the `runs` table has been recovered.
+  time the run store has recovered partitions.
 
-Per batch of events (faust `take_events`, up to `batch_size` events or `batch_seconds`):
+Per batch of events (whatever the consumer's `getmany` returned, up to `batch_size`):
 
 1. decode each event; one that cannot be used goes to the dead-letter list with the reason;
-2. fold it into its run's state (taken from the `runs` table, keyed by run);
-3. write the batch's rows to ClickHouse (retrying with backoff until it succeeds);
-4. send the dead letters and the fold's messages (commands, events for other runs, signals
+2. fold it into its run's state (from the run store, keyed by run);
+3. send the dead letters and the fold's messages (commands, events for other runs, signals
    bookkeeping) and wait until Kafka has acknowledged every one;
-5. store the new run states in the table (in memory, and to its changelog topic);
+4. write the batch's rows to ClickHouse (retrying with backoff until it succeeds);
+5. put the new run states in the store (memory now, the changelog at its flush);
 6. hand the batch's timer changes to the timer service;
-7. return, which lets faust acknowledge the batch; faust commits acknowledged offsets later,
-   after flushing its producer (so the changelog of step 5 is durable before the commit).
+7. (the consumer) flush the store's changelog writes, acknowledged, then commit the offsets.
 
-What a crash between two steps does (the process may die anywhere):
-- before 3: nothing was written; the events are delivered again and folded again.
-- between 3 and 5: rows (and maybe messages) are out, the state is not; the events come again
-  and are folded onto the old state, giving the same rows again (same versions, so
-  ReplacingMergeTree keeps one) and the same messages again, with the same derived ids: the
-  consumers drop them (a worker holds a resume_run for a run in flight until its pass ends,
-  and a late one finds the run parked or ended in its history).
-- between 5 and the commit: the state already has the events; folding them again is a no-op
-  for the state, re-emits the same current rows, and sends nothing (a duplicate event has no
-  engine effects). Their messages are safe: step 4 finished before step 5 began.
-- step 6 is in memory only: the timer service is rebuilt from the stored states at start-up.
-So a restart converges to the same rows, nothing lost and nothing doubled in the views.
-
-The agents run with concurrency 1: one batch at a time, so a partition's messages are handled
-in log order and a run's (or a name's) state is never updated by two batches at once.
+A crash between any two steps folds the batch again after a restart, from the states of the
+changelog: the same rows with the same versions, and the same messages with the same derived
+ids (duplicates, dropped by their consumers); docs/processors.md has the table. A batch at a
+time, so a partition's messages are handled in log order and a run's (or a name's) state is
+never updated by two batches at once.
 """
 
 from __future__ import annotations
@@ -65,9 +56,11 @@ from steplog.schemas.topics import TopicNames
 
 from .dispatch import Dispatcher, Outbox, Planned, SendFunction
 from .effects import ClearTimer, RunRowChanged, SetTimer, StepRowChanged, TimerKind
+from .events_consumer import EventsConsumer, Record
 from .fold import apply_event
 from .projection_batch import ProjectionBatch
 from .registry import WorkflowRegistry
+from .run_store import RunStore
 from .signals_agent import NameTriggers, NameWaits, apply_signals_message
 from .state import RunState
 from .timers import TimerHeap, fire_timer
@@ -89,7 +82,8 @@ def _utc_now() -> datetime:
 @dataclass(frozen=True)
 class ProcessorConfig:
     app_id: str
-    """Consumer group and prefix of the changelog topics; one per topic prefix."""
+    """The fold's consumer group (the events topic) and the prefix of the other groups and
+    changelog topics; one per topic prefix."""
     bootstrap: str
     topics: TopicNames
     events_partitions: int
@@ -98,9 +92,28 @@ class ProcessorConfig:
     data_dir: Path
     signals_partitions: int = 3
     batch_size: int = 10_000
+    """The most events (or signals) handled as one batch."""
     batch_seconds: float = 0.005
-    """How long a batch waits for more events: an upper bound on the latency it adds to every
-    resume (a woken sleep, a resolved wait) and to every row."""
+    """How long a batch of signals waits for more: an upper bound on the latency it adds to
+    every resolved wait and triggered run. (The events' batches do not wait: events_consumer.)"""
+
+    @property
+    def agents_app_id(self) -> str:
+        """The faust app's id: the consumer group of the signals and flows agents and the
+        prefix of their tables' changelogs. Not `app_id`: faust's group assigns partitions with
+        its own protocol, which a plain consumer cannot join."""
+        return f"{self.app_id}-agents"
+
+    @property
+    def runs_changelog(self) -> str:
+        """The run store's changelog topic (the name faust gave the `runs` table's when the
+        fold was an agent, so states stored then are read back)."""
+        return f"{self.app_id}-runs-changelog"
+
+    @property
+    def max_fetch_bytes(self) -> int:
+        """Per partition and fetch: at least one message of the largest size allowed."""
+        return max(self.max_event_bytes * 2, 4 * 1024 * 1024)
 
 
 # --- timers ------------------------------------------------------------------------------------
@@ -109,8 +122,8 @@ class ProcessorConfig:
 class TimerService:
     """Keeps the due times of every run and, when one is due, writes what it means.
 
-    The heap is in memory only. It is rebuilt from the run states each time the `runs` table
-    has been recovered (`rebuild`), and kept up to date by the fold host after each batch
+    The heap is in memory only. It is rebuilt from the run states each time the run store has
+    recovered partitions (`rebuild`), and kept up to date by the fold host after each batch
     (`apply`), once the batch's states are stored: a due timer is checked against the stored
     state (`timers.fire_timer`), which must already be the one that wanted it.
 
@@ -215,13 +228,13 @@ class TimerService:
 
 
 class FoldHost:
-    """The batch procedure of the module docstring, independent of faust's agent plumbing."""
+    """The batch procedure of the module docstring, independent of how batches are consumed."""
 
     def __init__(
         self,
         config: ProcessorConfig,
         writer: ProjectionWriter,
-        runs: TableT[bytes, Any],
+        runs: RunStore,
         dispatcher: Dispatcher,
         timers: TimerService | None = None,
     ) -> None:
@@ -230,16 +243,15 @@ class FoldHost:
         self.runs = runs
         self.dispatcher = dispatcher
         self.registry = dispatcher.registry
-        self.timers = timers or TimerService(self.load_state, dispatcher)
+        self.timers = timers or TimerService(runs.find, dispatcher)
         self.flows: dict[str, FlowDefinition] = {}
 
-    async def process_events(self, batch: Sequence[EventT[Any]]) -> None:
+    async def process_events(self, batch: Sequence[Record]) -> None:
         projection = ProjectionBatch()
         outbox = self.dispatcher.outbox()
         planned: list[Planned] = []
         touched: dict[bytes, tuple[RunState, int]] = {}
-        for item in batch:
-            message = item.message
+        for message in batch:
             value = message.value or b""  # a tombstone is as undecodable as garbage
             try:
                 event = decode_event(value, max_bytes=self.config.max_event_bytes)
@@ -255,7 +267,7 @@ class FoldHost:
                 continue
             state_key = run_state_key(event)
             held = touched.get(state_key)
-            state = held[0] if held else self.load_state(state_key)
+            state = held[0] if held else self.runs.get(message.partition, state_key)
             flow = self.flows.get(f"{event.project}/{event.flow}")
             state, effects = apply_event(state, event, flow)
             position = (message.partition, message.offset)
@@ -275,7 +287,7 @@ class FoldHost:
         result = await self.dispatcher.carry_out(planned, outbox)
         await self._write(projection)
         for state_key, (state, partition) in touched.items():
-            self._store_state(state_key, state, partition)
+            self.runs.put(partition, state_key, state)
         self.timers.apply(result.timers)
 
     async def process_flows(self, batch: Sequence[EventT[Any]]) -> None:
@@ -307,32 +319,14 @@ class FoldHost:
                 self.flows[definition.key] = definition
 
     async def recovered(self) -> None:
-        """The `runs` table is recovered (start-up, or a rebalance): rebuild what is derived
-        from every run state, the timer heap and the parents of running children."""
+        """The run store holds new partitions (start-up, or a rebalance): rebuild what is
+        derived from every run state, the timer heap and the parents of running children."""
         self.timers.rebuild(self._all_states())
 
     def _all_states(self) -> Iterator[tuple[bytes, RunState]]:
-        # One state decoded at a time (the store keeps the bytes): memory stays flat.
-        for state_key in list(self.runs.data.keys()):
-            state = self.load_state(state_key)
-            if state is not None:
-                self.dispatcher.remember_parents(state_key, state)
-                yield state_key, state
-
-    def load_state(self, state_key: bytes) -> RunState | None:
-        # The store holds RunState objects for runs folded by this process and the changelog's
-        # bytes for runs recovered at start-up; decode those on first use.
-        value = self.runs.data.get(state_key)
-        if value is None or isinstance(value, RunState):
-            return value
-        return RunState.from_bytes(value)
-
-    def _store_state(self, state_key: bytes, state: RunState, partition: int) -> None:
-        # Set the store directly and send the changelog to the source partition explicitly:
-        # faust's own __setitem__ takes the partition from the "current event", which in a
-        # batch is the last event's, not necessarily this run's.
-        self.runs.data[state_key] = state
-        self.runs.send_changelog(partition, state_key, state.to_bytes())
+        for state_key, state in self.runs.items():
+            self.dispatcher.remember_parents(state_key, state)
+            yield state_key, state
 
     async def _write(self, projection: ProjectionBatch) -> None:
         if not len(projection):
@@ -348,7 +342,7 @@ class FoldHost:
                 await loop.run_in_executor(None, self.writer.write, rows)
 
     def _dead_letter(
-        self, outbox: Outbox, exc: InvalidEventError, message: Any, value: bytes
+        self, outbox: Outbox, exc: InvalidEventError, message: Record, value: bytes
     ) -> None:
         _add_dead_letter(self.config, outbox, exc, message, value)
 
@@ -433,7 +427,7 @@ class SignalsHost:
 
 
 def _add_dead_letter(
-    config: ProcessorConfig, outbox: Outbox, exc: InvalidEventError, message: Any, value: bytes
+    config: ProcessorConfig, outbox: Outbox, exc: InvalidEventError, message: Record, value: bytes
 ) -> None:
     letter = DeadLetter.for_message(
         exc, message.topic, message.partition, message.offset, message.key, value
@@ -514,7 +508,7 @@ def create_processor_app(
     """The faust app with its agents; `flows` and `workflows` are the definitions known at
     start-up (the flows table, and the workflow definitions read from the flows topic)."""
     app = faust.App(
-        config.app_id,
+        config.agents_app_id,
         broker=f"kafka://{config.bootstrap}",
         store="memory://",
         datadir=str(config.data_dir),
@@ -531,16 +525,14 @@ def create_processor_app(
         producer_max_request_size=config.max_event_bytes * 2,
         # The producer sends what a batch asks for at once: resumes wait on it.
         producer_linger=0.0,
-        consumer_max_fetch_size=max(config.max_event_bytes * 2, 4 * 1024 * 1024),
+        consumer_max_fetch_size=config.max_fetch_bytes,
     )
     raw: dict[str, Any] = {
         "key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"
     }
-    events_topic = app.topic(config.topics.events, partitions=config.events_partitions, **raw)
     signals_topic = app.topic(config.topics.signals, partitions=config.signals_partitions, **raw)
     flows_topic = app.topic(config.topics.flows, **raw)
     # bytes key and value types make faust's tables use the raw codec.
-    runs = app.Table("runs", partitions=config.events_partitions, key_type=bytes, value_type=bytes)
     waits = app.Table(
         "waits", partitions=config.signals_partitions, key_type=bytes, value_type=bytes
     )
@@ -559,17 +551,21 @@ def create_processor_app(
     dispatcher = Dispatcher(
         config.topics, cast(SendFunction, send), registry, max_bytes=config.max_event_bytes
     )
+    runs = RunStore(
+        config.bootstrap, config.runs_changelog, max_message_bytes=config.max_fetch_bytes
+    )
     host = FoldHost(config, writer, runs, dispatcher)
     host.remember_flows(flows)
     signals = SignalsHost(config, waits, triggers, dispatcher)
-    runs.on_recover(host.recovered)
+    events = EventsConsumer(
+        bootstrap=config.bootstrap, group_id=config.app_id, topic=config.topics.events,
+        store=runs, process=host.process_events, recovered=host.recovered,
+        max_records=config.batch_size, max_fetch_bytes=config.max_fetch_bytes,
+    )
 
-    @app.agent(events_topic, name="fold_events", concurrency=1)
-    async def fold_events(stream: StreamT[bytes]) -> None:
-        await run_in_batches(
-            stream, host.process_events, max_events=config.batch_size,
-            within=config.batch_seconds,
-        )
+    @app.task  # type: ignore[untyped-decorator]
+    async def fold_events() -> None:
+        await events.run()
 
     @app.agent(flows_topic, name="record_flows", concurrency=1)
     async def record_flows(stream: StreamT[bytes]) -> None:

@@ -2,8 +2,8 @@
 whole local stack (`steplog dev`: broker, topics, tables, processors, SQL endpoint).
 
 The processors run as a faust worker in the foreground; faust handles SIGINT/SIGTERM by
-stopping its agents (the batch in hand finishes first), and `steplog dev` then stops the broker
-it started. With the embedded engine the processors' process owns the chDB files, so it also
+stopping its agents and tasks (a batch in hand is abandoned before its commit and handled again
+after a restart, see docs/processors.md), and `steplog dev` then stops the broker it started. With the embedded engine the processors' process owns the chDB files, so it also
 serves SQL over ClickHouse's HTTP interface for everyone else.
 """
 
@@ -25,7 +25,7 @@ from steplog.projections.migrations import migrate
 from steplog.projections.writer import ProjectionWriter
 from steplog.settings import Settings
 from steplog.sql_http import serve_sql
-from steplog.topics import ensure_topics, topic_specs
+from steplog.topics import TopicSpec, ensure_topics, topic_specs
 
 log = logging.getLogger("steplog.stack")
 
@@ -43,6 +43,19 @@ def processor_config(settings: Settings) -> ProcessorConfig:
     )
 
 
+def runs_changelog_spec(config: ProcessorConfig, settings: Settings) -> TopicSpec:
+    """The run store's changelog (processors/run_store.py): one partition per events
+    partition, compacted (each run's newest state is all that is read back)."""
+    return TopicSpec(
+        name=config.runs_changelog,
+        partitions=settings.events_partitions,
+        partitions_setting="events_partitions",
+        replication_factor=settings.replication_factor,
+        # A state holds every event id of its run: allow the producer's largest request.
+        configs={"cleanup.policy": "compact", "max.message.bytes": str(config.max_fetch_bytes)},
+    )
+
+
 @dataclass
 class StackHooks:
     """Things to run inside the worker once it is up (the demo uses it)."""
@@ -56,6 +69,7 @@ def run_processors(settings: Settings, *, sql_port: int | None, hooks: StackHook
     migrate(client, settings.clickhouse_database)
     config = processor_config(settings)
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    asyncio.run(ensure_topics(settings.kafka_bootstrap, [runs_changelog_spec(config, settings)]))
     writer = ProjectionWriter(client, settings.clickhouse_database)
     # The workflow registry's start-up state: the compacted flows topic read to its end (see
     # processors/registry.py); the flows agent learns what is written after.

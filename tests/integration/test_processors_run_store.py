@@ -1,0 +1,175 @@
+"""The fold's consumer and its run store against the real broker: states come back from their
+changelog partition by partition, offsets are committed once a batch and its states are done,
+and a partition that moves to another consumer of the group takes its run states along."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from steplog.processors.events_consumer import EventsConsumer, Record
+from steplog.processors.run_store import RunStore
+from steplog.processors.state import RunState
+from steplog.projections.log_reader import topic_end_offsets
+from steplog.settings import Settings
+from steplog.stack import processor_config, runs_changelog_spec
+from steplog.topics import ensure_topics
+
+RUNS = [f"run-{n}".encode() for n in range(12)]
+
+
+def new_store(settings: Settings) -> RunStore:
+    config = processor_config(settings)
+    return RunStore(config.bootstrap, config.runs_changelog,
+                    max_message_bytes=config.max_fetch_bytes)
+
+
+def new_state(run_id: str, *seen: str) -> RunState:
+    return RunState(project="p", flow="f", run_id=run_id,
+                    updated_at=datetime(2026, 1, 1, tzinfo=UTC), seen=set(seen))
+
+
+async def create_changelog(settings: Settings) -> None:
+    await ensure_topics(settings.kafka_bootstrap,
+                        [runs_changelog_spec(processor_config(settings), settings)])
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def test_flushed_states_are_recovered_per_partition_newest_first(topics: Settings) -> None:
+    async def scenario() -> None:
+        await create_changelog(topics)
+        writer = new_store(topics)
+        await writer.start()
+        try:
+            await writer.recover([0, 1, 2])
+            writer.put(0, b"a", new_state("a", "e1"))
+            writer.put(1, b"b", new_state("b", "e1"))
+            await writer.flush()
+            writer.put(1, b"b", new_state("b", "e1", "e2"))
+            await writer.flush()
+        finally:
+            await writer.stop()
+
+        reader = new_store(topics)  # reading back needs no producer
+        await reader.recover([1])
+        assert reader.partitions == {1}
+        recovered = reader.get(1, b"b")
+        assert recovered is not None and recovered.seen == {"e1", "e2"}
+        assert reader.find(b"a") is None  # partition 0 was not asked for
+        assert [key for key, _ in reader.items()] == [b"b"]
+        reader.release([1])
+        assert reader.partitions == frozenset() and len(reader) == 0
+
+    asyncio.run(scenario())
+
+
+class CountingMember:
+    """A consumer of the group whose batch puts, for each record, its position into its run's
+    state: a run's state ends up with every position only if it followed its partition."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.store = new_store(settings)
+        self.recoveries = 0
+        self.consumer = EventsConsumer(
+            bootstrap=settings.kafka_bootstrap, group_id=processor_config(settings).app_id,
+            topic=settings.topics.events, store=self.store, process=self.process,
+            recovered=self.recovered, max_records=1000, max_fetch_bytes=1024 * 1024,
+            poll_ms=100,
+        )
+        self.task = asyncio.create_task(self.consumer.run())
+
+    async def process(self, records: Sequence[Record]) -> None:
+        for record in records:
+            assert record.key is not None
+            state = self.store.get(record.partition, record.key)
+            state = state or new_state(record.key.decode())
+            state.seen.add(f"{record.partition}:{record.offset}")
+            self.store.put(record.partition, record.key, state)
+
+    async def recovered(self) -> None:
+        self.recoveries += 1
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+async def send_round(settings: Settings, value: bytes) -> dict[bytes, set[str]]:
+    """One message per run; the positions each run's message landed at."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        sent = {key: await (await producer.send(settings.topics.events, value, key=key))
+                for key in RUNS}
+    finally:
+        await producer.stop()
+    return {key: {f"{meta.partition}:{meta.offset}"} for key, meta in sent.items()}
+
+
+async def committed(settings: Settings) -> list[int]:
+    reader = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
+                              group_id=processor_config(settings).app_id,
+                              enable_auto_commit=False)
+    await reader.start()
+    try:
+        return [await reader.committed(TopicPartition(settings.topics.events, p)) or 0
+                for p in range(settings.events_partitions)]
+    finally:
+        await reader.stop()
+
+
+def test_a_partition_moves_to_another_member_with_its_run_states(topics: Settings) -> None:
+    async def scenario() -> None:
+        await create_changelog(topics)
+        first = CountingMember(topics)
+        second: CountingMember | None = None
+        try:
+            positions = await send_round(topics, b"one")
+            await until(lambda: all(
+                (state := first.store.find(key)) is not None and state.seen == positions[key]
+                for key in RUNS), "the first round folded by the only member")
+
+            second = CountingMember(topics)
+            members = (first, second)
+            everything = frozenset(range(topics.events_partitions))
+            await until(lambda: second.store.partitions != frozenset()
+                        and first.store.partitions | second.store.partitions == everything
+                        and not first.store.partitions & second.store.partitions,
+                        "the partitions shared between the two members")
+
+            for key, more in (await send_round(topics, b"two")).items():
+                positions[key] |= more
+
+            def owner_state(key: bytes) -> RunState | None:
+                found = [m.store.find(key) for m in members]
+                return next((state for state in found if state is not None), None)
+
+            await until(lambda: all(
+                (state := owner_state(key)) is not None and state.seen == positions[key]
+                for key in RUNS), "every run's state to have both rounds, wherever it lives")
+            moved = [key for key in RUNS if second.store.find(key) is not None]
+            assert moved, "the second member took no run over"
+            assert second.recoveries >= 1
+            # Committed once the batch and its states are done: to the end, by one or the other.
+            ends = await topic_end_offsets(topics.kafka_bootstrap, topics.topics.events)
+            deadline = time.monotonic() + 30
+            while (offsets := await committed(topics)) != ends:
+                assert time.monotonic() < deadline, f"committed {offsets}, ends {ends}"
+                await asyncio.sleep(0.1)
+        finally:
+            await first.stop()
+            if second is not None:
+                await second.stop()
+
+    asyncio.run(scenario())
