@@ -256,7 +256,11 @@ def flow_graph(flow: FlowDefinition) -> FlowGraph:
 
 
 def apply_event(
-    state: RunState | None, event: Event, flow: FlowDefinition | None = None
+    state: RunState | None,
+    event: Event,
+    flow: FlowDefinition | None = None,
+    *,
+    defer_rows: bool = False,
 ) -> tuple[RunState, list[Effect]]:
     """Fold one event into its run's state; return the state and its effects.
 
@@ -270,6 +274,11 @@ def apply_event(
 
     Effects, in order: rows of steps that just became missing, the event's step row, the run
     row, then the engine effects of an event not seen before (processors/workflow.py).
+    With `defer_rows`, no row effects are returned: the state notes which rows changed, and
+    `take_rows` builds each of them once, from the state as it is then. A host folding a batch
+    of events gets the same last row per key for a fraction of the cost (a run's row is
+    otherwise rebuilt after every one of its events).
+
     RunMismatchError if the state or flow belongs to another run than the event.
     """
     if state is None:
@@ -281,18 +290,23 @@ def apply_event(
             f"event {event.event_id}: belongs to run {event.project}/{event.flow}/"
             f"{event.run_id}, but the state is of {state.project}/{state.flow}/{state.run_id}"
         )
+    if defer_rows and state.pending_rows is None:
+        state.pending_rows = set()
+    elif not defer_rows and state.pending_rows is not None:
+        raise ValueError(
+            f"run {state.run_id}: rows are deferred; take_rows() before folding with rows"
+        )
     graph = _graph_for(state, flow)
     effects: list[Effect] = []
     if (graph.tag if graph is not None else None) != state.flow_tag:
         _adopt_graph(state, graph, effects)
 
     if event.event_id in state.seen:
-        if isinstance(event, StepEventEnvelope):
-            step = state.steps.get(event.step_key)
-            if step is not None:
-                effects.append(StepRowChanged(_step_row(state, event.step_key, step)))
-        effects.extend(StepRowChanged(_missing_row(state, key)) for key in sorted(state.missing))
-        effects.append(RunRowChanged(_run_row(state, graph)))
+        if isinstance(event, StepEventEnvelope) and event.step_key in state.steps:
+            _step_changed(state, event.step_key, effects)
+        for key in sorted(state.missing):
+            _step_changed(state, key, effects)
+        _run_changed(state, graph, effects)
         return state, effects
 
     state.seen.add(event.event_id)
@@ -305,15 +319,52 @@ def apply_event(
         old_winner = None if before is None else before.winner
         timers_before = step_timers(state, key)
         _apply_step_event(state, event, ts, graph, effects)
-        effects.append(RunRowChanged(_run_row(state, graph)))
+        _run_changed(state, graph, effects)
         effects.extend(step_event_effects(state, event, old_winner, timers_before))
     else:
         was_started, was_ended = state.started is not None, state.ended is not None
         timers_before = wanted_timers(state)
         _apply_run_event(state, event, ts, graph, effects)
-        effects.append(RunRowChanged(_run_row(state, graph)))
+        _run_changed(state, graph, effects)
         effects.extend(run_event_effects(state, event, was_started, was_ended, timers_before))
     return state, effects
+
+
+def take_rows(state: RunState, flow: FlowDefinition | None = None) -> list[Effect]:
+    """The rows that changed since rows were deferred (`apply_event(defer_rows=True)`), built
+    from the state as it is now, steps in key order and the run's row last; rows are no longer
+    deferred afterwards. `flow` must be the definition the events were folded with."""
+    pending, state.pending_rows = state.pending_rows, None
+    if not pending:
+        return []
+    rows: list[Effect] = []
+    for key in sorted(key for key in pending if key is not None):
+        step = state.steps.get(key)
+        if step is not None:
+            rows.append(StepRowChanged(_step_row(state, key, step)))
+        elif key in state.missing:
+            rows.append(StepRowChanged(_missing_row(state, key)))
+    if None in pending:
+        rows.append(RunRowChanged(_run_row(state, _graph_for(state, flow))))
+    return rows
+
+
+def _step_changed(state: RunState, key: str, effects: list[Effect]) -> None:
+    """The row of step `key` (a reported step's, else its missing row) changed."""
+    if state.pending_rows is not None:
+        state.pending_rows.add(key)
+        return
+    step = state.steps.get(key)
+    effects.append(
+        StepRowChanged(_step_row(state, key, step) if step is not None else _missing_row(state, key))
+    )
+
+
+def _run_changed(state: RunState, graph: FlowGraph | None, effects: list[Effect]) -> None:
+    if state.pending_rows is not None:
+        state.pending_rows.add(None)
+    else:
+        effects.append(RunRowChanged(_run_row(state, graph)))
 
 
 def fold_events(
@@ -455,7 +506,7 @@ def _apply_step_event(
         state.final_failure_seen = True
         if graph is not None and state.ended is None:
             _declare_missing(state, graph.keys, effects)
-    effects.append(StepRowChanged(_step_row(state, key, step)))
+    _step_changed(state, key, effects)
 
 
 def _step_fact(event: StepEvent, order: StepOrder) -> StepFact:
@@ -593,7 +644,7 @@ def _declare_missing(state: RunState, candidates: Iterable[str], effects: list[E
     for key in sorted(candidates):
         if key not in steps and key not in missing:
             missing.add(key)
-            effects.append(StepRowChanged(_missing_row(state, key)))
+            _step_changed(state, key, effects)
 
 
 class _Settled:
@@ -637,7 +688,7 @@ def _adopt_graph(state: RunState, graph: FlowGraph | None, effects: list[Effect]
             if key not in steps:
                 state.missing.add(key)
                 if key not in before:
-                    effects.append(StepRowChanged(_missing_row(state, key)))
+                    _step_changed(state, key, effects)
     for key, step in steps.items():
         if step.status is _RUNNING:
             deadline = _deadline(key, step, graph)
@@ -703,11 +754,9 @@ def _apply_run_event(
         if first_end and not state.final_failure_seen and graph is not None:
             _declare_missing(state, graph.keys, effects)
         if first_end:
-            effects.extend(
-                StepRowChanged(_step_row(state, key, step))
-                for key, step in sorted(state.steps.items())
-                if step.status in _OPEN_STEP_STATUSES
-            )
+            for key, step in sorted(state.steps.items()):
+                if step.status in _OPEN_STEP_STATUSES:
+                    _step_changed(state, key, effects)
     else:
         order = (event.seq, ts, event.event_id)
         if state.paused is None or order > state.paused.order:

@@ -55,9 +55,9 @@ from steplog.schemas.flows import FlowDefinition, WorkflowDefinition
 from steplog.schemas.topics import TopicNames
 
 from .dispatch import Dispatcher, Outbox, Planned, SendFunction
-from .effects import ClearTimer, RunRowChanged, SetTimer, StepRowChanged, TimerKind
+from .effects import ClearTimer, SetTimer, TimerKind
 from .events_consumer import EventsConsumer, Record
-from .fold import apply_event
+from .fold import apply_event, take_rows
 from .projection_batch import ProjectionBatch
 from .registry import WorkflowRegistry
 from .run_store import RunStore
@@ -269,18 +269,16 @@ class FoldHost:
             held = touched.get(state_key)
             state = held[0] if held else self.runs.get(message.partition, state_key)
             flow = self.flows.get(f"{event.project}/{event.flow}")
-            state, effects = apply_event(state, event, flow)
+            # Rows deferred: each touched run's changed rows are built once, after the loop.
+            state, effects = apply_event(state, event, flow, defer_rows=True)
             position = (message.partition, message.offset)
             if state.position is None or state.position < position:
                 state.position = position
             touched[state_key] = (state, message.partition)
             projection.add_event(event, message.partition, message.offset)
-            projection.add_effects(effects)
-            planned.extend(
-                Planned(effect, state_key, position)
-                for effect in effects
-                if not isinstance(effect, RunRowChanged | StepRowChanged)
-            )
+            planned.extend(Planned(effect, state_key, position) for effect in effects)
+        for state, _ in touched.values():
+            projection.add_effects(take_rows(state, self.flows.get(f"{state.project}/{state.flow}")))
         # Messages first, then rows: a resume must not wait for the ClickHouse insert (with the
         # embedded engine an insert holds the GIL, so not even running both at once helps).
         # Both are done before any state is stored, which is what the crash protocol needs.

@@ -305,6 +305,10 @@ class RunState:
     earliest deadline costs O(log n) even when steps finish in the order they started (each
     finish removing the minimum). Not stored: rebuilt from running_deadlines on load."""
 
+    pending_rows: set[str | None] | None = field(default=None, compare=False, repr=False)
+    """Keys whose rows changed while rows are deferred (`fold.apply_event(defer_rows=True)`):
+    step keys, and None for the run's row; None when rows are not deferred. Not stored."""
+
     position: tuple[int, int] | None = field(default=None, compare=False)
     """(partition, offset) of the newest event folded into the state, set by the host (the
     fold knows no offsets), stored with the state: the log position a `resume_run` built from
@@ -341,6 +345,7 @@ class RunState:
             earliest_failed_cache=self.earliest_failed_cache,
             graph_finished_cache=self.graph_finished_cache,
             deadline_heap=list(self.deadline_heap),
+            pending_rows=None if self.pending_rows is None else set(self.pending_rows),
             position=self.position,
         )
 

@@ -11,7 +11,6 @@ import asyncio
 import functools
 import json
 import logging
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path

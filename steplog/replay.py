@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from clickhouse_connect.driver.client import Client
 
 from steplog.errors import InvalidEventError
-from steplog.processors.fold import apply_event
+from steplog.processors.fold import apply_event, take_rows
 from steplog.processors.host import run_state_key
 from steplog.processors.projection_batch import ProjectionBatch
 from steplog.processors.state import RunState
@@ -127,7 +127,16 @@ async def _rebuild(settings: Settings, writer: ProjectionWriter, progress: Progr
     report.flows = len(flows)
 
     states: dict[bytes, RunState] = {}
+    touched: set[bytes] = set()
     pending = 0
+
+    def take_touched_rows() -> None:
+        # Rows once per run per batch (the fold's deferred rows), not after every event.
+        for key in touched:
+            state = states[key]
+            batch.add_effects(take_rows(state, flows.get(f"{state.project}/{state.flow}")))
+        touched.clear()
+
     async for record in read_log(settings.kafka_bootstrap, settings.topics.events):
         pending += 1
         try:
@@ -138,19 +147,20 @@ async def _rebuild(settings: Settings, writer: ProjectionWriter, progress: Progr
             report.invalid += 1
             continue
         key = run_state_key(event)
-        state, effects = apply_event(
-            states.get(key), event, flows.get(f"{event.project}/{event.flow}")
-        )
-        states[key] = state
-        batch.add_event(event, record.partition, record.offset)
         # Rows only: the engine effects (commands, timers, events for other runs) were carried
         # out when the events were first folded; a rebuild must never start, resume or cancel.
-        batch.add_effects(effects)
+        states[key], _ = apply_event(
+            states.get(key), event, flows.get(f"{event.project}/{event.flow}"), defer_rows=True
+        )
+        touched.add(key)
+        batch.add_event(event, record.partition, record.offset)
         report.events += 1
         if pending >= BATCH_EVENTS:
+            take_touched_rows()
             await asyncio.to_thread(writer.write, batch.table_rows())
             progress(pending)
             batch, pending = ProjectionBatch(), 0
+    take_touched_rows()
     await asyncio.to_thread(writer.write, batch.table_rows())
     progress(pending)
     report.runs = len(states)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
-import json
 import os
 import re
 import shutil

@@ -24,7 +24,7 @@ from steplog.processors.effects import (
     StepRowChanged,
     latest_rows,
 )
-from steplog.processors.fold import apply_event, current_rows, fold_events
+from steplog.processors.fold import apply_event, current_rows, fold_events, take_rows
 from steplog.processors.rows import RunRow, StepRow
 from steplog.processors.state import RunState
 from steplog.processors.workflow import wanted_timers
@@ -356,6 +356,33 @@ def test_last_row_per_key_is_its_highest_version_and_equal_versions_are_equal_ro
     run_row, step_rows = current_rows(state, flow)
     assert final_rows(effects) == (run_row, {row.step_key: row for row in step_rows})
     assert run_row.version == len({event.event_id for event in events})
+
+
+@SETTINGS
+@given(run=runs(), data=st.data())
+def test_rows_deferred_over_any_batches_are_the_last_rows_folding_event_by_event_gives(
+    run: tuple[list[Event], FlowDefinition | None], data: st.DataObject
+) -> None:
+    events, flow = run
+    delivered = redelivered(events, data.draw)
+    expected_state, expected_effects = fold_events(delivered, flow)
+    ends = sorted(data.draw(st.sets(st.integers(1, len(delivered)))) | {len(delivered)})
+
+    state: RunState | None = None
+    effects: list[Effect] = []
+    start = 0
+    for end in ends:  # a host's batches: rows taken once per batch
+        for event in delivered[start:end]:
+            state, produced = apply_event(state, event, flow, defer_rows=True)
+            assert not [e for e in produced if isinstance(e, RunRowChanged | StepRowChanged)]
+            effects.extend(produced)
+        assert state is not None
+        effects.extend(take_rows(state, flow))
+        start = end
+
+    assert state == expected_state and state.pending_rows is None
+    assert final_rows(effects) == final_rows(expected_effects)
+    assert engine_effects(effects) == engine_effects(expected_effects)
 
 
 @SETTINGS
