@@ -6,7 +6,9 @@ to the service, as it would without Steplog), some customers opted out of receip
 step), a charge that times out is retried by the service (attempt 2), the mail service reports
 its step with `record_step`, some orders take a code path that is not instrumented (a `missing`
 step on the graph) and two stock reservations hang (`stuck` past their deadline). Then the
-README's analyst queries run and print, and the stack keeps serving SQL until Ctrl-C.
+README's analyst queries run and print. Then durable workflows run on the same stack
+(steplog.workflow_demo: triggers, a retry, a durable sleep, a wait answered by an event, a
+child run) and their runs and steps print; the stack keeps serving SQL until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from typing import TextIO
 from steplog.analyst_queries import ANALYST_QUERIES
 from steplog.producers.client import Client
 from steplog.producers.flows_file import push_flows
-from steplog.projections.clickhouse import open_clickhouse, query_value
+from steplog.projections.clickhouse import query_value
 from steplog.schemas.flows import FlowDefinition, FlowEdge, FlowStep
 from steplog.settings import Settings
-from steplog.sql_client import OutputFormat, render
+from steplog.sql_client import OutputFormat, analyst_client, render
 from steplog.stack import StackHooks
+from steplog.workflow_demo import WORKFLOW_QUERIES, run_workflow_demo
 
 ORDERS = 300
 STUCK_ORDERS = 2
@@ -140,7 +143,7 @@ def demo_hooks(settings: Settings, *, exit_after: bool, out: TextIO | None = Non
 
 def show_demo(settings: Settings, say: Callable[[str], None]) -> None:
     database = settings.clickhouse_database
-    client = open_clickhouse(settings.clickhouse_dsn, database)
+    client = analyst_client(settings)
     flow = checkout_flow(settings.project)
     push_flows(settings, [flow])
     _wait(lambda: query_value(
@@ -156,9 +159,11 @@ def show_demo(settings: Settings, say: Callable[[str], None]) -> None:
         f"FROM {database}.runs_current WHERE startsWith(run_id, {{p:String}})",
         {"p": prefix}) == 1,
         "every demo run to be projected (and the hanging ones to pass their deadline)")
-    for query in ANALYST_QUERIES:
-        result = client.query(query.sql)
-        say(f"\n-- {query.title}\n{query.sql}")
+    queries = [(query.title, query.sql) for query in ANALYST_QUERIES]
+    run_workflow_demo(settings, client, say, _wait)
+    for title, sql in [*queries, *WORKFLOW_QUERIES]:
+        result = client.query(sql)
+        say(f"\n-- {title}\n{sql}")
         say(render(result.column_names, result.result_rows, OutputFormat.TABLE))
 
 
