@@ -9,6 +9,7 @@ round in µs per call:
 - steplog: `run.step(key, noop)` (two events: step.started and step.completed) with the client
            sending to a real Kafka broker, started here on a free loopback port in a temporary
            directory and stopped at the end;
+- steplog block: `with run.step(key): noop()`, the same two events from a context manager;
 - steplog+metadata: the same with two metadata entries (redaction and JSON per call);
 - steplog, discarding sink: run.step with a sink that drops the bytes, i.e. the SDK's own work
   (ids, timestamps, encoding) without the sender's buffer and delivery thread.
@@ -120,6 +121,10 @@ def _measure(rounds: int, steps: int, bootstrap: str, topic: str) -> None:
     def steplog_step() -> None:
         run.step("charge-card", noop)
 
+    def steplog_block() -> None:
+        with run.step("charge-card"):
+            noop()
+
     def steplog_step_metadata() -> None:
         run.step("charge-card", noop, metadata={"order_id": "ord_1042", "items": 3})
 
@@ -133,6 +138,7 @@ def _measure(rounds: int, steps: int, bootstrap: str, topic: str) -> None:
         "bare no-op": noop,
         "otel span (BatchSpanProcessor)": otel_span,
         "steplog run.step": steplog_step,
+        "steplog with run.step (block)": steplog_block,
         "steplog run.step + metadata": steplog_step_metadata,
         "steplog run.step, sink discards": steplog_step_discarded,
     }
@@ -156,7 +162,9 @@ def _measure(rounds: int, steps: int, bootstrap: str, topic: str) -> None:
         print(f"  {name:<34} {medians[name]:6.2f}  ({min(values):.2f}-{max(values):.2f})")
     otel = medians["otel span (BatchSpanProcessor)"]
     ours = medians["steplog run.step"]
+    block = medians["steplog with run.step (block)"]
     print(f"ratio steplog/otel: {ours / otel:.2f}  (steplog {ours:.2f} µs, otel {otel:.2f} µs)")
+    print(f"ratio steplog block/otel: {block / otel:.2f}")
 
     stats = client.stats()
     per_round = 2 * steps

@@ -160,16 +160,9 @@ class EventSender:
         """Queue one encoded event; returns at once. Raises EventTooLargeError for an event
         over the limit, and SendError for earlier failures when throw_on_send_error is set."""
         size = len(value)
-        if size > self.max_event_bytes:
-            raise EventTooLargeError(
-                "",
-                f"event is {size} bytes, over the limit of {self.max_event_bytes} "
-                "(STEPLOG_MAX_EVENT_BYTES)",
-            )
-        if self._pending_errors:  # only ever filled with throw_on_send_error
-            self._raise_pending_errors()
-        if self._owner_pid != _pid:
-            self._start()
+        # One test for the three rare cases, so that the common one pays a single branch.
+        if size > self.max_event_bytes or self._pending_errors or self._owner_pid != _pid:
+            self._before_unusual_send(size)
         size += len(key)
         with self._lock:
             if self._closing:
@@ -185,6 +178,20 @@ class EventSender:
             self._loop_idle = False
         assert self._loop is not None and self._wake is not None
         self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _before_unusual_send(self, size: int) -> None:
+        """An event over the limit, earlier failures to raise, or the first send in this
+        process (the delivery thread is started here, also in a forked child)."""
+        if size > self.max_event_bytes:
+            raise EventTooLargeError(
+                "",
+                f"event is {size} bytes, over the limit of {self.max_event_bytes} "
+                "(STEPLOG_MAX_EVENT_BYTES)",
+            )
+        if self._pending_errors:  # only ever filled with throw_on_send_error
+            self._raise_pending_errors()
+        if self._owner_pid != _pid:
+            self._start()
 
     def _drop_oldest(self) -> None:
         """Over the bound: drop the oldest events (never the newest). Holding the lock."""
