@@ -577,7 +577,7 @@ def test_a_sigkilled_worker_resumes_without_repeating_completed_steps(
     assert {key: row["status"] for key, row in steps.items()} == {
         "one": "completed", "two": "completed", "three": "completed"
     }
-    assert [(t, key) for t, key, _ in stack.events(run_id) if t == "step.started"] == [
-        ("step.started", "one"), ("step.started", "two"), ("step.started", "two"),
-        ("step.started", "three"),
-    ]
+    # The killed attempt's step.started is in the log only if it ran past STARTED_DELAY
+    # before the kill; the completed steps each started exactly once.
+    started = [key for t, key, _ in stack.events(run_id) if t == "step.started"]
+    assert started.count("one") == started.count("three") == 1 and "two" in started
