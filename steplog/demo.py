@@ -24,10 +24,10 @@ from typing import TextIO
 from steplog.analyst_queries import ANALYST_QUERIES
 from steplog.producers.client import Client
 from steplog.producers.flows_file import push_flows
-from steplog.projections.clickhouse import open_clickhouse, query_value
+from steplog.projections.clickhouse import query_value
 from steplog.schemas.flows import FlowDefinition, FlowEdge, FlowStep
 from steplog.settings import Settings
-from steplog.sql_client import OutputFormat, render
+from steplog.sql_client import OutputFormat, analyst_client, render
 from steplog.stack import StackHooks
 
 ORDERS = 300
@@ -140,7 +140,8 @@ def demo_hooks(settings: Settings, *, exit_after: bool, out: TextIO | None = Non
 
 def show_demo(settings: Settings, say: Callable[[str], None]) -> None:
     database = settings.clickhouse_database
-    client = open_clickhouse(settings.clickhouse_dsn, database)
+    # The SQL endpoint when the store process holds the chDB files, as any analyst would.
+    client = analyst_client(settings)
     flow = checkout_flow(settings.project)
     push_flows(settings, [flow])
     _wait(lambda: query_value(
