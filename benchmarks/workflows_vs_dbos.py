@@ -364,7 +364,8 @@ def timed_batch(agent, method):
     async def wrapper(self, batch):
         record = {"agent": agent, "n": len(batch), "began": time.time(), "write_ms": 0.0,
                   "carry_out_ms": 0.0,
-                  "newest_sent": max((i.message.timestamp or 0) for i in batch) if batch else 0}
+                  "newest_sent": max((getattr(i, "message", i).timestamp or 0)
+                                     for i in batch) if batch else 0}
         token = current.set(record)
         began = time.perf_counter()
         try:

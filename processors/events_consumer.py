@@ -1,4 +1,5 @@
-"""The fold's feed: a plain aiokafka consumer on the events topic, one batch at a time.
+"""The fold's feed: a plain aiokafka consumer on the events topic, batch after batch, each
+batch's write overlapping the fold of the next ones.
 
 Why not a faust agent: faust's stream costs about 150 µs per event (event-loop iterations,
 tasks and waits per message), which capped the processors at a few thousand events/s whatever
@@ -10,19 +11,29 @@ event arrives (the wait adds no latency); under load, it returns everything fetc
 previous batch was processed. aiokafka's fetcher keeps fetching in the background meanwhile,
 so fetching overlaps processing. Per batch, in order (docs/processors.md):
 
-1. `process(records)`: decode, fold, carry out the effects, write the rows, put the states in
-   the store (`FoldHost.process_events`);
-2. `store.flush()`: the states' changelog writes, acknowledged;
-3. commit the offsets after the batch's last records.
+1. `process(records)`: decode, fold, carry out the effects (`FoldHost.process_events`); it
+   returns the folded batch;
+2. `keep()` it: its states into the store (memory), taken from the store's unsent states for
+   the batch's own changelog write;
+3. in the background, once the previous completion is done: `write` its rows, send its states
+   to the changelog (acknowledged), then commit the offsets after its last records.
 
-So a committed offset is never ahead of the states, rows and messages of the events before it.
-One batch at a time over every partition of this process: a partition's events are handled in
-log order and a run's state is never updated by two batches at once.
+Step 3 takes every batch folded since the previous completion began, as one completion: one
+write (one insert per table, whatever the number of batches: an insert costs tens of ms however
+small), one changelog send, one commit. So a committed offset is never ahead of the states,
+rows and messages of the events before it; rows, states and commits go out in batch order; a
+state is never durable before its rows (a re-delivered event gives its run's current rows, not
+the rows its first folding gave other steps). Meanwhile the next batches are folded from the
+states in memory: their messages (resumes of workflows) do not wait for an insert. Once the
+completion being collected holds `max_records` events, the fold waits for the one being
+written (back-pressure: the rows wait in memory, and batches grow meanwhile). One fold at a
+time over every partition of this process: a partition's events are handled in log order and
+a run's state is never updated by two batches at once.
 
 Partitions come from the consumer group `<prefix>processors` (`ProcessorConfig.app_id`; the
 faust agents have a group of their own: faust assigns with a protocol of its own). The
-rebalance listener takes the same lock as a batch: a revocation waits for the batch in hand to
-be committed, then forgets the partitions' states;
+rebalance listener takes the same lock as a batch: a revocation waits for the batch in hand and
+every batch being completed to be committed, then forgets the partitions' states;
 an assignment reads the new partitions' states back from the changelog, then calls `recovered`
 (the timer heap and the parents' index are rebuilt from every state). Records fetched for a
 partition whose states are not (or no longer) held, or fetched before a rebalance and handed
@@ -34,15 +45,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from .run_store import RunStore
+from steplog.projections.writer import TableRows, concat_rows
 
-__all__ = ["EventsConsumer", "Record"]
+from .run_store import RunStore, UnsentStates
+
+__all__ = ["EventsConsumer", "Folded", "Record"]
 
 log = logging.getLogger("steplog.processors")
 
@@ -63,7 +77,41 @@ class Record(Protocol):
     def value(self) -> bytes | None: ...
 
 
-ProcessBatch = Callable[[Sequence[Record]], Awaitable[None]]
+class Folded(Protocol):
+    """A batch folded and its messages acknowledged (`host.FoldedEvents`)."""
+
+    @property
+    def rows(self) -> Mapping[str, TableRows]:
+        """The batch's rows, by projection table."""
+
+    def keep(self) -> None:
+        """Put the batch's states in the store (memory now, the changelog later)."""
+
+
+ProcessBatch = Callable[[Sequence[Record]], Awaitable[Folded]]
+WriteRows = Callable[[Mapping[str, TableRows]], Awaitable[None]]
+"""Writes rows (retrying until written, or raising for good): `FoldHost.write_rows`."""
+
+
+class _Completion:
+    """Folded batches written, sent to the changelog and committed together."""
+
+    def __init__(self, run: Callable[[_Completion], Coroutine[Any, Any, None]]) -> None:
+        self.rows: list[Mapping[str, TableRows]] = []
+        self.states: UnsentStates = {}
+        self.ends: dict[TopicPartition, int] = {}
+        self.records = 0
+        self.began = False
+        """Writing: later batches go to the next completion."""
+        self.task = asyncio.create_task(run(self))
+
+    def add(self, folded: Folded, states: UnsentStates, ends: dict[TopicPartition, int],
+            records: int) -> None:
+        self.rows.append(folded.rows)
+        for partition, by_key in states.items():
+            self.states.setdefault(partition, {}).update(by_key)  # a later state replaces
+        self.ends.update(ends)  # later offsets
+        self.records += records
 
 
 class EventsConsumer:
@@ -77,6 +125,7 @@ class EventsConsumer:
         topic: str,
         store: RunStore,
         process: ProcessBatch,
+        write: WriteRows,
         recovered: Callable[[], Awaitable[None]],
         max_records: int,
         max_fetch_bytes: int,
@@ -87,6 +136,7 @@ class EventsConsumer:
         self.topic = topic
         self.store = store
         self.process = process
+        self.write = write
         self.recovered = recovered
         self.max_records = max_records
         self.max_fetch_bytes = max_fetch_bytes
@@ -95,6 +145,8 @@ class EventsConsumer:
         self._rebalances = 0
         """Counts rebalance callbacks: a batch fetched before one is not processed after it."""
         self._failure: BaseException | None = None
+        self._completions: deque[_Completion] = deque()
+        """The completion being written (if any), then the one collecting batches (if any)."""
 
     async def run(self) -> None:
         """Consume until cancelled (the app stopping) or until a batch or a recovery fails."""
@@ -113,6 +165,11 @@ class EventsConsumer:
                 while True:
                     await self._next_batch(consumer)
             finally:
+                # Stopping: what is not committed is delivered again (and written again) later.
+                tasks = [completion.task for completion in self._completions]
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
                 await consumer.stop()
         finally:
             await self.store.stop()
@@ -124,6 +181,7 @@ class EventsConsumer:
         fetched = await consumer.getmany(timeout_ms=self.poll_ms, max_records=self.max_records)
         if self._failure is not None:
             raise self._failure
+        await self._wait_completions(2)  # a failed completion's error is the consumer's
         if not fetched:
             return
         async with self._lock:
@@ -138,19 +196,54 @@ class EventsConsumer:
                     consumer.seek(tp, records[0].offset)
             if not batch:
                 return
-            await self.process(batch)
-            await self.store.flush()
-            try:
-                await consumer.commit(ends)
-            except KafkaError as exc:
-                # The group moved on (this member timed out, or is rejoining). The batch is
-                # done and its states are in the changelog: whoever consumes the partitions
-                # next folds these events again from those states, which changes nothing.
-                log.warning("events: commit of %s failed, the events will be delivered again: "
-                            "%r", {tp.partition: end for tp, end in ends.items()}, exc)
+            folded = await self.process(batch)
+            folded.keep()
+            completion = self._collecting(consumer)
+            completion.add(folded, self.store.take_unsent(), ends, len(batch))
+            # Back-pressure: a completion holding a batch's worth waits for the one written.
+            await self._wait_completions(1 if completion.records >= self.max_records else 2)
+
+    def _collecting(self, consumer: AIOKafkaConsumer) -> _Completion:
+        """The completion that takes the next folded batch: the last one, unless it began."""
+        if self._completions and not self._completions[-1].began:
+            return self._completions[-1]
+        previous = self._completions[-1].task if self._completions else None
+        completion = _Completion(lambda it: self._complete(previous, consumer, it))
+        self._completions.append(completion)
+        return completion
+
+    async def _complete(
+        self,
+        previous: asyncio.Task[None] | None,
+        consumer: AIOKafkaConsumer,
+        completion: _Completion,
+    ) -> None:
+        if previous is not None:
+            await previous  # batch order; the previous completion's failure is this one's
+        completion.began = True  # no await from here to the rows' concatenation
+        await self.write(concat_rows(completion.rows))
+        await self.store.send(completion.states)  # after the rows: a durable state's rows exist
+        ends = completion.ends
+        try:
+            await consumer.commit(ends)
+        except KafkaError as exc:
+            # The group moved on (this member timed out, or is rejoining). The batch is done
+            # and its states are in the changelog: whoever consumes the partitions next folds
+            # these events again from those states, which changes nothing.
+            log.warning("events: commit of %s failed, the events will be delivered again: %r",
+                        {tp.partition: end for tp, end in ends.items()}, exc)
+
+    async def _wait_completions(self, at_most: int) -> None:
+        """Forget the completions done since, raising a failed one's error, and wait until at
+        most `at_most` are under way."""
+        while self._completions and (
+            self._completions[0].task.done() or len(self._completions) > at_most
+        ):
+            await self._completions.popleft().task
 
     async def _revoked(self, revoked: set[TopicPartition]) -> None:
-        async with self._lock:  # the batch in hand finishes (and commits) first
+        async with self._lock:  # the batch in hand finishes first
+            await self._wait_completions(0)  # all are committed before another member folds on
             self._rebalances += 1
             self.store.release([tp.partition for tp in revoked])
 

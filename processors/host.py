@@ -18,24 +18,30 @@ Per batch of events (whatever the consumer's `getmany` returned, up to `batch_si
 1. decode each event; one that cannot be used goes to the dead-letter list with the reason;
 2. fold it into its run's state (from the run store, keyed by run);
 3. send the dead letters and the fold's messages (commands, events for other runs, signals
-   bookkeeping) and wait until Kafka has acknowledged every one;
-4. write the batch's rows to ClickHouse (retrying with backoff until it succeeds);
-5. put the new run states in the store (memory now, the changelog at its flush);
-6. hand the batch's timer changes to the timer service;
-7. (the consumer) flush the store's changelog writes, acknowledged, then commit the offsets.
+   bookkeeping) and wait until Kafka has acknowledged every one; `process_events` returns
+   here (`FoldedEvents`), the consumer does the rest:
+4. put the new run states in the store (memory now, the changelog in 6) and hand the timer
+   changes to the timer service (`keep`);
+5. once the previous batch is committed: write the batch's rows to ClickHouse (retrying with
+   backoff until it succeeds; `write_rows`, one write for every batch folded meanwhile);
+6. send the batch's states to the changelog, acknowledged;
+7. commit the offsets.
 
+Steps 5-7 of a batch run in the background while the next batches go through 1-4: their
+resumes do not wait for an insert (with the embedded engine it runs in another process,
+projections/store_process.py).
 A crash between any two steps folds the batch again after a restart, from the states of the
 changelog: the same rows with the same versions, and the same messages with the same derived
-ids (duplicates, dropped by their consumers); docs/processors.md has the table. A batch at a
-time, so a partition's messages are handled in log order and a run's (or a name's) state is
-never updated by two batches at once.
+ids (duplicates, dropped by their consumers); docs/processors.md has the table. A run's (or a
+name's) state is never updated by two batches at once, and a partition's messages are handled
+in log order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,10 +50,15 @@ from typing import Any, Final, cast
 import faust
 from faust.streams import Stream
 from faust.types import EventT, StreamT, TableT
-from tenacity import AsyncRetrying, RetryCallState, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_not_exception_type,
+    wait_exponential_jitter,
+)
 
-from steplog.errors import InvalidEventError
-from steplog.projections.writer import ProjectionWriter
+from steplog.errors import InvalidEventError, StoreProcessGoneError
+from steplog.projections.writer import BatchWriter, TableRows
 from steplog.schemas.codec import decode_event, decode_flows_message, decode_signals_message, encode
 from steplog.schemas.dead_letters import DeadLetter
 from steplog.schemas.events import Event
@@ -233,7 +244,7 @@ class FoldHost:
     def __init__(
         self,
         config: ProcessorConfig,
-        writer: ProjectionWriter,
+        writer: BatchWriter,
         runs: RunStore,
         dispatcher: Dispatcher,
         timers: TimerService | None = None,
@@ -246,7 +257,8 @@ class FoldHost:
         self.timers = timers or TimerService(runs.find, dispatcher)
         self.flows: dict[str, FlowDefinition] = {}
 
-    async def process_events(self, batch: Sequence[Record]) -> None:
+    async def process_events(self, batch: Sequence[Record]) -> FoldedEvents:
+        """Steps 1-3 of the module docstring; the rest is the returned batch's."""
         projection = ProjectionBatch()
         outbox = self.dispatcher.outbox()
         planned: list[Planned] = []
@@ -279,14 +291,10 @@ class FoldHost:
             planned.extend(Planned(effect, state_key, position) for effect in effects)
         for state, _ in touched.values():
             projection.add_effects(take_rows(state, self.flows.get(f"{state.project}/{state.flow}")))
-        # Messages first, then rows: a resume must not wait for the ClickHouse insert (with the
-        # embedded engine an insert holds the GIL, so not even running both at once helps).
-        # Both are done before any state is stored, which is what the crash protocol needs.
+        # Messages first: a resume must not wait for the ClickHouse insert, nor for the
+        # previous batches', which may still be under way.
         result = await self.dispatcher.carry_out(planned, outbox)
-        await self._write(projection)
-        for state_key, (state, partition) in touched.items():
-            self.runs.put(partition, state_key, state)
-        self.timers.apply(result.timers)
+        return FoldedEvents(self, touched, result.timers, projection.table_rows())
 
     async def process_flows(self, batch: Sequence[EventT[Any]]) -> None:
         projection = ProjectionBatch()
@@ -305,7 +313,7 @@ class FoldHost:
                 continue
             self.remember_flows([definition])
             projection.add_flow(definition)
-        await self._write(projection)
+        await self.write_rows(projection.table_rows())
         await outbox.flush()
         if learned:
             self.timers.registry_changed()
@@ -326,13 +334,16 @@ class FoldHost:
             self.dispatcher.remember_parents(state_key, state)
             yield state_key, state
 
-    async def _write(self, projection: ProjectionBatch) -> None:
-        if not len(projection):
+    async def write_rows(self, rows: Mapping[str, TableRows]) -> None:
+        """Write rows to the projection tables, retrying with backoff until it succeeds (a
+        store process that died is not retried: the error stops the processors)."""
+        if not any(table.rows for table in rows.values()):
             return
-        rows = projection.table_rows()
         loop = asyncio.get_running_loop()
         async for attempt in AsyncRetrying(
             wait=wait_exponential_jitter(multiplier=0.2, max=30, jitter=0.5),
+            # A dead store process cannot come back: the error stops the processors.
+            retry=retry_if_not_exception_type(StoreProcessGoneError),
             before_sleep=_log_retry,
         ):
             with attempt:
@@ -343,6 +354,25 @@ class FoldHost:
         self, outbox: Outbox, exc: InvalidEventError, message: Record, value: bytes
     ) -> None:
         _add_dead_letter(self.config, outbox, exc, message, value)
+
+
+@dataclass(frozen=True)
+class FoldedEvents:
+    """A batch of events folded, its messages acknowledged; its states not kept and its rows
+    not written yet (`events_consumer.Folded`: the consumer keeps it at once and writes its
+    rows in the background with `FoldHost.write_rows`, then commits the offsets)."""
+
+    host: FoldHost
+    states: dict[bytes, tuple[RunState, int]]
+    timers: list[tuple[bytes, SetTimer | ClearTimer]]
+    rows: dict[str, TableRows]
+
+    def keep(self) -> None:
+        """Step 4: the states into the run store (memory; the changelog later) and the timer
+        changes to the timer service."""
+        for state_key, (state, partition) in self.states.items():
+            self.host.runs.put(partition, state_key, state)
+        self.host.timers.apply(self.timers)
 
 
 # --- signals -----------------------------------------------------------------------------------
@@ -499,7 +529,7 @@ async def run_in_batches(
 
 def create_processor_app(
     config: ProcessorConfig,
-    writer: ProjectionWriter,
+    writer: BatchWriter,
     flows: list[FlowDefinition],
     workflows: Iterable[WorkflowDefinition] = (),
 ) -> tuple[faust.App, FoldHost]:
@@ -557,7 +587,7 @@ def create_processor_app(
     signals = SignalsHost(config, waits, triggers, dispatcher)
     events = EventsConsumer(
         bootstrap=config.bootstrap, group_id=config.app_id, topic=config.topics.events,
-        store=runs, process=host.process_events, recovered=host.recovered,
+        store=runs, process=host.process_events, write=host.write_rows, recovered=host.recovered,
         max_records=config.batch_size, max_fetch_bytes=config.max_fetch_bytes,
     )
 

@@ -11,8 +11,9 @@ moved off faust's tables are read back as they are.
 
 Writes are buffered: `put` keeps the newest state of each run, `flush` sends them all and
 returns once Kafka has acknowledged every one (acks=all), sending a failed record batch again
-with backoff, forever. The consumer commits a batch's offsets only after `flush` returned, so
-a committed offset is never ahead of the states that have seen its events (docs/processors.md).
+with backoff, forever (or `take_unsent` now and `send` later: one batch's states). The
+consumer commits a batch's offsets only after its states are acknowledged, so a committed
+offset is never ahead of the states that have seen its events (docs/processors.md).
 The store has its own producer and sends each partition's states as whole record batches
 (`send_batch`): a batch of events touches thousands of runs, and a `send` per state (a
 coroutine, a future and the accumulator's wake-ups each) cost more than the fold itself.
@@ -37,7 +38,7 @@ from steplog.errors import SteplogError
 
 from .state import RunState
 
-__all__ = ["RunStore", "StateTooLargeError"]
+__all__ = ["RunStore", "StateTooLargeError", "UnsentStates"]
 
 log = logging.getLogger("steplog.processors")
 
@@ -45,6 +46,10 @@ _RETRY_FIRST_S: Final = 0.1
 _RETRY_MAX_S: Final = 5.0
 _RECOVER_POLL_MS: Final = 1000
 _RECORD_BATCH_BYTES: Final = 512 * 1024
+
+
+UnsentStates = dict[int, dict[bytes, bytes]]
+"""States put and not sent yet, by partition and state key (changelog bytes)."""
 
 
 class StateTooLargeError(SteplogError):
@@ -112,13 +117,22 @@ class RunStore:
         self._unsent.setdefault(partition, {})[state_key] = value
 
     async def flush(self) -> None:
-        """Send every state put since the last flush and wait until Kafka acknowledged all.
+        """Send every state put since the last flush and wait until Kafka acknowledged all."""
+        await self.send(self.take_unsent())
 
-        One value per run per flush, each partition's record batches one after the other (a
-        failed batch is sent again before the next), and the next flush begins only after
-        this one returned: a state can never land behind an older state of its run.
-        """
+    def take_unsent(self) -> UnsentStates:
+        """The states put since the last take (or flush), for `send`: a caller whose later
+        puts must not go out with these (the fold's consumer, batch by batch)."""
         pending, self._unsent = self._unsent, {}
+        return pending
+
+    async def send(self, pending: UnsentStates) -> None:
+        """Send states taken with `take_unsent` and wait until Kafka acknowledged all.
+
+        One value per run per take, each partition's record batches one after the other (a
+        failed batch is sent again before the next). Call it for one take at a time, in the
+        order of the takes: a state can then never land behind an older state of its run.
+        """
         await asyncio.gather(*(
             self._send_partition(partition, list(states.items()))
             for partition, states in pending.items()

@@ -14,21 +14,26 @@ processors write to it over the network (`ProjectionWriter` on an HTTP client).
 raises, never retries), so the processors use either. The child is started with the "spawn"
 method (the parent's threads and event loops are not forked), ignores SIGINT (a Ctrl-C reaches
 the whole process group; the parent decides when the store stops: after its last write), and
-exits when told to or when the parent is gone (its end of the pipe closes).
+exits when told to or when the parent is gone: killed with it on Linux (PR_SET_PDEATHSIG),
+elsewhere when its end of the pipe closes. A dead child is `StoreProcessGoneError`, from
+`write` and from `watch`: the processors stop on it rather than retry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import multiprocessing
+import os
 import signal
+import sys
 import threading
 from collections.abc import Mapping
 from multiprocessing.connection import Connection
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
-from steplog.errors import ClickHouseError
+from steplog.errors import ClickHouseError, StoreProcessGoneError
 from steplog.schemas.flows import FlowDefinition
 
 from .clickhouse import open_clickhouse
@@ -42,20 +47,22 @@ log = logging.getLogger("steplog.store")
 
 _POLL_S: Final = 0.5
 _STOP_TIMEOUT_S: Final = 30.0
+_PR_SET_PDEATHSIG: Final = 1  # linux/prctl.h
 
 
 class StoreProcess:
     """The child process of the module docstring, seen from the parent.
 
-    `start()` returns once the child has migrated the database (and, with `sql_port`, serves
-    SQL on 127.0.0.1:sql_port), with the flow definitions the database holds. `write()` is
-    blocking and thread-safe (one request on the pipe at a time); call it from a thread.
+    `start()` returns once the child has migrated the database, with the flow definitions the
+    database holds; `serve_sql(port)` returns once the child serves SQL on 127.0.0.1:port (the
+    processors ask for it once their worker runs: the endpoint answering means they are up).
+    `write()` and `serve_sql()` are blocking and thread-safe (one request on the pipe at a
+    time); call them from a thread.
     """
 
-    def __init__(self, dsn: str, database: str, *, sql_port: int | None = None) -> None:
+    def __init__(self, dsn: str, database: str) -> None:
         self.dsn = dsn
         self.database = database
-        self.sql_port = sql_port
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._process: Any = None  # multiprocessing's SpawnProcess (untyped in typeshed)
@@ -64,7 +71,8 @@ class StoreProcess:
         context = multiprocessing.get_context("spawn")
         parent_end, child_end = context.Pipe()
         process = context.Process(
-            target=_serve, args=(child_end, self.dsn, self.database, self.sql_port),
+            target=_serve,
+            args=(child_end, self.dsn, self.database, os.getpid()),
             name="steplog-store", daemon=True,
         )
         process.start()
@@ -83,17 +91,24 @@ class StoreProcess:
 
     def write(self, batch: Mapping[str, TableRows]) -> int:
         """Insert every table's rows (ProjectionWriter.write, in the child); rows written."""
+        written: int = self._request("write", dict(batch), None)
+        return written
+
+    def serve_sql(self, port: int) -> None:
+        """Serve the SQL endpoint on 127.0.0.1:port from the child, until it stops."""
+        self._request("serve_sql", port, 60.0)
+
+    def _request(self, request: str, payload: Any, timeout: float | None) -> Any:
         with self._lock:
             conn = self._require_running()
             try:
-                conn.send(("write", dict(batch)))
+                conn.send((request, payload))
             except OSError as exc:
-                raise ClickHouseError(f"the store process is gone: {exc}") from exc
-            reply = self._receive(None)
+                raise StoreProcessGoneError(f"the store process is gone: {exc}") from exc
+            reply = self._receive(timeout)
         if reply[0] == "error":
             raise ClickHouseError(reply[1])
-        written: int = reply[1]
-        return written
+        return reply[1]
 
     def stop(self) -> None:
         """Tell the child to stop and wait for it (killed after a timeout); idempotent."""
@@ -114,47 +129,70 @@ class StoreProcess:
                 process.join(10)
             self._process = None
 
+    async def watch(self) -> NoReturn:
+        """Wait until the child exits, then raise StoreProcessGoneError: for a task that stops
+        the processors when the store dies, even with no write under way to notice it."""
+        self._require_running()
+        process = self._process
+        loop = asyncio.get_running_loop()
+        exited = asyncio.Event()
+        loop.add_reader(process.sentinel, exited.set)  # readable once the child has exited
+        try:
+            await exited.wait()
+        finally:
+            loop.remove_reader(process.sentinel)
+        raise _gone(process)
+
     def _require_running(self) -> Connection:
         if self._conn is None:
             raise ClickHouseError("the store process is not running (start() it first)")
         return self._conn
 
     def _receive(self, timeout: float | None) -> tuple[str, Any]:
-        """The child's next reply; ClickHouseError if it exits (or `timeout` passes) first."""
+        """The child's next reply; StoreProcessGoneError if it exits first, ClickHouseError if
+        `timeout` passes first."""
         conn = self._require_running()
         waited = 0.0
         while not conn.poll(_POLL_S):
             waited += _POLL_S
             if not self._process.is_alive():
-                raise ClickHouseError(
-                    f"the store process (pid {self._process.pid}) exited with code "
-                    f"{self._process.exitcode}; see its log above"
-                )
+                raise _gone(self._process)
             if timeout is not None and waited >= timeout:
                 raise ClickHouseError(f"the store process did not answer within {timeout:.0f}s")
         try:
             reply: tuple[str, Any] = conn.recv()
         except (EOFError, OSError) as exc:
-            raise ClickHouseError(f"the store process closed its pipe (it exited): {exc}") from exc
+            raise StoreProcessGoneError(
+                f"the store process closed its pipe (it exited): {exc}"
+            ) from exc
         return reply
+
+
+def _gone(process: Any) -> StoreProcessGoneError:
+    process.join(_POLL_S)  # its exit code, once the kernel has reaped it
+    return StoreProcessGoneError(
+        f"the store process (pid {process.pid}) exited with code {process.exitcode}; "
+        "see its log above"
+    )
 
 
 # --- the child ---------------------------------------------------------------------------------
 
 
-def _serve(conn: Connection, dsn: str, database: str, sql_port: int | None) -> None:
+def _serve(conn: Connection, dsn: str, database: str, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with(parent)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     try:
         client = open_clickhouse(dsn)
         migrate(client, database)
         flows = load_flows(client, database)
         writer = ProjectionWriter(client, database)
-        sql = _SqlThread(dsn, database, sql_port) if sql_port is not None else None
     except Exception as exc:  # the parent reports it; nothing else can be done here
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("ready", flows))
+    sql: _SqlThread | None = None
     try:
         while True:
             try:
@@ -164,12 +202,32 @@ def _serve(conn: Connection, dsn: str, database: str, sql_port: int | None) -> N
             if request == "stop":
                 return
             try:
-                conn.send(("ok", writer.write(payload)))
+                if request == "serve_sql":
+                    sql = sql or _SqlThread(dsn, database, payload)
+                    conn.send(("ok", None))
+                else:
+                    conn.send(("ok", writer.write(payload)))
             except Exception as exc:  # the writer's errors name the table and the cause
-                conn.send(("error", str(exc)))
+                conn.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
         if sql is not None:
             sql.stop()
+
+
+def _die_with(parent: int) -> None:
+    """On Linux, have the kernel SIGKILL this process as soon as its parent dies (SIGKILLed
+    itself, say): the chDB path is released at once, as when the engine lived in the parent, so
+    processors restarted at once can take it. (Elsewhere the pipe's EOF ends the child, after the
+    write in hand.) The signal follows the parent *thread* that started the child: start() it
+    from the main thread."""
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d): the store outlives a killed "
+                    "parent until its write in hand ends", ctypes.get_errno())
+    if os.getppid() != parent:  # the parent died before the prctl took effect
+        os._exit(0)
 
 
 class _SqlThread:
@@ -184,7 +242,6 @@ class _SqlThread:
         self._runner = asyncio.run_coroutine_threadsafe(
             serve_sql(lambda db: open_clickhouse(dsn, db), database, port=port), self._loop
         ).result(60)
-        log.warning("SQL endpoint on http://127.0.0.1:%d (ClickHouse HTTP interface)", port)
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)

@@ -8,9 +8,9 @@ acknowledge the events until a write succeeds; replay stops with the error).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from clickhouse_connect.driver.client import Client
 
@@ -25,6 +25,30 @@ class TableRows:
 
     columns: tuple[str, ...]
     rows: list[Sequence[Any]] = field(default_factory=list)
+
+
+def concat_rows(batches: Iterable[Mapping[str, TableRows]]) -> dict[str, TableRows]:
+    """Several batches' rows as one batch, each table's rows in the order of the batches. One
+    write of it leaves the tables as the writes one after the other would: every table keeps
+    a key's row of the highest version (ReplacingMergeTree), whichever batch it came from."""
+    merged: dict[str, TableRows] = {}
+    for batch in batches:
+        for table, rows in batch.items():
+            held = merged.setdefault(table, TableRows(rows.columns))
+            if held.columns != rows.columns:
+                raise ValueError(f"{table}: columns {rows.columns} after {held.columns}")
+            held.rows.extend(rows.rows)
+    return merged
+
+
+class BatchWriter(Protocol):
+    """What the processors write their batches with: a `ProjectionWriter` (a ClickHouse
+    server, over the network) or the embedded engine's `StoreProcess` (another process)."""
+
+    def write(self, batch: Mapping[str, TableRows]) -> int:
+        """Insert every table's rows, one insert per table in `PROJECTION_TABLES` order; return
+        how many rows were written. Raises (ClickHouseError), never retries."""
+        ...
 
 
 class ProjectionWriter:

@@ -157,7 +157,8 @@ SqlPortOption = Annotated[
 def processors(sql_port: SqlPortOption = None) -> None:
     """Run the processors against the configured Kafka and ClickHouse (foreground).
 
-    With the embedded engine this process owns the chDB files and serves SQL for everyone.
+    With the embedded engine a child process of it owns the chDB files and serves SQL for
+    everyone.
     """
     settings = load_settings()
     run_processors(settings, sql_port=sql_port or settings.sql_port)

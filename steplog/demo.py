@@ -143,6 +143,7 @@ def demo_hooks(settings: Settings, *, exit_after: bool, out: TextIO | None = Non
 
 def show_demo(settings: Settings, say: Callable[[str], None]) -> None:
     database = settings.clickhouse_database
+    # The SQL endpoint when the store process holds the chDB files, as any analyst would.
     client = analyst_client(settings)
     flow = checkout_flow(settings.project)
     push_flows(settings, [flow])

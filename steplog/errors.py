@@ -48,6 +48,11 @@ class ClickHousePathLockedError(ClickHouseError):
     """An embedded chDB path is already owned by another process."""
 
 
+class StoreProcessGoneError(ClickHouseError):
+    """The process that owns the embedded engine exited: no write can succeed again, so the
+    processors stop rather than retry."""
+
+
 class SendError(SteplogError):
     """Events could not be delivered to Kafka (raised only with throw_on_send_error=True)."""
 

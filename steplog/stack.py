@@ -3,8 +3,13 @@ whole local stack (`steplog dev`: broker, topics, tables, processors, SQL endpoi
 
 The processors run as a faust worker in the foreground; faust handles SIGINT/SIGTERM by
 stopping its agents and tasks (a batch in hand is abandoned before its commit and handled again
-after a restart, see docs/processors.md), and `steplog dev` then stops the broker it started. With the embedded engine the processors' process owns the chDB files, so it also
-serves SQL over ClickHouse's HTTP interface for everyone else.
+after a restart, see docs/processors.md), and `steplog dev` then stops the broker it started.
+
+With the embedded engine a child process of the processors owns the chDB files
+(projections/store_process.py): it migrates them, writes the processors' rows and serves SQL
+over ClickHouse's HTTP interface for everyone else. It is stopped after the worker, so after
+the last write; it dies with the processors if they are killed; and if it dies first, the
+processors exit with an error. With a ClickHouse server the processors write to it themselves.
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ from steplog.processors.registry import read_workflow_definitions
 from steplog.projections.clickhouse import chdb_path, open_clickhouse
 from steplog.projections.flows_table import load_flows
 from steplog.projections.migrations import migrate
-from steplog.projections.writer import ProjectionWriter
+from steplog.projections.store_process import StoreProcess
+from steplog.projections.writer import BatchWriter, ProjectionWriter
 from steplog.settings import Settings
-from steplog.sql_http import serve_sql
 from steplog.topics import TopicSpec, ensure_topics, topic_specs
 
 log = logging.getLogger("steplog.stack")
@@ -65,12 +70,9 @@ class StackHooks:
 
 def run_processors(settings: Settings, *, sql_port: int | None, hooks: StackHooks | None = None) -> None:
     """Run the processors in the foreground until SIGINT/SIGTERM (raises SystemExit then)."""
-    client = open_clickhouse(settings.clickhouse_dsn)
-    migrate(client, settings.clickhouse_database)
     config = processor_config(settings)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(ensure_topics(settings.kafka_bootstrap, [runs_changelog_spec(config, settings)]))
-    writer = ProjectionWriter(client, settings.clickhouse_database)
     # The workflow registry's start-up state: the compacted flows topic read to its end (see
     # processors/registry.py); the flows agent learns what is written after.
     workflows = asyncio.run(
@@ -78,22 +80,39 @@ def run_processors(settings: Settings, *, sql_port: int | None, hooks: StackHook
             settings.kafka_bootstrap, settings.topics.flows, max_bytes=settings.max_event_bytes
         )
     )
-    app, _ = create_processor_app(
-        config, writer, load_flows(client, settings.clickhouse_database), workflows
-    )
-    if sql_port is not None and chdb_path(settings.clickhouse_dsn) is not None:
-        _serve_sql_from(app, settings, sql_port)
-    if hooks is not None and hooks.on_ready is not None:
-        ready = hooks.on_ready
+    store: StoreProcess | None = None
+    writer: BatchWriter
+    if chdb_path(settings.clickhouse_dsn) is not None:
+        # The embedded engine gets a process of its own (migrations, inserts, the SQL endpoint):
+        # in this one its inserts and queries held the GIL and stalled every batch and resume.
+        store = StoreProcess(settings.clickhouse_dsn, settings.clickhouse_database)
+        flows = store.start()
+        writer = store
+    else:
+        client = open_clickhouse(settings.clickhouse_dsn)
+        migrate(client, settings.clickhouse_database)
+        flows = load_flows(client, settings.clickhouse_database)
+        writer = ProjectionWriter(client, settings.clickhouse_database)
+    try:
+        app, _ = create_processor_app(config, writer, flows, workflows)
+        if store is not None:
+            _run_store_from(app, store, sql_port)
+        if hooks is not None and hooks.on_ready is not None:
+            ready = hooks.on_ready
 
-        @app.task  # type: ignore[untyped-decorator]
-        async def announce_ready() -> None:
-            ready()
+            @app.task  # type: ignore[untyped-decorator]
+            async def announce_ready() -> None:
+                ready()
 
-    worker = faust.Worker(app, loglevel="WARN", quiet=True, redirect_stdouts=False)
-    worker.spinner = None  # a terminal spinner garbles logs written to files
-    logging.getLogger("aiokafka").addFilter(_drop_startup_noise)
-    worker.execute_from_commandline()
+        worker = faust.Worker(app, loglevel="WARN", quiet=True, redirect_stdouts=False)
+        worker.spinner = None  # a terminal spinner garbles logs written to files
+        logging.getLogger("aiokafka").addFilter(_drop_startup_noise)
+        worker.execute_from_commandline()
+    finally:
+        # After the worker: its tasks are stopped, so the last write has been answered (a
+        # write still in a thread holds the store's pipe, and stop() waits for it).
+        if store is not None:
+            store.stop()
 
 
 def _drop_startup_noise(record: logging.LogRecord) -> bool:
@@ -103,16 +122,23 @@ def _drop_startup_noise(record: logging.LogRecord) -> bool:
     return not ("GroupCoordinatorNotAvailable" in message or "coordinator dead" in message)
 
 
-def _serve_sql_from(app: faust.App, settings: Settings, port: int) -> None:
-    # The endpoint lives as long as the worker's process; its socket closes with it.
+def _run_store_from(app: faust.App, store: StoreProcess, sql_port: int | None) -> None:
+    # A dead store takes the SQL endpoint with it and fails every write: the task's error
+    # crashes the app, and the processors exit saying so rather than retry forever.
     @app.task  # type: ignore[untyped-decorator]
-    async def serve() -> None:
-        await serve_sql(
-            lambda database: open_clickhouse(settings.clickhouse_dsn, database),
-            settings.clickhouse_database,
-            port=port,
-        )
-        log.warning("SQL endpoint on http://127.0.0.1:%d (ClickHouse HTTP interface)", port)
+    async def watch_store() -> None:
+        await store.watch()
+
+    if sql_port is None:
+        return
+
+    # Once the worker runs (its signal handlers too): whoever waits for the endpoint to answer
+    # (the tests, the benchmarks, `steplog status`) then finds the processors up. A port in
+    # use is an error of the task, which stops the processors saying so.
+    @app.task  # type: ignore[untyped-decorator]
+    async def serve_sql() -> None:
+        await asyncio.get_running_loop().run_in_executor(None, store.serve_sql, sql_port)
+        log.warning("SQL endpoint on http://127.0.0.1:%d (ClickHouse HTTP interface)", sql_port)
 
 
 def run_dev(settings: Settings, *, sql_port: int, hooks: StackHooks | None = None) -> None:

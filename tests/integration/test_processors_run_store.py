@@ -1,20 +1,24 @@
 """The fold's consumer and its run store against the real broker: states come back from their
 changelog partition by partition, offsets are committed once a batch and its states are done,
-and a partition that moves to another consumer of the group takes its run states along."""
+later batches are folded while one is written (writes and commits in batch order, a commit
+after its write), and a partition that moves to another consumer of the group takes its run
+states along."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from steplog.processors.events_consumer import EventsConsumer, Record
+from steplog.processors.events_consumer import EventsConsumer, Folded, Record
 from steplog.processors.run_store import RunStore
 from steplog.processors.state import RunState
 from steplog.projections.log_reader import topic_end_offsets
+from steplog.projections.writer import TableRows
 from steplog.settings import Settings
 from steplog.stack import processor_config, runs_changelog_spec
 from steplog.topics import ensure_topics
@@ -74,6 +78,25 @@ def test_flushed_states_are_recovered_per_partition_newest_first(topics: Setting
     asyncio.run(scenario())
 
 
+@dataclass
+class CountedBatch:
+    """A CountingMember's folded batch: its states, kept when the consumer says, and one "row":
+    its number."""
+
+    member: CountingMember
+    number: int
+    states: dict[tuple[int, bytes], RunState] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> Mapping[str, TableRows]:
+        return {"events": TableRows(("batch",), [(self.number,)])}
+
+    def keep(self) -> None:
+        self.member.journal.append(f"keep {self.number}")
+        for (partition, key), state in self.states.items():
+            self.member.store.put(partition, key, state)
+
+
 class CountingMember:
     """A consumer of the group whose batch puts, for each record, its position into its run's
     state: a run's state ends up with every position only if it followed its partition."""
@@ -81,21 +104,39 @@ class CountingMember:
     def __init__(self, settings: Settings) -> None:
         self.store = new_store(settings)
         self.recoveries = 0
+        self.batches = 0
+        self.journal: list[str] = []
+        self.writes: list[list[int]] = []
+        """The batches of each write begun."""
+        self.gate = asyncio.Event()
+        self.gate.set()  # writes go through unless a test closes it
         self.consumer = EventsConsumer(
             bootstrap=settings.kafka_bootstrap, group_id=processor_config(settings).app_id,
             topic=settings.topics.events, store=self.store, process=self.process,
-            recovered=self.recovered, max_records=1000, max_fetch_bytes=1024 * 1024,
-            poll_ms=100,
+            write=self.write, recovered=self.recovered, max_records=1000,
+            max_fetch_bytes=1024 * 1024, poll_ms=100,
         )
         self.task = asyncio.create_task(self.consumer.run())
 
-    async def process(self, records: Sequence[Record]) -> None:
+    async def process(self, records: Sequence[Record]) -> Folded:
+        self.batches += 1
+        folded = CountedBatch(self, self.batches)
         for record in records:
             assert record.key is not None
-            state = self.store.get(record.partition, record.key)
+            run = (record.partition, record.key)
+            state = folded.states.get(run) or self.store.get(*run)
             state = state or new_state(record.key.decode())
             state.seen.add(f"{record.partition}:{record.offset}")
-            self.store.put(record.partition, record.key, state)
+            folded.states[run] = state
+        return folded
+
+    async def write(self, rows: Mapping[str, TableRows]) -> None:
+        """Notes the batches written together, waiting for the gate in between."""
+        batches = [row[0] for row in rows["events"].rows]
+        self.journal.append(f"write {batches}")
+        self.writes.append(batches)
+        await self.gate.wait()
+        self.journal.append(f"written {batches}")
 
     async def recovered(self) -> None:
         self.recoveries += 1
@@ -171,5 +212,41 @@ def test_a_partition_moves_to_another_member_with_its_run_states(topics: Setting
             await first.stop()
             if second is not None:
                 await second.stop()
+
+    asyncio.run(scenario())
+
+
+def test_later_batches_are_folded_while_one_is_written_and_committed_only_after_it(
+    topics: Settings,
+) -> None:
+    async def scenario() -> None:
+        await create_changelog(topics)
+        member = CountingMember(topics)
+        member.gate.clear()  # every write waits until the gate opens
+        try:
+            await send_round(topics, b"one")
+            await until(lambda: bool(member.writes), "the first write")
+            first = member.writes[0]  # batch 1, and any folded before the write began
+            await send_round(topics, b"two")
+            await until(lambda: member.batches > first[-1], "a batch folded meanwhile")
+            # Its states are kept (the fold goes on from them), its write waits for the first
+            # one, and nothing is committed before the first write is done.
+            assert f"keep {first[-1] + 1}" in member.journal
+            assert member.writes == [first]
+            assert await committed(topics) == [0] * topics.events_partitions
+
+            member.gate.set()
+            ends = await topic_end_offsets(topics.kafka_bootstrap, topics.topics.events)
+            deadline = time.monotonic() + 30
+            while (offsets := await committed(topics)) != ends:
+                assert time.monotonic() < deadline, f"committed {offsets}, ends {ends}"
+                await asyncio.sleep(0.1)
+            # Every batch written once, in order, each write after the previous one ended.
+            assert sum(member.writes, []) == list(range(1, member.batches + 1))
+            for before, after in zip(member.writes, member.writes[1:]):
+                assert (member.journal.index(f"write {after}")
+                        > member.journal.index(f"written {before}"))
+        finally:
+            await member.stop()
 
     asyncio.run(scenario())

@@ -35,25 +35,22 @@ def port_open(port: int) -> bool:
 
 @pytest.fixture
 def store(tmp_path: Path) -> StoreProcess:
-    return StoreProcess(
-        f"chdb://{tmp_path / 'store'}", f"test_{uuid.uuid4().hex[:10]}", sql_port=free_port()
-    )
+    return StoreProcess(f"chdb://{tmp_path / 'store'}", f"test_{uuid.uuid4().hex[:10]}")
 
 
 def test_it_migrates_writes_and_serves_what_it_wrote_over_sql(store: StoreProcess) -> None:
     assert store.start() == []
+    port = free_port()
     try:
         assert store.pid is not None and store.pid != os.getpid()
         assert store.write(flow_rows("checkout", "refund")) == 2
-        assert store.sql_port is not None
-        sql = clickhouse_connect.get_client(
-            host="127.0.0.1", port=store.sql_port, database=store.database
-        )
+        store.serve_sql(port)
+        sql = clickhouse_connect.get_client(host="127.0.0.1", port=port, database=store.database)
         slugs = sql.query("SELECT slug FROM flows FINAL ORDER BY slug").result_rows
         assert slugs == [("checkout",), ("refund",)]
     finally:
         store.stop()
-    assert not port_open(store.sql_port)
+    assert not port_open(port)
 
 
 def test_a_restarted_store_hands_back_the_flows_it_holds(store: StoreProcess) -> None:
