@@ -95,14 +95,16 @@ def run_processors(settings: Settings, *, sql_port: int | None, hooks: StackHook
         writer = ProjectionWriter(client, settings.clickhouse_database)
     try:
         app, _ = create_processor_app(config, writer, flows, workflows)
+        ready = hooks.on_ready if hooks is not None else None
         if store is not None:
-            _run_store_from(app, store, sql_port)
-        if hooks is not None and hooks.on_ready is not None:
-            ready = hooks.on_ready
+            # Ready once the store's SQL endpoint answers: the demo queries it at once.
+            _run_store_from(app, store, sql_port, ready)
+        elif ready is not None:
+            announce = ready
 
             @app.task  # type: ignore[untyped-decorator]
             async def announce_ready() -> None:
-                ready()
+                announce()
 
         worker = faust.Worker(app, loglevel="WARN", quiet=True, redirect_stdouts=False)
         worker.spinner = None  # a terminal spinner garbles logs written to files
@@ -122,7 +124,9 @@ def _drop_startup_noise(record: logging.LogRecord) -> bool:
     return not ("GroupCoordinatorNotAvailable" in message or "coordinator dead" in message)
 
 
-def _run_store_from(app: faust.App, store: StoreProcess, sql_port: int | None) -> None:
+def _run_store_from(
+    app: faust.App, store: StoreProcess, sql_port: int | None, ready: Callable[[], None] | None
+) -> None:
     # A dead store takes the SQL endpoint with it and fails every write: the task's error
     # crashes the app, and the processors exit saying so rather than retry forever.
     @app.task  # type: ignore[untyped-decorator]
@@ -130,6 +134,13 @@ def _run_store_from(app: faust.App, store: StoreProcess, sql_port: int | None) -
         await store.watch()
 
     if sql_port is None:
+        if ready is not None:
+            announce = ready
+
+            @app.task  # type: ignore[untyped-decorator]
+            async def announce_ready() -> None:
+                announce()
+
         return
 
     # Once the worker runs (its signal handlers too): whoever waits for the endpoint to answer
@@ -139,6 +150,8 @@ def _run_store_from(app: faust.App, store: StoreProcess, sql_port: int | None) -
     async def serve_sql() -> None:
         await asyncio.get_running_loop().run_in_executor(None, store.serve_sql, sql_port)
         log.warning("SQL endpoint on http://127.0.0.1:%d (ClickHouse HTTP interface)", sql_port)
+        if ready is not None:
+            ready()
 
 
 def run_dev(settings: Settings, *, sql_port: int, hooks: StackHooks | None = None) -> None:
