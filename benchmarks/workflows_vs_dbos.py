@@ -768,7 +768,8 @@ def steplog_stack(scratch: Path) -> Iterator[tuple[Any, dict[str, int]]]:
 
 def steplog_side(args: argparse.Namespace, scratch: Path) -> Figures:
     with steplog_stack(scratch) as (settings, pids):
-        meter = CpuMeter({name: (pid, False) for name, pid in pids.items()})
+        # The processors' live children: the store process, which owns the embedded engine.
+        meter = CpuMeter({name: (pid, name == "processors") for name, pid in pids.items()})
         return asyncio.run(
             measure_steplog(args, settings, meter, scratch / "processors-batches.jsonl")
         )
