@@ -108,7 +108,8 @@ def run_processors(settings: Settings, *, sql_port: int | None, hooks: StackHook
 
         worker = faust.Worker(app, loglevel="WARN", quiet=True, redirect_stdouts=False)
         worker.spinner = None  # a terminal spinner garbles logs written to files
-        logging.getLogger("aiokafka").addFilter(_drop_startup_noise)
+        # On the logger that logs it: a parent logger's filter never sees its children's records.
+        logging.getLogger("aiokafka.consumer.group_coordinator").addFilter(_drop_startup_noise)
         worker.execute_from_commandline()
     finally:
         # After the worker: its tasks are stopped, so the last write has been answered (a
@@ -121,7 +122,9 @@ def _drop_startup_noise(record: logging.LogRecord) -> bool:
     # A fresh broker takes a moment to elect the group coordinator; aiokafka reports every
     # poll of that moment, which reads like a failure and is not one.
     message = record.getMessage()
-    return not ("GroupCoordinatorNotAvailable" in message or "coordinator dead" in message)
+    # Not "Heartbeat session expired - marking coordinator dead": that one is a real problem.
+    return not ("GroupCoordinatorNotAvailable" in message
+                or message.startswith("Marking the coordinator dead"))
 
 
 def _run_store_from(
