@@ -290,7 +290,8 @@ class FoldHost:
             projection.add_event(event, message.partition, message.offset)
             planned.extend(Planned(effect, state_key, position) for effect in effects)
         for state, _ in touched.values():
-            projection.add_effects(take_rows(state, self.flows.get(f"{state.project}/{state.flow}")))
+            flow = self.flows.get(f"{state.project}/{state.flow}")  # as the loop used it
+            projection.add_effects(take_rows(state, flow))
         # Messages first: a resume must not wait for the ClickHouse insert, nor for the
         # previous batches', which may still be under way.
         result = await self.dispatcher.carry_out(planned, outbox)

@@ -33,6 +33,7 @@ from steplog.schemas.events import (
     RunInterrupted,
     RunResumed,
     RunStarted,
+    RunStartedPayload,
     StepCompleted,
     StepFailed,
     StepInvoked,
@@ -73,27 +74,23 @@ class RunStart:
 
     @classmethod
     def from_event(cls, event: RunStarted) -> RunStart:
-        payload = event.payload
-        return cls(
-            workflow=event.flow,
-            app=payload.app,
-            input=payload.input,
-            trigger=payload.trigger,
-            parent_run_id=payload.parent_run_id,
-            parent_step_key=payload.parent_step_key,
-            retrigger_of=payload.retrigger_of,
-        )
+        return cls._from(event.flow, event.payload)
 
     @classmethod
     def from_command(cls, command: StartRun) -> RunStart:
+        return cls._from(command.workflow, command)
+
+    @classmethod
+    def _from(cls, workflow: str, start: RunStartedPayload | StartRun) -> RunStart:
+        # run.started's payload repeats the start_run's fields under the same names.
         return cls(
-            workflow=command.workflow,
-            app=command.app,
-            input=command.input,
-            trigger=command.trigger,
-            parent_run_id=command.parent_run_id,
-            parent_step_key=command.parent_step_key,
-            retrigger_of=command.retrigger_of,
+            workflow=workflow,
+            app=start.app,
+            input=start.input,
+            trigger=start.trigger,
+            parent_run_id=start.parent_run_id,
+            parent_step_key=start.parent_step_key,
+            retrigger_of=start.retrigger_of,
         )
 
 
