@@ -44,6 +44,7 @@ fetched again once the partition's states are held (or by the partition's new ow
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -103,6 +104,8 @@ class _Completion:
         self.records = 0
         self.began = False
         """Writing: later batches go to the next completion."""
+        self.full = asyncio.Event()
+        """Holds a batch's worth: written without waiting for the write interval."""
         self.task = asyncio.create_task(run(self))
 
     def add(self, folded: Folded, states: UnsentStates, ends: dict[TopicPartition, int],
@@ -129,6 +132,7 @@ class EventsConsumer:
         recovered: Callable[[], Awaitable[None]],
         max_records: int,
         max_fetch_bytes: int,
+        write_interval: float = 0.0,
         poll_ms: int = 1000,
     ) -> None:
         self.bootstrap = bootstrap
@@ -140,7 +144,10 @@ class EventsConsumer:
         self.recovered = recovered
         self.max_records = max_records
         self.max_fetch_bytes = max_fetch_bytes
+        self.write_interval = write_interval
         self.poll_ms = poll_ms
+        self._last_write = float("-inf")
+        """Event-loop time when the last write began."""
         self._lock = asyncio.Lock()
         self._rebalances = 0
         """Counts rebalance callbacks: a batch fetched before one is not processed after it."""
@@ -200,6 +207,8 @@ class EventsConsumer:
             folded.keep()
             completion = self._collecting(consumer)
             completion.add(folded, self.store.take_unsent(), ends, len(batch))
+            if completion.records >= self.max_records:
+                completion.full.set()
             # Back-pressure: a completion holding a batch's worth waits for the one written.
             await self._wait_completions(1 if completion.records >= self.max_records else 2)
 
@@ -220,6 +229,7 @@ class EventsConsumer:
     ) -> None:
         if previous is not None:
             await previous  # batch order; the previous completion's failure is this one's
+        await self._paced(completion)
         completion.began = True  # no await from here to the rows' concatenation
         await self.write(concat_rows(completion.rows))
         await self.store.send(completion.states)  # after the rows: a durable state's rows exist
@@ -232,6 +242,16 @@ class EventsConsumer:
             # these events again from those states, which changes nothing.
             log.warning("events: commit of %s failed, the events will be delivered again: %r",
                         {tp.partition: end for tp, end in ends.items()}, exc)
+
+    async def _paced(self, completion: _Completion) -> None:
+        """Wait until `write_interval` has passed since the previous write began (or the
+        completion is full): batches folded meanwhile join this write."""
+        loop = asyncio.get_running_loop()
+        remaining = self._last_write + self.write_interval - loop.time()
+        if remaining > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(completion.full.wait(), remaining)
+        self._last_write = loop.time()
 
     async def _wait_completions(self, at_most: int) -> None:
         """Forget the completions done since, raising a failed one's error, and wait until at

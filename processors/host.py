@@ -104,6 +104,11 @@ class ProcessorConfig:
     signals_partitions: int = 3
     batch_size: int = 10_000
     """The most events (or signals) handled as one batch."""
+    write_interval: float = 0.2
+    """The least time between two projection writes (seconds): the batches folded meanwhile
+    are written together. An insert costs the engine tens of ms of CPU (and a part to merge)
+    however few its rows, so a trickle of events written batch by batch kept a core busy
+    (BENCHMARKS.md); rows become visible up to this much later. Resumes do not wait for it."""
     batch_seconds: float = 0.005
     """How long a batch of signals waits for more: an upper bound on the latency it adds to
     every resolved wait and triggered run. (The events' batches do not wait: events_consumer.)"""
@@ -590,6 +595,7 @@ def create_processor_app(
         bootstrap=config.bootstrap, group_id=config.app_id, topic=config.topics.events,
         store=runs, process=host.process_events, write=host.write_rows, recovered=host.recovered,
         max_records=config.batch_size, max_fetch_bytes=config.max_fetch_bytes,
+        write_interval=config.write_interval,
     )
 
     @app.task  # type: ignore[untyped-decorator]

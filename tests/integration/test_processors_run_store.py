@@ -1,8 +1,9 @@
 """The fold's consumer and its run store against the real broker: states come back from their
 changelog partition by partition, offsets are committed once a batch and its states are done,
 later batches are folded while one is written (writes and commits in batch order, a commit
-after its write), and a partition that moves to another consumer of the group takes its run
-states along."""
+after its write), a partition that moves to another consumer of the group takes its run
+states along, and writes are paced: the batches folded within the write interval go out
+together."""
 
 from __future__ import annotations
 
@@ -101,20 +102,21 @@ class CountingMember:
     """A consumer of the group whose batch puts, for each record, its position into its run's
     state: a run's state ends up with every position only if it followed its partition."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, write_interval: float = 0.0) -> None:
         self.store = new_store(settings)
         self.recoveries = 0
         self.batches = 0
         self.journal: list[str] = []
         self.writes: list[list[int]] = []
         """The batches of each write begun."""
+        self.write_times: list[float] = []
         self.gate = asyncio.Event()
         self.gate.set()  # writes go through unless a test closes it
         self.consumer = EventsConsumer(
             bootstrap=settings.kafka_bootstrap, group_id=processor_config(settings).app_id,
             topic=settings.topics.events, store=self.store, process=self.process,
             write=self.write, recovered=self.recovered, max_records=1000,
-            max_fetch_bytes=1024 * 1024, poll_ms=100,
+            max_fetch_bytes=1024 * 1024, write_interval=write_interval, poll_ms=100,
         )
         self.task = asyncio.create_task(self.consumer.run())
 
@@ -135,6 +137,7 @@ class CountingMember:
         batches = [row[0] for row in rows["events"].rows]
         self.journal.append(f"write {batches}")
         self.writes.append(batches)
+        self.write_times.append(time.monotonic())
         await self.gate.wait()
         self.journal.append(f"written {batches}")
 
@@ -246,6 +249,34 @@ def test_later_batches_are_folded_while_one_is_written_and_committed_only_after_
             for before, after in zip(member.writes, member.writes[1:]):
                 assert (member.journal.index(f"write {after}")
                         > member.journal.index(f"written {before}"))
+        finally:
+            await member.stop()
+
+    asyncio.run(scenario())
+
+
+def test_batches_folded_within_the_write_interval_are_written_together(
+    topics: Settings,
+) -> None:
+    async def scenario() -> None:
+        await create_changelog(topics)
+        member = CountingMember(topics, write_interval=2.0)
+        try:
+            await send_round(topics, b"one")
+            await until(lambda: bool(member.writes), "the first write (at once)")
+            folded_first = member.batches
+            await send_round(topics, b"two")
+            await until(lambda: member.batches > folded_first, "round two folded")
+            await send_round(topics, b"three")
+            await until(lambda: len(member.writes) == 2, "the second write")
+            # Whatever was folded after the first write, in one write, the interval after it.
+            assert member.writes[1] == list(range(member.writes[0][-1] + 1, member.batches + 1))
+            assert member.write_times[1] - member.write_times[0] >= 2.0
+            ends = await topic_end_offsets(topics.kafka_bootstrap, topics.topics.events)
+            deadline = time.monotonic() + 30
+            while (offsets := await committed(topics)) != ends:
+                assert time.monotonic() < deadline, f"committed {offsets}, ends {ends}"
+                await asyncio.sleep(0.1)
         finally:
             await member.stop()
 
