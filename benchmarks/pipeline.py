@@ -22,11 +22,14 @@ measured in the same run:
   poll interval is the resolution). p50 / p99 / max over every run.
 - replay: the processors are stopped and `steplog replay` (a child process: it opens the chDB
   path) rebuilds the projections from the whole log; its events/s against the live rate.
+  `--replay-processes 1,2` replays once per number of fold processes (the baseline of one
+  beside the default, in the same run).
 - memory: the SDK's buffer bound and this (sending) process's peak RSS; the processors'
   peak RSS (VmHWM, read before stopping them); the replay's and the floor consumer's.
 
 `--rounds` repeats floor and throughput alternately (medians reported); `--profile` runs the
-replay under cProfile and prints where the fold's time goes; `--processors-command` measures a
+replay under cProfile and prints where its inserting process spends its time (the folds run
+in its children); `--processors-command` measures a
 candidate processors implementation in place of `steplog processors`. To A/B another checkout
 (`git archive REV | tar -x -C DIR`, then a tree of links laid out like the installed package,
 as scripts/typecheck.sh builds), run it with `python -P` and PYTHONPATH on that tree: without
@@ -414,6 +417,7 @@ def measure_lag(settings: Settings, processors: Processors, rate: float, seconds
 
 @dataclass
 class Replay:
+    processes: int | None
     events: int
     seconds: float
     wall_seconds: float
@@ -421,14 +425,19 @@ class Replay:
     output: str
 
 
-def run_replay(settings: Settings, scratch: Path, profile: bool) -> Replay:
-    """`steplog replay` in a child process on the stopped processors' chDB path."""
-    command = [sys.executable, "-c", "from steplog.entry import main; main()", "replay"]
+def run_replay(
+    settings: Settings, scratch: Path, profile: bool, processes: int | None
+) -> Replay:
+    """`steplog replay` in a child process on the stopped processors' chDB path, with
+    `processes` fold processes (the default when None)."""
+    options = [] if processes is None else ["--processes", str(processes)]
+    command = [sys.executable, "-c", "from steplog.entry import main; main()", "replay",
+               *options]
     if profile:
         script = scratch / "replay_profiled.py"
         script.write_text("from steplog.entry import main\nmain()\n")
         command = [sys.executable, "-m", "cProfile", "-o", str(scratch / "replay.prof"),
-                   str(script), "replay"]
+                   str(script), "replay", *options]
     began = time.monotonic()
     process = subprocess.Popen(command, env=processors_environment(settings),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -445,7 +454,7 @@ def run_replay(settings: Settings, scratch: Path, profile: bool) -> Replay:
     match = re.search(r"folded (\d+) events .* in ([\d.]+)s", output)
     if process.returncode != 0 or match is None:
         raise RuntimeError(f"steplog replay failed ({process.returncode}): {output[-3000:]}")
-    return Replay(int(match[1]), float(match[2]), wall, usage.ru_maxrss / 1024, output)
+    return Replay(processes, int(match[1]), float(match[2]), wall, usage.ru_maxrss / 1024, output)
 
 
 def print_profile(path: Path, top: int) -> None:
@@ -453,7 +462,7 @@ def print_profile(path: Path, top: int) -> None:
 
     stats = pstats.Stats(str(path))
     total = stats.total_tt  # type: ignore[attr-defined]
-    print(f"\nreplay under cProfile (main thread only: inserts run in a worker thread), "
+    print(f"\nreplay under cProfile (the inserting process only: the folds are its children), "
           f"total {total:.1f} s; top {top} by own time:")
     rows = []
     for (filename, line, name), (_, calls, own, cumulative, _) in stats.stats.items():  # type: ignore[attr-defined]
@@ -543,6 +552,11 @@ def main() -> None:
     parser.add_argument("--skip-lag", action="store_true")
     parser.add_argument("--skip-replay", action="store_true")
     parser.add_argument("--profile", action="store_true", help="cProfile the replay")
+    parser.add_argument(
+        "--replay-processes", type=lambda text: [int(n) for n in text.split(",")], default=[],
+        help="replay once per number of fold processes given, e.g. 1,2 (default: once, with "
+             "replay's default)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch dir (logs)")
     parser.add_argument(
         "--processors-command", metavar="CMD",
@@ -653,9 +667,10 @@ def _run(args: argparse.Namespace, bootstrap: str, scratch: Path, children: Chil
     if processors.process.returncode not in (0, -signal.SIGTERM):
         print(f"  warning: processors exited with {processors.process.returncode}")
 
-    replay: Replay | None = None
+    replays: list[Replay] = []
     if not args.skip_replay:
-        replay = run_replay(settings, scratch, args.profile)
+        replays = [run_replay(settings, scratch, args.profile, processes)
+                   for processes in args.replay_processes or [None]]
 
     # ------------------------------------------------------------------------- the figures
     print("\n== figures (median of rounds; min-max)")
@@ -685,12 +700,14 @@ def _run(args: argparse.Namespace, bootstrap: str, scratch: Path, children: Chil
                   f"missing {lag.missing}  target p99 <= 1 s: {_verdict(p99 <= 1.0)}")
         else:
             print(f"lag: no run became visible ({lag.missing} missing)")
-    if replay is not None:
+    for replay in replays:
         replay_rate = replay.events / replay.seconds
-        print(f"replay: {replay.events:,} events in {replay.seconds:.1f} s = "
-              f"{replay_rate:,.0f} events/s (process wall {replay.wall_seconds:.1f} s); "
-              f"vs live {ours_rate:,.0f}: {replay_rate / ours_rate:.2f}x  "
-              f"target >= 3x: {_verdict(replay_rate >= 3 * ours_rate)}")
+        folds = "default" if replay.processes is None else replay.processes
+        print(f"replay ({folds} fold processes): {replay.events:,} events in "
+              f"{replay.seconds:.1f} s = {replay_rate:,.0f} events/s (process wall "
+              f"{replay.wall_seconds:.1f} s); vs live {ours_rate:,.0f}: "
+              f"{replay_rate / ours_rate:.2f}x  target >= 3x: "
+              f"{_verdict(replay_rate >= 3 * ours_rate)}")
     bound = getattr(Client(project=PROJECT, bootstrap=bootstrap, topic="x").sink,
                     "max_buffer_bytes", 0)
     own_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -698,8 +715,9 @@ def _run(args: argparse.Namespace, bootstrap: str, scratch: Path, children: Chil
           f"{own_rss:.0f} MiB; processors peak RSS (VmHWM) {processors_rss:.0f} MiB  "
           f"target <= 1024 MiB: {_verdict(processors_rss <= 1024)}")
     extra = []
-    if replay is not None:
-        extra.append(f"replay child {replay.peak_rss_mib:.0f} MiB")
+    for replay in replays:
+        extra.append(f"replay child {replay.peak_rss_mib:.0f} MiB (its fold processes not "
+                     "counted)")
     if floor_rss:
         extra.append(f"floor consumer {max(floor_rss):.0f} MiB")
     if extra:
@@ -707,7 +725,7 @@ def _run(args: argparse.Namespace, bootstrap: str, scratch: Path, children: Chil
     print(f"        processors RSS after warm-up {warm_rss:.0f} MiB, at the end {end_rss:.0f} MiB "
           f"after {runs_folded:,} more runs: {(end_rss - warm_rss) / runs_folded * 10_000:.0f} MiB "
           "per 10,000 runs (run states are kept in memory)")
-    if replay is not None and args.profile:
+    if replays and args.profile:
         print_profile(scratch / "replay.prof", 25)
 
 

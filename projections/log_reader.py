@@ -8,7 +8,7 @@ processors' own positions.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -39,10 +39,14 @@ async def topic_end_offsets(bootstrap: str, topic: str) -> list[int]:
 
 
 async def read_log(
-    bootstrap: str, topic: str, *, fetch_max_bytes: int = 50 * 1024 * 1024
+    bootstrap: str,
+    topic: str,
+    *,
+    partitions: Collection[int] | None = None,
+    fetch_max_bytes: int = 50 * 1024 * 1024,
 ) -> AsyncIterator[LogRecord]:
-    """Yield every record of `topic` up to its current end, partition by partition in
-    offset order (records of different partitions interleave)."""
+    """Yield every record of `topic` (of `partitions` only, if given) up to its current end,
+    partition by partition in offset order (records of different partitions interleave)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -50,7 +54,8 @@ async def read_log(
         fetch_max_bytes=fetch_max_bytes,
         max_partition_fetch_bytes=fetch_max_bytes,
     )
-    partitions = await topic_partitions(bootstrap, topic)
+    if partitions is None:
+        partitions = await topic_partitions(bootstrap, topic)
     await consumer.start()
     try:
         assigned = [TopicPartition(topic, p) for p in sorted(partitions)]

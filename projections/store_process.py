@@ -22,17 +22,16 @@ elsewhere when its end of the pipe closes. A dead child is `StoreProcessGoneErro
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from typing import Any, Final, NoReturn
 
+from steplog.child_process import die_with_parent
 from steplog.errors import ClickHouseError, StoreProcessGoneError
 from steplog.schemas.flows import FlowDefinition
 
@@ -47,7 +46,6 @@ log = logging.getLogger("steplog.store")
 
 _POLL_S: Final = 0.5
 _STOP_TIMEOUT_S: Final = 30.0
-_PR_SET_PDEATHSIG: Final = 1  # linux/prctl.h
 
 
 class StoreProcess:
@@ -181,7 +179,7 @@ def _gone(process: Any) -> StoreProcessGoneError:
 
 def _serve(conn: Connection, dsn: str, database: str, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with(parent)
+    die_with_parent(parent)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     try:
         client = open_clickhouse(dsn)
@@ -212,22 +210,6 @@ def _serve(conn: Connection, dsn: str, database: str, parent: int) -> None:
     finally:
         if sql is not None:
             sql.stop()
-
-
-def _die_with(parent: int) -> None:
-    """On Linux, have the kernel SIGKILL this process as soon as its parent dies (SIGKILLed
-    itself, say): the chDB path is released at once, as when the engine lived in the parent, so
-    processors restarted at once can take it. (Elsewhere the pipe's EOF ends the child, after the
-    write in hand.) The signal follows the parent *thread* that started the child: start() it
-    from the main thread."""
-    if sys.platform != "linux":
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
-        log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d): the store outlives a killed "
-                    "parent until its write in hand ends", ctypes.get_errno())
-    if os.getppid() != parent:  # the parent died before the prctl took effect
-        os._exit(0)
 
 
 class _SqlThread:

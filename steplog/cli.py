@@ -255,6 +255,10 @@ def replay(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Rebuild beside the live tables and print a diff.")
     ] = False,
+    processes: Annotated[
+        int | None,
+        typer.Option("--processes", min=1, help="Fold processes (default: one per core)."),
+    ] = None,
 ) -> None:
     """Rebuild every projection from offset 0 of the log and swap it in (processors stopped)."""
     settings = load_settings()
@@ -264,7 +268,10 @@ def replay(
         TimeElapsedColumn(), TimeRemainingColumn(),
     ) as bar:
         task = bar.add_task("replay", total=total)
-        report = replay_log(settings, dry_run=dry_run, progress=lambda n: bar.advance(task, n))
+        report = replay_log(
+            settings, dry_run=dry_run, processes=processes,
+            progress=lambda n: bar.advance(task, n),
+        )
     rate = report.events / report.seconds if report.seconds else 0.0
     typer.echo(
         f"folded {report.events} events of {report.runs} runs and {report.flows} flows in "

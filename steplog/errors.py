@@ -171,3 +171,7 @@ class WorkflowNotFoundError(WorkflowError):
 
 class RunNotFoundError(SteplogError):
     """No run with the id is known (in `runs_current`)."""
+
+
+class ReplayError(SteplogError):
+    """A replay could not rebuild the projections (nothing was swapped in)."""

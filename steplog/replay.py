@@ -3,7 +3,9 @@
 The rebuild folds the flows topic and then the events topic, as they stand when the replay
 starts, with the same fold and the same batch builder as the processors (keeping the fold's row
 effects and ignoring the engine's: nothing is sent during a replay), into fresh tables named
-`<table>__replay` beside the live ones. Then each live table is exchanged with its rebuilt twin
+`<table>__replay` beside the live ones. The folding runs in child processes, each over a share
+of the events topic's partitions, while this process inserts the rows they send
+(steplog/replay_fold.py). Then each live table is exchanged with its rebuilt twin
 (`EXCHANGE TABLES`, atomic per table; the four run back to back) and the old data dropped.
 `--dry-run` rebuilds the same way, prints a row-by-row comparison with the live tables, and
 drops the rebuilt ones.
@@ -16,27 +18,26 @@ processors' process owns the files.)
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from steplog.errors import InvalidEventError
-from steplog.processors.fold import apply_event, take_rows
-from steplog.processors.host import run_state_key
-from steplog.processors.projection_batch import ProjectionBatch
-from steplog.processors.state import RunState
+from steplog.errors import ReplayError
 from steplog.projections.clickhouse import open_clickhouse, query_value
-from steplog.projections.log_reader import read_log, topic_end_offsets
+from steplog.projections.log_reader import topic_end_offsets
 from steplog.projections.migrations import PROJECTION_TABLES, migrate, table_ddl
 from steplog.projections.writer import ProjectionWriter
-from steplog.schemas.codec import decode_event, decode_flows_message
-from steplog.schemas.flows import FlowDefinition, WorkflowDefinition
+from steplog.replay_fold import FoldShare, fold_share, shares
 from steplog.settings import Settings
+from steplog.topics import topic_partitions
 
 SUFFIX = "__replay"
-BATCH_EVENTS = 20_000
 SAMPLE_ROWS = 5
 
 Progress = Callable[[int], None]
@@ -68,6 +69,12 @@ class ReplayReport:
     diffs: list[TableDiff] = field(default_factory=list)
 
 
+def default_processes() -> int:
+    """One fold process per core: the inserts (in this process, or the ClickHouse server's)
+    take what the folds leave."""
+    return os.cpu_count() or 1
+
+
 async def log_size(settings: Settings) -> int:
     """How many records a replay will read (for the progress bar's total)."""
     total = 0
@@ -82,8 +89,10 @@ def replay_log(
     dry_run: bool,
     progress: Progress | None = None,
     client: Client | None = None,
+    processes: int | None = None,
 ) -> ReplayReport:
-    """Rebuild the projections from the log; swap them in unless `dry_run`."""
+    """Rebuild the projections from the log; swap them in unless `dry_run`. `processes` fold
+    processes share the events topic's partitions (default: `default_processes()`)."""
     client = client or open_clickhouse(settings.clickhouse_dsn)
     database = settings.clickhouse_database
     migrate(client, database)
@@ -92,7 +101,9 @@ def replay_log(
         client.command(table_ddl(table, f"{database}.{table}{SUFFIX}"))
     writer = ProjectionWriter(client, database, suffix=SUFFIX)
     began = time.perf_counter()
-    report = asyncio.run(_rebuild(settings, writer, progress or (lambda _: None)))
+    report = _rebuild(
+        settings, writer, progress or (lambda _: None), processes or default_processes()
+    )
     report.seconds = time.perf_counter() - began
     if dry_run:
         report.diffs = [compare_table(client, database, table) for table in PROJECTION_TABLES]
@@ -107,64 +118,76 @@ def replay_log(
     return report
 
 
-async def _rebuild(settings: Settings, writer: ProjectionWriter, progress: Progress) -> ReplayReport:
+def _rebuild(
+    settings: Settings, writer: ProjectionWriter, progress: Progress, processes: int
+) -> ReplayReport:
+    """Fold in child processes (steplog/replay_fold.py), insert here as their rows come."""
+    partitions = asyncio.run(topic_partitions(settings.kafka_bootstrap, settings.topics.events))
+    context = multiprocessing.get_context("spawn")
+    children: dict[Connection, Any] = {}  # each child's end of the pipe -> its SpawnProcess
     report = ReplayReport()
-    flows: dict[str, FlowDefinition] = {}
-    batch = ProjectionBatch()
-    async for record in read_log(settings.kafka_bootstrap, settings.topics.flows):
-        progress(1)
-        try:
-            definition = decode_flows_message(record.value, max_bytes=settings.max_event_bytes)
-        except InvalidEventError:
-            report.invalid += 1
-            continue
-        if isinstance(definition, WorkflowDefinition):
-            continue  # the registry's, not a projection's (the processors skip them too)
-        held = flows.get(definition.key)
-        if held is None or held.ts <= definition.ts:
-            flows[definition.key] = definition
-        batch.add_flow(definition)
-    report.flows = len(flows)
-
-    states: dict[bytes, RunState] = {}
-    touched: set[bytes] = set()
-    pending = 0
-
-    def take_touched_rows() -> None:
-        # Rows once per run per batch (the fold's deferred rows), not after every event.
-        for key in touched:
-            state = states[key]
-            batch.add_effects(take_rows(state, flows.get(f"{state.project}/{state.flow}")))
-        touched.clear()
-
-    async for record in read_log(settings.kafka_bootstrap, settings.topics.events):
-        pending += 1
-        try:
-            event = decode_event(record.value, max_bytes=settings.max_event_bytes)
-            if record.key != event.run_id.encode():
-                raise InvalidEventError("run_id", "message key is not the event's run_id")
-        except InvalidEventError:
-            report.invalid += 1
-            continue
-        key = run_state_key(event)
-        # Rows only: the engine effects (commands, timers, events for other runs) were carried
-        # out when the events were first folded; a rebuild must never start, resume or cancel.
-        states[key], _ = apply_event(
-            states.get(key), event, flows.get(f"{event.project}/{event.flow}"), defer_rows=True
-        )
-        touched.add(key)
-        batch.add_event(event, record.partition, record.offset)
-        report.events += 1
-        if pending >= BATCH_EVENTS:
-            take_touched_rows()
-            await asyncio.to_thread(writer.write, batch.table_rows())
-            progress(pending)
-            batch, pending = ProjectionBatch(), 0
-    take_touched_rows()
-    await asyncio.to_thread(writer.write, batch.table_rows())
-    progress(pending)
-    report.runs = len(states)
+    try:
+        for number, share in enumerate(shares(partitions, processes)):
+            receiver, sender = context.Pipe(duplex=False)
+            child = context.Process(
+                target=fold_share,
+                args=(sender, FoldShare(
+                    bootstrap=settings.kafka_bootstrap,
+                    events_topic=settings.topics.events,
+                    flows_topic=settings.topics.flows,
+                    max_event_bytes=settings.max_event_bytes,
+                    partitions=share,
+                    sends_flows=number == 0,
+                ), os.getpid()),
+                name=f"steplog-replay-fold-{number}", daemon=True,
+            )
+            child.start()
+            sender.close()  # so that a child's death reads as EOF here
+            children[receiver] = child
+        while children:
+            for ready in wait(list(children)):
+                assert isinstance(ready, Connection)
+                _take(ready, children, writer, progress, report)
+    finally:
+        for receiver, child in children.items():  # only after a failure
+            child.kill()
+            child.join()
+            receiver.close()
     return report
+
+
+def _take(
+    receiver: Connection,
+    children: dict[Connection, Any],
+    writer: ProjectionWriter,
+    progress: Progress,
+    report: ReplayReport,
+) -> None:
+    """Handle a child's next message: insert its rows, or count it done."""
+    child = children[receiver]
+    try:
+        kind, *payload = receiver.recv()
+    except EOFError:
+        child.join(1)
+        raise ReplayError(
+            f"replay: fold process {child.name} (pid {child.pid}) exited with code "
+            f"{child.exitcode} before it was done; nothing was swapped in"
+        ) from None
+    if kind == "rows":
+        rows, records = payload
+        writer.write(rows)
+        progress(records)
+    elif kind == "done":
+        (counts,) = payload
+        report.events += counts.events
+        report.invalid += counts.invalid
+        report.runs += counts.runs
+        report.flows += counts.flows
+        del children[receiver]
+        receiver.close()
+        child.join()
+    else:
+        raise ReplayError(f"replay: fold process {child.name} failed: {payload[0]}")
 
 
 def compare_table(client: Client, database: str, table: str) -> TableDiff:

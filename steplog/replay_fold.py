@@ -1,0 +1,153 @@
+"""Replay's folding side: child processes that each fold a share of the events topic's
+partitions and send the projection rows to the parent, which inserts them (steplog/replay.py).
+
+Why processes: the fold is pure Python and runs on one core; folding in one process while
+another inserts, and folding several partitions' shares at once, is what lets a replay use the
+machine. A run's events all live in one partition (the message key is the run id), so a share
+of partitions is a share of runs, folded exactly as the processors fold them; the projection
+tables replace rows by key and version, so the order in which the shares' rows land does not
+matter.
+
+Each child reads the flows topic first (the flow graphs the fold needs); only the first child
+sends the `flows` rows. It then sends one message per batch of `BATCH_EVENTS` records read and
+waits for the parent to take it (the pipe holds one message at most), so a child folds its next
+batch while the parent inserts the previous one, and never runs further ahead. Messages, as
+tuples: `("rows", table rows, records read)`, then `("done", FoldCounts)`, or
+`("error", message)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Collection
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Final
+
+from steplog.child_process import die_with_parent
+from steplog.errors import InvalidEventError
+from steplog.processors.fold import apply_event, take_rows
+from steplog.processors.host import run_state_key
+from steplog.processors.projection_batch import ProjectionBatch
+from steplog.processors.state import RunState
+from steplog.projections.log_reader import read_log
+from steplog.schemas.codec import decode_event, decode_flows_message
+from steplog.schemas.flows import FlowDefinition, WorkflowDefinition
+
+__all__ = ["BATCH_EVENTS", "FoldCounts", "FoldShare", "fold_share", "shares"]
+
+BATCH_EVENTS: Final = 20_000
+"""Records per message to the parent: an insert per table each, so not too few."""
+
+
+@dataclass(frozen=True)
+class FoldShare:
+    """What one child folds."""
+
+    bootstrap: str
+    events_topic: str
+    flows_topic: str
+    max_event_bytes: int
+    partitions: tuple[int, ...]
+    """Of the events topic."""
+    sends_flows: bool
+    """This child sends the `flows` rows (one child does)."""
+
+
+@dataclass
+class FoldCounts:
+    events: int = 0
+    invalid: int = 0
+    runs: int = 0
+    flows: int = 0
+    """Flow definitions (counted by the child that sends them)."""
+
+
+def fold_share(conn: Connection, share: FoldShare, parent: int) -> None:
+    """The child's entry point (multiprocessing "spawn" target)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when replay stops
+    die_with_parent(parent)
+    try:
+        counts = asyncio.run(_fold(conn, share))
+    except Exception as exc:  # the parent reports it and stops the other children
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("done", counts))
+
+
+async def _fold(conn: Connection, share: FoldShare) -> FoldCounts:
+    counts = FoldCounts()
+    batch = ProjectionBatch()
+    flows, flow_records = await _read_flows(share, batch if share.sends_flows else None, counts)
+    states: dict[bytes, RunState] = {}
+    touched: set[bytes] = set()
+    pending = flow_records if share.sends_flows else 0  # the progress bar counts them once
+
+    def send_batch() -> None:
+        nonlocal batch, pending
+        # Rows once per run per batch (the fold's deferred rows), not after every event.
+        for key in touched:
+            state = states[key]
+            batch.add_effects(take_rows(state, flows.get(f"{state.project}/{state.flow}")))
+        touched.clear()
+        conn.send(("rows", batch.table_rows(), pending))
+        batch, pending = ProjectionBatch(), 0
+
+    async for record in read_log(share.bootstrap, share.events_topic, partitions=share.partitions):
+        pending += 1
+        try:
+            event = decode_event(record.value, max_bytes=share.max_event_bytes)
+            if record.key != event.run_id.encode():
+                raise InvalidEventError("run_id", "message key is not the event's run_id")
+        except InvalidEventError:
+            counts.invalid += 1
+            continue
+        key = run_state_key(event)
+        # Rows only: the engine effects (commands, timers, events for other runs) were carried
+        # out when the events were first folded; a rebuild must never start, resume or cancel.
+        states[key], _ = apply_event(
+            states.get(key), event, flows.get(f"{event.project}/{event.flow}"), defer_rows=True
+        )
+        touched.add(key)
+        batch.add_event(event, record.partition, record.offset)
+        counts.events += 1
+        if pending >= BATCH_EVENTS:
+            send_batch()
+    send_batch()
+    counts.runs = len(states)
+    return counts
+
+
+async def _read_flows(
+    share: FoldShare, batch: ProjectionBatch | None, counts: FoldCounts
+) -> tuple[dict[str, FlowDefinition], int]:
+    """The newest definition of every flow, and the records read; the flows' rows into
+    `batch` (and their counts into `counts`) if this child sends them."""
+    flows: dict[str, FlowDefinition] = {}
+    records = 0
+    async for record in read_log(share.bootstrap, share.flows_topic):
+        records += 1
+        try:
+            definition = decode_flows_message(record.value, max_bytes=share.max_event_bytes)
+        except InvalidEventError:
+            if batch is not None:
+                counts.invalid += 1
+            continue
+        if isinstance(definition, WorkflowDefinition):
+            continue  # the registry's, not a projection's (the processors skip them too)
+        held = flows.get(definition.key)
+        if held is None or held.ts <= definition.ts:
+            flows[definition.key] = definition
+        if batch is not None:
+            batch.add_flow(definition)
+    if batch is not None:
+        counts.flows = len(flows)
+    return flows, records
+
+
+def shares(partitions: Collection[int], processes: int) -> list[tuple[int, ...]]:
+    """`partitions` dealt round-robin into at most `processes` non-empty shares."""
+    ordered = sorted(partitions)
+    count = max(1, min(processes, len(ordered)))
+    return [tuple(ordered[i::count]) for i in range(count)]
