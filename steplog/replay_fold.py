@@ -80,16 +80,19 @@ async def _fold(conn: Connection, share: FoldShare) -> FoldCounts:
     counts = FoldCounts()
     batch = ProjectionBatch()
     flows, flow_records = await _read_flows(share, batch if share.sends_flows else None, counts)
-    states: dict[bytes, RunState] = {}
-    touched: set[bytes] = set()
+    # Every run's state between batches as its changelog bytes (processors/run_store.py: a
+    # fifth of the memory of the objects, which a log of millions of runs needs), and the
+    # states of the batch in hand's runs as objects.
+    held: dict[bytes, bytes] = {}
+    touched: dict[bytes, RunState] = {}
     pending = flow_records if share.sends_flows else 0  # the progress bar counts them once
 
     def send_batch() -> None:
         nonlocal batch, pending
         # Rows once per run per batch (the fold's deferred rows), not after every event.
-        for key in touched:
-            state = states[key]
+        for key, state in touched.items():
             batch.add_effects(take_rows(state, flows.get(f"{state.project}/{state.flow}")))
+            held[key] = state.to_bytes()
         touched.clear()
         conn.send(("rows", batch.table_rows(), pending))
         batch, pending = ProjectionBatch(), 0
@@ -104,18 +107,20 @@ async def _fold(conn: Connection, share: FoldShare) -> FoldCounts:
             counts.invalid += 1
             continue
         key = run_state_key(event)
+        state = touched.get(key)
+        if state is None and (stored := held.get(key)) is not None:
+            state = RunState.from_bytes(stored)
         # Rows only: the engine effects (commands, timers, events for other runs) were carried
         # out when the events were first folded; a rebuild must never start, resume or cancel.
-        states[key], _ = apply_event(
-            states.get(key), event, flows.get(f"{event.project}/{event.flow}"), defer_rows=True
+        touched[key], _ = apply_event(
+            state, event, flows.get(f"{event.project}/{event.flow}"), defer_rows=True
         )
-        touched.add(key)
         batch.add_event(event, record.partition, record.offset)
         counts.events += 1
         if pending >= BATCH_EVENTS:
             send_batch()
     send_batch()
-    counts.runs = len(states)
+    counts.runs = len(held)
     return counts
 
 
