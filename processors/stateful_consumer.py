@@ -6,8 +6,8 @@ and triggers, no rows). Each batch's completion overlaps the handling of the nex
 Why not faust: faust's stream costs about 150 µs per message (event-loop iterations, tasks and
 waits per message), which capped the processors at a few thousand events/s whatever the fold
 cost; `getmany` hands over what the fetcher has buffered in one call (BENCHMARKS.md,
-"Instrumentation pipeline"). And faust hands a message to an agent batching it 9-10 ms after it
-was sent, most of a resume's latency when the signals were a faust agent.
+"Instrumentation pipeline"). And faust handed a signal to its agent 9-10 ms after it was sent,
+the largest part of the resume of a waiting run when the signals were a faust agent.
 
 A batch is whatever `getmany` returns, up to `max_records`: idle, it returns as soon as a
 message arrives (the wait adds no latency); under load, it returns everything fetched while the

@@ -37,11 +37,11 @@ from steplog.schemas.events import (
     StepFailedPayload,
     StepInvoked,
     StepInvokedPayload,
+    StepKind,
     StepSleeping,
     StepSleepingPayload,
     StepStarted,
     StepStartedPayload,
-    StepKind,
     StepWaiting,
     StepWaitingPayload,
 )
