@@ -1,4 +1,4 @@
-"""Stream processors: the pure fold of events into run and step state, and its faust hosts.
+"""Stream processors: the pure fold of events into run and step state, and its hosts.
 
 The fold (pure: no I/O, no clock, no randomness; the whole state machine of a run):
 
@@ -18,10 +18,11 @@ Also pure: `timers` (the timer heap, and what a due timer writes), `signals_agen
 and waits per event name), `registry` (which apps define which workflows).
 
 The hosts live in their own modules and only call the pure ones: `host` (the app: the
-fold's and the signals agent's batches, the timer service), `events_consumer` (the fold's
-consumer: batches, commits, rebalances), `run_store` (run states in memory and in their
-changelog), `dispatch` (sending engine effects and waiting for Kafka's acknowledgements),
-`projection_batch` (effects into inserts), and replay (`steplog/replay.py`, rows only).
+fold's and the signals agent's batches, the timer service), `stateful_consumer` (the fold's
+and the signals' consumers: batches, commits, rebalances), `state_store` (run and name states
+in memory and in their changelogs), `dispatch` (sending engine effects and waiting for Kafka's
+acknowledgements), `projection_batch` (effects into inserts), and replay (`steplog/replay.py`,
+rows only).
 
 Folding a run's events in any order, with any re-deliveries, gives the same state and the same
 last row per key: that is what makes live processing and replay from offset 0 agree.

@@ -1,8 +1,8 @@
 """The fold: `apply_event(state, event, flow) -> (state, effects)`, the state machine of a run.
 
-Pure: no I/O, no clock, no randomness. The faust agents host it (state from a table keyed by
-run, effects written to ClickHouse) and replay runs the same function over the log from offset
-0, so the two end with identical rows.
+Pure: no I/O, no clock, no randomness. The processors host it (`host.FoldHost`: state from a
+store keyed by run, rows written to ClickHouse) and replay runs the same function over the log
+from offset 0, so the two end with identical rows.
 
 **Convergence.** The state after folding a run's events is a function of the *set* of events
 (and of the flow definition): any order, any re-delivery, same state, same last row per key.

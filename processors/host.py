@@ -2,16 +2,20 @@
 
 Consumers and tasks (see docs/processors.md for the whole protocol):
 
-- `fold_events` (a task hosting `EventsConsumer`: a plain aiokafka consumer on the events
+- `fold_events` (a task hosting a `StatefulConsumer`: a plain aiokafka consumer on the events
   topic, group `ProcessorConfig.app_id`, one batch at a time): decode, fold, project,
   dead-letter, carry out the fold's engine effects, keep run states (`FoldHost.process_events`,
-  states in `RunStore`);
+  states in a `StateStore` of `RunState`);
+- `resolve_signals` (a task hosting another `StatefulConsumer`: the signals topic, group
+  `ProcessorConfig.signals_group`): triggers and waits per event name
+  (`SignalsHost.process_signals`, logic in `signals_agent`, states in two `StateStore`s);
 - `record_flows` (faust agent, flows topic): flow definitions to the `flows` table, workflow
   definitions to the registry (`FoldHost.process_flows`);
-- `resolve_signals` (faust agent, signals topic, concurrency 1, batches): triggers and waits
-  per event name (`SignalsHost.process_signals`, logic in `signals_agent`);
 - `fire_timers` (a task): the timer service (`TimerService`), rebuilt from the run states each
   time the run store has recovered partitions.
+
+The faust app hosts them all (its worker runs the tasks, and stops them on SIGINT/SIGTERM), but
+only `record_flows` consumes through faust (group `ProcessorConfig.flows_app_id`).
 
 Per batch of events (whatever the consumer's `getmany` returned, up to `batch_size`):
 
@@ -41,15 +45,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, cast
 
 import faust
 from faust.streams import Stream
-from faust.types import EventT, StreamT, TableT
+from faust.types import EventT, StreamT
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -67,13 +71,13 @@ from steplog.schemas.topics import TopicNames
 
 from .dispatch import Dispatcher, Outbox, Planned, SendFunction
 from .effects import ClearTimer, SetTimer, TimerKind
-from .events_consumer import EventsConsumer, Record
 from .fold import apply_event, take_rows
 from .projection_batch import ProjectionBatch
 from .registry import WorkflowRegistry
-from .run_store import RunStore
 from .signals_agent import NameTriggers, NameWaits, apply_signals_message
 from .state import RunState
+from .state_store import StateStore
+from .stateful_consumer import Record, StatefulConsumer
 from .timers import TimerHeap, fire_timer
 
 log = logging.getLogger("steplog.processors")
@@ -81,8 +85,6 @@ log = logging.getLogger("steplog.processors")
 Clock = Callable[[], datetime]
 
 _TIMER_MAX_SLEEP_S: Final = 1.0
-_QUEUED_BATCHES: Final = 256
-"""Batches collected ahead of the worker before collecting waits (back-pressure)."""
 _TIMER_RETRY_S: Final = 1.0
 
 
@@ -101,30 +103,46 @@ class ProcessorConfig:
     replication_factor: int
     max_event_bytes: int
     data_dir: Path
-    signals_partitions: int = 3
     batch_size: int = 10_000
     """The most events (or signals) handled as one batch."""
     write_interval: float = 0.2
-    """The least time between two projection writes (seconds): the batches folded meanwhile
-    are written together. An insert costs the engine tens of ms of CPU (and a part to merge)
-    however few its rows, so a trickle of events written batch by batch kept a core busy
-    (BENCHMARKS.md); rows become visible up to this much later. Resumes do not wait for it."""
-    batch_seconds: float = 0.005
-    """How long a batch of signals waits for more: an upper bound on the latency it adds to
-    every resolved wait and triggered run. (The events' batches do not wait: events_consumer.)"""
+    """The least time between two completions of a consumer (seconds): the batches handled
+    meanwhile are written, sent to the changelogs and committed together. An insert costs the
+    engine tens of ms of CPU (and a part to merge) however few its rows, and each changelog
+    send and commit is a broker request, so a trickle of events completed batch by batch kept
+    a core busy (BENCHMARKS.md); rows become visible up to this much later. Messages (resumes)
+    do not wait for it."""
 
     @property
-    def agents_app_id(self) -> str:
-        """The faust app's id: the consumer group of the signals and flows agents and the
-        prefix of their tables' changelogs. Not `app_id`: faust's group assigns partitions with
-        its own protocol, which a plain consumer cannot join."""
+    def signals_group(self) -> str:
+        """The signals' consumer group: the faust app's id when the signals were a faust agent
+        (and the prefix of its tables' changelogs), so the offsets it committed go on with the
+        states of those changelogs (`waits_changelog`, `triggers_changelog`)."""
         return f"{self.app_id}-agents"
+
+    @property
+    def flows_app_id(self) -> str:
+        """The faust app's id: the consumer group of the flows agent. Neither `app_id` nor
+        `signals_group`: faust's group assigns partitions with its own protocol, which a plain
+        consumer cannot join (nor the other way round)."""
+        return f"{self.app_id}-flows"
 
     @property
     def runs_changelog(self) -> str:
         """The run store's changelog topic (the name faust gave the `runs` table's when the
         fold was an agent, so states stored then are read back)."""
         return f"{self.app_id}-runs-changelog"
+
+    @property
+    def waits_changelog(self) -> str:
+        """The waits' changelog (faust's name for the `waits` table's: states stored then are
+        read back)."""
+        return f"{self.signals_group}-waits-changelog"
+
+    @property
+    def triggers_changelog(self) -> str:
+        """The triggers' changelog (faust's name for the `triggers` table's)."""
+        return f"{self.signals_group}-triggers-changelog"
 
     @property
     def max_fetch_bytes(self) -> int:
@@ -250,7 +268,7 @@ class FoldHost:
         self,
         config: ProcessorConfig,
         writer: BatchWriter,
-        runs: RunStore,
+        runs: StateStore[RunState],
         dispatcher: Dispatcher,
         timers: TimerService | None = None,
     ) -> None:
@@ -365,8 +383,8 @@ class FoldHost:
 @dataclass(frozen=True)
 class FoldedEvents:
     """A batch of events folded, its messages acknowledged; its states not kept and its rows
-    not written yet (`events_consumer.Folded`: the consumer keeps it at once and writes its
-    rows in the background with `FoldHost.write_rows`, then commits the offsets)."""
+    not written yet (`stateful_consumer.Processed`: the consumer keeps it at once and writes
+    its rows in the background with `FoldHost.write_rows`, then commits the offsets)."""
 
     host: FoldHost
     states: dict[bytes, tuple[RunState, int]]
@@ -385,18 +403,20 @@ class FoldedEvents:
 
 
 class SignalsHost:
-    """The signals agent's batch: decode, apply per name, carry out, then store the names.
+    """The signals' batch: decode, apply per name, carry out; the consumer stores the names.
 
     Same protocol as the fold's: the effects (start_run commands, step.completed events) are
-    acknowledged before the names' states are stored, so a crash in between handles the batch
-    again from the old states and writes the same messages with the same derived ids.
+    acknowledged before `process_signals` returns, the names' states are stored after that (the
+    consumer keeps them, then sends them to the changelogs), and the offsets are committed after
+    the states: a crash in between handles the batch again from the old states and writes the
+    same messages with the same derived ids.
     """
 
     def __init__(
         self,
         config: ProcessorConfig,
-        waits: TableT[bytes, Any],
-        triggers: TableT[bytes, Any],
+        waits: StateStore[NameWaits],
+        triggers: StateStore[NameTriggers],
         dispatcher: Dispatcher,
         clock: Clock = _utc_now,
     ) -> None:
@@ -406,14 +426,12 @@ class SignalsHost:
         self.dispatcher = dispatcher
         self.clock = clock
 
-    async def process_signals(self, batch: Sequence[EventT[Any]]) -> None:
+    async def process_signals(self, batch: Sequence[Record]) -> AppliedSignals:
         outbox = self.dispatcher.outbox()
         planned: list[Planned] = []
-        touched_waits: dict[bytes, tuple[NameWaits, int]] = {}
-        touched_triggers: dict[bytes, tuple[NameTriggers, int]] = {}
+        applied = AppliedSignals(self)
         now = self.clock()
-        for item in batch:
-            message = item.message
+        for message in batch:
             value = message.value or b""
             try:
                 decoded = decode_signals_message(value, max_bytes=self.config.max_event_bytes)
@@ -426,35 +444,45 @@ class SignalsHost:
             except InvalidEventError as exc:
                 _add_dead_letter(self.config, outbox, exc, message, value)
                 continue
-            held_waits = touched_waits.get(name_key)
-            waits = held_waits[0] if held_waits else self._load_waits(name_key)
-            held_triggers = touched_triggers.get(name_key)
-            triggers = held_triggers[0] if held_triggers else self._load_triggers(name_key)
+            partition = message.partition
+            held_waits = applied.waits.get(name_key)
+            waits = held_waits[0] if held_waits else (
+                self.waits.get(partition, name_key) or NameWaits()
+            )
+            held_triggers = applied.triggers.get(name_key)
+            triggers = held_triggers[0] if held_triggers else (
+                self.triggers.get(partition, name_key) or NameTriggers()
+            )
             effects = apply_signals_message(waits, triggers, decoded, now)
             if decoded.type == "trigger.registered":
-                touched_triggers[name_key] = (triggers, message.partition)
+                applied.triggers[name_key] = (triggers, partition)
             else:
-                touched_waits[name_key] = (waits, message.partition)
+                applied.waits[name_key] = (waits, partition)
             planned.extend(Planned(effect) for effect in effects)
         await self.dispatcher.carry_out(planned, outbox)
-        for name_key, (waits, partition) in touched_waits.items():
-            self.waits.data[name_key] = waits
-            self.waits.send_changelog(partition, name_key, waits.to_bytes())
-        for name_key, (triggers, partition) in touched_triggers.items():
-            self.triggers.data[name_key] = triggers
-            self.triggers.send_changelog(partition, name_key, triggers.to_bytes())
+        return applied
 
-    def _load_waits(self, name_key: bytes) -> NameWaits:
-        value = self.waits.data.get(name_key)
-        if value is None:
-            return NameWaits()
-        return value if isinstance(value, NameWaits) else NameWaits.from_bytes(value)
 
-    def _load_triggers(self, name_key: bytes) -> NameTriggers:
-        value = self.triggers.data.get(name_key)
-        if value is None:
-            return NameTriggers()
-        return value if isinstance(value, NameTriggers) else NameTriggers.from_bytes(value)
+@dataclass
+class AppliedSignals:
+    """A batch of signals applied, its messages acknowledged; its names' states not kept yet
+    (`stateful_consumer.Processed`; no rows)."""
+
+    host: SignalsHost
+    waits: dict[bytes, tuple[NameWaits, int]] = field(default_factory=dict)
+    triggers: dict[bytes, tuple[NameTriggers, int]] = field(default_factory=dict)
+    """The touched names' states and their partition, by name."""
+
+    @property
+    def rows(self) -> Mapping[str, TableRows]:
+        return {}
+
+    def keep(self) -> None:
+        """The names' states into their stores (memory; the changelogs later)."""
+        for name_key, (waits, partition) in self.waits.items():
+            self.host.waits.put(partition, name_key, waits)
+        for name_key, (triggers, partition) in self.triggers.items():
+            self.host.triggers.put(partition, name_key, triggers)
 
 
 # --- shared ------------------------------------------------------------------------------------
@@ -490,59 +518,16 @@ def _log_retry(state: RetryCallState) -> None:
     )
 
 
-async def run_in_batches(
-    stream: StreamT[Any],
-    process: Callable[[list[EventT[Any]]], Awaitable[None]],
-    *,
-    max_events: int,
-    within: float,
-) -> None:
-    """Feed `stream`'s events to `process` in batches, and acknowledge each event only once the
-    batch holding it has been processed.
-
-    Collecting and processing overlap: faust gathers events (`noack_take`, up to `within`
-    seconds) while one worker task processes, and the worker takes everything that queued up
-    while it was busy as one batch (up to `max_events`). Idle, a batch is what arrived within
-    `within` (the latency a batch adds); under load, batches grow to what arrived during the
-    previous one, so the fixed cost of a batch (a ClickHouse insert) is paid per batch, not per
-    `within`. One worker, batches in log order: the processing of a partition stays sequential.
-    Unacknowledged events are delivered again after a restart, so nothing between faust and the
-    worker needs to survive a crash.
-    """
-    queue: asyncio.Queue[list[EventT[Any]]] = asyncio.Queue(maxsize=_QUEUED_BATCHES)
-
-    async def work() -> None:
-        while True:
-            batch = await queue.get()
-            while not queue.empty() and len(batch) < max_events:
-                batch.extend(queue.get_nowait())
-            await process(batch)
-            for event in batch:
-                await stream.ack(event)
-
-    worker = asyncio.create_task(work())
-    try:
-        async for taken in cast(Stream[Any], stream).noack_take(max_events, within=within):
-            # noack_take yields the events themselves (it buffers events, not values).
-            put = asyncio.ensure_future(queue.put(cast(list[EventT[Any]], list(taken))))
-            await asyncio.wait({put, worker}, return_when=asyncio.FIRST_COMPLETED)
-            if worker.done():
-                put.cancel()
-                worker.result()  # the worker's failure is the agent's
-    finally:
-        worker.cancel()
-
-
 def create_processor_app(
     config: ProcessorConfig,
     writer: BatchWriter,
     flows: list[FlowDefinition],
     workflows: Iterable[WorkflowDefinition] = (),
 ) -> tuple[faust.App, FoldHost]:
-    """The faust app with its agents; `flows` and `workflows` are the definitions known at
-    start-up (the flows table, and the workflow definitions read from the flows topic)."""
+    """The faust app with its agent and tasks; `flows` and `workflows` are the definitions known
+    at start-up (the flows table, and the workflow definitions read from the flows topic)."""
     app = faust.App(
-        config.agents_app_id,
+        config.flows_app_id,
         broker=f"kafka://{config.bootstrap}",
         store="memory://",
         datadir=str(config.data_dir),
@@ -551,8 +536,8 @@ def create_processor_app(
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
-        # Do not wait at shutdown for events still in hand: they were not acknowledged, so
-        # they are delivered again after a restart, and folding them again is idempotent.
+        # Do not wait at shutdown for flows still in hand: they were not acknowledged, so
+        # they are delivered again after a restart, and recording them again is idempotent.
         stream_wait_empty=False,
         autodiscover=False,
         broker_commit_interval=1.0,
@@ -564,15 +549,7 @@ def create_processor_app(
     raw: dict[str, Any] = {
         "key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"
     }
-    signals_topic = app.topic(config.topics.signals, partitions=config.signals_partitions, **raw)
     flows_topic = app.topic(config.topics.flows, **raw)
-    # bytes key and value types make faust's tables use the raw codec.
-    waits = app.Table(
-        "waits", partitions=config.signals_partitions, key_type=bytes, value_type=bytes
-    )
-    triggers = app.Table(
-        "triggers", partitions=config.signals_partitions, key_type=bytes, value_type=bytes
-    )
 
     async def send(topic: str, key: bytes | None, value: bytes) -> Any:
         # Straight to the producer: faust's topic.send would attach the message to the current
@@ -585,15 +562,24 @@ def create_processor_app(
     dispatcher = Dispatcher(
         config.topics, cast(SendFunction, send), registry, max_bytes=config.max_event_bytes
     )
-    runs = RunStore(
-        config.bootstrap, config.runs_changelog, max_message_bytes=config.max_fetch_bytes
-    )
+    runs = StateStore(config.bootstrap, config.runs_changelog, RunState.from_bytes,
+                      max_message_bytes=config.max_fetch_bytes)
     host = FoldHost(config, writer, runs, dispatcher)
     host.remember_flows(flows)
-    signals = SignalsHost(config, waits, triggers, dispatcher)
-    events = EventsConsumer(
+    events = StatefulConsumer(
         bootstrap=config.bootstrap, group_id=config.app_id, topic=config.topics.events,
-        store=runs, process=host.process_events, write=host.write_rows, recovered=host.recovered,
+        stores=[runs], process=host.process_events, write=host.write_rows,
+        recovered=host.recovered, max_records=config.batch_size,
+        max_fetch_bytes=config.max_fetch_bytes, write_interval=config.write_interval,
+    )
+    waits = StateStore(config.bootstrap, config.waits_changelog, NameWaits.from_bytes,
+                       max_message_bytes=config.max_fetch_bytes)
+    triggers = StateStore(config.bootstrap, config.triggers_changelog, NameTriggers.from_bytes,
+                          max_message_bytes=config.max_fetch_bytes)
+    signals_host = SignalsHost(config, waits, triggers, dispatcher)
+    signals = StatefulConsumer(
+        bootstrap=config.bootstrap, group_id=config.signals_group, topic=config.topics.signals,
+        stores=[waits, triggers], process=signals_host.process_signals,
         max_records=config.batch_size, max_fetch_bytes=config.max_fetch_bytes,
         write_interval=config.write_interval,
     )
@@ -602,17 +588,14 @@ def create_processor_app(
     async def fold_events() -> None:
         await events.run()
 
+    @app.task  # type: ignore[untyped-decorator]
+    async def resolve_signals() -> None:
+        await signals.run()
+
     @app.agent(flows_topic, name="record_flows", concurrency=1)
     async def record_flows(stream: StreamT[bytes]) -> None:
         async for batch in cast(Stream[bytes], stream).take_events(100, within=0.1):
             await host.process_flows(batch)
-
-    @app.agent(signals_topic, name="resolve_signals", concurrency=1)
-    async def resolve_signals(stream: StreamT[bytes]) -> None:
-        await run_in_batches(
-            stream, signals.process_signals, max_events=config.batch_size,
-            within=config.batch_seconds,
-        )
 
     @app.task  # type: ignore[untyped-decorator]
     async def fire_timers() -> None:

@@ -2,10 +2,11 @@
 
 Pure: `apply_signals_message(waits, triggers, message, now)` updates the two states of the
 message's name in place and returns the effects (`SendCommand(start_run)`, `WriteEvent`). The
-host (`host.SignalsHost`) reads the signals topic in batches, keeps the states in two faust
-tables keyed by the event name (`waits`, `triggers`), carries out the effects, waits for Kafka's
-acknowledgements and only then stores the states: a crash in between re-reads the batch and
-writes the same messages again, with the same derived ids, which their consumers drop.
+host (`host.SignalsHost`, fed by a `stateful_consumer.StatefulConsumer`) reads the signals
+topic in batches, keeps the states in two stores keyed by the event name (`waits`, `triggers`:
+`state_store.StateStore`), carries out the effects, waits for Kafka's acknowledgements and only
+then stores the states: a crash in between re-reads the batch and writes the same messages
+again, with the same derived ids, which their consumers drop.
 
 One partition holds all of a name's messages, so their order is the log's, and it decides:
 

@@ -41,24 +41,35 @@ def processor_config(settings: Settings) -> ProcessorConfig:
         bootstrap=settings.kafka_bootstrap,
         topics=settings.topics,
         events_partitions=settings.events_partitions,
-        signals_partitions=settings.signals_partitions,
         replication_factor=settings.replication_factor,
         max_event_bytes=settings.max_event_bytes,
         data_dir=settings.data_dir / "processors",
     )
 
 
-def runs_changelog_spec(config: ProcessorConfig, settings: Settings) -> TopicSpec:
-    """The run store's changelog (processors/run_store.py): one partition per events
-    partition, compacted (each run's newest state is all that is read back)."""
-    return TopicSpec(
-        name=config.runs_changelog,
-        partitions=settings.events_partitions,
-        partitions_setting="events_partitions",
-        replication_factor=settings.replication_factor,
-        # A state holds every event id of its run: allow the producer's largest request.
-        configs={"cleanup.policy": "compact", "max.message.bytes": str(config.max_fetch_bytes)},
-    )
+def changelog_specs(config: ProcessorConfig, settings: Settings) -> list[TopicSpec]:
+    """The state stores' changelogs (processors/state_store.py): the runs' (one partition per
+    events partition), the waits' and the triggers' (one per signals partition); compacted
+    (each key's newest state is all that is read back)."""
+
+    def spec(name: str, partitions_setting: str) -> TopicSpec:
+        return TopicSpec(
+            name=name,
+            partitions=int(getattr(settings, partitions_setting)),
+            partitions_setting=partitions_setting,
+            replication_factor=settings.replication_factor,
+            # A run's state holds every event id of the run, a name's its waits: allow the
+            # producer's largest request.
+            configs={
+                "cleanup.policy": "compact", "max.message.bytes": str(config.max_fetch_bytes)
+            },
+        )
+
+    return [
+        spec(config.runs_changelog, "events_partitions"),
+        spec(config.waits_changelog, "signals_partitions"),
+        spec(config.triggers_changelog, "signals_partitions"),
+    ]
 
 
 @dataclass
@@ -72,7 +83,7 @@ def run_processors(settings: Settings, *, sql_port: int | None, hooks: StackHook
     """Run the processors in the foreground until SIGINT/SIGTERM (raises SystemExit then)."""
     config = processor_config(settings)
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    asyncio.run(ensure_topics(settings.kafka_bootstrap, [runs_changelog_spec(config, settings)]))
+    asyncio.run(ensure_topics(settings.kafka_bootstrap, changelog_specs(config, settings)))
     # The workflow registry's start-up state: the compacted flows topic read to its end (see
     # processors/registry.py); the flows agent learns what is written after.
     workflows = asyncio.run(

@@ -17,9 +17,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from steplog.processors.effects import TimerKind
+from steplog.processors.signals_agent import NameTriggers, NameWaits
 from steplog.projections.log_reader import read_log, topic_end_offsets
 from steplog.schemas.base import ErrorInfo, WireModel, new_event_id
-from steplog.schemas.codec import decode_command, decode_event, encode
+from steplog.schemas.codec import decode_command, decode_dead_letter, decode_event, encode
 from steplog.schemas.commands import CancelRun, Command, ResumeRun, StartRun
 from steplog.schemas.events import (
     Event,
@@ -36,11 +37,11 @@ from steplog.schemas.events import (
     StepFailedPayload,
     StepInvoked,
     StepInvokedPayload,
+    StepKind,
     StepSleeping,
     StepSleepingPayload,
     StepStarted,
     StepStartedPayload,
-    StepKind,
     StepWaiting,
     StepWaitingPayload,
 )
@@ -55,6 +56,8 @@ from steplog.schemas.ids import (
 )
 from steplog.schemas.signals import Signal, TriggerRegistered, WaitRegistered
 from steplog.settings import Settings
+from steplog.stack import changelog_specs, processor_config
+from steplog.topics import ensure_topics
 from tests.conftest import RunningProcessors, start_processors, wait_for
 
 APP = "shop"
@@ -348,5 +351,66 @@ def test_timers_are_rebuilt_from_the_stored_run_states_after_a_restart(
                                   lambda e: isinstance(e, StepCompleted) and e.run_id == "sleepy-1")
         assert woke.ts >= wake_at
         assert log.wait_for_resumes("sleepy-1", 2)[1].history["nap"].status == "completed"
+    finally:
+        running.stop()
+
+
+def test_names_stored_by_fausts_tables_go_on_and_bad_signals_are_dead_letters(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    """A stack upgraded from the processors whose signals were a faust agent, with a run parked
+    on a wait and a trigger registered: both are only in the changelogs faust's tables wrote
+    (the signals that registered them may be gone with the topic's retention)."""
+    log = Log(stack_settings)
+    config = processor_config(stack_settings)
+    project = log.project
+    waits = NameWaits()
+    waits.waits["w-parked"] = WaitRegistered(
+        event_id="w-parked", project=project, name="order.approved", app=APP,
+        flow="order.process", run_id="parked-1", step_key="approval", ts=datetime.now(UTC))
+    triggers = NameTriggers({(project, APP, "order.process")})
+
+    async def store_as_faust_did() -> None:
+        await ensure_topics(stack_settings.kafka_bootstrap, changelog_specs(config, stack_settings))
+        producer = AIOKafkaProducer(bootstrap_servers=stack_settings.kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            # The changelogs have as many partitions as the signals topic: the default
+            # partitioner puts a name where its signals are.
+            await producer.send_and_wait(config.waits_changelog, waits.to_bytes(),
+                                         key=b"order.approved")
+            await producer.send_and_wait(config.triggers_changelog, triggers.to_bytes(),
+                                         key=b"order.placed")
+            await producer.send_and_wait(log.topics.signals, b"{not json", key=b"order.approved")
+        finally:
+            await producer.stop()
+
+    asyncio.run(store_as_faust_did())
+    misplaced = Signal(event_id=new_event_id(), project=project, name="order.approved",
+                       ts=datetime.now(UTC))
+    log.write(log.topics.signals, "another.name", misplaced)
+    running = start_processors(stack_settings, tmp_path / "processors.log")
+    try:
+        approved = Signal(event_id=new_event_id(), project=project, name="order.approved",
+                          data={"by": "ann"}, ts=datetime.now(UTC))
+        placed = Signal(event_id=new_event_id(), project=project, name="order.placed",
+                        data={"id": 8}, ts=datetime.now(UTC))
+        log.write(log.topics.signals, "order.approved", approved)
+        log.write(log.topics.signals, "order.placed", placed)
+        resolved = log.wait_for_event("the parked wait's step.completed", lambda e: isinstance(
+            e, StepCompleted) and e.run_id == "parked-1")
+        assert resolved.event_id == wait_resolution_id("parked-1", "approval", 1)
+        assert isinstance(resolved, StepCompleted)
+        assert resolved.payload.output == {"by": "ann"}
+        triggered = triggered_run_id(placed.event_id, APP, "order.process")
+        started = log.wait_for_command("the triggered start_run", lambda c: c.run_id == triggered)
+        assert isinstance(started, StartRun) and started.input == {"id": 8}
+
+        # Sent before the effects of the signals after them: in the topic by now (in the
+        # partitions of their keys, so in no particular order).
+        letters = sorted(log.read(log.topics.dlq, decode_dead_letter), key=lambda x: x.field)
+        assert [letter.source_topic for letter in letters] == [log.topics.signals] * 2
+        assert [letter.field for letter in letters] == ["", "name"]
+        assert "another.name" in letters[1].reason
     finally:
         running.stop()

@@ -1,27 +1,34 @@
-"""Each run's `RunState`, kept by the fold's consumer: in memory per partition of the events
-topic, and in a compacted changelog topic from which a partition's states are read back when
-the partition is assigned.
+"""States keyed by bytes, kept by a stateful consumer (processors/stateful_consumer.py): in
+memory per partition of the consumed topic, and in a compacted changelog topic from which a
+partition's states are read back when the partition is assigned.
 
-The changelog has one partition per events partition, and a run's state goes to the changelog
-partition of the events partition its run lives in (the run id is the message key), so the
-states of an events partition are exactly one changelog partition: `recover` reads it from its
-beginning to its end, and compaction keeps only each run's newest state. The topic is faust's
-old `<app id>-runs-changelog` (same keys, same values), so states written before the consumer
-moved off faust's tables are read back as they are.
+The changelog has one partition per partition of the consumed topic, and a state goes to the
+changelog partition of the message that changed it (its key is the message key, or includes
+it), so the states of a consumed partition are exactly one changelog partition: `recover` reads
+it from its beginning to its end, and compaction keeps only each key's newest state. The
+processors keep three stores (`host.create_processor_app`), each on a topic faust created when
+its table was a faust table (same keys, same values), so states written then are read back as
+they are:
 
-Writes are buffered: `put` keeps the newest state of each run, `flush` sends them all and
+- the runs' `RunState`, by `host.run_state_key`, in `<prefix>processors-runs-changelog`
+  (the events topic's partitions);
+- each event name's `NameWaits` and `NameTriggers`, by name, in
+  `<prefix>processors-agents-waits-changelog` and `-triggers-changelog` (the signals topic's).
+
+Writes are buffered: `put` keeps the newest state of each key, `flush` sends them all and
 returns once Kafka has acknowledged every one (acks=all), sending a failed record batch again
 with backoff, forever (or `take_unsent` now and `send` later: one batch's states). The
 consumer commits a batch's offsets only after its states are acknowledged, so a committed
-offset is never ahead of the states that have seen its events (docs/processors.md).
+offset is never ahead of the states that have seen its messages (docs/processors.md).
 The store has its own producer and sends each partition's states as whole record batches
 (`send_batch`): a batch of events touches thousands of runs, and a `send` per state (a
 coroutine, a future and the accumulator's wake-ups each) cost more than the fold itself.
 
-Memory holds each state as its changelog bytes, never as objects: `get` decodes a fresh
-`RunState` and `put` encodes it (the encoding is needed for the changelog anyway). A 10-event
-run costs about 1.2 KB so, against 6.4 KB as objects, and a partition's recovery decodes
-nothing; the price is a decode (10-20 µs) per run and batch that touches it.
+Memory holds each state as its changelog bytes, never as objects: `get` decodes a fresh state
+(changing it changes nothing stored) and `put` encodes it (the encoding is needed for the
+changelog anyway). A 10-event run costs about 1.2 KB so, against 6.4 KB as objects, and a
+partition's recovery decodes nothing; the price is a decode (10-20 µs for a run) per state and
+batch that touches it.
 """
 
 from __future__ import annotations
@@ -29,16 +36,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Collection, Iterator
-from typing import Final
+from collections.abc import Callable, Collection, Iterator
+from typing import Final, Generic, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from steplog.errors import SteplogError
 
-from .state import RunState
-
-__all__ = ["RunStore", "StateTooLargeError", "UnsentStates"]
+__all__ = ["StateStore", "StateTooLargeError", "Storable", "UnsentStates"]
 
 log = logging.getLogger("steplog.processors")
 
@@ -53,15 +58,32 @@ UnsentStates = dict[int, dict[bytes, bytes]]
 
 
 class StateTooLargeError(SteplogError):
-    """A run's state is larger than the changelog accepts: it cannot be stored."""
+    """A state is larger than the changelog accepts: it cannot be stored."""
 
 
-class RunStore:
-    """Run states by partition of the events topic (keys: `host.run_state_key`)."""
+class Storable(Protocol):
+    """A state as a store keeps it: its changelog bytes (read back by the store's `decode`)."""
 
-    def __init__(self, bootstrap: str, changelog: str, *, max_message_bytes: int) -> None:
+    def to_bytes(self) -> bytes: ...
+
+
+S = TypeVar("S", bound=Storable)
+
+
+class StateStore(Generic[S]):
+    """States by partition of the consumed topic and by key, stored in `changelog`."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        changelog: str,
+        decode: Callable[[bytes], S],
+        *,
+        max_message_bytes: int,
+    ) -> None:
         self.bootstrap = bootstrap
         self.changelog = changelog
+        self.decode = decode
         self._max_message_bytes = max_message_bytes
         self._states: dict[int, dict[bytes, bytes]] = {}
         self._unsent: dict[int, dict[bytes, bytes]] = {}
@@ -92,24 +114,24 @@ class RunStore:
     def __len__(self) -> int:
         return sum(len(states) for states in self._states.values())
 
-    def get(self, partition: int, state_key: bytes) -> RunState | None:
+    def get(self, partition: int, state_key: bytes) -> S | None:
         held = self._states[partition].get(state_key)
-        return None if held is None else RunState.from_bytes(held)
+        return None if held is None else self.decode(held)
 
-    def find(self, state_key: bytes) -> RunState | None:
-        """A run's state whatever its partition (the timer service knows only the run)."""
+    def find(self, state_key: bytes) -> S | None:
+        """A state whatever its partition (the timer service knows only the run)."""
         for partition, states in self._states.items():
             if state_key in states:
                 return self.get(partition, state_key)
         return None
 
-    def items(self) -> Iterator[tuple[bytes, RunState]]:
+    def items(self) -> Iterator[tuple[bytes, S]]:
         """Every state held, decoded one at a time (memory stays flat)."""
         for states in list(self._states.values()):
             for state_key, value in list(states.items()):
-                yield state_key, RunState.from_bytes(value)
+                yield state_key, self.decode(value)
 
-    def put(self, partition: int, state_key: bytes, state: RunState) -> None:
+    def put(self, partition: int, state_key: bytes, state: S) -> None:
         """Hold `state` in memory now (later changes to the object are not kept); its
         changelog write goes out with the next `flush`."""
         value = state.to_bytes()
@@ -122,16 +144,16 @@ class RunStore:
 
     def take_unsent(self) -> UnsentStates:
         """The states put since the last take (or flush), for `send`: a caller whose later
-        puts must not go out with these (the fold's consumer, batch by batch)."""
+        puts must not go out with these (the stateful consumer, batch by batch)."""
         pending, self._unsent = self._unsent, {}
         return pending
 
     async def send(self, pending: UnsentStates) -> None:
         """Send states taken with `take_unsent` and wait until Kafka acknowledged all.
 
-        One value per run per take, each partition's record batches one after the other (a
+        One value per key per take, each partition's record batches one after the other (a
         failed batch is sent again before the next). Call it for one take at a time, in the
-        order of the takes: a state can then never land behind an older state of its run.
+        order of the takes: a state can then never land behind an older state of its key.
         """
         await asyncio.gather(*(
             self._send_partition(partition, list(states.items()))
@@ -141,7 +163,7 @@ class RunStore:
     async def _send_partition(self, partition: int, states: list[tuple[bytes, bytes]]) -> None:
         producer = self._producer
         if producer is None:
-            raise RuntimeError("RunStore.flush: the store is not started")
+            raise RuntimeError(f"StateStore.send: the store of {self.changelog} is not started")
         start, delay = 0, _RETRY_FIRST_S
         while start < len(states):
             batch = producer.create_batch()
@@ -156,14 +178,14 @@ class RunStore:
                 # Sending it again would never succeed: stop rather than loop, and say why.
                 key, value = states[start]
                 raise StateTooLargeError(
-                    f"run state {key!r}: {len(value)} bytes, more than the changelog's "
+                    f"state {key!r}: {len(value)} bytes, more than the changelog's "
                     f"{self._max_message_bytes} (max_message_bytes; raise "
                     "STEPLOG_MAX_EVENT_BYTES, which sets it)"
                 )
             try:
                 await (await producer.send_batch(batch, self.changelog, partition=partition))
             except Exception as exc:
-                log.warning("%d run state(s) not acknowledged by %s[%d], sending again in "
+                log.warning("%d state(s) not acknowledged by %s[%d], sending again in "
                             "%.1fs: %r", end - start, self.changelog, partition, delay, exc)
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
                 delay = min(delay * 2, _RETRY_MAX_S)
@@ -178,7 +200,7 @@ class RunStore:
 
     async def recover(self, partitions: Collection[int]) -> None:
         """Read the changelog partitions of `partitions` from their beginning to their end (as
-        it is when the read starts) and hold what they say: each run's newest state."""
+        it is when the read starts) and hold what they say: each key's newest state."""
         if not partitions:
             return
         recovered: dict[int, dict[bytes, bytes]] = {p: {} for p in partitions}
@@ -200,7 +222,7 @@ class RunStore:
                 for tp, records in fetched.items():
                     states = recovered[tp.partition]
                     for record in records:
-                        if record.value is None:  # a tombstone: the run was deleted
+                        if record.value is None:  # a tombstone: the state was deleted
                             states.pop(record.key, None)
                         else:
                             states[record.key] = record.value
@@ -208,6 +230,6 @@ class RunStore:
         finally:
             await reader.stop()
         self._states.update(recovered)
-        log.info("run store: %d run states recovered from %s partitions %s",
+        log.info("state store: %d states recovered from %s partitions %s",
                  sum(len(states) for states in recovered.values()), self.changelog,
                  sorted(partitions))

@@ -1,9 +1,10 @@
-"""The fold's consumer and its run store against the real broker: states come back from their
-changelog partition by partition, offsets are committed once a batch and its states are done,
-later batches are folded while one is written (writes and commits in batch order, a commit
-after its write), a partition that moves to another consumer of the group takes its run
-states along, and writes are paced: the batches folded within the write interval go out
-together."""
+"""The stateful consumer and its state stores against the real broker: states come back from
+their changelog partition by partition (also the states faust's tables wrote), offsets are
+committed once a batch and its states are done, later batches are processed while one is
+written (writes and commits in batch order, a commit after its write), batches without rows
+keep states in several stores and write nothing, and a partition that moves to another
+consumer of the group takes its states along; completions are paced: the batches handled
+within the write interval go out together."""
 
 from __future__ import annotations
 
@@ -15,22 +16,33 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from steplog.processors.events_consumer import EventsConsumer, Folded, Record
-from steplog.processors.run_store import RunStore
+from steplog.processors.signals_agent import NameTriggers, NameWaits
 from steplog.processors.state import RunState
+from steplog.processors.state_store import StateStore
+from steplog.processors.stateful_consumer import Processed, Record, StatefulConsumer
 from steplog.projections.log_reader import topic_end_offsets
 from steplog.projections.writer import TableRows
 from steplog.settings import Settings
-from steplog.stack import processor_config, runs_changelog_spec
+from steplog.stack import changelog_specs, processor_config
 from steplog.topics import ensure_topics
 
 RUNS = [f"run-{n}".encode() for n in range(12)]
 
 
-def new_store(settings: Settings) -> RunStore:
+def new_store(settings: Settings) -> StateStore[RunState]:
     config = processor_config(settings)
-    return RunStore(config.bootstrap, config.runs_changelog,
-                    max_message_bytes=config.max_fetch_bytes)
+    return StateStore(config.bootstrap, config.runs_changelog, RunState.from_bytes,
+                      max_message_bytes=config.max_fetch_bytes)
+
+
+def new_name_stores(
+    settings: Settings,
+) -> tuple[StateStore[NameWaits], StateStore[NameTriggers]]:
+    config = processor_config(settings)
+    return (StateStore(config.bootstrap, config.waits_changelog, NameWaits.from_bytes,
+                       max_message_bytes=config.max_fetch_bytes),
+            StateStore(config.bootstrap, config.triggers_changelog, NameTriggers.from_bytes,
+                       max_message_bytes=config.max_fetch_bytes))
 
 
 def new_state(run_id: str, *seen: str) -> RunState:
@@ -40,7 +52,7 @@ def new_state(run_id: str, *seen: str) -> RunState:
 
 async def create_changelog(settings: Settings) -> None:
     await ensure_topics(settings.kafka_bootstrap,
-                        [runs_changelog_spec(processor_config(settings), settings)])
+                        changelog_specs(processor_config(settings), settings))
 
 
 async def until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
@@ -79,6 +91,31 @@ def test_flushed_states_are_recovered_per_partition_newest_first(topics: Setting
     asyncio.run(scenario())
 
 
+def test_a_name_store_reads_back_the_states_fausts_table_wrote(topics: Settings) -> None:
+    async def scenario() -> None:
+        await create_changelog(topics)
+        # As faust's `waits` table wrote them: the name as key, NameWaits.to_bytes() as value,
+        # to the partition of the signal that changed it.
+        waits = NameWaits()
+        waits.remember("signal-1")
+        producer = AIOKafkaProducer(bootstrap_servers=topics.kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            changelog = processor_config(topics).waits_changelog
+            await producer.send_and_wait(changelog, waits.to_bytes(), key=b"approved",
+                                         partition=1)
+        finally:
+            await producer.stop()
+
+        store, _ = new_name_stores(topics)
+        await store.recover([0, 1])
+        recovered = store.get(1, b"approved")
+        assert recovered is not None and list(recovered.recent) == ["signal-1"]
+        assert store.get(0, b"approved") is None
+
+    asyncio.run(scenario())
+
+
 @dataclass
 class CountedBatch:
     """A CountingMember's folded batch: its states, kept when the consumer says, and one "row":
@@ -112,15 +149,15 @@ class CountingMember:
         self.write_times: list[float] = []
         self.gate = asyncio.Event()
         self.gate.set()  # writes go through unless a test closes it
-        self.consumer = EventsConsumer(
+        self.consumer = StatefulConsumer(
             bootstrap=settings.kafka_bootstrap, group_id=processor_config(settings).app_id,
-            topic=settings.topics.events, store=self.store, process=self.process,
+            topic=settings.topics.events, stores=[self.store], process=self.process,
             write=self.write, recovered=self.recovered, max_records=1000,
             max_fetch_bytes=1024 * 1024, write_interval=write_interval, poll_ms=100,
         )
         self.task = asyncio.create_task(self.consumer.run())
 
-    async def process(self, records: Sequence[Record]) -> Folded:
+    async def process(self, records: Sequence[Record]) -> Processed:
         self.batches += 1
         folded = CountedBatch(self, self.batches)
         for record in records:
@@ -149,26 +186,32 @@ class CountingMember:
         await asyncio.gather(self.task, return_exceptions=True)
 
 
-async def send_round(settings: Settings, value: bytes) -> dict[bytes, set[str]]:
-    """One message per run; the positions each run's message landed at."""
+async def send_round(
+    settings: Settings, value: bytes, topic: str | None = None
+) -> dict[bytes, set[str]]:
+    """One message per run (to the events topic unless told); the positions each run's
+    message landed at."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     await producer.start()
     try:
-        sent = {key: await (await producer.send(settings.topics.events, value, key=key))
+        sent = {key: await (await producer.send(topic or settings.topics.events, value, key=key))
                 for key in RUNS}
     finally:
         await producer.stop()
     return {key: {f"{meta.partition}:{meta.offset}"} for key, meta in sent.items()}
 
 
-async def committed(settings: Settings) -> list[int]:
+async def committed(settings: Settings, group: str | None = None,
+                    topic: str | None = None) -> list[int]:
+    """The group's committed offsets on the topic (the fold's group, events, unless told)."""
+    topic = topic or settings.topics.events
     reader = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
-                              group_id=processor_config(settings).app_id,
+                              group_id=group or processor_config(settings).app_id,
                               enable_auto_commit=False)
     await reader.start()
     try:
-        return [await reader.committed(TopicPartition(settings.topics.events, p)) or 0
-                for p in range(settings.events_partitions)]
+        partitions = len(await topic_end_offsets(settings.kafka_bootstrap, topic))
+        return [await reader.committed(TopicPartition(topic, p)) or 0 for p in range(partitions)]
     finally:
         await reader.stop()
 
@@ -279,5 +322,78 @@ def test_batches_folded_within_the_write_interval_are_written_together(
                 await asyncio.sleep(0.1)
         finally:
             await member.stop()
+
+    asyncio.run(scenario())
+
+
+@dataclass
+class AppliedNames:
+    """A batch with no rows and states in two stores: each record's position remembered by its
+    key's waits, and its key added to its key's triggers."""
+
+    stores: tuple[StateStore[NameWaits], StateStore[NameTriggers]]
+    waits: dict[tuple[int, bytes], NameWaits] = field(default_factory=dict)
+    triggers: dict[tuple[int, bytes], NameTriggers] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> Mapping[str, TableRows]:
+        return {}
+
+    def keep(self) -> None:
+        for (partition, key), waits in self.waits.items():
+            self.stores[0].put(partition, key, waits)
+        for (partition, key), triggers in self.triggers.items():
+            self.stores[1].put(partition, key, triggers)
+
+
+def test_batches_without_rows_store_states_in_every_store_then_commit_writing_nothing(
+    topics: Settings,
+) -> None:
+    async def scenario() -> None:
+        await create_changelog(topics)
+        stores = new_name_stores(topics)
+        waits = stores[0]
+
+        async def process(records: Sequence[Record]) -> Processed:
+            applied = AppliedNames(stores)
+            for record in records:
+                assert record.key is not None
+                name = (record.partition, record.key)
+                held = applied.waits.get(name) or waits.get(*name) or NameWaits()
+                held.remember(f"{record.partition}:{record.offset}")
+                applied.waits[name] = held
+                applied.triggers[name] = NameTriggers({("p", "app", record.key.decode())})
+            return applied
+
+        group = processor_config(topics).signals_group
+        consumer = StatefulConsumer(
+            bootstrap=topics.kafka_bootstrap, group_id=group, topic=topics.topics.signals,
+            stores=stores, process=process, max_records=1000, max_fetch_bytes=1024 * 1024,
+            poll_ms=100,
+        )  # no writer: a batch with rows would stop it
+        task = asyncio.create_task(consumer.run())
+        try:
+            positions = await send_round(topics, b"one", topics.topics.signals)
+            for key, more in (await send_round(topics, b"two", topics.topics.signals)).items():
+                positions[key] |= more
+            ends = await topic_end_offsets(topics.kafka_bootstrap, topics.topics.signals)
+            deadline = time.monotonic() + 30
+            while (offsets := await committed(topics, group, topics.topics.signals)) != ends:
+                assert not task.done(), task
+                assert time.monotonic() < deadline, f"committed {offsets}, ends {ends}"
+                await asyncio.sleep(0.1)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+        # Committed, so both stores' states are in their changelogs, with every record.
+        read_waits, read_triggers = new_name_stores(topics)
+        partitions = list(range(topics.signals_partitions))
+        await read_waits.recover(partitions)
+        await read_triggers.recover(partitions)
+        for key in RUNS:
+            found = read_waits.find(key)
+            assert found is not None and set(found.recent) == positions[key]
+            assert read_triggers.find(key) == NameTriggers({("p", "app", key.decode())})
 
     asyncio.run(scenario())
