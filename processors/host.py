@@ -106,12 +106,12 @@ class ProcessorConfig:
     batch_size: int = 10_000
     """The most events (or signals) handled as one batch."""
     write_interval: float = 0.2
-    """The least time between two completions of a consumer (seconds): the batches handled
-    meanwhile are written, sent to the changelogs and committed together. An insert costs the
-    engine tens of ms of CPU (and a part to merge) however few its rows, and each changelog
-    send and commit is a broker request, so a trickle of events completed batch by batch kept
-    a core busy (BENCHMARKS.md); rows become visible up to this much later. Messages (resumes)
-    do not wait for it."""
+    """The least time between two completions of a consumer, in seconds (STEPLOG_WRITE_INTERVAL_MS):
+    the batches handled meanwhile are written, sent to the changelogs and committed together.
+    An insert costs the engine tens of ms of CPU (and a part to merge) however few its rows,
+    and each changelog send and commit is a broker request, so a trickle of events completed
+    batch by batch kept a core busy (BENCHMARKS.md); rows become visible up to this much
+    later. Messages (resumes) do not wait for it."""
 
     @property
     def signals_group(self) -> str:

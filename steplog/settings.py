@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(
         1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest encoded event accepted."
     )
+    write_interval_ms: int = Field(
+        200, ge=0, le=60_000,
+        description="Least time between two projection writes of the processors: rows become "
+        "visible up to this much later, and the engine gets fewer, larger inserts.",
+    )
 
     kafka_version: str = Field("4.2.0", description="Apache Kafka version the local broker runs.")
     broker_heap: str = Field("512m", description="Java heap (-Xmx) of the local broker.")

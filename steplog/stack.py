@@ -44,6 +44,7 @@ def processor_config(settings: Settings) -> ProcessorConfig:
         replication_factor=settings.replication_factor,
         max_event_bytes=settings.max_event_bytes,
         data_dir=settings.data_dir / "processors",
+        write_interval=settings.write_interval_ms / 1000,
     )
 
 
