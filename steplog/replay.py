@@ -33,7 +33,7 @@ from steplog.projections.clickhouse import open_clickhouse, query_value
 from steplog.projections.log_reader import topic_end_offsets
 from steplog.projections.migrations import PROJECTION_TABLES, migrate, table_ddl
 from steplog.projections.writer import ProjectionWriter
-from steplog.replay_fold import FoldShare, fold_share, shares
+from steplog.replay_fold import FoldCounts, FoldShare, fold_share, shares
 from steplog.settings import Settings
 from steplog.topics import topic_partitions
 
@@ -59,11 +59,9 @@ class TableDiff:
 
 
 @dataclass
-class ReplayReport:
-    events: int = 0
-    invalid: int = 0
-    runs: int = 0
-    flows: int = 0
+class ReplayReport(FoldCounts):
+    """Every fold process's counts, added up, and what became of the rebuilt tables."""
+
     seconds: float = 0.0
     swapped: bool = False
     diffs: list[TableDiff] = field(default_factory=list)
@@ -178,11 +176,7 @@ def _take(
         writer.write(rows)
         progress(records)
     elif kind == "done":
-        (counts,) = payload
-        report.events += counts.events
-        report.invalid += counts.invalid
-        report.runs += counts.runs
-        report.flows += counts.flows
+        report.add(payload[0])
         del children[receiver]
         receiver.close()
         child.join()

@@ -63,6 +63,12 @@ class FoldCounts:
     flows: int = 0
     """Flow definitions (counted by the child that sends them)."""
 
+    def add(self, other: FoldCounts) -> None:
+        self.events += other.events
+        self.invalid += other.invalid
+        self.runs += other.runs
+        self.flows += other.flows
+
 
 def fold_share(conn: Connection, share: FoldShare, parent: int) -> None:
     """The child's entry point (multiprocessing "spawn" target)."""

@@ -216,6 +216,20 @@ async def committed(settings: Settings, group: str | None = None,
         await reader.stop()
 
 
+async def until_committed_to_the_end(
+    settings: Settings, group: str | None = None, topic: str | None = None,
+    consumer: asyncio.Task[None] | None = None,
+) -> None:
+    """Wait (30 s at most) until the group has committed the whole topic (`committed`'s
+    defaults); `consumer`, if given, must not stop meanwhile."""
+    ends = await topic_end_offsets(settings.kafka_bootstrap, topic or settings.topics.events)
+    deadline = time.monotonic() + 30
+    while (offsets := await committed(settings, group, topic)) != ends:
+        assert consumer is None or not consumer.done(), consumer
+        assert time.monotonic() < deadline, f"committed {offsets}, ends {ends}"
+        await asyncio.sleep(0.1)
+
+
 def test_a_partition_moves_to_another_member_with_its_run_states(topics: Settings) -> None:
     async def scenario() -> None:
         await create_changelog(topics)
@@ -249,11 +263,7 @@ def test_a_partition_moves_to_another_member_with_its_run_states(topics: Setting
             assert moved, "the second member took no run over"
             assert second.recoveries >= 1
             # Committed once the batch and its states are done: to the end, by one or the other.
-            ends = await topic_end_offsets(topics.kafka_bootstrap, topics.topics.events)
-            deadline = time.monotonic() + 30
-            while (offsets := await committed(topics)) != ends:
-                assert time.monotonic() < deadline, f"committed {offsets}, ends {ends}"
-                await asyncio.sleep(0.1)
+            await until_committed_to_the_end(topics)
         finally:
             await first.stop()
             if second is not None:
@@ -282,11 +292,7 @@ def test_later_batches_are_folded_while_one_is_written_and_committed_only_after_
             assert await committed(topics) == [0] * topics.events_partitions
 
             member.gate.set()
-            ends = await topic_end_offsets(topics.kafka_bootstrap, topics.topics.events)
-            deadline = time.monotonic() + 30
-            while (offsets := await committed(topics)) != ends:
-                assert time.monotonic() < deadline, f"committed {offsets}, ends {ends}"
-                await asyncio.sleep(0.1)
+            await until_committed_to_the_end(topics)
             # Every batch written once, in order, each write after the previous one ended.
             assert sum(member.writes, []) == list(range(1, member.batches + 1))
             for before, after in zip(member.writes, member.writes[1:]):
@@ -315,11 +321,7 @@ def test_batches_folded_within_the_write_interval_are_written_together(
             # Whatever was folded after the first write, in one write, the interval after it.
             assert member.writes[1] == list(range(member.writes[0][-1] + 1, member.batches + 1))
             assert member.write_times[1] - member.write_times[0] >= 2.0
-            ends = await topic_end_offsets(topics.kafka_bootstrap, topics.topics.events)
-            deadline = time.monotonic() + 30
-            while (offsets := await committed(topics)) != ends:
-                assert time.monotonic() < deadline, f"committed {offsets}, ends {ends}"
-                await asyncio.sleep(0.1)
+            await until_committed_to_the_end(topics)
         finally:
             await member.stop()
 
@@ -376,12 +378,7 @@ def test_batches_without_rows_store_states_in_every_store_then_commit_writing_no
             positions = await send_round(topics, b"one", topics.topics.signals)
             for key, more in (await send_round(topics, b"two", topics.topics.signals)).items():
                 positions[key] |= more
-            ends = await topic_end_offsets(topics.kafka_bootstrap, topics.topics.signals)
-            deadline = time.monotonic() + 30
-            while (offsets := await committed(topics, group, topics.topics.signals)) != ends:
-                assert not task.done(), task
-                assert time.monotonic() < deadline, f"committed {offsets}, ends {ends}"
-                await asyncio.sleep(0.1)
+            await until_committed_to_the_end(topics, group, topics.topics.signals, task)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
