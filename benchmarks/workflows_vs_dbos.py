@@ -18,10 +18,10 @@ DBOS Transact runs in this process (it is a library: `DBOS.start_workflow` execu
 workflow on its thread pool; every step is a row in PostgreSQL) on a throwaway PostgreSQL
 cluster on 127.0.0.1 (benchmarks/dbos_setup.sh). Steplog runs as it is deployed: a Kafka
 broker (LocalBroker), `steplog processors` and a worker (`app.worker().run()`), each a child
-process of this one; the client is in this process. The client has no call that waits for a
-run's result, so the caller reads the events topic for the run's `run.completed`. Each round
-measures DBOS, then Steplog, so that neither system's servers compete with the other's for the
-cores; --rounds alternate them and the medians of the rounds are reported.
+process of this one; the client is in this process and waits for each result with
+`RunHandle.result_async()` (DBOS: `handle.get_result()`). Each round measures DBOS, then
+Steplog, so that neither system's servers compete with the other's for the cores; --rounds
+alternate them and the medians of the rounds are reported.
 
 After its figures, the Steplog phase traces --profile-runs more runs and waits hop by hop
 (Kafka record timestamps of the commands, events and signals topics) and times each batch of
@@ -605,8 +605,8 @@ class Seen:
 class Tail:
     """Reads the events topic (and, profiling, commands and signals) from its end as it grows.
 
-    It resolves what the caller waits for: a run's `run.completed` (its output) and a run's
-    `step.waiting` (the run is parked: its `wait.registered` was acknowledged before). No
+    It resolves what the client has no call for: a run's `step.waiting` (the run is parked: its
+    `wait.registered` was acknowledged before); results come from the runs' handles. No
     consumer group: reading never disturbs the processors or the worker.
     """
 
@@ -651,8 +651,7 @@ class Tail:
             await self._consumer.stop()
 
     def expect(self, run_id: str, what: str) -> asyncio.Future[tuple[float, Any]]:
-        """A future of (time.perf_counter() when seen, payload) for `what` of the run:
-        "run.completed" (payload: the output) or "step.waiting" (payload: None)."""
+        """A future of (time.perf_counter() when seen, None) for "step.waiting" of the run."""
         future: asyncio.Future[tuple[float, Any]] = asyncio.get_running_loop().create_future()
         early = self._early.pop((run_id, what), None)
         if early is not None:
@@ -670,22 +669,13 @@ class Tail:
                 for record in records:
                     value: bytes = record.value
                     if tp.topic == self.topics.events:
-                        interesting = (
-                            b'"run.completed"' in value or b'"step.waiting"' in value
-                            or b'"run.failed"' in value
-                        )
-                        if not (interesting or self.profile):
+                        if not (b'"step.waiting"' in value or self.profile):
                             continue
                         event: Any = decode_event(value)
                         now = time.perf_counter()
                         if self.profile:
                             self._record("events", record, event, getattr(event, "step_key", None))
-                        if event.type in ("run.completed", "run.failed"):
-                            payload = getattr(event.payload, "output", None)
-                            if event.type == "run.failed":
-                                payload = RuntimeError(f"run failed: {event.payload.error}")
-                            self._resolve(event.run_id, "run.completed", (now, payload))
-                        elif event.type == "step.waiting":
+                        if event.type == "step.waiting":
                             self._resolve(event.run_id, "step.waiting", (now, None))
                     elif not self.profile:
                         continue
@@ -821,8 +811,8 @@ def run_worker() -> None:
 async def measure_steplog(
     args: argparse.Namespace, settings: Any, meter: CpuMeter, batches_path: Path
 ) -> Figures:
-    """The three measurements through the client in this process; results are read from the
-    events topic (the run's `run.completed`), as the client has no call that waits for one."""
+    """The three measurements through the client in this process; each result is awaited with
+    the run's handle (`RunHandle.result_async`)."""
     import uuid
 
     import steplog
@@ -830,19 +820,17 @@ async def measure_steplog(
     figures = Figures("Steplog")
     steps = args.steps
     expected = sum(i + 1 for i in range(steps))
+    # Parked runs and the profile's hops are read from the topics; started for those phases
+    # only, so it does not compete with the client during the latency and throughput runs.
     tail = Tail(settings.kafka_bootstrap, settings.topics, profile=False)
-    await tail.start()
     client = steplog.Client(settings=settings)
     try:
 
         async def one_run(timeout: float = 60) -> float:
-            run_id = uuid.uuid4().hex
-            done = tail.expect(run_id, "run.completed")
             began = time.perf_counter()
-            await client.start_async(TEN_STEPS, {"steps": steps}, app=APP, run_id=run_id)
-            seen, output = await asyncio.wait_for(done, timeout)
-            if isinstance(output, BaseException):
-                raise output
+            run = await client.start_async(TEN_STEPS, {"steps": steps}, app=APP)
+            output = await run.result_async(timeout=timeout)
+            seen = time.perf_counter()
             assert output == expected, output
             return (seen - began) * 1000
 
@@ -869,6 +857,7 @@ async def measure_steplog(
         figures.throughput_runs = args.runs
         figures.throughput = args.runs / figures.throughput_seconds
 
+        await tail.start()
         figures.resume_ms = [r.latency_ms for r in await resume_rounds(args, client, tail, args.waits)]
 
         # Where the time goes: a few more runs of each kind with every message of the
@@ -878,11 +867,10 @@ async def measure_steplog(
         profiled: list[tuple[str, float, float]] = []
         for _ in range(args.profile_runs):
             run_id = uuid.uuid4().hex
-            done = tail.expect(run_id, "run.completed")
             wall, began = time.time(), time.perf_counter()
-            await client.start_async(TEN_STEPS, {"steps": steps}, app=APP, run_id=run_id)
-            seen, _ = await asyncio.wait_for(done, 60)
-            profiled.append((run_id, wall, wall + (seen - began)))
+            run = await client.start_async(TEN_STEPS, {"steps": steps}, app=APP, run_id=run_id)
+            await run.result_async(timeout=60)
+            profiled.append((run_id, wall, wall + (time.perf_counter() - began)))
         waits = await resume_rounds(args, client, tail, min(args.profile_runs, args.waits))
         figures.notes.extend(hop_breakdown(tail.seen, profiled, waits))
         figures.notes.extend(batch_breakdown(batches_path, profile_began, time.time()))
@@ -912,18 +900,15 @@ async def resume_rounds(
         batch = min(args.park_batch, count - len(results))
         keys = [uuid.uuid4().hex for _ in range(batch)]
         parked = [tail.expect(key, "step.waiting") for key in keys]
-        done = [tail.expect(key, "run.completed") for key in keys]
-        await asyncio.gather(*(
+        runs = await asyncio.gather(*(
             client.start_async(WAITER, {"key": key}, app=APP, run_id=key) for key in keys
         ))
         await asyncio.wait_for(asyncio.gather(*parked), 60)
         await asyncio.sleep(args.settle)
-        for key, finished in zip(keys, done):
+        for key, run in zip(keys, runs):
             sent_wall, began = time.time(), time.perf_counter()
             await client.send_event_async(GO, {"key": key})
-            _, output = await asyncio.wait_for(finished, 60)
-            if isinstance(output, BaseException):
-                raise output
+            output: Any = await run.result_async(timeout=60)
             results.append(Resumed(
                 key, sent_wall, (output["resumed_perf"] - began) * 1000, output["resumed_wall"]
             ))
@@ -990,7 +975,7 @@ def hop_breakdown(
                 sum(gaps))
         add("step-0 started -> run.completed sent (all steps, checkpoints acknowledged)",
             completed.sent - step0.sent)
-        add("run.completed sent -> seen by the caller (tail of the events topic)",
+        add("run.completed sent -> result returned to the caller (RunHandle.result_async)",
             result_seen - completed.sent)
         add("total: start -> result", result_seen - called)
     lines = [f"Steplog 10-step run, where the time goes (median of {len(runs)} runs):"]

@@ -6,8 +6,9 @@
     client.record_step(flow_key="checkout", run_id=request_id, step_key="ship", status="success")
 
     client.send_event("order.placed", data={"id": 7})          # durable workflows: a signal,
-    run_id = client.start("order.process", data={"id": 7}, app="shop")   # a run, a cancel
-    client.cancel(run_id, flow="order.process")
+    run = client.start("order.process", data={"id": 7}, app="shop")     # a run (its id),
+    output = run.result(timeout=60)                              # its result, a cancel
+    client.cancel(run, flow="order.process")
 
 The send-failure policy, in one place (Run calls `_send` and `_report`):
 
@@ -25,6 +26,8 @@ The send-failure policy, in one place (Run calls `_send` and `_report`):
 
 The workflow control calls (send_event, start, cancel, retrigger) are requests, not telemetry:
 each waits for Kafka's acknowledgement and raises SendError without one (producers.control).
+`start` and `retrigger` return a RunHandle (a str: the run id) whose `result()` waits for the
+run's end; `run_handle(run_id)` makes one for a run started elsewhere (producers.run_results).
 """
 
 from __future__ import annotations
@@ -43,6 +46,12 @@ from steplog.producers.durations import Instant, instant
 from steplog.producers.event_bytes import encode_name
 from steplog.producers.metadata import clean_metadata
 from steplog.producers.run import Run
+from steplog.producers.run_results import (
+    RunEndLookup,
+    RunEndTail,
+    RunHandle,
+    clickhouse_http_lookup,
+)
 from steplog.producers.sender import EventSender, SenderStats
 from steplog.producers.sink import EventSink
 from steplog.schemas.base import TriggerInfo, WireModel, new_event_id
@@ -91,6 +100,9 @@ class Client:
       (`run.step(..., record_output=True)`) where the value is a small, safe summary. Values
       that are not JSON or longer than max_output_chars are recorded as null.
     - sink: where encoded events go instead of Kafka (a MemorySink in tests).
+    - run_end_lookup: how `run_handle(...).result()` asks ClickHouse whether a run started
+      elsewhere has ended (producers.run_results); default: over HTTP, the server of
+      STEPLOG_CLICKHOUSE_DSN or the stack's SQL endpoint.
     - max_buffer_bytes, linger_ms, chunk_size, close_timeout, max_event_bytes: passed to the
       EventSender (see producers.sender).
     """
@@ -113,6 +125,7 @@ class Client:
         linger_ms: int = 5,
         chunk_size: int = 5000,
         close_timeout: float = 10.0,
+        run_end_lookup: RunEndLookup | None = None,
     ) -> None:
         if settings is None and (
             project is None or (sink is None and (bootstrap is None or topic is None))
@@ -151,6 +164,10 @@ class Client:
         self._events_topic = topic
         self._control: ControlSender | None = None
         self._control_lock = threading.Lock()
+        # Run results (RunHandle.result): one tail of the events topic for every handle, made
+        # when the first handle is.
+        self._run_end_lookup = run_end_lookup
+        self._run_ends: RunEndTail | None = None
 
     # ------------------------------------------------------------------------ public API
 
@@ -259,8 +276,9 @@ class Client:
     def start(
         self, workflow: str, data: object = None, *, app: str | None = None,
         start_at: Instant | None = None, run_id: str | None = None,
-    ) -> str:
-        """Start a run of `workflow` with `data` as its input; returns the run id.
+    ) -> RunHandle:
+        """Start a run of `workflow` with `data` as its input; returns its RunHandle: the run
+        id (a str, as before) whose `result(timeout=...)` waits for the run's output.
 
         With `app` and no `start_at`: a start_run command to that app's workers. With
         `start_at` (an aware datetime, ISO string or epoch ms): a run.scheduled event; the
@@ -268,16 +286,29 @@ class Client:
         processors resolve which app defines the workflow.
         """
         topic, key, message = self._start(workflow, data, app, start_at, run_id, None, None)
-        self._control_sender().send(topic, key, message)
-        return key
+        return self._send_start(topic, key, message, workflow)
 
     async def start_async(
         self, workflow: str, data: object = None, *, app: str | None = None,
         start_at: Instant | None = None, run_id: str | None = None,
-    ) -> str:
+    ) -> RunHandle:
         topic, key, message = self._start(workflow, data, app, start_at, run_id, None, None)
-        await self._control_sender().send_async(topic, key, message)
-        return key
+        return await self._send_start_async(topic, key, message, workflow)
+
+    def run_handle(
+        self, run_id: str, *, workflow: str | None = None, project: str | None = None
+    ) -> RunHandle:
+        """A handle on a run started elsewhere (by an event's trigger, a parent, a retrigger,
+        another process), to wait for its result; sends nothing. The run may have ended long
+        ago: `result()` then answers from ClickHouse (through `run_end_lookup`), else it reads
+        the run's partition of the events topic from where the processors have got to.
+
+        `workflow` only names the run in errors; `project` defaults to the client's.
+        """
+        return RunHandle(
+            run_id, project=project if project is not None else self.project,
+            workflow=workflow, mark=None, tail=self._run_end_tail(),
+        )
 
     def cancel(self, run_id: str, *, flow: str, reason: str | None = None) -> None:
         """Cancel a run of workflow `flow`: writes run.cancelled (the processors then stop
@@ -293,20 +324,50 @@ class Client:
     def retrigger(
         self, run_id: str, *, workflow: str, app: str, data: object = None,
         trigger: TriggerInfo | None = None, new_run_id: str | None = None,
-    ) -> str:
+    ) -> RunHandle:
         """Run workflow `workflow` of `app` again from the start, with the input (`data`)
-        and trigger of run `run_id`; the new run records `retrigger_of`. Returns its id."""
+        and trigger of run `run_id`; the new run records `retrigger_of`. Returns the new
+        run's RunHandle (its id)."""
         topic, key, message = self._start(workflow, data, app, None, new_run_id, run_id, trigger)
-        self._control_sender().send(topic, key, message)
-        return key
+        return self._send_start(topic, key, message, workflow)
 
     async def retrigger_async(
         self, run_id: str, *, workflow: str, app: str, data: object = None,
         trigger: TriggerInfo | None = None, new_run_id: str | None = None,
-    ) -> str:
+    ) -> RunHandle:
         topic, key, message = self._start(workflow, data, app, None, new_run_id, run_id, trigger)
-        await self._control_sender().send_async(topic, key, message)
-        return key
+        return await self._send_start_async(topic, key, message, workflow)
+
+    def _send_start(
+        self, topic: str, key: str, message: WireModel, workflow: str
+    ) -> RunHandle:
+        # The mark is taken before the start is sent (on the sender's loop, in the same hop):
+        # every event of the run comes after it (producers.run_results).
+        tail = self._run_end_tail()
+        mark = self._control_sender().send_after(tail.mark(key), topic, key, message)
+        return RunHandle(key, project=self.project, workflow=workflow, mark=mark, tail=tail)
+
+    async def _send_start_async(
+        self, topic: str, key: str, message: WireModel, workflow: str
+    ) -> RunHandle:
+        tail = self._run_end_tail()
+        mark = await self._control_sender().send_after_async(tail.mark(key), topic, key, message)
+        return RunHandle(key, project=self.project, workflow=workflow, mark=mark, tail=tail)
+
+    def _run_end_tail(self) -> RunEndTail:
+        sender = self._control_sender()
+        with self._control_lock:
+            if self._run_ends is None:
+                settings = self._control_settings()
+                self._run_ends = RunEndTail(
+                    sender,
+                    self._bootstrap or settings.kafka_bootstrap,
+                    self._events_topic or settings.topics.events,
+                    processors_group=settings.processors_group,
+                    max_event_bytes=self.max_event_bytes,
+                    lookup=self._run_end_lookup or clickhouse_http_lookup(settings),
+                )
+            return self._run_ends
 
     def _control_sender(self) -> ControlSender:
         with self._control_lock:
@@ -420,6 +481,8 @@ class Client:
         """Flush (for up to `timeout`) and release the connection. Also done at interpreter
         exit (the sender registers it), so calling it is only needed to close early."""
         self.sink.close(timeout)
+        if self._run_ends is not None:
+            self._run_ends.close()  # before the loop it runs on stops
         if self._control is not None:
             self._control.close()
 

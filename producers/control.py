@@ -7,7 +7,8 @@ SendError when it cannot get one.
 
 One producer serves every call of a client, on an event loop of its own in a daemon thread, so
 that the synchronous calls work from any thread and the `*_async` ones from any event loop
-(the caller's loop only awaits a future). It is created at the first control call.
+(the caller's loop only awaits a future). It is created at the first control call. The loop
+also hosts the client's tail of run ends (`submit`), which `RunHandle.result()` waits on.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections.abc import Coroutine
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -26,6 +28,8 @@ from steplog.schemas.base import WireModel
 from steplog.schemas.codec import encode
 
 __all__ = ["ControlSender"]
+
+T = TypeVar("T")
 
 
 class ControlSender:
@@ -44,28 +48,55 @@ class ControlSender:
 
     def send(self, topic: str, key: str, message: WireModel) -> None:
         """Send and wait for the acknowledgement (blocking); SendError if none came."""
-        value = encode(message, max_bytes=self.max_event_bytes)
-        future = self._submit(topic, key, value)
-        try:
-            future.result(timeout=self.timeout)
-        except TimeoutError:
-            future.cancel()
-            raise SendError(
-                f"no acknowledgement for {_tag(message)} on {topic!r} within {self.timeout}s "
-                f"(Kafka at {self.bootstrap})"
-            ) from None
+        self.send_after(_nothing(), topic, key, message)
 
     async def send_async(self, topic: str, key: str, message: WireModel) -> None:
         """`send` for asyncio code: the caller's loop only awaits."""
-        value = encode(message, max_bytes=self.max_event_bytes)
-        future = self._submit(topic, key, value)
+        await self.send_after_async(_nothing(), topic, key, message)
+
+    def send_after(
+        self, first: Coroutine[Any, Any, T], topic: str, key: str, message: WireModel
+    ) -> T:
+        """Run `first` on the sender's loop, then send as `send` does; returns what `first`
+        returned. The client takes a run's mark before its start this way (producers.
+        run_results): one hop to the sender's thread instead of two."""
+        value = self._encode(first, message)
+        future = self.submit(self._first_then_deliver(first, topic, key.encode(), value))
         try:
-            await asyncio.wait_for(asyncio.wrap_future(future), timeout=self.timeout)
+            return future.result(timeout=self.timeout)
         except TimeoutError:
-            raise SendError(
-                f"no acknowledgement for {_tag(message)} on {topic!r} within {self.timeout}s "
-                f"(Kafka at {self.bootstrap})"
-            ) from None
+            future.cancel()
+            raise self._no_acknowledgement(message, topic) from None
+
+    async def send_after_async(
+        self, first: Coroutine[Any, Any, T], topic: str, key: str, message: WireModel
+    ) -> T:
+        """`send_after` for asyncio code: the caller's loop only awaits."""
+        value = self._encode(first, message)
+        future = self.submit(self._first_then_deliver(first, topic, key.encode(), value))
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout=self.timeout)
+        except TimeoutError:
+            raise self._no_acknowledgement(message, topic) from None
+
+    def _encode(self, first: Coroutine[Any, Any, Any], message: WireModel) -> bytes:
+        try:
+            return encode(message, max_bytes=self.max_event_bytes)
+        except BaseException:
+            first.close()  # never to run: a message that cannot be sent needs no preparing
+            raise
+
+    def _no_acknowledgement(self, message: WireModel, topic: str) -> SendError:
+        return SendError(
+            f"no acknowledgement for {_tag(message)} on {topic!r} within {self.timeout}s "
+            f"(Kafka at {self.bootstrap})"
+        )
+
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
+        """Run `coroutine` on the sender's event loop, from any thread. The client's tail of
+        run ends (producers.run_results) lives on this loop too: one background thread per
+        client, whatever it does."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._running_loop())
 
     def close(self) -> None:
         with self._lock:
@@ -83,10 +114,6 @@ class ControlSender:
         thread.join(timeout=self.timeout)
 
     # ------------------------------------------------------------------------- mechanics
-
-    def _submit(self, topic: str, key: str, value: bytes) -> Future[None]:
-        loop = self._running_loop()
-        return asyncio.run_coroutine_threadsafe(self._deliver(topic, key.encode(), value), loop)
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -108,7 +135,16 @@ class ControlSender:
                 self._pid = os.getpid()
             return self._loop
 
-    async def _deliver(self, topic: str, key: bytes, value: bytes) -> None:
+    async def _first_then_deliver(
+        self, first: Coroutine[Any, Any, T], topic: str, key: bytes, value: bytes
+    ) -> T:
+        try:
+            done = await first
+        except KafkaError as exc:
+            raise SendError(
+                f"nothing sent to {topic!r}: preparing the send failed (Kafka at "
+                f"{self.bootstrap}): {exc!r}"
+            ) from exc
         try:
             producer = await self._started_producer()
             await producer.send_and_wait(topic, value=value, key=key)
@@ -116,6 +152,7 @@ class ControlSender:
             raise SendError(
                 f"could not send to {topic!r} at {self.bootstrap}: {exc!r}"
             ) from exc
+        return done
 
     async def _started_producer(self) -> AIOKafkaProducer:
         if self._producer is not None:
@@ -142,6 +179,10 @@ class ControlSender:
                 raise
             self._producer = producer
         return self._producer
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _tag(message: Any) -> str:

@@ -20,6 +20,9 @@ Durable workflows:
         return {"charge": charge}
 
     app.worker().run()
+
+    run = client.start("order.process", {"id": 7}, app=app.name)   # elsewhere: a RunHandle
+    output = run.result(timeout=60)     # {"charge": ...}, or RunFailedError / RunCancelledError
 """
 
 # The SDK only: pydantic, aiokafka and the standard library; never faust, ClickHouse or typer.
@@ -29,9 +32,13 @@ from steplog.errors import (
     ChildRunFailedError,
     NonDeterminismError,
     NonRetriableError,
+    ResultTimeoutError,
+    RunCancelledError,
+    RunFailedError,
     StepFailedError,
 )
 from steplog.producers.client import Client
+from steplog.producers.run_results import RunHandle
 
 if TYPE_CHECKING:
     from steplog.producers.app import App, Retries
@@ -63,7 +70,11 @@ __all__ = [
     "Client",
     "NonDeterminismError",
     "NonRetriableError",
+    "ResultTimeoutError",
     "Retries",
+    "RunCancelledError",
+    "RunFailedError",
+    "RunHandle",
     "StepFailedError",
     "WorkflowContext",
 ]

@@ -32,8 +32,17 @@ from steplog.projections.migrations import PROJECTION_TABLES
 from steplog.replay import log_size, replay_log
 from steplog.sql_client import OutputFormat, analyst_client, render
 from steplog.stack import processor_config, run_dev, run_processors
-from steplog.errors import ClickHouseError, RunNotFoundError, WorkflowError
+from steplog.errors import (
+    ClickHouseError,
+    ResultTimeoutError,
+    RunCancelledError,
+    RunFailedError,
+    RunNotFoundError,
+    WorkflowError,
+)
 from steplog.producers.client import Client
+from steplog.producers.run_results import RUN_END_SQL, RunEnd, RunEndLookup
+from clickhouse_connect.driver.client import Client as ClickHouseClient
 from steplog.schemas.base import TriggerInfo
 from steplog.settings import Settings
 from rich.progress import (
@@ -59,7 +68,8 @@ app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
 flows_app = typer.Typer(help="Flow definitions (.steplog/flows.json).")
 app.add_typer(flows_app, name="flows")
-runs_app = typer.Typer(help="Runs of durable workflows: cancel or re-trigger one.")
+runs_app = typer.Typer(help="Runs of durable workflows: wait for one's result, cancel or "
+                        "re-trigger one.")
 app.add_typer(runs_app, name="runs")
 
 PortOption = Annotated[
@@ -416,6 +426,79 @@ def runs_retrigger(
     typer.echo(new_run_id)
 
 
+# `runs result` exit statuses beside 0 (completed) and 2 (an error, as for every command).
+EXIT_RUN_FAILED = 1
+EXIT_RUN_CANCELLED = 3
+EXIT_RUN_NOT_ENDED = 4
+
+
+@runs_app.command("result")
+@reports_errors
+def runs_result(
+    run_id: Annotated[str, typer.Argument(help="The run whose result to print.")],
+    wait: Annotated[
+        float | None,
+        typer.Option("--wait", min=0, help="Seconds to wait for the run to end (default: "
+                     "no limit)."),
+    ] = None,
+    project: RunProjectOption = None,
+) -> None:
+    """Print a run's output (the JSON its workflow function returned) once it has ended.
+
+    Exit status 0: completed, the output on stdout; 1: failed; 3: cancelled; 4: not ended
+    within --wait; 2: an error (the reason on stderr in every case but 0). A run that ended
+    long ago is answered from ClickHouse; one still going is followed on the events topic.
+    """
+    settings = load_settings()
+    analyst = analyst_client(settings)
+    workflow = None
+    try:
+        run = find_run(settings, run_id, project, analyst=analyst)
+        project, workflow = run.project, run.flow
+    except RunNotFoundError:
+        pass  # not folded yet (just started?): wait for it in the project named, or ours
+    client = Client(
+        project=project or settings.project, settings=settings,
+        run_end_lookup=analyst_run_end_lookup(analyst),
+    )
+    try:
+        output = client.run_handle(run_id, workflow=workflow).result(timeout=wait)
+    except RunFailedError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        if exc.error_stack:
+            typer.echo(exc.error_stack.rstrip("\n"), err=True)
+        raise typer.Exit(EXIT_RUN_FAILED) from None
+    except RunCancelledError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(EXIT_RUN_CANCELLED) from None
+    except ResultTimeoutError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(EXIT_RUN_NOT_ENDED) from None
+    finally:
+        client.close()
+    typer.echo(json.dumps(output, indent=2))
+
+
+def analyst_run_end_lookup(analyst: ClickHouseClient) -> RunEndLookup:
+    """How `runs result` asks ClickHouse for a run's end: through the analyst's client (the
+    stack's SQL endpoint, a server, or the chDB files when no stack holds them)."""
+
+    def lookup(run_id: str, project: str) -> RunEnd | None:
+        parameters = {"run_id": run_id, "project": project}
+        try:
+            rows = analyst.query(RUN_END_SQL, parameters=parameters).result_rows
+        except Exception as exc:
+            raise ClickHouseError(
+                f"cannot read the end of run {run_id} from events: {exc}"
+            ) from exc
+        if not rows:
+            return None
+        event_type, flow, payload = rows[0]
+        return RunEnd.from_row(run_id, project, str(flow), str(event_type), str(payload))
+
+    return lookup
+
+
 _ENDED = ("completed", "failed", "cancelled")
 
 
@@ -432,9 +515,13 @@ class RunRow:
     status: str
 
 
-def find_run(settings: Settings, run_id: str, project: str | None) -> RunRow:
+def find_run(
+    settings: Settings, run_id: str, project: str | None, *,
+    analyst: ClickHouseClient | None = None,
+) -> RunRow:
     """The run's row in runs_current; RunNotFoundError when there is none, WorkflowError when
-    the id is in several projects and none was named."""
+    the id is in several projects and none was named. `analyst`: the client to ask (default:
+    `analyst_client(settings)`)."""
     sql = (
         "SELECT project, flow, app, input, trigger_event, trigger_event_id, recorded_status "
         "FROM runs_current WHERE run_id = {run_id:String}"
@@ -444,7 +531,8 @@ def find_run(settings: Settings, run_id: str, project: str | None) -> RunRow:
         sql += " AND project = {project:String}"
         parameters["project"] = project
     try:
-        rows = analyst_client(settings).query(sql, parameters=parameters).result_rows
+        client = analyst if analyst is not None else analyst_client(settings)
+        rows = client.query(sql, parameters=parameters).result_rows
     except SteplogError:
         raise
     except Exception as exc:

@@ -175,3 +175,60 @@ class RunNotFoundError(SteplogError):
 
 class ReplayError(SteplogError):
     """A replay could not rebuild the projections (nothing was swapped in)."""
+
+
+# --- a run's result, awaited by the caller (producers.run_results) --------------------------
+
+
+class RunFailedError(WorkflowError):
+    """Raised by `handle.result()` for a run that failed: an exception escaped its function
+    (a step out of attempts, a non-retriable error, a failed child, a bug).
+
+    `error_type` and `error_message` are those of the run's `run.failed` (for a failed step
+    left uncaught: "StepFailedError" and the step's message); `error_stack` when the worker
+    captured one.
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        workflow: str,
+        error_type: str,
+        error_message: str,
+        error_stack: str | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.workflow = workflow
+        self.error_type = error_type
+        self.error_message = error_message
+        self.error_stack = error_stack
+        super().__init__(
+            f"run {run_id} of workflow {workflow!r} failed: {error_type}: {error_message}"
+        )
+
+
+class RunCancelledError(WorkflowError):
+    """Raised by `handle.result()` for a run that was cancelled (`client.cancel`, `steplog
+    runs cancel`, or its parent's end); `reason` is the one recorded, if any."""
+
+    def __init__(self, run_id: str, workflow: str, reason: str | None) -> None:
+        self.run_id = run_id
+        self.workflow = workflow
+        self.reason = reason
+        because = f": {reason}" if reason else " (no reason recorded)"
+        super().__init__(f"run {run_id} of workflow {workflow!r} was cancelled{because}")
+
+
+class ResultTimeoutError(WorkflowError, TimeoutError):
+    """Raised by `handle.result(timeout=...)` when the run has not ended in time. The run goes
+    on; ask again later. Also a TimeoutError, so `except TimeoutError` catches it."""
+
+    def __init__(self, run_id: str, workflow: str | None, timeout: float) -> None:
+        self.run_id = run_id
+        self.workflow = workflow
+        self.timeout = timeout
+        of = f" of workflow {workflow!r}" if workflow else ""
+        super().__init__(
+            f"run {run_id}{of} has not ended within {timeout:g}s (it may still be running; "
+            "wait again, or look it up in runs_current)"
+        )

@@ -138,6 +138,12 @@ class Settings(BaseSettings):
     def topics(self) -> TopicNames:
         return TopicNames.with_prefix(self.topic_prefix)
 
+    @property
+    def processors_group(self) -> str:
+        """The processors' consumer group on the events topic: its committed offsets say how
+        far the projections are written (docs/processors.md)."""
+        return f"{self.topic_prefix}processors"
+
 
 def env_name(field: str) -> str:
     """The environment variable that sets a settings field."""

@@ -37,7 +37,7 @@ log = logging.getLogger("steplog.stack")
 
 def processor_config(settings: Settings) -> ProcessorConfig:
     return ProcessorConfig(
-        app_id=f"{settings.topic_prefix}processors",
+        app_id=settings.processors_group,
         bootstrap=settings.kafka_bootstrap,
         topics=settings.topics,
         events_partitions=settings.events_partitions,
