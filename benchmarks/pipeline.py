@@ -24,7 +24,8 @@ measured in the same run:
   path) rebuilds the projections from the whole log; its events/s against the live rate.
   `--replay-processes 1,2` replays once per number of fold processes (the baseline of one
   beside the default, in the same run).
-- memory: the SDK's buffer bound and this (sending) process's peak RSS; the processors'
+- memory: the SDK's buffer bound and this (sending) process's peak RSS; the processors' and their
+  children's (the store process, chDB inside)
   peak RSS (VmHWM, read before stopping them); the replay's and the floor consumer's.
 
 `--rounds` repeats floor and throughput alternately (medians reported); `--profile` runs the
@@ -104,6 +105,15 @@ def processors_environment(settings: Settings, **extra: str) -> dict[str, str]:
         **{f"STEPLOG_{name.upper()}": str(getattr(settings, name)) for name in fields},
         **extra,
     }
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live children of a process (the processors' store process, its resource tracker)."""
+    try:
+        return [int(child) for child in
+                Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def peak_rss_mib(pid: int, field: str = "VmHWM") -> float:
@@ -661,6 +671,7 @@ def _run(args: argparse.Namespace, bootstrap: str, scratch: Path, children: Chil
         print(f"lag: {lag.runs:,} runs at {lag.rate:,.0f} events/s", flush=True)
 
     processors_rss = peak_rss_mib(processors.process.pid)
+    store_rss = sum(peak_rss_mib(child) for child in child_pids(processors.process.pid))
     end_rss = peak_rss_mib(processors.process.pid, "VmRSS")
     runs_folded = runs * len(ours) + (lag.runs if lag else 0)
     processors.stop()
@@ -712,8 +723,10 @@ def _run(args: argparse.Namespace, bootstrap: str, scratch: Path, children: Chil
                     "max_buffer_bytes", 0)
     own_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"memory: SDK buffer bound {bound / 2**20:.0f} MiB; peak RSS of the sending process "
-          f"{own_rss:.0f} MiB; processors peak RSS (VmHWM) {processors_rss:.0f} MiB  "
-          f"target <= 1024 MiB: {_verdict(processors_rss <= 1024)}")
+          f"{own_rss:.0f} MiB; processors peak RSS (VmHWM) {processors_rss:.0f} MiB, their "
+          f"children (the store process with chDB) {store_rss:.0f} MiB  target <= 1024 MiB: "
+          f"{_verdict(processors_rss <= 1024)} (processors), "
+          f"{_verdict(processors_rss + store_rss <= 1024)} (with the children)")
     extra = []
     for replay in replays:
         extra.append(f"replay child {replay.peak_rss_mib:.0f} MiB (its fold processes not "
