@@ -54,16 +54,19 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import InconsistentGroupProtocolError, KafkaError
 
 from steplog.projections.writer import TableRows, concat_rows
 
 from .state_store import StateStore, UnsentStates
 
 __all__ = ["Processed", "Record", "StatefulConsumer"]
+
+_JOIN_RETRY_FIRST_S: Final = 1.0
+_JOIN_RETRY_MAX_S: Final = 10.0
 
 log = logging.getLogger("steplog.processors")
 
@@ -181,6 +184,35 @@ class StatefulConsumer:
 
     async def run(self) -> None:
         """Consume until cancelled (the app stopping) or until a batch or a recovery fails."""
+        started: list[StateStore[Any]] = []
+        try:
+            for store in self.stores:
+                await store.start()
+                started.append(store)
+            delay = _JOIN_RETRY_FIRST_S
+            while True:
+                try:
+                    await self._consume()
+                except InconsistentGroupProtocolError:
+                    # The group has members assigning partitions with another protocol: the
+                    # faust processors of before an upgrade, still running or killed less
+                    # than their session timeout ago. Theirs is the group until they leave.
+                    log.warning(
+                        "%s: the consumer group %r has members of another protocol (the "
+                        "processors of an earlier version, still running or not yet timed "
+                        "out?); joining again in %.0fs", self.topic, self.group_id, delay,
+                    )
+                    for store in self.stores:  # (only held if the group was joined before)
+                        store.release(store.partitions)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _JOIN_RETRY_MAX_S)
+        finally:
+            for store in started:
+                await store.stop()
+
+    async def _consume(self) -> None:
+        """One consumer's life: join, then batch after batch (an aiokafka consumer that failed
+        to join stays failed, so a retry takes a new one)."""
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=self.group_id,
@@ -189,25 +221,18 @@ class StatefulConsumer:
             max_partition_fetch_bytes=self.max_fetch_bytes,
         )
         consumer.subscribe([self.topic], listener=_Listener(self))
-        started: list[StateStore[Any]] = []
+        await consumer.start()
         try:
-            for store in self.stores:
-                await store.start()
-                started.append(store)
-            await consumer.start()
-            try:
-                while True:
-                    await self._next_batch(consumer)
-            finally:
-                # Stopping: what is not committed is delivered again (and written again) later.
-                tasks = [completion.task for completion in self._completions]
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                await consumer.stop()
+            while True:
+                await self._next_batch(consumer)
         finally:
-            for store in started:
-                await store.stop()
+            # Stopping: what is not committed is delivered again (and written again) later.
+            tasks = [completion.task for completion in self._completions]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._completions.clear()
+            await consumer.stop()
 
     async def _next_batch(self, consumer: AIOKafkaConsumer) -> None:
         rebalances = self._rebalances

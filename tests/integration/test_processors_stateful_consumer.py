@@ -9,12 +9,15 @@ within the write interval go out together."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
 from steplog.processors.signals_agent import NameTriggers, NameWaits
 from steplog.processors.state import RunState
@@ -394,3 +397,42 @@ def test_batches_without_rows_store_states_in_every_store_then_commit_writing_no
             assert read_triggers.find(key) == NameTriggers({("p", "app", key.decode())})
 
     asyncio.run(scenario())
+
+
+class _OtherProtocol(RoundRobinPartitionAssignor):  # type: ignore[misc]  # aiokafka is untyped
+    """How faust's members looked to the group: an assignor of another name."""
+
+    name = "other-protocol"
+
+
+def test_a_group_held_by_another_protocol_is_joined_once_its_members_left(
+    topics: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        await create_changelog(topics)
+        old = AIOKafkaConsumer(
+            topics.topics.events, bootstrap_servers=topics.kafka_bootstrap,
+            group_id=processor_config(topics).app_id,
+            partition_assignment_strategy=(_OtherProtocol,),
+        )
+        await old.start()
+        member: CountingMember | None = None
+        try:
+            while not old.assignment():
+                await old.getmany(timeout_ms=100)
+            member = CountingMember(topics)
+            await until(lambda: "members of another protocol" in caplog.text,
+                        "the member to find the group held")
+            positions = await send_round(topics, b"one")
+            await old.stop()  # leaves the group: the member joins at its next attempt
+            await until(lambda: all(
+                (state := member.store.find(key)) is not None and state.seen == positions[key]
+                for key in RUNS), "the round folded once the old member left")
+            assert not member.task.done()
+        finally:
+            await old.stop()
+            if member is not None:
+                await member.stop()
+
+    with caplog.at_level(logging.WARNING, logger="steplog.processors"):
+        asyncio.run(scenario())
