@@ -47,6 +47,7 @@ from tests.conftest import (
 from tests.workflow_harness import Counter, CrashyWorkers, LogWatcher, WorkerThread
 
 APP = "shop"
+_RUN_ENDS = frozenset({"completed", "failed", "cancelled"})
 FAST_RETRIES = RetryPolicy(attempts=3, initial_delay_ms=100, multiplier=2, jitter=0)
 
 
@@ -217,11 +218,16 @@ class Stack:
         return rows[0] if rows else None
 
     def run_ending(self, run_id: str, status: str, *, timeout: float = 60) -> dict[str, Any]:
-        """The run's row once runs_current shows `status` (with every event of it folded)."""
+        """The run's row once runs_current shows `status`; for an end, once the run's own end
+        event is folded too (a step that failed for good shows the run `failed` before the
+        workflow code has decided what to do about it, and the two may land in different
+        writes)."""
 
         def reached() -> bool:
             row = self.run(run_id)
-            return row is not None and row["status"] == status
+            return row is not None and row["status"] == status and (
+                status not in _RUN_ENDS or row["recorded_status"] == status
+            )
 
         try:
             wait_for(reached, timeout=timeout, what=f"run {run_id} to be {status}")
