@@ -218,16 +218,17 @@ class Stack:
         return rows[0] if rows else None
 
     def run_ending(self, run_id: str, status: str, *, timeout: float = 60) -> dict[str, Any]:
-        """The run's row once runs_current shows `status`; for an end, once the run's own end
-        event is folded too (a step that failed for good shows the run `failed` before the
-        workflow code has decided what to do about it, and the two may land in different
-        writes)."""
+        """The run's row once runs_current shows `status`; for an end, once every event of
+        the run in the log is folded into it (its version counts them): a step that failed for
+        good shows the run `failed` before its own `run.failed` is folded, which may come in a
+        later write."""
 
         def reached() -> bool:
             row = self.run(run_id)
-            return row is not None and row["status"] == status and (
-                status not in _RUN_ENDS or row["recorded_status"] == status
-            )
+            if row is None or row["status"] != status:
+                return False
+            logged = {event.event_id for event in self.log.events(run_id)}
+            return status not in _RUN_ENDS or row["version"] == len(logged)
 
         try:
             wait_for(reached, timeout=timeout, what=f"run {run_id} to be {status}")
