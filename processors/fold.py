@@ -32,9 +32,12 @@ terminal winner; `duration_ms` the payload's, else finished - started.
 1. an explicit run.completed / run.failed / run.cancelled: the highest by
    `(attempt, seq, ts, event_id)` decides. An explicit run.completed wins even over a failed
    step: the code that sent it caught the failure and decided the run succeeded;
-2. a step whose status is `failed` (final): the run is failed with the error of the earliest
-   such step (by finished_at, then key). A failure that is later superseded (a further
-   attempt) stops counting, so the run recovers with it;
+2. a step whose status is `failed` (final), in a run no worker executes (instrumented: no
+   run.started naming an app): the run is failed with the error of the earliest such step (by
+   finished_at, then key). A failure that is later superseded (a further attempt) stops
+   counting, so the run recovers with it. A durable workflow's run is not: its code gets the
+   step's error and may catch it and go on, so only its own run.failed fails it (until then it
+   is retrying, interrupted or running, below);
 3. the flow graph is known and every graph step is completed or skipped: completed;
 4. the latest of run.interrupted / run.resumed (by seq, ts, event_id) is interrupted;
 5. a run.scheduled, and neither a run.started nor a step event yet: scheduled;
@@ -826,7 +829,7 @@ def _outcome(state: RunState, graph: FlowGraph | None) -> _Outcome:
             ended.error_message,
             ended.error_stack,
         )
-    if state.failed:
+    if state.failed and not _executed_by_a_worker(state):
         winner = state.steps[_earliest_failed(state)].winner
         return (
             RunStatus.FAILED,
@@ -851,6 +854,11 @@ def _outcome(state: RunState, graph: FlowGraph | None) -> _Outcome:
     else:
         status = RunStatus.RUNNING
     return status, None, "", "", "", ""
+
+
+def _executed_by_a_worker(state: RunState) -> bool:
+    """A durable workflow's run (its run.started names the app whose worker executes it)."""
+    return state.started is not None and state.started.app != ""
 
 
 def _failure_order(state: RunState, key: str) -> tuple[datetime, str]:

@@ -35,9 +35,8 @@ partition of the events topic (`RunEndTail.partition_of`), in order.
   past C is found by reading the partition from C. (In the other order an end could be folded
   and committed between the query and reading C, and be missed by both.) No committed offset
   yet: C is the partition's first offset. The question goes to the `events` table, not
-  `runs_current`: `runs_current` shows a run `failed` as soon as a step failed for good, before
-  the workflow code has decided whether to catch that failure and go on, so only the run's own
-  end event is final.
+  `runs_current`: the run's own end event holds the output and the error as the worker wrote
+  them (`runs_current` may rank a later event above a cancel that was first in the log).
 
 **The tail.** One consumer per client, on the client's background loop (`ControlSender.submit`),
 serves every handle waiting, so a caller waiting on hundreds of runs costs one consumer: no

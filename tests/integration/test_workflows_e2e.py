@@ -219,9 +219,8 @@ class Stack:
 
     def run_ending(self, run_id: str, status: str, *, timeout: float = 60) -> dict[str, Any]:
         """The run's row once runs_current shows `status`; for an end, once every event of
-        the run in the log is folded into it (its version counts them): a step that failed for
-        good shows the run `failed` before its own `run.failed` is folded, which may come in a
-        later write."""
+        the run in the log is folded into it (its version counts them), since with paced
+        writes the run's last events may come in a later write than its status."""
 
         def reached() -> bool:
             row = self.run(run_id)

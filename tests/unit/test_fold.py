@@ -962,3 +962,18 @@ def test_json_columns_are_compact_with_sorted_keys_and_empty_for_none() -> None:
     assert json_text({"b": [1, {"d": None, "c": "é"}], "a": 1.5}) == (
         '{"a":1.5,"b":[1,{"c":"é","d":null}]}'
     )
+
+
+def test_a_workflow_run_whose_step_failed_for_good_runs_on_until_its_code_ends_it() -> None:
+    # The step's error is raised in the workflow code, which may catch it: the worker's
+    # run.failed (or run.completed) decides, not the step.
+    r = Run(flow="order.process")
+    started, failed = r.run_started(0, app="shop"), r.failed("charge", 1, "declined")
+    for events in both_orders(started, failed):
+        _, run, steps = fold(events)
+        assert (run.status, run.error_type, run.failed_step_count) == ("running", "", 1)
+        assert steps["charge"].status == "failed"
+    _, run, _ = fold([started, failed, r.run_failed(2, "charge failed: declined")])
+    assert (run.status, run.error_type, run.error_message) == (
+        "failed", "WorkflowError", "charge failed: declined"
+    )
