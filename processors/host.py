@@ -66,7 +66,7 @@ from steplog.projections.writer import BatchWriter, TableRows
 from steplog.schemas.codec import decode_event, decode_flows_message, decode_signals_message, encode
 from steplog.schemas.dead_letters import DeadLetter
 from steplog.schemas.events import Event
-from steplog.schemas.flows import FlowDefinition, WorkflowDefinition
+from steplog.schemas.flows import FlowDefinition, WorkflowDefinition, flow_definition_key
 from steplog.schemas.topics import TopicNames
 
 from .dispatch import Dispatcher, Outbox, Planned, SendFunction
@@ -289,21 +289,14 @@ class FoldHost:
         for message in batch:
             value = message.value or b""  # a tombstone is as undecodable as garbage
             try:
-                event = decode_event(value, max_bytes=self.config.max_event_bytes)
-                run_key = event.run_id.encode()
-                if message.key != run_key:
-                    # The run's state lives in the partition of its key: an event keyed
-                    # otherwise would fold into a second, partial state of the same run.
-                    raise InvalidEventError(
-                        "run_id", f"message key {message.key!r} is not the event's run_id"
-                    )
+                event = decode_run_event(message.key, value, self.config.max_event_bytes)
             except InvalidEventError as exc:
                 self._dead_letter(outbox, exc, message, value)
                 continue
             state_key = run_state_key(event)
             held = touched.get(state_key)
             state = held[0] if held else self.runs.get(message.partition, state_key)
-            flow = self.flows.get(f"{event.project}/{event.flow}")
+            flow = self.flows.get(flow_definition_key(event.project, event.flow))
             # Rows deferred: each touched run's changed rows are built once, after the loop.
             state, effects = apply_event(state, event, flow, defer_rows=True)
             position = (message.partition, message.offset)
@@ -313,7 +306,8 @@ class FoldHost:
             projection.add_event(event, message.partition, message.offset)
             planned.extend(Planned(effect, state_key, position) for effect in effects)
         for state, _ in touched.values():
-            flow = self.flows.get(f"{state.project}/{state.flow}")  # as the loop used it
+            # The flow the loop folded the run with.
+            flow = self.flows.get(flow_definition_key(state.project, state.flow))
             projection.add_effects(take_rows(state, flow))
         # Messages first: a resume must not wait for the ClickHouse insert, nor for the
         # previous batches', which may still be under way.
@@ -500,6 +494,16 @@ def _add_dead_letter(
         "dead letter: %s at %s[%d]@%d", letter.reason, letter.source_topic,
         letter.partition, letter.offset,
     )
+
+
+def decode_run_event(key: bytes | None, value: bytes, max_bytes: int) -> Event:
+    """A message of the events topic decoded; InvalidEventError also when its key is not the
+    event's run id: the run's state lives in the partition of its key, and an event keyed
+    otherwise would fold into a second, partial state of the same run."""
+    event = decode_event(value, max_bytes=max_bytes)
+    if key != event.run_id.encode():
+        raise InvalidEventError("run_id", f"message key {key!r} is not the event's run_id")
+    return event
 
 
 def run_state_key(event: Event) -> bytes:

@@ -112,7 +112,10 @@ class _Completion:
     """Processed batches written, sent to the changelogs and committed together."""
 
     def __init__(
-        self, stores: int, run: Callable[[_Completion], Coroutine[Any, Any, None]]
+        self,
+        stores: int,
+        full_at: int,
+        run: Callable[[_Completion], Coroutine[Any, Any, None]],
     ) -> None:
         self.rows: list[Mapping[str, TableRows]] = []
         self.states: list[UnsentStates] = [{} for _ in range(stores)]
@@ -121,8 +124,10 @@ class _Completion:
         self.records = 0
         self.began = False
         """Writing: later batches go to the next completion."""
+        self.full_at = full_at
         self.full = asyncio.Event()
-        """Holds a batch's worth: written without waiting for the write interval."""
+        """Holds `full_at` records (a batch's worth): written without waiting for the write
+        interval."""
         self.task = asyncio.create_task(run(self))
 
     def add(self, processed: Processed, states: list[UnsentStates],
@@ -133,6 +138,8 @@ class _Completion:
                 held.setdefault(partition, {}).update(by_key)  # a later state replaces
         self.ends.update(ends)  # later offsets
         self.records += records
+        if self.records >= self.full_at:
+            self.full.set()
 
 
 class StatefulConsumer:
@@ -262,10 +269,8 @@ class StatefulConsumer:
             completion.add(
                 processed, [store.take_unsent() for store in self.stores], ends, len(batch)
             )
-            if completion.records >= self.max_records:
-                completion.full.set()
             # Back-pressure: a completion holding a batch's worth waits for the one written.
-            await self._wait_completions(1 if completion.records >= self.max_records else 2)
+            await self._wait_completions(1 if completion.full.is_set() else 2)
 
     def _collecting(self, consumer: AIOKafkaConsumer) -> _Completion:
         """The completion that takes the next processed batch: the last one, unless it began."""
@@ -273,7 +278,7 @@ class StatefulConsumer:
             return self._completions[-1]
         previous = self._completions[-1].task if self._completions else None
         completion = _Completion(
-            len(self.stores), lambda it: self._complete(previous, consumer, it)
+            len(self.stores), self.max_records, lambda it: self._complete(previous, consumer, it)
         )
         self._completions.append(completion)
         return completion

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.partitioner import DefaultPartitioner
 
 from steplog.errors import InvalidEventError, TopicError
 from steplog.schemas.codec import decode_event
@@ -27,6 +26,7 @@ from steplog.schemas.events import Event, RunStarted
 from steplog.topics import topic_partitions
 
 from .history import RunStart
+from .sender import key_partition
 
 __all__ = ["RunLogReader"]
 
@@ -92,9 +92,7 @@ class RunLogReader:
 
     def partition_of(self, run_id: str) -> int:
         """The partition a run's events are on (the producers' default partitioner)."""
-        partitions = self._partitions
-        result: int = DefaultPartitioner()(run_id.encode(), partitions, partitions)
-        return result
+        return key_partition(run_id.encode(), self._partitions)
 
     async def read_after(
         self, partition: int, offset: int | None, run_id: str

@@ -69,7 +69,6 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, Self, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import DefaultPartitioner
 from pydantic import JsonValue
 
 from steplog.errors import (
@@ -80,6 +79,7 @@ from steplog.errors import (
     RunFailedError,
     WorkflowError,
 )
+from steplog.producers.sender import key_partition
 from steplog.schemas.base import ErrorInfo
 from steplog.schemas.codec import decode_event
 from steplog.schemas.events import RunCancelled, RunCompleted, RunFailed
@@ -448,9 +448,7 @@ class RunEndTail:
     def partition_of(self, run_id: str) -> int:
         """The partition of the events topic holding the run's events (the producers' default
         partitioner: murmur2 of the key, over every partition)."""
-        partitions = self._partitions
-        result: int = DefaultPartitioner()(run_id.encode(), partitions, partitions)
-        return result
+        return key_partition(run_id.encode(), self._partitions)
 
     async def mark(self, run_id: str) -> int:
         """An offset at or below every event the run will write from now on (module doc).

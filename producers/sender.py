@@ -63,6 +63,13 @@ _BATCH_BYTES = 512 * 1024
 _PARTITION_CACHE_KEYS = 100_000
 _default_partitioner = DefaultPartitioner()
 
+
+def key_partition(key: bytes, partitions: list[int]) -> int:
+    """The partition of `partitions` a message keyed `key` goes to with the producers' default
+    partitioner (murmur2 of the key): where a run's events are, keyed by its run id."""
+    partition: int = _default_partitioner(key, partitions, partitions)
+    return partition
+
 # This process's id, kept here because os.getpid() is a system call and send() asks on every
 # event whether it runs in the process that started the delivery thread (a forked child must
 # start its own).
@@ -427,7 +434,7 @@ class EventSender:
             key = message[0]
             partition = partition_of.get(key)
             if partition is None:
-                partition = _default_partitioner(key, partitions, partitions)
+                partition = key_partition(key, partitions)
                 partition_of[key] = partition
             group = groups.get(partition)
             if group is None:

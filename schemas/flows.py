@@ -41,7 +41,14 @@ __all__ = [
     "RetryPolicy",
     "WORKFLOW_KEY_SEGMENT",
     "WorkflowDefinition",
+    "flow_definition_key",
 ]
+
+
+def flow_definition_key(project: str, slug: str) -> str:
+    """A flow's key: on the flows topic, and where the processors look its definition up (by
+    an event's or a run's project and flow)."""
+    return f"{project}/{slug}"
 
 WORKFLOW_KEY_SEGMENT: Final = "workflow"
 """The second segment of every workflow key, and so reserved in flow keys."""
@@ -112,7 +119,7 @@ class FlowDefinition(WireModel):
     @property
     def key(self) -> str:
         """The flows topic key, and the processors' lookup key."""
-        return f"{self.project}/{self.slug}"
+        return flow_definition_key(self.project, self.slug)
 
     def deadline_ms(self, step_key: str) -> int | None:
         """The deadline of a running step of this flow, if it has one."""

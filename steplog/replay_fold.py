@@ -28,12 +28,12 @@ from typing import Final
 from steplog.child_process import die_with_parent
 from steplog.errors import InvalidEventError
 from steplog.processors.fold import apply_event, take_rows
-from steplog.processors.host import run_state_key
+from steplog.processors.host import decode_run_event, run_state_key
 from steplog.processors.projection_batch import ProjectionBatch
 from steplog.processors.state import RunState
 from steplog.projections.log_reader import read_log
-from steplog.schemas.codec import decode_event, decode_flows_message
-from steplog.schemas.flows import FlowDefinition, WorkflowDefinition
+from steplog.schemas.codec import decode_flows_message
+from steplog.schemas.flows import FlowDefinition, WorkflowDefinition, flow_definition_key
 
 __all__ = ["BATCH_EVENTS", "FoldCounts", "FoldShare", "fold_share", "shares"]
 
@@ -97,7 +97,8 @@ async def _fold(conn: Connection, share: FoldShare) -> FoldCounts:
         nonlocal batch, pending
         # Rows once per run per batch (the fold's deferred rows), not after every event.
         for key, state in touched.items():
-            batch.add_effects(take_rows(state, flows.get(f"{state.project}/{state.flow}")))
+            flow = flows.get(flow_definition_key(state.project, state.flow))
+            batch.add_effects(take_rows(state, flow))
             held[key] = state.to_bytes()
         touched.clear()
         conn.send(("rows", batch.table_rows(), pending))
@@ -106,9 +107,7 @@ async def _fold(conn: Connection, share: FoldShare) -> FoldCounts:
     async for record in read_log(share.bootstrap, share.events_topic, partitions=share.partitions):
         pending += 1
         try:
-            event = decode_event(record.value, max_bytes=share.max_event_bytes)
-            if record.key != event.run_id.encode():
-                raise InvalidEventError("run_id", "message key is not the event's run_id")
+            event = decode_run_event(record.key, record.value, share.max_event_bytes)
         except InvalidEventError:
             counts.invalid += 1
             continue
@@ -118,9 +117,8 @@ async def _fold(conn: Connection, share: FoldShare) -> FoldCounts:
             state = RunState.from_bytes(stored)
         # Rows only: the engine effects (commands, timers, events for other runs) were carried
         # out when the events were first folded; a rebuild must never start, resume or cancel.
-        touched[key], _ = apply_event(
-            state, event, flows.get(f"{event.project}/{event.flow}"), defer_rows=True
-        )
+        flow = flows.get(flow_definition_key(event.project, event.flow))
+        touched[key], _ = apply_event(state, event, flow, defer_rows=True)
         batch.add_event(event, record.partition, record.offset)
         counts.events += 1
         if pending >= BATCH_EVENTS:
