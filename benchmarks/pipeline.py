@@ -493,9 +493,11 @@ def floor_consumer(bootstrap: str, topic: str, dsn: str, expected: int) -> None:
     """Child process: consume `topic` from the start and insert its events raw into chDB."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    from steplog.gc_tuning import tune_gc_for_batches
     from steplog.projections.clickhouse import open_clickhouse
     from steplog.topics import topic_partitions
 
+    tune_gc_for_batches()  # as the processors do: the floor is not handicapped by the collector
     client = open_clickhouse(dsn)
     client.command("CREATE DATABASE IF NOT EXISTS floor")
     client.command(

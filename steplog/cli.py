@@ -22,6 +22,7 @@ from steplog.api import serve_api
 from steplog.broker import LocalBroker, ensure_kafka_jars
 from steplog.demo import demo_hooks
 from steplog.errors import SteplogError
+from steplog.gc_tuning import tune_gc_for_batches
 from steplog.projections.clickhouse import open_clickhouse
 from steplog.projections.migrations import migrate
 from steplog.settings import env_name, load_settings
@@ -271,6 +272,7 @@ def replay(
     ] = None,
 ) -> None:
     """Rebuild every projection from offset 0 of the log and swap it in (processors stopped)."""
+    tune_gc_for_batches()  # this process inserts what the fold processes send
     settings = load_settings()
     total = asyncio.run(log_size(settings))
     with Progress(

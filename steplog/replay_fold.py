@@ -27,6 +27,7 @@ from typing import Final
 
 from steplog.child_process import die_with_parent
 from steplog.errors import InvalidEventError
+from steplog.gc_tuning import tune_gc_for_batches
 from steplog.processors.fold import apply_event, take_rows
 from steplog.processors.host import decode_run_event, run_state_key
 from steplog.processors.projection_batch import ProjectionBatch
@@ -74,6 +75,7 @@ def fold_share(conn: Connection, share: FoldShare, parent: int) -> None:
     """The child's entry point (multiprocessing "spawn" target)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when replay stops
     die_with_parent(parent)
+    tune_gc_for_batches()
     try:
         counts = asyncio.run(_fold(conn, share))
     except Exception as exc:  # the parent reports it and stops the other children

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import faust
 
 from steplog.broker import LocalBroker
+from steplog.gc_tuning import tune_gc_for_batches
 from steplog.processors.host import ProcessorConfig, create_processor_app
 from steplog.processors.registry import read_workflow_definitions
 from steplog.projections.clickhouse import chdb_path, open_clickhouse
@@ -82,6 +83,7 @@ class StackHooks:
 
 def run_processors(settings: Settings, *, sql_port: int | None, hooks: StackHooks | None = None) -> None:
     """Run the processors in the foreground until SIGINT/SIGTERM (raises SystemExit then)."""
+    tune_gc_for_batches()
     config = processor_config(settings)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(ensure_topics(settings.kafka_bootstrap, changelog_specs(config, settings)))

@@ -234,11 +234,14 @@ def test_clickhouse_connect_inserts_however_it_compresses(
     client = clickhouse_connect.get_client(
         host="127.0.0.1", port=endpoint.port, database=endpoint.database, compress=compress
     )
+    # Rows enough for several blocks: clickhouse-connect compresses each block apart (with lz4,
+    # a frame each), and every one of them must arrive.
+    rows = [[20 + i, f"pet{i:06d}" + "x" * 200] for i in range(40_000)]
     try:
-        client.insert("pets", [[20 + i, f"pet{i}"] for i in range(1000)], column_names=["id", "name"])
-        assert client.query("SELECT count(), max(name) FROM pets WHERE id >= 20").result_rows == [
-            (1000, "pet999")
-        ]
+        client.insert("pets", rows, column_names=["id", "name"])
+        assert client.query(
+            "SELECT count(), min(id), max(id) FROM pets WHERE id >= 20"
+        ).result_rows == [(40_000, 20, 40_019)]
     finally:
         client.close()
 

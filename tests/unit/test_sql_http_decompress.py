@@ -1,0 +1,27 @@
+"""Request bodies as clients compress them: several frames, one after the other."""
+
+from __future__ import annotations
+
+import gzip
+
+import lz4.frame
+import pytest
+
+from steplog.sql_http import decompress
+
+
+def test_every_lz4_frame_is_read() -> None:
+    # clickhouse-connect compresses each block of an insert as a frame of its own.
+    blocks = [bytes([n]) * 70_000 for n in range(3)]
+    body = b"".join(lz4.frame.compress(block) for block in blocks)
+    assert decompress("lz4", body) == b"".join(blocks)
+
+
+def test_a_cut_lz4_frame_is_an_error_not_a_shorter_body() -> None:
+    body = lz4.frame.compress(b"a" * 1000) + lz4.frame.compress(b"b" * 1000)[:-6]
+    with pytest.raises(ValueError, match=r"Code: 432\..*cut short"):
+        decompress("lz4", body)
+
+
+def test_every_gzip_member_is_read() -> None:
+    assert decompress("gzip", gzip.compress(b"abc") + gzip.compress(b"def")) == b"abcdef"
