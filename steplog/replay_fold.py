@@ -9,21 +9,24 @@ tables replace rows by key and version, so the order in which the shares' rows l
 matter.
 
 Each child reads the flows topic first (the flow graphs the fold needs); only the first child
-sends the `flows` rows. It then sends one message per batch of `BATCH_EVENTS` records read and
-waits for the parent to take it (the pipe holds one message at most), so a child folds its next
-batch while the parent inserts the previous one, and never runs further ahead. Messages, as
-tuples: `("rows", table rows, records read)`, then `("done", FoldCounts)`, or
-`("error", message)`.
+sends the `flows` rows. It then sends one message per batch of `BATCH_EVENTS` records read. The
+parent takes one message at a time and inserts its rows before it takes the next, so a send
+waits for as long as the parent inserts another child's rows: a thread of the child's
+(`_Handover`) does the sending, and the fold goes on meanwhile, at most one batch ahead of the
+one waiting. Messages, as tuples: `("rows", table rows, records read)`, then
+`("done", FoldCounts)`, or `("error", message)`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
 import signal
+import threading
 from collections.abc import Collection
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Final
+from typing import Any, Final
 
 from steplog.child_process import die_with_parent
 from steplog.errors import InvalidEventError
@@ -76,15 +79,51 @@ def fold_share(conn: Connection, share: FoldShare, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when replay stops
     die_with_parent(parent)
     tune_gc_for_batches()
+    handover = _Handover(conn)
     try:
-        counts = asyncio.run(_fold(conn, share))
+        counts = asyncio.run(_fold(handover, share))
+        handover.close()  # every batch sent before the counts
     except Exception as exc:  # the parent reports it and stops the other children
+        handover.close(raising=False)
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("done", counts))
 
 
-async def _fold(conn: Connection, share: FoldShare) -> FoldCounts:
+class _Handover:
+    """Sends the rows messages to the parent from a thread, in order, one waiting at most."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._waiting: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="replay-handover", daemon=True)
+        self._thread.start()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        """Queue a message; blocks while the previous one still waits for the parent."""
+        if self._error is not None:
+            raise self._error
+        self._waiting.put(message)
+
+    def close(self, *, raising: bool = True) -> None:
+        """Wait until every queued message is sent (or failed)."""
+        self._waiting.put(None)
+        self._thread.join()
+        if raising and self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while (message := self._waiting.get()) is not None:
+            if self._error is not None:
+                continue  # drained, so that send() and close() never wait on a dead thread
+            try:
+                self._conn.send(message)
+            except Exception as exc:  # the parent is gone: the fold stops at its next send
+                self._error = exc
+
+
+async def _fold(handover: _Handover, share: FoldShare) -> FoldCounts:
     counts = FoldCounts()
     batch = ProjectionBatch()
     flows, flow_records = await _read_flows(share, batch if share.sends_flows else None, counts)
@@ -103,7 +142,7 @@ async def _fold(conn: Connection, share: FoldShare) -> FoldCounts:
             batch.add_effects(take_rows(state, flow))
             held[key] = state.to_bytes()
         touched.clear()
-        conn.send(("rows", batch.table_rows(), pending))
+        handover.send(("rows", batch.table_rows(), pending))
         batch, pending = ProjectionBatch(), 0
 
     async for record in read_log(share.bootstrap, share.events_topic, partitions=share.partitions):
