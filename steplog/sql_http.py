@@ -20,6 +20,7 @@ import sys
 import threading
 import zlib
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from aiohttp import web
 from clickhouse_connect.driver.client import Client
@@ -231,9 +232,11 @@ def decompress(encoding: str, body: bytes) -> bytes:
         if encoding == "gzip":
             return gzip.decompress(body)
         if encoding == "deflate":
-            return zlib.decompress(body)
+            return _every_part(body, zlib.decompressobj, "stream")
         if encoding == "lz4":
-            return _lz4_frames(body)
+            import lz4.frame  # clickhouse-connect's own dependency
+
+            return _every_part(body, lz4.frame.LZ4FrameDecompressor, "frame")
         if encoding == "zstd":
             # clickhouse-connect's own zstd: the standard library's from Python 3.14, the
             # backport before (the `zstandard` package is not installed with it).
@@ -254,20 +257,29 @@ def decompress(encoding: str, body: bytes) -> bytes:
     )
 
 
-def _lz4_frames(body: bytes) -> bytes:
-    """Every LZ4 frame of the body, concatenated. clickhouse-connect compresses each block of
-    an insert as a frame of its own, and `lz4.frame.decompress` stops after the first: an
-    insert of more than one block (16,384 rows of 200 bytes) lost the rest without an error."""
-    import lz4.frame  # clickhouse-connect's own dependency
+class _Decompressor(Protocol):
+    """One frame or stream at a time: lz4.frame's and zlib's decompressors alike."""
 
+    @property
+    def eof(self) -> bool: ...
+    @property
+    def unused_data(self) -> bytes: ...
+    def decompress(self, data: bytes, /) -> bytes: ...
+
+
+def _every_part(body: bytes, new_part: Callable[[], _Decompressor], unit: str) -> bytes:
+    """Every frame (or stream) of the body, concatenated. clickhouse-connect compresses each
+    block of an insert as an lz4 frame of its own, and `lz4.frame.decompress` (as
+    `zlib.decompress`) stops after the first and drops the rest without a word: an insert of
+    more than one block (16,384 rows of 200 bytes) lost all but its first block."""
     parts: list[bytes] = []
     rest = body
     while rest:
-        frame = lz4.frame.LZ4FrameDecompressor()
-        parts.append(frame.decompress(rest))
-        if not frame.eof:
-            raise ValueError(f"the last frame is cut short ({len(rest)} bytes from its start)")
-        rest = frame.unused_data
+        part = new_part()
+        parts.append(part.decompress(rest))
+        if not part.eof:
+            raise ValueError(f"the last {unit} is cut short ({len(rest)} bytes from its start)")
+        rest = part.unused_data
     return b"".join(parts)
 
 

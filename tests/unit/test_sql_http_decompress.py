@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 
 import lz4.frame
 import pytest
@@ -25,3 +26,9 @@ def test_a_cut_lz4_frame_is_an_error_not_a_shorter_body() -> None:
 
 def test_every_gzip_member_is_read() -> None:
     assert decompress("gzip", gzip.compress(b"abc") + gzip.compress(b"def")) == b"abcdef"
+
+
+def test_every_deflate_stream_is_read_and_a_cut_one_is_an_error() -> None:
+    assert decompress("deflate", zlib.compress(b"abc") + zlib.compress(b"def")) == b"abcdef"
+    with pytest.raises(ValueError, match=r"Code: 432\..*cut short"):
+        decompress("deflate", zlib.compress(b"abc" * 100)[:-3])
