@@ -88,6 +88,15 @@ _TIMER_MAX_SLEEP_S: Final = 1.0
 _TIMER_RETRY_S: Final = 1.0
 
 
+ONE_PROCESS_PER_GROUP: Final = (
+    "run one processors process per topic prefix: flow and workflow definitions pushed from now "
+    "on reach only the process that holds the flows topic, and a child run's end is reported "
+    "to its parent only by the process that started the child (docs/processors.md, Known "
+    "limits)"
+)
+"""Why the fold's consumer must have its group to itself, for the error it logs otherwise."""
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -575,6 +584,7 @@ def create_processor_app(
         stores=[runs], process=host.process_events, write=host.write_rows,
         recovered=host.recovered, max_records=config.batch_size,
         max_fetch_bytes=config.max_fetch_bytes, write_interval=config.write_interval,
+        unshared=ONE_PROCESS_PER_GROUP,
     )
     waits = StateStore(config.bootstrap, config.waits_changelog, NameWaits.from_bytes,
                        max_message_bytes=config.max_fetch_bytes)
