@@ -15,9 +15,9 @@ they are:
 - each event name's `NameWaits` and `NameTriggers`, by name, in
   `<prefix>processors-agents-waits-changelog` and `-triggers-changelog` (the signals topic's).
 
-Writes are buffered: `put` keeps the newest state of each key, `flush` sends them all and
-returns once Kafka has acknowledged every one (acks=all), sending a failed record batch again
-with backoff, forever (or `take_unsent` now and `send` later: one batch's states). The
+Writes are buffered: `put` keeps the newest state of each key, `take_unsent` takes those put
+since the last take (one batch's states), and `send` sends them and returns once Kafka has
+acknowledged every one (acks=all), sending a failed record batch again with backoff, forever. The
 consumer commits a batch's offsets only after its states are acknowledged, so a committed
 offset is never ahead of the states that have seen its messages (docs/processors.md).
 The store has its own producer and sends each partition's states as whole record batches
@@ -133,18 +133,14 @@ class StateStore(Generic[S]):
 
     def put(self, partition: int, state_key: bytes, state: S) -> None:
         """Hold `state` in memory now (later changes to the object are not kept); its
-        changelog write goes out with the next `flush`."""
+        changelog write goes out with the next `take_unsent` and `send`."""
         value = state.to_bytes()
         self._states[partition][state_key] = value
         self._unsent.setdefault(partition, {})[state_key] = value
 
-    async def flush(self) -> None:
-        """Send every state put since the last flush and wait until Kafka acknowledged all."""
-        await self.send(self.take_unsent())
-
     def take_unsent(self) -> UnsentStates:
-        """The states put since the last take (or flush), for `send`: a caller whose later
-        puts must not go out with these (the stateful consumer, batch by batch)."""
+        """The states put since the last take, for `send`: later puts do not go out with
+        these (the stateful consumer sends batch by batch)."""
         pending, self._unsent = self._unsent, {}
         return pending
 

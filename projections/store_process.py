@@ -25,15 +25,13 @@ import asyncio
 import logging
 import multiprocessing
 import os
-import signal
 import threading
 from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from typing import Any, Final, NoReturn
 
-from steplog.child_process import die_with_parent
+from steplog.child_process import settle_child
 from steplog.errors import ClickHouseError, StoreProcessGoneError
-from steplog.gc_tuning import tune_gc_for_batches
 from steplog.schemas.flows import FlowDefinition
 
 from .clickhouse import open_clickhouse
@@ -179,9 +177,7 @@ def _gone(process: Any) -> StoreProcessGoneError:
 
 
 def _serve(conn: Connection, dsn: str, database: str, parent: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent(parent)
-    tune_gc_for_batches()
+    settle_child(parent)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     try:
         client = open_clickhouse(dsn)

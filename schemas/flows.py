@@ -50,6 +50,7 @@ def flow_definition_key(project: str, slug: str) -> str:
     an event's or a run's project and flow)."""
     return f"{project}/{slug}"
 
+
 WORKFLOW_KEY_SEGMENT: Final = "workflow"
 """The second segment of every workflow key, and so reserved in flow keys."""
 

@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import signal
 import threading
 from collections.abc import Collection
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Final
 
-from steplog.child_process import die_with_parent
+from steplog.child_process import settle_child
 from steplog.errors import InvalidEventError
-from steplog.gc_tuning import tune_gc_for_batches
 from steplog.processors.fold import apply_event, take_rows
 from steplog.processors.host import decode_run_event, run_state_key
 from steplog.processors.projection_batch import ProjectionBatch
@@ -76,9 +74,7 @@ class FoldCounts:
 
 def fold_share(conn: Connection, share: FoldShare, parent: int) -> None:
     """The child's entry point (multiprocessing "spawn" target)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when replay stops
-    die_with_parent(parent)
-    tune_gc_for_batches()
+    settle_child(parent)
     handover = _Handover(conn)
     try:
         counts = asyncio.run(_fold(handover, share))

@@ -66,7 +66,7 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = 60) -
         await asyncio.sleep(0.05)
 
 
-def test_flushed_states_are_recovered_per_partition_newest_first(topics: Settings) -> None:
+def test_sent_states_are_recovered_per_partition_newest_first(topics: Settings) -> None:
     async def scenario() -> None:
         await create_changelog(topics)
         writer = new_store(topics)
@@ -75,9 +75,9 @@ def test_flushed_states_are_recovered_per_partition_newest_first(topics: Setting
             await writer.recover([0, 1, 2])
             writer.put(0, b"a", new_state("a", "e1"))
             writer.put(1, b"b", new_state("b", "e1"))
-            await writer.flush()
+            await writer.send(writer.take_unsent())
             writer.put(1, b"b", new_state("b", "e1", "e2"))
-            await writer.flush()
+            await writer.send(writer.take_unsent())
         finally:
             await writer.stop()
 
