@@ -99,7 +99,7 @@ def processors_environment(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment of a `steplog` child on these settings (as tests/conftest.py does)."""
     fields = ("kafka_bootstrap", "clickhouse_dsn", "clickhouse_database", "topic_prefix",
               "data_dir", "events_partitions", "commands_partitions", "signals_partitions",
-              "sql_port", "project")
+              "sql_port", "project", "state_memory_mb")
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")},
         **{f"STEPLOG_{name.upper()}": str(getattr(settings, name)) for name in fields},
@@ -569,6 +569,10 @@ def main() -> None:
         help="replay once per number of fold processes given, e.g. 1,2 (default: once, with "
              "replay's default)",
     )
+    parser.add_argument(
+        "--state-memory-mb", type=int, default=None,
+        help="STEPLOG_STATE_MEMORY_MB of the processors and replay (default: the setting's)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch dir (logs)")
     parser.add_argument(
         "--processors-command", metavar="CMD",
@@ -625,6 +629,7 @@ def _run(args: argparse.Namespace, bootstrap: str, scratch: Path, children: Chil
         kafka_bootstrap=bootstrap, clickhouse_dsn=f"chdb://{scratch / 'clickhouse'}",
         clickhouse_database=DATABASE, topic_prefix="bench.", data_dir=scratch / "steplog",
         events_partitions=args.partitions, sql_port=_free_port(), project=PROJECT,
+        **({} if args.state_memory_mb is None else {"state_memory_mb": args.state_memory_mb}),
     )
     asyncio.run(ensure_topics(settings.kafka_bootstrap, topic_specs(settings)))
     steps = args.steps
@@ -739,7 +744,8 @@ def _run(args: argparse.Namespace, bootstrap: str, scratch: Path, children: Chil
         print("        peak RSS of " + "; ".join(extra))
     print(f"        processors RSS after warm-up {warm_rss:.0f} MiB, at the end {end_rss:.0f} MiB "
           f"after {runs_folded:,} more runs: {(end_rss - warm_rss) / runs_folded * 10_000:.0f} MiB "
-          "per 10,000 runs (run states are kept in memory)")
+          "per 10,000 runs (run states in memory up to STEPLOG_STATE_MEMORY_MB, then on disk; "
+          "the allocator also keeps the batches' peak)")
     if replays and args.profile:
         print_profile(scratch / "replay.prof", 25)
 

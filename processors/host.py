@@ -112,6 +112,9 @@ class ProcessorConfig:
     replication_factor: int
     max_event_bytes: int
     data_dir: Path
+    state_memory_bytes: int
+    """Memory for each state store's states (STEPLOG_STATE_MEMORY_MB; the runs' is the one
+    that grows: the waits' and triggers' are per event name)."""
     batch_size: int = 10_000
     """The most events (or signals) handled as one batch."""
     write_interval: float = 0.2
@@ -576,7 +579,8 @@ def create_processor_app(
         config.topics, cast(SendFunction, send), registry, max_bytes=config.max_event_bytes
     )
     runs = StateStore(config.bootstrap, config.runs_changelog, RunState.from_bytes,
-                      max_message_bytes=config.max_fetch_bytes)
+                      max_message_bytes=config.max_fetch_bytes,
+                      memory_bytes=config.state_memory_bytes)
     host = FoldHost(config, writer, runs, dispatcher)
     host.remember_flows(flows)
     events = StatefulConsumer(
@@ -587,9 +591,11 @@ def create_processor_app(
         unshared=ONE_PROCESS_PER_GROUP,
     )
     waits = StateStore(config.bootstrap, config.waits_changelog, NameWaits.from_bytes,
-                       max_message_bytes=config.max_fetch_bytes)
+                       max_message_bytes=config.max_fetch_bytes,
+                       memory_bytes=config.state_memory_bytes)
     triggers = StateStore(config.bootstrap, config.triggers_changelog, NameTriggers.from_bytes,
-                          max_message_bytes=config.max_fetch_bytes)
+                          max_message_bytes=config.max_fetch_bytes,
+                          memory_bytes=config.state_memory_bytes)
     signals_host = SignalsHost(config, waits, triggers, dispatcher)
     signals = StatefulConsumer(
         bootstrap=config.bootstrap, group_id=config.signals_group, topic=config.topics.signals,

@@ -28,7 +28,9 @@ Memory holds each state as its changelog bytes, never as objects: `get` decodes 
 (changing it changes nothing stored) and `put` encodes it (the encoding is needed for the
 changelog anyway). A 10-event run costs about 1.2 KB so, against 6.4 KB as objects, and a
 partition's recovery decodes nothing; the price is a decode (10-20 µs for a run) per state and
-batch that touches it.
+batch that touches it. Memory holds at most `memory_bytes` of them (STEPLOG_STATE_MEMORY_MB):
+the least recently put go to a scratch file on disk and come back when a batch touches them
+(`held_states.HeldStates`), so memory stays flat however many runs the processors have seen.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from typing import Final, Generic, Protocol, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from steplog.errors import SteplogError
+
+from .held_states import HeldStates
 
 __all__ = ["StateStore", "StateTooLargeError", "Storable", "UnsentStates"]
 
@@ -80,12 +84,14 @@ class StateStore(Generic[S]):
         decode: Callable[[bytes], S],
         *,
         max_message_bytes: int,
+        memory_bytes: int,
     ) -> None:
         self.bootstrap = bootstrap
         self.changelog = changelog
         self.decode = decode
         self._max_message_bytes = max_message_bytes
-        self._states: dict[int, dict[bytes, bytes]] = {}
+        self._states = HeldStates(memory_bytes)
+        self._spilled = False
         self._unsent: dict[int, dict[bytes, bytes]] = {}
         self._producer: AIOKafkaProducer | None = None
 
@@ -100,48 +106,64 @@ class StateStore(Generic[S]):
         await self._producer.start()
 
     async def stop(self) -> None:
-        """Stop the producer; states put and not flushed are not sent (their events' offsets
-        are not committed either: they are folded again after a restart)."""
+        """Stop the producer and forget every state; states put and not sent are lost (their
+        events' offsets are not committed either: they are folded again after a restart)."""
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+        self._states.close()
+        self._unsent.clear()
 
     @property
     def partitions(self) -> frozenset[int]:
         """The partitions whose states are held (recovered and not released since)."""
-        return frozenset(self._states)
+        return self._states.partitions
+
+    @property
+    def bytes_in_memory(self) -> int:
+        return self._states.bytes_in_memory
 
     def __len__(self) -> int:
-        return sum(len(states) for states in self._states.values())
+        return len(self._states)
 
     def get(self, partition: int, state_key: bytes) -> S | None:
-        held = self._states[partition].get(state_key)
+        held = self._states.get(partition, state_key)
         return None if held is None else self.decode(held)
 
     def find(self, state_key: bytes) -> S | None:
         """A state whatever its partition (the timer service knows only the run)."""
-        for partition, states in self._states.items():
-            if state_key in states:
-                return self.get(partition, state_key)
-        return None
+        held = self._states.find(state_key)
+        return None if held is None else self.decode(held)
 
     def items(self) -> Iterator[tuple[bytes, S]]:
-        """Every state held, decoded one at a time (memory stays flat)."""
-        for states in list(self._states.values()):
-            for state_key, value in list(states.items()):
-                yield state_key, self.decode(value)
+        """Every state held, decoded one at a time (memory stays flat). Nothing may be got,
+        found or put until the iteration ends."""
+        for _, state_key, value in self._states.items():
+            yield state_key, self.decode(value)
 
     def put(self, partition: int, state_key: bytes, state: S) -> None:
-        """Hold `state` in memory now (later changes to the object are not kept); its
-        changelog write goes out with the next `take_unsent` and `send`."""
+        """Hold `state` now (later changes to the object are not kept); its changelog write
+        goes out with the next `take_unsent` and `send`."""
         value = state.to_bytes()
-        self._states[partition][state_key] = value
+        self._states.put(partition, state_key, value)
         self._unsent.setdefault(partition, {})[state_key] = value
 
     def take_unsent(self) -> UnsentStates:
         """The states put since the last take, for `send`: later puts do not go out with
-        these (the stateful consumer sends batch by batch)."""
+        these (the stateful consumer sends batch by batch).
+
+        Also where memory is brought back under its budget: once per batch, after its states
+        are put."""
+        # Spill first: if it fails, the states stay unsent rather than lost from this take.
+        spilled = self._states.spill()
         pending, self._unsent = self._unsent, {}
+        if spilled and not self._spilled:
+            self._spilled = True
+            # A warning, once: the processors log nothing below, and an operator sizing the
+            # machine wants to know that reads of old runs' states now go to disk.
+            log.warning("state store of %s: more than %d MiB of states, the least recently "
+                        "changed go to disk from now on (STEPLOG_STATE_MEMORY_MB)",
+                        self.changelog, self._states.memory_bytes >> 20)
         return pending
 
     async def send(self, pending: UnsentStates) -> None:
@@ -190,8 +212,8 @@ class StateStore(Generic[S]):
 
     def release(self, partitions: Collection[int]) -> None:
         """Forget the states of partitions this process no longer consumes."""
+        self._states.release(partitions)
         for partition in partitions:
-            self._states.pop(partition, None)
             self._unsent.pop(partition, None)
 
     async def recover(self, partitions: Collection[int]) -> None:
@@ -199,7 +221,6 @@ class StateStore(Generic[S]):
         it is when the read starts) and hold what they say: each key's newest state."""
         if not partitions:
             return
-        recovered: dict[int, dict[bytes, bytes]] = {p: {} for p in partitions}
         reader = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=None,
@@ -208,6 +229,7 @@ class StateStore(Generic[S]):
         )
         await reader.start()
         try:
+            self._states.begin_load(partitions)
             tps = [TopicPartition(self.changelog, partition) for partition in partitions]
             reader.assign(tps)
             await reader.seek_to_beginning(*tps)
@@ -216,16 +238,16 @@ class StateStore(Generic[S]):
             while remaining:
                 fetched = await reader.getmany(*remaining, timeout_ms=_RECOVER_POLL_MS)
                 for tp, records in fetched.items():
-                    states = recovered[tp.partition]
-                    for record in records:
-                        if record.value is None:  # a tombstone: the state was deleted
-                            states.pop(record.key, None)
-                        else:
-                            states[record.key] = record.value
+                    # A None value is a tombstone: the state was deleted.
+                    self._states.load(tp.partition, ((r.key, r.value) for r in records))
                 remaining = {tp for tp in remaining if await reader.position(tp) < ends[tp]}
+        except BaseException:
+            self._states.release(partitions)  # half a partition's states are not its states
+            raise
         finally:
+            self._states.end_load()
             await reader.stop()
-        self._states.update(recovered)
-        log.info("state store: %d states recovered from %s partitions %s",
-                 sum(len(states) for states in recovered.values()), self.changelog,
-                 sorted(partitions))
+        log.info("state store: %d states held after recovering %s partitions %s (%d MiB in "
+                 "memory)",
+                 len(self._states), self.changelog, sorted(partitions),
+                 self._states.bytes_in_memory >> 20)

@@ -135,6 +135,7 @@ def _rebuild(
                     flows_topic=settings.topics.flows,
                     max_event_bytes=settings.max_event_bytes,
                     partitions=share,
+                    state_memory_bytes=settings.state_memory_mb << 20,
                     sends_flows=number == 0,
                 ), os.getpid()),
                 name=f"steplog-replay-fold-{number}", daemon=True,

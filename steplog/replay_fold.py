@@ -30,6 +30,7 @@ from typing import Any, Final
 from steplog.child_process import settle_child
 from steplog.errors import InvalidEventError
 from steplog.processors.fold import apply_event, take_rows
+from steplog.processors.held_states import HeldStates
 from steplog.processors.host import decode_run_event, run_state_key
 from steplog.processors.projection_batch import ProjectionBatch
 from steplog.processors.state import RunState
@@ -53,6 +54,8 @@ class FoldShare:
     max_event_bytes: int
     partitions: tuple[int, ...]
     """Of the events topic."""
+    state_memory_bytes: int
+    """Memory for the run states between batches (the rest go to disk: HeldStates)."""
     sends_flows: bool
     """This child sends the `flows` rows (one child does)."""
 
@@ -123,21 +126,23 @@ async def _fold(handover: _Handover, share: FoldShare) -> FoldCounts:
     counts = FoldCounts()
     batch = ProjectionBatch()
     flows, flow_records = await _read_flows(share, batch if share.sends_flows else None, counts)
-    # Every run's state between batches as its changelog bytes (processors/run_store.py: a
-    # fifth of the memory of the objects, which a log of millions of runs needs), and the
-    # states of the batch in hand's runs as objects.
-    held: dict[bytes, bytes] = {}
-    touched: dict[bytes, RunState] = {}
+    # Every run's state between batches as its changelog bytes, as the processors hold them
+    # (a fifth of the memory of the objects, and beyond the budget on disk: a log of millions
+    # of runs needs both), and the states of the batch in hand's runs as objects.
+    held = HeldStates(share.state_memory_bytes)
+    held.hold(share.partitions)
+    touched: dict[bytes, tuple[RunState, int]] = {}
     pending = flow_records if share.sends_flows else 0  # the progress bar counts them once
 
     def send_batch() -> None:
         nonlocal batch, pending
         # Rows once per run per batch (the fold's deferred rows), not after every event.
-        for key, state in touched.items():
+        for key, (state, partition) in touched.items():
             flow = flows.get(flow_definition_key(state.project, state.flow))
             batch.add_effects(take_rows(state, flow))
-            held[key] = state.to_bytes()
+            held.put(partition, key, state.to_bytes())
         touched.clear()
+        held.spill()
         handover.send(("rows", batch.table_rows(), pending))
         batch, pending = ProjectionBatch(), 0
 
@@ -149,19 +154,22 @@ async def _fold(handover: _Handover, share: FoldShare) -> FoldCounts:
             counts.invalid += 1
             continue
         key = run_state_key(event)
-        state = touched.get(key)
-        if state is None and (stored := held.get(key)) is not None:
+        in_hand = touched.get(key)
+        state = in_hand[0] if in_hand else None
+        if state is None and (stored := held.get(record.partition, key)) is not None:
             state = RunState.from_bytes(stored)
         # Rows only: the engine effects (commands, timers, events for other runs) were carried
         # out when the events were first folded; a rebuild must never start, resume or cancel.
         flow = flows.get(flow_definition_key(event.project, event.flow))
-        touched[key], _ = apply_event(state, event, flow, defer_rows=True)
+        state, _ = apply_event(state, event, flow, defer_rows=True)
+        touched[key] = (state, record.partition)
         batch.add_event(event, record.partition, record.offset)
         counts.events += 1
         if pending >= BATCH_EVENTS:
             send_batch()
     send_batch()
     counts.runs = len(held)
+    held.close()
     return counts
 
 

@@ -73,6 +73,13 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(
         1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest encoded event accepted."
     )
+    state_memory_mb: int = Field(
+        128, ge=1, le=1024 * 1024,
+        description="Memory for the states each of the processors' state stores holds (the "
+        "runs' is the one that grows) and each replay fold process's: beyond it the least "
+        "recently changed go to a scratch file in TMPDIR and come back when their run gets an "
+        "event. RSS grows about twice as fast as the states' bytes.",
+    )
     write_interval_ms: int = Field(
         200, ge=0, le=60_000,
         description="Least time between two projection writes of the processors: rows become "

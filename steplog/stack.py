@@ -45,6 +45,7 @@ def processor_config(settings: Settings) -> ProcessorConfig:
         replication_factor=settings.replication_factor,
         max_event_bytes=settings.max_event_bytes,
         data_dir=settings.data_dir / "processors",
+        state_memory_bytes=settings.state_memory_mb << 20,
         write_interval=settings.write_interval_ms / 1000,
     )
 

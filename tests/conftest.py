@@ -167,7 +167,7 @@ class RunningProcessors:
 def processors_environment(settings: Settings) -> dict[str, str]:
     fields = ("kafka_bootstrap", "clickhouse_dsn", "clickhouse_database", "topic_prefix",
               "data_dir", "events_partitions", "commands_partitions", "signals_partitions",
-              "sql_port", "project")
+              "sql_port", "project", "state_memory_mb")
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")},
         **{f"STEPLOG_{name.upper()}": str(getattr(settings, name)) for name in fields},

@@ -32,10 +32,11 @@ from steplog.topics import ensure_topics
 RUNS = [f"run-{n}".encode() for n in range(12)]
 
 
-def new_store(settings: Settings) -> StateStore[RunState]:
+def new_store(settings: Settings, memory_bytes: int | None = None) -> StateStore[RunState]:
     config = processor_config(settings)
     return StateStore(config.bootstrap, config.runs_changelog, RunState.from_bytes,
-                      max_message_bytes=config.max_fetch_bytes)
+                      max_message_bytes=config.max_fetch_bytes,
+                      memory_bytes=memory_bytes or config.state_memory_bytes)
 
 
 def new_name_stores(
@@ -43,9 +44,11 @@ def new_name_stores(
 ) -> tuple[StateStore[NameWaits], StateStore[NameTriggers]]:
     config = processor_config(settings)
     return (StateStore(config.bootstrap, config.waits_changelog, NameWaits.from_bytes,
-                       max_message_bytes=config.max_fetch_bytes),
+                       max_message_bytes=config.max_fetch_bytes,
+                       memory_bytes=config.state_memory_bytes),
             StateStore(config.bootstrap, config.triggers_changelog, NameTriggers.from_bytes,
-                       max_message_bytes=config.max_fetch_bytes))
+                       max_message_bytes=config.max_fetch_bytes,
+                       memory_bytes=config.state_memory_bytes))
 
 
 def new_state(run_id: str, *seen: str) -> RunState:
@@ -90,6 +93,47 @@ def test_sent_states_are_recovered_per_partition_newest_first(topics: Settings) 
         assert [key for key, _ in reader.items()] == [b"b"]
         reader.release([1])
         assert reader.partitions == frozenset() and len(reader) == 0
+
+    asyncio.run(scenario())
+
+
+def test_states_beyond_the_memory_budget_go_to_disk_and_are_all_recovered(
+    topics: Settings,
+) -> None:
+    # About 25 states fit in 16 KiB: 600 runs, each written twice, spill both the writer
+    # (between batches) and the reader (while recovering).
+    budget = 16 * 1024
+
+    async def scenario() -> None:
+        await create_changelog(topics)
+        writer = new_store(topics, budget)
+        await writer.start()
+        try:
+            await writer.recover([0, 1, 2])
+            for version in ("e1", "e2"):
+                for number in range(600):
+                    run_id = f"run-{number}"
+                    held = writer.get(number % 3, run_id.encode())
+                    seen = (held.seen if held else set()) | {version}
+                    writer.put(number % 3, run_id.encode(), new_state(run_id, *seen))
+                    if number % 50 == 49:  # a batch
+                        await writer.send(writer.take_unsent())
+            assert writer.bytes_in_memory <= budget
+            assert len(writer) == 600
+            spilled = writer.get(0, b"run-0")
+            assert spilled is not None and spilled.seen == {"e1", "e2"}
+        finally:
+            await writer.stop()
+
+        reader = new_store(topics, budget)
+        await reader.recover([0, 1, 2])
+        assert reader.bytes_in_memory <= budget
+        assert len(reader) == 600
+        states = dict(reader.items())
+        assert sorted(states) == sorted(f"run-{n}".encode() for n in range(600))
+        assert all(state.seen == {"e1", "e2"} for state in states.values())
+        found = reader.find(b"run-1")
+        assert found is not None and found.seen == {"e1", "e2"}
 
     asyncio.run(scenario())
 

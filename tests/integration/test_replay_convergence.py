@@ -4,6 +4,10 @@ converge; replaying the log from offset 0 rebuilds them row for row.
 A randomized workload (fixed seed) of over 20,000 events: runs of two flows (one with a declared
 graph), failures, retries, skips, explicit completions, run ids shared by two flows, events of a
 run sent out of order, and some events sent twice.
+
+The processors and replay's fold processes get 1 MiB for their run states, a fraction of what
+the workload's take, so states go to disk and come back all along (processors/held_states.py):
+in the fold, in the recovery after the kill, and in replay.
 """
 
 from __future__ import annotations
@@ -136,7 +140,7 @@ def steplog_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[s
 def test_killed_processors_converge_and_replay_rebuilds_the_same_rows(
     stack_settings: Settings, tmp_path: Any
 ) -> None:
-    settings = stack_settings
+    settings = stack_settings.model_copy(update={"state_memory_mb": 1})
     events, distinct, runs = workload(settings.project)
     assert distinct >= 20_000
     log = tmp_path / "processors.log"
@@ -163,6 +167,7 @@ def test_killed_processors_converge_and_replay_rebuilds_the_same_rows(
         statuses = {status for (status,) in running.sql.query(
             "SELECT DISTINCT status FROM runs_current").result_rows}
         assert statuses >= {"completed", "failed", "running"}
+        assert "go to disk from now on" in log.read_text(errors="replace")
     finally:
         running.stop()
 
