@@ -37,9 +37,8 @@ def _rss_mib() -> int:
 def child(runs: int, budget_mb: int, touches: int) -> None:
     from steplog import Client
     from steplog.gc_tuning import tune_gc_for_batches
-    from steplog.processors.fold import apply_event, take_rows
+    from steplog.processors.batch_fold import FoldedBatch, decode_run_event
     from steplog.processors.held_states import HeldStates
-    from steplog.processors.host import decode_run_event, run_state_key
     from steplog.processors.state import RunState
     from steplog.producers.sink import MemorySink
 
@@ -61,19 +60,15 @@ def child(runs: int, budget_mb: int, touches: int) -> None:
             for step in range(5):
                 run.step(f"step-{step}", noop)
         client.flush()
-        touched: dict[bytes, tuple[RunState, int]] = {}
-        for key, value in sink.messages:
-            event = decode_run_event(key, value, 1 << 20)
-            state_key = run_state_key(event)
-            partition = hash(state_key) % _PARTITIONS
-            in_hand = touched.get(state_key)
-            state = in_hand[0] if in_hand else None
-            if state is None and (stored := held.get(partition, state_key)) is not None:
-                state = RunState.from_bytes(stored)
-            state, _ = apply_event(state, event, None, defer_rows=True)
-            touched[state_key] = (state, partition)
-        for state_key, (state, partition) in touched.items():
-            take_rows(state, None)
+        def stored(partition: int, state_key: bytes) -> RunState | None:
+            value = held.get(partition, state_key)
+            return None if value is None else RunState.from_bytes(value)
+
+        folded = FoldedBatch({}, stored)
+        for offset, (key, value) in enumerate(sink.messages):
+            folded.fold(decode_run_event(key, value, 1 << 20), hash(key) % _PARTITIONS, offset)
+        folded.add_run_rows()
+        for state_key, (state, partition) in folded.touched.items():
             held.put(partition, state_key, state.to_bytes())
             keys.append((partition, state_key))
         held.spill()

@@ -18,11 +18,13 @@ Also pure: `timers` (the timer heap, and what a due timer writes), `signals_agen
 and waits per event name), `registry` (which apps define which workflows).
 
 The hosts live in their own modules and only call the pure ones: `host` (the app: the
-fold's and the signals agent's batches, the timer service), `stateful_consumer` (the fold's
-and the signals' consumers: batches, commits, rebalances), `state_store` (run and name states
-in memory and in their changelogs), `dispatch` (sending engine effects and waiting for Kafka's
-acknowledgements), `projection_batch` (effects into inserts), and replay (`steplog/replay.py`,
-rows only).
+fold's and the signals agent's batches, the timer service), `batch_fold` (one batch of events
+decoded and folded, rows included: the processors' and replay's alike), `stateful_consumer`
+(the fold's and the signals' consumers: batches, commits, rebalances), `state_store` (run and
+name states and their changelogs), `held_states` and `cold_states` (states in memory up to a
+budget, the rest on disk), `dispatch` (sending engine effects and waiting for Kafka's
+acknowledgements), `projection_batch` (effects into inserts), and replay
+(`steplog/replay.py`, rows only).
 
 Folding a run's events in any order, with any re-deliveries, gives the same state and the same
 last row per key: that is what makes live processing and replay from offset 0 agree.

@@ -63,15 +63,14 @@ from tenacity import (
 
 from steplog.errors import InvalidEventError, StoreProcessGoneError
 from steplog.projections.writer import BatchWriter, TableRows
-from steplog.schemas.codec import decode_event, decode_flows_message, decode_signals_message, encode
+from steplog.schemas.codec import decode_flows_message, decode_signals_message, encode
 from steplog.schemas.dead_letters import DeadLetter
-from steplog.schemas.events import Event
-from steplog.schemas.flows import FlowDefinition, WorkflowDefinition, flow_definition_key
+from steplog.schemas.flows import FlowDefinition, WorkflowDefinition
 from steplog.schemas.topics import TopicNames
 
+from .batch_fold import FoldedBatch, decode_run_event
 from .dispatch import Dispatcher, Outbox, Planned, SendFunction
 from .effects import ClearTimer, SetTimer, TimerKind
-from .fold import apply_event, take_rows
 from .projection_batch import ProjectionBatch
 from .registry import WorkflowRegistry
 from .signals_agent import NameTriggers, NameWaits, apply_signals_message
@@ -294,10 +293,9 @@ class FoldHost:
 
     async def process_events(self, batch: Sequence[Record]) -> FoldedEvents:
         """Steps 1-3 of the module docstring; the rest is the returned batch's."""
-        projection = ProjectionBatch()
+        folded = FoldedBatch(self.flows, self.runs.get)
         outbox = self.dispatcher.outbox()
         planned: list[Planned] = []
-        touched: dict[bytes, tuple[RunState, int]] = {}
         for message in batch:
             value = message.value or b""  # a tombstone is as undecodable as garbage
             try:
@@ -305,26 +303,16 @@ class FoldHost:
             except InvalidEventError as exc:
                 self._dead_letter(outbox, exc, message, value)
                 continue
-            state_key = run_state_key(event)
-            held = touched.get(state_key)
-            state = held[0] if held else self.runs.get(message.partition, state_key)
-            flow = self.flows.get(flow_definition_key(event.project, event.flow))
-            # Rows deferred: each touched run's changed rows are built once, after the loop.
-            state, effects = apply_event(state, event, flow, defer_rows=True)
+            state_key, state, effects = folded.fold(event, message.partition, message.offset)
             position = (message.partition, message.offset)
             if state.position is None or state.position < position:
                 state.position = position
-            touched[state_key] = (state, message.partition)
-            projection.add_event(event, message.partition, message.offset)
             planned.extend(Planned(effect, state_key, position) for effect in effects)
-        for state, _ in touched.values():
-            # The flow the loop folded the run with.
-            flow = self.flows.get(flow_definition_key(state.project, state.flow))
-            projection.add_effects(take_rows(state, flow))
+        folded.add_run_rows()
         # Messages first: a resume must not wait for the ClickHouse insert, nor for the
         # previous batches', which may still be under way.
         result = await self.dispatcher.carry_out(planned, outbox)
-        return FoldedEvents(self, touched, result.timers, projection.table_rows())
+        return FoldedEvents(self, folded.touched, result.timers, folded.projection.table_rows())
 
     async def process_flows(self, batch: Sequence[EventT[Any]]) -> None:
         projection = ProjectionBatch()
@@ -506,23 +494,6 @@ def _add_dead_letter(
         "dead letter: %s at %s[%d]@%d", letter.reason, letter.source_topic,
         letter.partition, letter.offset,
     )
-
-
-def decode_run_event(key: bytes | None, value: bytes, max_bytes: int) -> Event:
-    """A message of the events topic decoded; InvalidEventError also when its key is not the
-    event's run id: the run's state lives in the partition of its key, and an event keyed
-    otherwise would fold into a second, partial state of the same run."""
-    event = decode_event(value, max_bytes=max_bytes)
-    if key != event.run_id.encode():
-        raise InvalidEventError("run_id", f"message key {key!r} is not the event's run_id")
-    return event
-
-
-def run_state_key(event: Event) -> bytes:
-    """The state table's key of an event's run. Runs are identified by project, flow and run id
-    together (two flows may both use a request id as their run id); all three share the Kafka
-    key's partition, since the message key is the run id."""
-    return f"{event.project}\x00{event.flow}\x00{event.run_id}".encode()
 
 
 def _log_retry(state: RetryCallState) -> None:

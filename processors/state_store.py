@@ -10,7 +10,7 @@ processors keep three stores (`host.create_processor_app`), each on a topic faus
 its table was a faust table (same keys, same values), so states written then are read back as
 they are:
 
-- the runs' `RunState`, by `host.run_state_key`, in `<prefix>processors-runs-changelog`
+- the runs' `RunState`, by `batch_fold.run_state_key`, in `<prefix>processors-runs-changelog`
   (the events topic's partitions);
 - each event name's `NameWaits` and `NameTriggers`, by name, in
   `<prefix>processors-agents-waits-changelog` and `-triggers-changelog` (the signals topic's).

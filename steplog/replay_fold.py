@@ -29,14 +29,13 @@ from typing import Any, Final
 
 from steplog.child_process import settle_child
 from steplog.errors import InvalidEventError
-from steplog.processors.fold import apply_event, take_rows
+from steplog.processors.batch_fold import FoldedBatch, decode_run_event
 from steplog.processors.held_states import HeldStates
-from steplog.processors.host import decode_run_event, run_state_key
 from steplog.processors.projection_batch import ProjectionBatch
 from steplog.processors.state import RunState
 from steplog.projections.log_reader import read_log
 from steplog.schemas.codec import decode_flows_message
-from steplog.schemas.flows import FlowDefinition, WorkflowDefinition, flow_definition_key
+from steplog.schemas.flows import FlowDefinition, WorkflowDefinition
 
 __all__ = ["BATCH_EVENTS", "FoldCounts", "FoldShare", "fold_share", "shares"]
 
@@ -124,27 +123,31 @@ class _Handover:
 
 async def _fold(handover: _Handover, share: FoldShare) -> FoldCounts:
     counts = FoldCounts()
-    batch = ProjectionBatch()
-    flows, flow_records = await _read_flows(share, batch if share.sends_flows else None, counts)
+    projection = ProjectionBatch()
+    flows, flow_records = await _read_flows(
+        share, projection if share.sends_flows else None, counts
+    )
     # Every run's state between batches as its changelog bytes, as the processors hold them
     # (a fifth of the memory of the objects, and beyond the budget on disk: a log of millions
-    # of runs needs both), and the states of the batch in hand's runs as objects.
+    # of runs needs both); the batch in hand's runs are objects in `folded`.
     held = HeldStates(share.state_memory_bytes)
     held.hold(share.partitions)
-    touched: dict[bytes, tuple[RunState, int]] = {}
+
+    def stored(partition: int, state_key: bytes) -> RunState | None:
+        value = held.get(partition, state_key)
+        return None if value is None else RunState.from_bytes(value)
+
+    folded = FoldedBatch(flows, stored, projection)
     pending = flow_records if share.sends_flows else 0  # the progress bar counts them once
 
     def send_batch() -> None:
-        nonlocal batch, pending
-        # Rows once per run per batch (the fold's deferred rows), not after every event.
-        for key, (state, partition) in touched.items():
-            flow = flows.get(flow_definition_key(state.project, state.flow))
-            batch.add_effects(take_rows(state, flow))
-            held.put(partition, key, state.to_bytes())
-        touched.clear()
+        nonlocal folded, pending
+        folded.add_run_rows()
+        for state_key, (state, partition) in folded.touched.items():
+            held.put(partition, state_key, state.to_bytes())
         held.spill()
-        handover.send(("rows", batch.table_rows(), pending))
-        batch, pending = ProjectionBatch(), 0
+        handover.send(("rows", folded.projection.table_rows(), pending))
+        folded, pending = FoldedBatch(flows, stored), 0
 
     async for record in read_log(share.bootstrap, share.events_topic, partitions=share.partitions):
         pending += 1
@@ -153,17 +156,9 @@ async def _fold(handover: _Handover, share: FoldShare) -> FoldCounts:
         except InvalidEventError:
             counts.invalid += 1
             continue
-        key = run_state_key(event)
-        in_hand = touched.get(key)
-        state = in_hand[0] if in_hand else None
-        if state is None and (stored := held.get(record.partition, key)) is not None:
-            state = RunState.from_bytes(stored)
         # Rows only: the engine effects (commands, timers, events for other runs) were carried
         # out when the events were first folded; a rebuild must never start, resume or cancel.
-        flow = flows.get(flow_definition_key(event.project, event.flow))
-        state, _ = apply_event(state, event, flow, defer_rows=True)
-        touched[key] = (state, record.partition)
-        batch.add_event(event, record.partition, record.offset)
+        folded.fold(event, record.partition, record.offset)
         counts.events += 1
         if pending >= BATCH_EVENTS:
             send_batch()
