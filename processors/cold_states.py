@@ -7,9 +7,9 @@ finished run's state is kept forever: a late or duplicated event must still fold
 The file is scratch, never the truth: the changelog topic is (it is read back whenever a
 partition is assigned). So it is SQLite's private temporary database (`connect("")`), which
 SQLite creates in its temporary directory (`SQLITE_TMPDIR`, else `TMPDIR`, else /var/tmp or
-/tmp), unlinks at once and
-which is gone when the connection closes or the process dies, however it dies; and it needs
-neither a journal nor fsync. The standard library's sqlite3 was chosen over RocksDB bindings
+/tmp), unlinks at once and which is gone when the connection closes or the process dies,
+however it dies; and it needs no fsync (its rollback journal is kept in memory: a spill that
+fails, on a full disk say, is undone, and the states stay in memory). The standard library's sqlite3 was chosen over RocksDB bindings
 (what faust's tables use) because it installs nothing and a lookup by primary key costs a few
 microseconds, which is all this needs: reads here happen once per batch for a state that went
 cold, not per event.
@@ -20,6 +20,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator
 from typing import Final
+
+from steplog.errors import StateSpillError
 
 __all__ = ["ColdStates"]
 
@@ -50,9 +52,11 @@ class ColdStates:
             for pragma in (
                 f"page_size={_PAGE_BYTES}",
                 f"cache_size=-{_CACHE_KIB}",
-                # Scratch (module docstring): nothing to roll back or to make durable, and
-                # no need to zero what is deleted (Debian's SQLite does by default).
-                "journal_mode=OFF",
+                # Scratch (module docstring): nothing to make durable, and no need to zero
+                # what is deleted (Debian's SQLite does by default). The journal stays, in
+                # memory: without one a transaction that fails half-way (a full disk)
+                # leaves the file malformed, and every state on it unreadable.
+                "journal_mode=MEMORY",
                 "synchronous=OFF",
                 "locking_mode=EXCLUSIVE",
                 "secure_delete=OFF",
@@ -66,23 +70,34 @@ class ColdStates:
         return self._db
 
     def put_many(self, partition: int, states: Iterable[tuple[bytes, bytes]]) -> None:
-        """Store `states` of `partition`, replacing what is stored under the same keys. If it
-        raises, some may be stored (without a journal nothing is rolled back): the caller
-        keeps them all in memory, which wins over disk."""
-        self._in_one_transaction(
-            "INSERT OR REPLACE INTO states (partition, key, value) VALUES (?, ?, ?)",
-            ((partition, key, value) for key, value in states),
-        )
+        """Store `states` of `partition`, replacing what is stored under the same keys.
+
+        StateSpillError if SQLite cannot (a full disk, say): none is stored then, and the
+        caller keeps them in memory."""
+        try:
+            self._in_one_transaction(
+                "INSERT OR REPLACE INTO states (partition, key, value) VALUES (?, ?, ?)",
+                ((partition, key, value) for key, value in states),
+            )
+        except sqlite3.Error as exc:
+            raise StateSpillError(
+                f"cannot move states to SQLite's temporary file (in SQLITE_TMPDIR or TMPDIR, "
+                f"else /var/tmp or /tmp): {exc}; free space there, point TMPDIR elsewhere or "
+                "raise STEPLOG_STATE_MEMORY_MB"
+            ) from exc
 
     def _in_one_transaction(self, sql: str, rows: Iterable[tuple[object, ...]]) -> None:
-        """`executemany` in one transaction: one page write per page touched, not per row."""
+        """`executemany` in one transaction (one page write per page touched, not per row),
+        all or nothing."""
         db = self._connection()
         db.execute("BEGIN")
         try:
             db.executemany(sql, rows)
-        finally:
-            if db.in_transaction:  # (SQLite ends it itself after some errors)
-                db.execute("COMMIT")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:  # (SQLite rolls back by itself after some errors)
+                db.execute("ROLLBACK")
+            raise
 
     def read(self, partition: int, key: bytes) -> bytes | None:
         if self._db is None:  # nothing ever moved here: no query (the common case)

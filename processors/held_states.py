@@ -142,7 +142,8 @@ class HeldStates:
 
     def spill(self) -> int:
         """Move the least recently put states to disk if memory holds more than the budget;
-        how many moved."""
+        how many moved. StateSpillError if the disk refuses them: those not moved stay in
+        memory, over the budget, and the next spill tries again."""
         if self._bytes <= self.memory_bytes:
             return 0
         share = 1 - self.memory_bytes * _SPILL_TO / self._bytes

@@ -43,7 +43,7 @@ from typing import Final, Generic, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from steplog.errors import SteplogError
+from steplog.errors import StateSpillError, SteplogError
 
 from .held_states import HeldStates
 
@@ -92,6 +92,7 @@ class StateStore(Generic[S]):
         self._max_message_bytes = max_message_bytes
         self._states = HeldStates(memory_bytes)
         self._spilled = False
+        self._spill_failing = False
         self._unsent: dict[int, dict[bytes, bytes]] = {}
         self._producer: AIOKafkaProducer | None = None
 
@@ -154,8 +155,19 @@ class StateStore(Generic[S]):
 
         Also where memory is brought back under its budget: once per batch, after its states
         are put."""
-        # Spill first: if it fails, the states stay unsent rather than lost from this take.
-        spilled = self._states.spill()
+        try:
+            spilled = self._states.spill()
+        except StateSpillError as exc:
+            # Memory is a budget, not a limit worth stopping ingestion for: the states stay
+            # in memory, and the next batch's take tries again (said once, not per batch).
+            if not self._spill_failing:
+                log.warning("state store of %s: %s; the states stay in memory meanwhile",
+                            self.changelog, exc)
+            self._spill_failing, spilled = True, 0
+        else:
+            if self._spill_failing and spilled:
+                log.warning("state store of %s: states go to disk again", self.changelog)
+                self._spill_failing = False
         pending, self._unsent = self._unsent, {}
         if spilled and not self._spilled:
             self._spilled = True

@@ -173,6 +173,11 @@ class RunNotFoundError(SteplogError):
     """No run with the id is known (in `runs_current`)."""
 
 
+class StateSpillError(SteplogError):
+    """States could not be moved out of memory to the scratch file (a full disk, say): they
+    stay in memory, nothing is lost."""
+
+
 class ReplayError(SteplogError):
     """A replay could not rebuild the projections (nothing was swapped in)."""
 

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from steplog.errors import StateSpillError
 from steplog.processors.held_states import ENTRY_BYTES, HeldStates
 
 VALUE = b"v" * 200
@@ -160,3 +161,26 @@ def test_an_empty_key_is_kept_on_disk_like_any_other() -> None:
     held.spill()
     assert sorted(k for _, k, _ in held.items()) == [b"", key(1)]
     assert held.get(0, b"") == VALUE
+
+
+def test_a_disk_that_refuses_states_leaves_them_all_in_memory() -> None:
+    held = filled(300, budget_entries=30)
+    held.spill()  # the disk works: some are on it
+    # A full disk, as SQLite says it (SQLITE_FULL), after a few more pages: some rows of the
+    # next spill are written, then it fails (without a journal, nothing is rolled back).
+    db = held._cold._connection()
+    (pages,) = db.execute("PRAGMA page_count").fetchone()
+    db.execute(f"PRAGMA max_page_count = {pages + 2}")
+    for number in range(300, 600):
+        held.put(number % 3, key(number), VALUE + str(number).encode())
+    with pytest.raises(StateSpillError, match="database or disk is full.*TMPDIR"):
+        held.spill()
+    assert held.bytes_in_memory > held.memory_bytes  # over budget rather than lossy
+    assert len(held) == 600
+    assert all(held.get(n % 3, key(n)) == VALUE + str(n).encode() for n in range(600))
+    db.execute(f"PRAGMA max_page_count = {2**30}")  # space again: the next spill goes through
+    assert held.spill() > 0
+    assert len(held) == 600
+    assert {k: v for _, k, v in held.items()} == {
+        key(n): VALUE + str(n).encode() for n in range(600)
+    }
