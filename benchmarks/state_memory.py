@@ -37,14 +37,14 @@ def _rss_mib() -> int:
 def child(runs: int, budget_mb: int, touches: int) -> None:
     from steplog import Client
     from steplog.gc_tuning import tune_gc_for_batches
-    from steplog.processors.batch_fold import FoldedBatch, decode_run_event
+    from steplog.processors.batch_fold import FoldedBatch, HeldRunStates, decode_run_event
     from steplog.processors.held_states import HeldStates
-    from steplog.processors.state import RunState
     from steplog.producers.sink import MemorySink
 
     tune_gc_for_batches()  # as in the processors
     held = HeldStates(budget_mb << 20)
     held.hold(range(_PARTITIONS))
+    run_states = HeldRunStates(held)
     sink = MemorySink()
     client = Client(project="bench", sink=sink)
     keys: list[tuple[int, bytes]] = []
@@ -60,18 +60,12 @@ def child(runs: int, budget_mb: int, touches: int) -> None:
             for step in range(5):
                 run.step(f"step-{step}", noop)
         client.flush()
-        def stored(partition: int, state_key: bytes) -> RunState | None:
-            value = held.get(partition, state_key)
-            return None if value is None else RunState.from_bytes(value)
-
-        folded = FoldedBatch({}, stored)
+        folded = FoldedBatch({}, run_states.get)
         for offset, (key, value) in enumerate(sink.messages):
             folded.fold(decode_run_event(key, value, 1 << 20), hash(key) % _PARTITIONS, offset)
         folded.add_run_rows()
-        for state_key, (state, partition) in folded.touched.items():
-            held.put(partition, state_key, state.to_bytes())
-            keys.append((partition, state_key))
-        held.spill()
+        run_states.keep(folded)
+        keys.extend((partition, state_key) for state_key, (_, partition) in folded.touched.items())
         print(f"  {start + _CHUNK:>8,} runs: RSS {_rss_mib():>5} MiB, states in memory "
               f"{held.bytes_in_memory >> 20:>4} MiB, states held {len(held):,}", flush=True)
     client.close()

@@ -22,10 +22,11 @@ from steplog.schemas.flows import FlowDefinition, flow_definition_key
 
 from .effects import Effect
 from .fold import apply_event, take_rows
+from .held_states import HeldStates
 from .projection_batch import ProjectionBatch
 from .state import RunState
 
-__all__ = ["FoldedBatch", "decode_run_event", "run_state_key"]
+__all__ = ["FoldedBatch", "HeldRunStates", "decode_run_event", "run_state_key"]
 
 
 def decode_run_event(key: bytes | None, value: bytes, max_bytes: int) -> Event:
@@ -77,3 +78,23 @@ class FoldedBatch:
             # The flow the batch folded the run with.
             flow = self.flows.get(flow_definition_key(state.project, state.flow))
             self.projection.add_effects(take_rows(state, flow))
+
+
+class HeldRunStates:
+    """Run states kept between batches as their changelog bytes in a `HeldStates`, outside the
+    processors (replay's fold processes, benchmarks/state_memory.py); the processors' are in a
+    `StateStore`, which also writes them to the changelog."""
+
+    def __init__(self, held: HeldStates) -> None:
+        self.held = held
+
+    def get(self, partition: int, state_key: bytes) -> RunState | None:
+        """`FoldedBatch.load`."""
+        value = self.held.get(partition, state_key)
+        return None if value is None else RunState.from_bytes(value)
+
+    def keep(self, folded: FoldedBatch) -> None:
+        """Keep a batch's states (once it is folded), then bring memory under its budget."""
+        for state_key, (state, partition) in folded.touched.items():
+            self.held.put(partition, state_key, state.to_bytes())
+        self.held.spill()

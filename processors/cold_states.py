@@ -30,8 +30,8 @@ _PAGE_BYTES: Final = 16384
 _CACHE_KIB: Final = 16384
 """SQLite's page cache (memory, so counted in the processors' RSS): 16 MiB."""
 _PAGE_ROWS: Final = 1000
-"""Rows read per query by `items`, which pages by key rather than hold a cursor open: states
-may be taken (deleted) while a reader iterates."""
+"""Rows read per query by `items`, which pages by key rather than hold a statement open while
+its caller works between rows."""
 
 
 class ColdStates:

@@ -40,6 +40,11 @@ __all__ = ["HeldStates"]
 ENTRY_BYTES: Final = 120
 """What an entry costs beyond its key's and value's bytes: two bytes objects' headers (33
 bytes each) and a dict slot with its hash (about 50)."""
+
+
+def _cost(key: bytes, value: bytes) -> int:
+    """What a state in memory counts against the budget."""
+    return len(key) + len(value) + ENTRY_BYTES
 _SPILL_TO: Final = 0.9
 """`spill` moves states out until memory holds this share of the budget (module docstring)."""
 
@@ -113,10 +118,8 @@ class HeldStates:
 
     def put(self, partition: int, key: bytes, value: bytes) -> None:
         held = self._partitions[partition]
-        previous = held.memory.pop(key, None)  # popped: the key moves to the end, most recent
-        if previous is not None:
-            self._bytes -= len(key) + len(previous) + ENTRY_BYTES
-        elif (
+        # Dropped first, so that the key moves to the end: the most recent.
+        if self._drop(held, key) is None and (
             # A put not preceded by a get (the fold always gets first): is there a copy?
             held.on_disk and key not in held.absent
             and self._cold.read(partition, key) is not None
@@ -127,7 +130,14 @@ class HeldStates:
 
     def _hold(self, held: _Partition, key: bytes, value: bytes) -> None:
         held.memory[key] = value
-        self._bytes += len(key) + len(value) + ENTRY_BYTES
+        self._bytes += _cost(key, value)
+
+    def _drop(self, held: _Partition, key: bytes) -> bytes | None:
+        """Take `key` out of memory (the disk is not touched); what it held, if anything."""
+        value = held.memory.pop(key, None)
+        if value is not None:
+            self._bytes -= _cost(key, value)
+        return value
 
     def items(self) -> Iterator[tuple[int, bytes, bytes]]:
         """Every state (partition, key, bytes): memory's, then disk's a page at a time. Do not
@@ -162,9 +172,8 @@ class HeldStates:
             if len(oldest) == count:
                 break
         self._cold.put_many(partition, oldest)  # replaces the copies
-        for key, value in oldest:
-            del held.memory[key]
-            self._bytes -= len(key) + len(value) + ENTRY_BYTES
+        for key, _ in oldest:
+            self._drop(held, key)
             if key in held.copied:
                 held.copied.remove(key)
             else:
@@ -190,9 +199,7 @@ class HeldStates:
         last record wins, None deletes), spilling as memory fills."""
         held = self._partitions[partition]
         for key, value in records:
-            previous = held.memory.pop(key, None)
-            if previous is not None:
-                self._bytes -= len(key) + len(previous) + ENTRY_BYTES
+            self._drop(held, key)
             if value is None:
                 if held.spilled_while_loading:
                     self._cold.delete_many(partition, [key])
@@ -217,9 +224,7 @@ class HeldStates:
         for partition in partitions:
             held = self._partitions.pop(partition, None)
             if held is not None:
-                self._bytes -= sum(
-                    len(key) + len(value) + ENTRY_BYTES for key, value in held.memory.items()
-                )
+                self._bytes -= sum(_cost(key, value) for key, value in held.memory.items())
         self._cold.drop(partitions)
 
     def close(self) -> None:

@@ -29,10 +29,9 @@ from typing import Any, Final
 
 from steplog.child_process import settle_child
 from steplog.errors import InvalidEventError
-from steplog.processors.batch_fold import FoldedBatch, decode_run_event
+from steplog.processors.batch_fold import FoldedBatch, HeldRunStates, decode_run_event
 from steplog.processors.held_states import HeldStates
 from steplog.processors.projection_batch import ProjectionBatch
-from steplog.processors.state import RunState
 from steplog.projections.log_reader import read_log
 from steplog.schemas.codec import decode_flows_message
 from steplog.schemas.flows import FlowDefinition, WorkflowDefinition
@@ -132,22 +131,16 @@ async def _fold(handover: _Handover, share: FoldShare) -> FoldCounts:
     # of runs needs both); the batch in hand's runs are objects in `folded`.
     held = HeldStates(share.state_memory_bytes)
     held.hold(share.partitions)
-
-    def stored(partition: int, state_key: bytes) -> RunState | None:
-        value = held.get(partition, state_key)
-        return None if value is None else RunState.from_bytes(value)
-
-    folded = FoldedBatch(flows, stored, projection)
+    runs = HeldRunStates(held)
+    folded = FoldedBatch(flows, runs.get, projection)
     pending = flow_records if share.sends_flows else 0  # the progress bar counts them once
 
     def send_batch() -> None:
         nonlocal folded, pending
         folded.add_run_rows()
-        for state_key, (state, partition) in folded.touched.items():
-            held.put(partition, state_key, state.to_bytes())
-        held.spill()
+        runs.keep(folded)
         handover.send(("rows", folded.projection.table_rows(), pending))
-        folded, pending = FoldedBatch(flows, stored), 0
+        folded, pending = FoldedBatch(flows, runs.get), 0
 
     async for record in read_log(share.bootstrap, share.events_topic, partitions=share.partitions):
         pending += 1
