@@ -18,10 +18,11 @@ Besides sending, the dispatcher does the two things the fold cannot:
   `step.failed` of its parent's step ("no workflow named X in any app"), with the id a child's
   end would have had (`derived_id("child-end", child_run_id)`). A scheduled start that no app
   can take yet is handed back (the timer service retries it when the registry learns more).
-- **parents of child runs** (`EndParentStep`): the child's state names its parent run and step
-  but not the parent's workflow or the step's attempt; the dispatcher remembers them from the
-  `start_run` it sent (`SendCommand.parent`), and the fold host rebuilds them from the parents'
-  states at start-up (`remember_parents`).
+- **parents of child runs** (`EndParentStep`): the child's state names its parent's run,
+  workflow, step and attempt, and the dispatcher writes the step's outcome. Children started
+  before run.started named the workflow and attempt are found in an index that the fold host
+  builds from the parents' states at start-up (`remember_parents`): after an upgrade, the
+  children running then are the only ones without them.
 """
 
 from __future__ import annotations
@@ -151,13 +152,14 @@ class Dispatcher:
         self.registry = registry
         self.max_bytes = max_bytes
         self.parents: dict[str, ParentStep] = {}
-        """The parent step of each child run started and not yet reported ended."""
+        """The parent step of each child that was running at start-up, until reported ended
+        (only needed for children whose run.started does not name it: `EndParentStep`)."""
 
     def outbox(self) -> Outbox:
         return Outbox(self.send)
 
     def remember_parents(self, run_key: bytes, state: RunState) -> None:
-        """Learn the running children of a parent's state (the fold host, at start-up)."""
+        """Learn the running children of a parent's state (the fold host, at each recovery)."""
         if state.ended is not None or not is_workflow_run(state):
             return
         for key, step in state.steps.items():
@@ -235,8 +237,6 @@ class Dispatcher:
         except EventTooLargeError as exc:
             self._too_large(outbox, effect, command, exc)
             return
-        if effect.parent is not None:
-            self.parents[command.run_id] = effect.parent
         outbox.add(self.topics.commands, command.run_id.encode(), value)
 
     def _too_large(
@@ -271,7 +271,12 @@ class Dispatcher:
         ))
 
     def _end_parent_step(self, outbox: Outbox, effect: EndParentStep) -> bool:
-        parent = self.parents.get(effect.child_run_id)
+        parent: ParentStep | None
+        if effect.parent_flow and effect.parent_step_attempt:
+            parent = ParentStep(effect.project, effect.parent_flow, effect.parent_run_id,
+                                effect.parent_step_key, effect.parent_step_attempt)
+        else:  # a child started before its run.started named them (EndParentStep)
+            parent = self.parents.get(effect.child_run_id)
         if parent is None or parent.run_id != effect.parent_run_id:
             log.warning(
                 "child run %s ended, but its parent run %s (step %s) is not known here: "

@@ -103,8 +103,8 @@ class SendCommand:
     A `resume_run` of the run being folded has its history filled from the state after the
     event; the host stamps `history_partition` / `history_offset` with that event's position.
     With `resolve_app`, the host chooses the command's app from the registry first; with
-    `parent` (a child run), it remembers the parent step for the child's end, and when no app
-    defines the workflow it fails that step instead of sending anything.
+    `parent` (a child run), when no app defines the workflow (or the command is too large) it
+    fails that step instead of sending anything.
     """
 
     command: Command
@@ -163,13 +163,14 @@ class WriteSignalsMessage:
 @dataclass(frozen=True, slots=True)
 class EndParentStep:
     """A child run ended: complete its parent's `run_workflow` step with `output`, or fail it
-    with `error`.
+    with `error`, writing the event with the id `derived_id("child-end", child_run_id)` (one
+    outcome per child, whoever writes it first).
 
-    The fold of the child cannot write that event itself: the child's events name the parent
-    run and step but not the parent's workflow (its `flow`) nor the step's attempt. The host
-    knows them from the `start_run` it sent for the child (`SendCommand.parent`, and after a
-    restart from the parents' states) and writes the step's outcome with the event id
-    `derived_id("child-end", child_run_id)`: one outcome per child, whoever writes it first.
+    The child's `run.started` names the parent's run, workflow (`flow`) and step attempt, so
+    whichever process folds the child's end can write it. A child started before run.started
+    carried the workflow and attempt (`parent_flow` '', `parent_step_attempt` 0) is reported
+    through the host's index instead, built from the parents' states at start-up
+    (`Dispatcher.remember_parents`): only a process that holds the parent's partition knows.
     """
 
     project: str
@@ -179,6 +180,8 @@ class EndParentStep:
     output: JsonValue
     error: ErrorInfo | None
     ts: datetime
+    parent_flow: str = ""
+    parent_step_attempt: int = 0
 
 
 Effect = (

@@ -737,6 +737,8 @@ def _apply_run_event(
                 started.parent_run_id or "",
                 started.parent_step_key or "",
                 started.retrigger_of or "",
+                started.parent_flow or "",
+                started.parent_step_attempt or 0,
             )
         if state.first_started_at is None or ts < state.first_started_at:
             state.first_started_at = ts

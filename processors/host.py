@@ -9,8 +9,11 @@ Consumers and tasks (see docs/processors.md for the whole protocol):
 - `resolve_signals` (a task hosting another `StatefulConsumer`: the signals topic, group
   `ProcessorConfig.signals_group`): triggers and waits per event name
   (`SignalsHost.process_signals`, logic in `signals_agent`, states in two `StateStore`s);
-- `record_flows` (faust agent, flows topic): flow definitions to the `flows` table, workflow
-  definitions to the registry (`FoldHost.process_flows`);
+- `record_flows` (faust agent, flows topic, one process of its group): flow definitions to the
+  `flows` table, unusable messages to the dead letters (`FoldHost.process_flows`);
+- `follow_flows` (a task, in every process: the whole flows topic, no group): flow and
+  workflow definitions to the fold and the registry (`definitions.follow_definitions`,
+  `FoldHost.learn`);
 - `fire_timers` (a task): the timer service (`TimerService`), rebuilt from the run states each
   time the run store has recovered partitions.
 
@@ -69,6 +72,7 @@ from steplog.schemas.flows import FlowDefinition, WorkflowDefinition
 from steplog.schemas.topics import TopicNames
 
 from .batch_fold import FoldedBatch, decode_run_event
+from .definitions import Definition, follow_definitions
 from .dispatch import Dispatcher, Outbox, Planned, SendFunction
 from .effects import ClearTimer, SetTimer, TimerKind
 from .projection_batch import ProjectionBatch
@@ -85,15 +89,6 @@ Clock = Callable[[], datetime]
 
 _TIMER_MAX_SLEEP_S: Final = 1.0
 _TIMER_RETRY_S: Final = 1.0
-
-
-ONE_PROCESS_PER_GROUP: Final = (
-    "run one processors process per topic prefix: flow and workflow definitions pushed from now "
-    "on reach only the process that holds the flows topic, and a child run's end is reported "
-    "to its parent only by the process that started the child (docs/processors.md, Known "
-    "limits)"
-)
-"""Why the fold's consumer must have its group to itself, for the error it logs otherwise."""
 
 
 def _utc_now() -> datetime:
@@ -315,9 +310,11 @@ class FoldHost:
         return FoldedEvents(self, folded.touched, result.timers, folded.projection.table_rows())
 
     async def process_flows(self, batch: Sequence[EventT[Any]]) -> None:
+        """The flows agent's batch: flow definitions to the `flows` table, unusable messages to
+        the dead letters. What the fold and the dispatcher know comes from `learn` (every
+        process follows the topic, `definitions.follow_definitions`; this agent runs in one)."""
         projection = ProjectionBatch()
         outbox = self.dispatcher.outbox()
-        learned = False
         for item in batch:
             message = item.message
             value = message.value or b""
@@ -326,21 +323,24 @@ class FoldHost:
             except InvalidEventError as exc:
                 self._dead_letter(outbox, exc, message, value)
                 continue
+            if isinstance(definition, FlowDefinition):
+                projection.add_flow(definition)
+        await self.write_rows(projection.table_rows())
+        await outbox.flush()
+
+    def learn(self, definitions: Iterable[Definition]) -> None:
+        """Keep the newest of each flow and workflow definition; a workflow new to the registry
+        may be what a scheduled start was waiting for."""
+        learned = False
+        for definition in definitions:
             if isinstance(definition, WorkflowDefinition):
                 learned = self.registry.remember(definition) or learned
                 continue
-            self.remember_flows([definition])
-            projection.add_flow(definition)
-        await self.write_rows(projection.table_rows())
-        await outbox.flush()
-        if learned:
-            self.timers.registry_changed()
-
-    def remember_flows(self, definitions: Iterable[FlowDefinition]) -> None:
-        for definition in definitions:
             held = self.flows.get(definition.key)
             if held is None or held.ts <= definition.ts:
                 self.flows[definition.key] = definition
+        if learned:
+            self.timers.registry_changed()
 
     async def recovered(self) -> None:
         """The run store holds new partitions (start-up, or a rebalance): rebuild what is
@@ -543,23 +543,20 @@ def create_processor_app(
         # stream event and send it only when that event is acknowledged, after the batch.
         return await app.producer.send(topic, key, value, None, None, None)
 
-    registry = WorkflowRegistry()
-    for definition in workflows:
-        registry.remember(definition)
     dispatcher = Dispatcher(
-        config.topics, cast(SendFunction, send), registry, max_bytes=config.max_event_bytes
+        config.topics, cast(SendFunction, send), WorkflowRegistry(),
+        max_bytes=config.max_event_bytes,
     )
     runs = StateStore(config.bootstrap, config.runs_changelog, RunState.from_bytes,
                       max_message_bytes=config.max_fetch_bytes,
                       memory_bytes=config.state_memory_bytes)
     host = FoldHost(config, writer, runs, dispatcher)
-    host.remember_flows(flows)
+    host.learn([*flows, *workflows])
     events = StatefulConsumer(
         bootstrap=config.bootstrap, group_id=config.app_id, topic=config.topics.events,
         stores=[runs], process=host.process_events, write=host.write_rows,
         recovered=host.recovered, max_records=config.batch_size,
         max_fetch_bytes=config.max_fetch_bytes, write_interval=config.write_interval,
-        unshared=ONE_PROCESS_PER_GROUP,
     )
     waits = StateStore(config.bootstrap, config.waits_changelog, NameWaits.from_bytes,
                        max_message_bytes=config.max_fetch_bytes,
@@ -587,6 +584,13 @@ def create_processor_app(
     async def record_flows(stream: StreamT[bytes]) -> None:
         async for batch in cast(Stream[bytes], stream).take_events(100, within=0.1):
             await host.process_flows(batch)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def follow_flows() -> None:
+        await follow_definitions(
+            config.bootstrap, config.topics.flows, host.learn,
+            max_bytes=config.max_event_bytes, max_fetch_bytes=config.max_fetch_bytes,
+        )
 
     @app.task  # type: ignore[untyped-decorator]
     async def fire_timers() -> None:

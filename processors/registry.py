@@ -6,10 +6,10 @@ calling app first, then any other) and a run scheduled without an app.
 
 Where they come from (the simplest option that cannot miss one): at start-up the processors read
 the flows topic from its beginning to its current end (`read_workflow_definitions`; compaction
-keeps it small: the latest definition per key), before the faust worker starts; the
-`record_flows` agent then learns every later one as it reads the topic in its consumer group.
-Its committed offset is never past the end read at start-up, so a definition written in
-between is seen by the agent. No table and no changelog: the topic is the registry's store.
+keeps it small: the latest definition per key), before the faust worker starts; then every
+process follows the whole topic from its beginning (`definitions.follow_definitions`), so it
+learns every later one too, whichever partitions its groups give it. No table and no
+changelog: the topic is the registry's store.
 """
 
 from __future__ import annotations

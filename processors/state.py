@@ -49,11 +49,12 @@ __all__ = [
     "WaitInfo",
 ]
 
-STATE_FORMAT: Final = 2
+STATE_FORMAT: Final = 3
 """Version of the `RunState.to_bytes` layout. Bump it whenever a field of the state (or of a
 fact) changes meaning or shape: bytes of an unknown format are refused instead of being misread.
-Format 1 (before durable workflows: no parked fact per step, no scheduled app, no sleep kind,
-no position) is still read, with those left empty."""
+Older formats are still read: format 2 (no parent flow and step attempt in the start fact,
+which then take their defaults), format 1 (before durable workflows: no parked fact per step,
+no scheduled app, no sleep kind, no position), with what they lack left empty."""
 
 _MAGIC: Final = b"SLRS"
 
@@ -170,6 +171,10 @@ class RunStartFact(NamedTuple):
     parent_run_id: str
     parent_step_key: str
     retrigger_of: str
+    # Last, with defaults: format 2's start facts (without them) read as they are.
+    parent_flow: str = ""
+    parent_step_attempt: int = 0
+    """0: not known (a child started before run.started carried it)."""
 
 
 class RunEndFact(NamedTuple):
@@ -371,9 +376,9 @@ class RunState:
                 f"RunState bytes: expected the {_MAGIC!r} header, got {bytes(data[:8])!r}"
             )
         found = data[len(_MAGIC)]
-        if found not in (1, STATE_FORMAT):
+        if found not in (1, 2, STATE_FORMAT):
             raise StateFormatError(
-                f"RunState bytes: format {found}, expected {STATE_FORMAT} (STATE_FORMAT) or 1; "
+                f"RunState bytes: format {found}, expected {STATE_FORMAT} (STATE_FORMAT), 2 or 1; "
                 "state written by another build cannot be read, rebuild it by replaying the log"
             )
         try:

@@ -159,14 +159,11 @@ class StatefulConsumer:
         max_fetch_bytes: int,
         write_interval: float = 0.0,
         poll_ms: int = 1000,
-        unshared: str | None = None,
     ) -> None:
         """`stores`: every store the batches keep states in (one at least); `write`: the rows'
         writer, if the batches have rows; `recovered`: called once the stores recovered new
         partitions; `write_interval`: the least time (seconds) between the beginnings of two
-        completions (the batches handled meanwhile join the later one); `unshared`: what goes
-        wrong when this consumer shares its group, if something does (logged as an error each
-        time the group gives it only some of the topic's partitions)."""
+        completions (the batches handled meanwhile join the later one)."""
         self.bootstrap = bootstrap
         self.group_id = group_id
         self.topic = topic
@@ -178,7 +175,6 @@ class StatefulConsumer:
         self.max_fetch_bytes = max_fetch_bytes
         self.write_interval = write_interval
         self.poll_ms = poll_ms
-        self.unshared = unshared
         self._last_write = float("-inf")
         """Event-loop time when the last completion began."""
         self._lock = asyncio.Lock()
@@ -231,7 +227,7 @@ class StatefulConsumer:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=self.max_fetch_bytes,
         )
-        consumer.subscribe([self.topic], listener=_Listener(self, consumer))
+        consumer.subscribe([self.topic], listener=_Listener(self))
         await consumer.start()
         try:
             while True:
@@ -341,16 +337,8 @@ class StatefulConsumer:
             for store in self.stores:
                 store.release([tp.partition for tp in revoked])
 
-    async def _assigned(self, assigned: set[TopicPartition], of: int) -> None:
-        """`assigned` (the whole assignment: the group's protocol is eager) of the topic's `of`
-        partitions."""
-        if self.unshared is not None and len(assigned) < of:
-            log.error(
-                "%s: the group %r gave this process %d of the topic's %d partitions, so another "
-                "process is in the group; %s (while an old process is being replaced this "
-                "passes once it has left)", self.topic, self.group_id, len(assigned), of,
-                self.unshared,
-            )
+    async def _assigned(self, assigned: set[TopicPartition]) -> None:
+        """`assigned`: the whole assignment (the group's protocol is eager)."""
         async with self._lock:
             self._rebalances += 1
             try:
@@ -364,13 +352,11 @@ class StatefulConsumer:
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
-    def __init__(self, consumer: StatefulConsumer, kafka: AIOKafkaConsumer) -> None:
+    def __init__(self, consumer: StatefulConsumer) -> None:
         self.consumer = consumer
-        self.kafka = kafka
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         await self.consumer._revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        partitions = self.kafka.partitions_for_topic(self.consumer.topic) or ()
-        await self.consumer._assigned(assigned, len(partitions))
+        await self.consumer._assigned(assigned)

@@ -329,6 +329,8 @@ def _start_child(state: RunState, event: StepInvoked) -> SendCommand:
             input=invoked.data,
             parent_run_id=state.run_id,
             parent_step_key=event.step_key,
+            parent_flow=state.flow,
+            parent_step_attempt=event.attempt,
         ),
         resolve_app=AppResolution(preferred=app, exact=bool(invoked.app)),
         parent=ParentStep(state.project, state.flow, state.run_id, event.step_key, event.attempt),
@@ -416,5 +418,7 @@ def _report_to_parent(state: RunState, event: RunEvent, effects: list[Effect]) -
             output=output,
             error=error,
             ts=event.ts,
+            parent_flow=started.parent_flow,
+            parent_step_attempt=started.parent_step_attempt,
         )
     )

@@ -605,6 +605,8 @@ class Worker:
                     trigger=command.trigger,
                     parent_run_id=command.parent_run_id,
                     parent_step_key=command.parent_step_key,
+                    parent_flow=command.parent_flow,
+                    parent_step_attempt=command.parent_step_attempt,
                     retrigger_of=command.retrigger_of,
                 ),
             )

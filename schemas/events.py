@@ -275,6 +275,12 @@ class RunStartedPayload(WireModel):
     trigger: TriggerInfo | None = None
     parent_run_id: Name | None = Field(None, description="Set when started by run_workflow.")
     parent_step_key: Name | None = None
+    parent_flow: Name | None = Field(
+        None, description="The parent run's workflow: with parent_step_attempt, whoever folds "
+        "this run's end reports it to the parent's step without asking the process that "
+        "started it. Null in runs started before it was added."
+    )
+    parent_step_attempt: int | None = Field(None, ge=1, description="Attempt of that step.")
     retrigger_of: Name | None = Field(
         None, description="The run this one re-runs from the start (an operator re-trigger)."
     )

@@ -274,8 +274,11 @@ def test_triggers_schedules_children_and_cancellation(processors: RunningProcess
     assert isinstance(child_start, StartRun)
     assert (child_start.workflow, child_start.app, child_start.input) == (
         "fraud.check", APP, {"amount": 10})
-    assert (child_start.parent_run_id, child_start.parent_step_key) == (parent, "fraud")
-    log.start(child, "fraud.check", parent_run_id=parent, parent_step_key="fraud")
+    assert (child_start.parent_run_id, child_start.parent_step_key, child_start.parent_flow,
+            child_start.parent_step_attempt) == (parent, "fraud", "order.process", 1)
+    # As a worker starts it: its run.started repeats where its end goes.
+    log.start(child, "fraud.check", parent_run_id=parent, parent_step_key="fraud",
+              parent_flow="order.process", parent_step_attempt=1)
     log.wait_for_resumes(child, 1)
     log.events(RunCompleted(**log.envelope(child, "fraud.check"),
                             payload=RunCompletedPayload(output={"verdict": "ok"})))

@@ -6,6 +6,7 @@ The producer is a fake that records what was sent (and can fail); the registry i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -106,7 +107,6 @@ def test_a_child_starts_in_the_calling_app_else_in_another_that_defines_it() -> 
     dispatch = dispatcher(producer, known)
     asyncio.run(dispatch.carry_out([Planned(child_start())]))
     assert decode_command(producer.on(TOPICS.commands)[0][1]).app == "audit"
-    assert dispatch.parents == {"child-1": PARENT}
 
 
 def test_a_child_no_app_defines_fails_the_parents_step_instead() -> None:
@@ -131,30 +131,47 @@ def test_a_child_no_app_defines_fails_the_parents_step_instead() -> None:
     assert "no workflow named 'fraud.check' in app 'billing'" in failed.payload.error.message
 
 
-def test_a_childs_end_completes_or_fails_its_parents_step_once() -> None:
+def test_a_childs_end_completes_or_fails_the_parents_step_it_names() -> None:
+    # Any process may fold the child's end: its run.started names the parent's workflow and
+    # step attempt, so no index is needed (this dispatcher started nothing).
     producer = FakeProducer()
-    dispatch = dispatcher(producer, registry((APP, "fraud.check")))
-    asyncio.run(dispatch.carry_out([Planned(child_start())]))
+    dispatch = dispatcher(producer)
+    end = EndParentStep(project="acme", parent_run_id="order-1", parent_step_key="fraud",
+                        child_run_id="child-1", output={"verdict": "ok"}, error=None, ts=NOW,
+                        parent_flow="order.process", parent_step_attempt=2)
+    asyncio.run(dispatch.carry_out([Planned(end)]))
+    ((key, value),) = producer.on(TOPICS.events)
+    completed = decode_event(value)
+    assert key == b"order-1" and isinstance(completed, StepCompleted)
+    assert (completed.flow, completed.step_key, completed.attempt) == ("order.process", "fraud", 2)
+    assert completed.payload.output == {"verdict": "ok"}
+    assert completed.event_id == derived_id("child-end", "child-1")
+
+    failure = ErrorInfo(type="WorkflowError", message="fraud suspected")
+    asyncio.run(dispatch.carry_out([Planned(dataclasses.replace(
+        end, child_run_id="child-2", output=None, error=failure))]))
+    failed = decode_event(producer.on(TOPICS.events)[1][1])
+    assert isinstance(failed, StepFailed)
+    assert failed.payload.error == failure and failed.payload.non_retriable
+
+
+def test_an_older_childs_end_is_reported_from_the_parents_index_once() -> None:
+    # A child whose run.started does not name them: the parent's workflow and attempt come
+    # from the index the dispatcher rebuilt from the parents' states.
+    producer = FakeProducer()
+    dispatch = dispatcher(producer)
+    dispatch.parents["child-1"] = PARENT
     end = EndParentStep(project="acme", parent_run_id="order-1", parent_step_key="fraud",
                         child_run_id="child-1", output={"verdict": "ok"}, error=None, ts=NOW)
     asyncio.run(dispatch.carry_out([Planned(end)]))
     completed = decode_event(producer.on(TOPICS.events)[0][1])
     assert isinstance(completed, StepCompleted) and completed.payload.output == {"verdict": "ok"}
-    assert completed.event_id == derived_id("child-end", "child-1")
+    assert (completed.flow, completed.attempt) == ("order.process", 1)
     assert dispatch.parents == {}
 
     # Reported once: a second end of the same child (a re-delivery) finds no parent here.
     asyncio.run(dispatch.carry_out([Planned(end)]))
     assert len(producer.on(TOPICS.events)) == 1
-
-    dispatch.parents["child-2"] = PARENT
-    failure = ErrorInfo(type="WorkflowError", message="fraud suspected")
-    asyncio.run(dispatch.carry_out([Planned(EndParentStep(
-        project="acme", parent_run_id="order-1", parent_step_key="fraud",
-        child_run_id="child-2", output=None, error=failure, ts=NOW))]))
-    failed = decode_event(producer.on(TOPICS.events)[1][1])
-    assert isinstance(failed, StepFailed)
-    assert failed.payload.error == failure and failed.payload.non_retriable
 
 
 def test_parents_are_learned_from_the_states_of_runs_with_running_children() -> None:

@@ -226,7 +226,8 @@ def test_step_invoked_starts_the_child_in_the_calling_app_first() -> None:
     assert effects == [SendCommand(
         StartRun(command_id=derived_id("start", "child-1"), project="acme", run_id="child-1",
                  ts=at(1), workflow="fraud.check", app=APP, input={"amount": 10},
-                 parent_run_id="order-1", parent_step_key="fraud"),
+                 parent_run_id="order-1", parent_step_key="fraud",
+                 parent_flow="order.process", parent_step_attempt=1),
         resolve_app=AppResolution(preferred=APP, exact=False),
         parent=ParentStep("acme", "order.process", "order-1", "fraud", 1),
     )]
@@ -256,12 +257,14 @@ def test_the_end_of_an_invoked_step_resumes_the_parent() -> None:
 
 def test_a_childs_end_is_reported_to_its_parent_step() -> None:
     child = workflow_run("child-1", "fraud.check")
-    started = child.run_started(0, app=APP, parent_run_id="order-1", parent_step_key="fraud")
+    started = child.run_started(0, app=APP, parent_run_id="order-1", parent_step_key="fraud",
+                                parent_flow="order.process", parent_step_attempt=2)
 
     _, effects = after([started, child.run_completed(5, output={"verdict": "ok"})])
     assert effects == [EndParentStep(project="acme", parent_run_id="order-1",
                                      parent_step_key="fraud", child_run_id="child-1",
-                                     output={"verdict": "ok"}, error=None, ts=at(5))]
+                                     output={"verdict": "ok"}, error=None, ts=at(5),
+                                     parent_flow="order.process", parent_step_attempt=2)]
 
     _, effects = after([started, child.run_failed(5, "fraud suspected")])
     (end,) = effects
@@ -271,6 +274,13 @@ def test_a_childs_end_is_reported_to_its_parent_step() -> None:
     _, effects = after([started, child.run_cancelled(5)])
     end = next(e for e in effects if isinstance(e, EndParentStep))
     assert end.error is not None and end.error.type == "RunCancelled"
+
+    # Started before run.started named the parent's workflow and attempt: the host's index.
+    older = child.run_started(0, app=APP, parent_run_id="order-1", parent_step_key="fraud")
+    _, effects = after([older, child.run_completed(5)])
+    (end,) = effects
+    assert isinstance(end, EndParentStep)
+    assert (end.parent_flow, end.parent_step_attempt) == ("", 0)
 
 
 # --- run ends ----------------------------------------------------------------------------------
@@ -378,13 +388,30 @@ def test_state_of_format_1_is_read_with_what_it_did_not_have_left_empty() -> Non
         key: (*step[:2], (*step[2][:-1], step[2][-1][:2] if step[2][-1] else None), *step[3:7])
         for key, step in stored[5].items()
     }
-    format_1 = (*stored[:5], steps, stored[6], stored[7][:5], *stored[8:19])
+    format_1 = (*stored[:5], steps, stored[6], stored[7][:5], stored[8][:8], *stored[9:19])
     restored = RunState.from_bytes(b"SLRS\x01" + pickle.dumps(format_1))
 
     assert restored.steps["nap"].winner == state.steps["nap"].winner
     assert restored.steps["nap"].parked is None and restored.position is None
     assert restored.scheduled == state.scheduled
     assert wanted_timers(restored) == wanted_timers(state)
+
+
+def test_state_of_format_2_is_read_without_the_parents_workflow_and_attempt() -> None:
+    child = workflow_run("child-1", "fraud.check")
+    state, _ = fold_events([child.run_started(
+        0, app=APP, parent_run_id="order-1", parent_step_key="fraud",
+        parent_flow="order.process", parent_step_attempt=2)])
+    stored = pickle.loads(state.to_bytes()[5:])
+    assert stored[8][-2:] == ("order.process", 2)
+    format_2 = (*stored[:8], stored[8][:-2], *stored[9:])
+    restored = RunState.from_bytes(b"SLRS\x02" + pickle.dumps(format_2))
+
+    assert state.started is not None
+    assert restored.started == state.started._replace(parent_flow="", parent_step_attempt=0)
+    _, effects = apply_event(restored, child.run_completed(5), None)
+    (end,) = [e for e in effects if isinstance(e, EndParentStep)]
+    assert (end.parent_run_id, end.parent_flow, end.parent_step_attempt) == ("order-1", "", 0)
 
 
 def test_the_hosts_position_is_stored_but_not_part_of_the_states_value() -> None:

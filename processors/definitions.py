@@ -1,0 +1,69 @@
+"""Every processors process follows the flows topic: the flow and workflow definitions.
+
+Each process folds runs of whichever events partitions its group gives it, so each needs every
+flow's graph (the fold) and every app's workflows (the dispatcher's app resolution), not only
+the process that holds the flows topic in the flows agent's group. So, besides that agent (which
+writes the `flows` table and dead-letters unusable messages, once per message), every process
+reads the whole compacted topic with a consumer of its own: no group, every partition, from the
+beginning, then whatever is written while it runs. Definitions are idempotent to learn again
+(the newest `ts` per key wins), so starting from the beginning needs no stored position.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from steplog.errors import InvalidEventError
+from steplog.schemas.codec import decode_flows_message
+from steplog.schemas.flows import FlowDefinition, WorkflowDefinition
+from steplog.topics import topic_partitions
+
+__all__ = ["Definition", "follow_definitions"]
+
+log = logging.getLogger("steplog.processors")
+
+Definition = FlowDefinition | WorkflowDefinition
+
+
+async def follow_definitions(
+    bootstrap: str,
+    topic: str,
+    learn: Callable[[Sequence[Definition]], None],
+    *,
+    max_bytes: int,
+    max_fetch_bytes: int,
+    poll_ms: int = 1000,
+) -> None:
+    """Hand every definition on `topic` to `learn`, a fetched batch at a time, from the
+    topic's beginning until cancelled. Unusable messages are skipped: the flows agent
+    dead-letters them."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=max_fetch_bytes,
+        client_id="steplog-definitions",
+    )
+    await consumer.start()
+    try:
+        assigned = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        while True:
+            fetched = await consumer.getmany(timeout_ms=poll_ms)
+            definitions: list[Definition] = []
+            for records in fetched.values():
+                for record in records:
+                    try:
+                        definitions.append(
+                            decode_flows_message(record.value or b"", max_bytes=max_bytes)
+                        )
+                    except InvalidEventError:
+                        continue
+            if definitions:
+                learn(definitions)
+    finally:
+        await consumer.stop()

@@ -1,0 +1,203 @@
+"""Two `steplog processors` processes in one consumer group, sharing the partitions.
+
+The first process runs the embedded engine and serves SQL; the second writes through that
+endpoint, as processes scaled out write to one ClickHouse server. Both join after the topics
+exist and before anything is defined, so every flow and workflow definition reaches them while
+they run (only one of them holds the flows topic in the flows agent's group), and the runs are
+chosen so that parents and their children are folded by different processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+
+from steplog.producers.app import App
+from steplog.producers.client import Client
+from steplog.producers.context import WorkflowContext
+from steplog.producers.flows_file import push_flows
+from steplog.producers.sender import key_partition
+from steplog.schemas.flows import FlowDefinition, FlowEdge, FlowStep
+from steplog.schemas.ids import child_run_id
+from steplog.settings import Settings
+from tests.conftest import (
+    RunningProcessors,
+    free_port,
+    processors_environment,
+    start_processors,
+    wait_for,
+)
+from tests.workflow_harness import WorkerThread
+
+APP = "fan"
+
+
+async def _assignment(settings: Settings) -> list[frozenset[int]]:
+    """The events partitions each member of the fold's group holds, as the group describes."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_consumer_groups([settings.processors_group])
+    finally:
+        await admin.close()
+    held: list[frozenset[int]] = []
+    for response in described:
+        for group in response.to_object()["groups"]:
+            if group["state"] != "Stable":
+                return []
+            for member in group["members"]:
+                assignment = ConsumerProtocolMemberAssignment.decode(member["member_assignment"])
+                held.append(frozenset(
+                    tp.partition for tp in assignment.partitions()
+                    if tp.topic == settings.topics.events
+                ))
+    return held
+
+
+def assignment(settings: Settings) -> list[frozenset[int]]:
+    return asyncio.run(_assignment(settings))
+
+
+@dataclass
+class Pair:
+    first: RunningProcessors
+    first_log: Path
+    second: subprocess.Popen[bytes]
+    second_log: Path
+    held: list[frozenset[int]]
+    """Each process's events partitions (which is which does not matter here)."""
+
+    def split(self, one: str, other: str) -> bool:
+        """Whether runs `one` and `other` are folded by different processes."""
+        partitions = sorted(set().union(*self.held))
+        of = {key_partition(run.encode(), partitions) for run in (one, other)}
+        return not any(of <= held for held in self.held)
+
+
+@pytest.fixture
+def pair(stack_settings: Settings, tmp_path: Path) -> Iterator[Pair]:
+    first_log = tmp_path / "first.log"
+    first = start_processors(stack_settings, first_log)
+    second_settings = stack_settings.model_copy(update={
+        "clickhouse_dsn": f"http://127.0.0.1:{stack_settings.sql_port}",
+        "data_dir": tmp_path / "second",
+        "sql_port": free_port(),
+    })
+    second_log = tmp_path / "second.log"
+    with open(second_log, "ab") as log:
+        second = subprocess.Popen(
+            [sys.executable, "-c", "from steplog.entry import main; main()", "processors"],
+            env=processors_environment(second_settings), stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        def both_hold_partitions() -> bool:
+            if second.poll() is not None:
+                raise AssertionError(f"the second processors exited with {second.returncode}: "
+                                     f"{second_log.read_text(errors='replace')[-3000:]}")
+            held = assignment(stack_settings)
+            return len(held) == 2 and all(held)
+
+        wait_for(both_hold_partitions, timeout=120, what="two members holding partitions")
+        yield Pair(first, first_log, second, second_log, assignment(stack_settings))
+    finally:
+        if second.poll() is None:
+            second.terminate()
+            try:
+                second.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                second.kill()
+                second.wait(timeout=30)
+        first.stop()
+
+
+def build_app(settings: Settings) -> App:
+    app = App(APP, project=settings.project, settings=settings)
+
+    @app.workflow("parent")
+    async def parent(ctx: WorkflowContext) -> Any:
+        return await ctx.step.run_workflow("child", name="child", data=ctx.event.data)
+
+    @app.workflow("child")
+    async def child(ctx: WorkflowContext) -> Any:
+        number = ctx.event.data
+        assert isinstance(number, int)
+        return await ctx.step.run("double", lambda: number * 2)
+
+    return app
+
+
+def split_runs(pair: Pair, count: int) -> list[str]:
+    """Parent run ids whose child is folded by the other process."""
+    candidates = (f"parent-{index}" for index in range(1000))
+    chosen = [run for run in candidates if pair.split(run, child_run_id(run, "child"))]
+    assert len(chosen) >= count
+    return chosen[:count]
+
+
+def test_two_processes_share_the_partitions_definitions_and_children(
+    pair: Pair, stack_settings: Settings
+) -> None:
+    sql = pair.first.sql
+    # A flow pushed while both run: every process folds with its graph (an upstream step
+    # that never reported is `missing`), wherever the run's partition is.
+    push_flows(stack_settings, [FlowDefinition(
+        project=stack_settings.project, slug="pack", ts=datetime.now(UTC),
+        steps=[FlowStep(sdk_step_key="label"), FlowStep(sdk_step_key="ship")],
+        edges=[FlowEdge(source="label", target="ship")],
+    )])
+    partitions = sorted(set().union(*pair.held))
+    packs = {key_partition(f"pack-{i}".encode(), partitions): f"pack-{i}" for i in range(100)}
+    assert len(packs) == len(partitions)
+
+    with Client(settings=stack_settings) as client:
+
+        def each_run_has_its_graph() -> bool:
+            # Reported again on every look: the graph applies from a run's next event on, and
+            # the definition may reach a process after the run's first report.
+            for run_id in packs.values():
+                client.record_step(flow_key="pack", run_id=run_id, step_key="ship",
+                                   status="success")
+            client.flush(timeout=30)
+            statuses = sql.query(
+                "SELECT run_id, status FROM steps_current WHERE flow = 'pack' "
+                "AND step_key = 'label'"
+            ).result_rows
+            return {run: status for run, status in statuses} == dict.fromkeys(
+                packs.values(), "missing")
+
+        wait_for(each_run_has_its_graph, what="every pack run's `label` to be missing")
+
+        # Workflows defined while both run, and children folded by the other process.
+        with WorkerThread(build_app(stack_settings), stack_settings):
+            parents = split_runs(pair, 4)
+            handles = [client.start("parent", n, app=APP, run_id=run)
+                       for n, run in enumerate(parents)]
+            assert [handle.result(timeout=60) for handle in handles] == [0, 2, 4, 6]
+
+            # One process leaves: the other takes its partitions and goes on.
+            pair.second.terminate()
+            assert pair.second.wait(timeout=60) == 0
+            wait_for(lambda: [len(held) for held in assignment(stack_settings)] == [3],
+                     what="the first process to hold every partition")
+            later = client.start("parent", 10, app=APP, run_id="parent-after")
+            assert later.result(timeout=60) == 20
+
+    children = sorted(
+        (child_run_id(run, "child"), run, "completed") for run in [*parents, "parent-after"]
+    )
+    wait_for(lambda: sorted(tuple(row) for row in sql.query(
+        "SELECT run_id, parent_run_id, status FROM runs_current WHERE flow = 'child'"
+    ).result_rows) == children, what="every child's row, with its parent")
+    for log in (pair.first_log, pair.second_log):
+        text = log.read_text(errors="replace")
+        assert "ERROR" not in text, text[-3000:]
