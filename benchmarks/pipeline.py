@@ -69,10 +69,12 @@ from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
+from aiokafka.admin import AIOKafkaAdminClient
 from clickhouse_connect.driver.client import Client as SqlClient
 
 from steplog import Client
 from steplog.broker import LocalBroker
+from steplog.health import group_members
 from steplog.settings import Settings, load_settings
 from steplog.topics import ensure_topics, topic_specs
 
@@ -176,6 +178,42 @@ def start_processors(
                 process.kill()
                 raise
             time.sleep(0.1)
+
+
+def start_another_processors(
+    settings: Settings, scratch: Path, number: int, children: Children
+) -> subprocess.Popen[bytes]:
+    """One more `steplog processors` in the group, writing through the first one's SQL
+    endpoint; `wait_group_spread` tells when it holds partitions."""
+    own = settings.model_copy(update={
+        "clickhouse_dsn": f"http://127.0.0.1:{settings.sql_port}",
+        "data_dir": scratch / f"steplog-{number}", "sql_port": _free_port(),
+    })
+    with open(scratch / f"processors-{number}.log", "ab") as log:
+        process = subprocess.Popen(PROCESSORS_COMMAND, env=processors_environment(own),
+                                   stdout=log, stderr=subprocess.STDOUT)
+    children.add(process)
+    return process
+
+
+def wait_group_spread(settings: Settings, members: int, timeout: float = 120) -> None:
+    """Until the fold's group is stable with `members` members, each holding partitions."""
+
+    async def spread() -> bool:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            found = await group_members(admin, settings.processors_group, settings.topics.events)
+        finally:
+            await admin.close()
+        return found.state == "Stable" and len(found.partitions) == members and all(
+            found.partitions)
+
+    deadline = time.monotonic() + timeout
+    while not asyncio.run(spread()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the processors' group did not spread over {members} members")
+        time.sleep(0.2)
 
 
 class Children:
@@ -573,6 +611,11 @@ def main() -> None:
         "--state-memory-mb", type=int, default=None,
         help="STEPLOG_STATE_MEMORY_MB of the processors and replay (default: the setting's)",
     )
+    parser.add_argument(
+        "--processors", type=int, default=1, metavar="N",
+        help="processors processes in one group: the first with the embedded engine and its "
+        "SQL endpoint, the others writing through that endpoint (as to a ClickHouse server)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch dir (logs)")
     parser.add_argument(
         "--processors-command", metavar="CMD",
@@ -643,6 +686,11 @@ def _run(args: argparse.Namespace, bootstrap: str, scratch: Path, children: Chil
         print(f"processors command: {shlex.join(command)}")
     processors = start_processors(settings, scratch / "processors.log", command)
     children.add(processors.process)
+    others = [start_another_processors(settings, scratch, number, children)
+              for number in range(1, args.processors)]
+    if others:
+        wait_group_spread(settings, args.processors)
+        print(f"{args.processors} processors processes share the events partitions")
     warm = max(100, runs // 20)
     began = time.monotonic()
     client = sdk_client(settings, settings.topics.events)
@@ -651,7 +699,8 @@ def _run(args: argparse.Namespace, bootstrap: str, scratch: Path, children: Chil
     wait_visible(processors.sql, "warmup", warm * steps * 2, warm, steps * 2, 300)
     print(f"processors up; warm-up of {warm * steps * 2:,} events visible after "
           f"{time.monotonic() - began:.1f} s (consumer group join included)")
-    warm_rss = peak_rss_mib(processors.process.pid, "VmRSS")
+    warm_rss = sum(peak_rss_mib(pid, "VmRSS")
+                   for pid in [processors.process.pid, *(other.pid for other in others)])
 
     ours: list[Throughput] = []
     floors: list[Throughput] = []
@@ -677,10 +726,14 @@ def _run(args: argparse.Namespace, bootstrap: str, scratch: Path, children: Chil
                           args.poll_ms)
         print(f"lag: {lag.runs:,} runs at {lag.rate:,.0f} events/s", flush=True)
 
-    processors_rss = peak_rss_mib(processors.process.pid)
+    # With more than one processors process: their sums (each one's share of the states).
+    pids = [processors.process.pid, *(other.pid for other in others)]
+    processors_rss = sum(peak_rss_mib(pid) for pid in pids)
     store_rss = sum(peak_rss_mib(child) for child in child_pids(processors.process.pid))
-    end_rss = peak_rss_mib(processors.process.pid, "VmRSS")
+    end_rss = sum(peak_rss_mib(pid, "VmRSS") for pid in pids)
     runs_folded = runs * len(ours) + (lag.runs if lag else 0)
+    for other in others:
+        stop_process(other)
     processors.stop()
     if processors.process.returncode not in (0, -signal.SIGTERM):
         print(f"  warning: processors exited with {processors.process.returncode}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 from steplog.projections.clickhouse import chdb_path
 from steplog.settings import Settings
@@ -61,16 +62,15 @@ async def _check_processors(settings: Settings, group: str) -> Check:
                                 enable_auto_commit=False)
     try:
         await admin.start()
-        described = await admin.describe_consumer_groups([group])
-        members, state = _group_members(described)
+        members = await group_members(admin, group, settings.topics.events)
         await consumer.start()
         lag = await _events_lag(admin, consumer, settings.topics.events)
-        if not members:
+        if not members.partitions:
             return Check(
                 "processors", False,
-                f"consumer group {group!r} has no members ({state}), lag {lag} events",
+                f"consumer group {group!r} has no members ({members.state}), lag {lag} events",
             )
-        return Check("processors", True, f"{members} member(s) in {group!r}, lag {lag} events")
+        return Check("processors", True, f"{members.describe()} in {group!r}, lag {lag} events")
     except Exception as exc:
         return Check("processors", False, f"cannot describe group {group!r}: {exc!r}")
     finally:
@@ -99,15 +99,36 @@ async def _events_lag(admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, to
     return lag
 
 
-def _group_members(described: list[object]) -> tuple[int, str]:
-    """Members and state of the group from aiokafka's raw DescribeGroupsResponses, whose
-    groups read {"error_code", "group", "state", "protocol_type", "protocol", "members"}."""
-    for response in described:
-        for group in response.to_object()["groups"]:  # type: ignore[attr-defined]
-            if group["error_code"]:
-                return 0, f"error code {group['error_code']}"
-            return len(group["members"]), str(group["state"])
-    return 0, "unknown"
+@dataclass(frozen=True)
+class GroupMembers:
+    state: str
+    """The group's state as the broker names it (`Stable`, `PreparingRebalance`, ...)."""
+    partitions: list[frozenset[int]]
+    """The partitions of the topic asked about that each member holds."""
+
+    def describe(self) -> str:
+        held = " | ".join(",".join(map(str, sorted(p))) or "-" for p in self.partitions)
+        return f"{len(self.partitions)} member(s) holding events partitions {held} ({self.state})"
+
+
+async def group_members(admin: AIOKafkaAdminClient, group: str, topic: str) -> GroupMembers:
+    """The members of `group` and the partitions of `topic` each holds, from aiokafka's raw
+    DescribeGroupsResponses (groups read {"error_code", "group", "state", "protocol_type",
+    "protocol", "members"}, each member's assignment in the consumer protocol's encoding)."""
+    for response in await admin.describe_consumer_groups([group]):
+        for found in response.to_object()["groups"]:
+            if found["error_code"]:
+                return GroupMembers(f"error code {found['error_code']}", [])
+            held = []
+            for member in found["members"]:
+                raw = member["member_assignment"]
+                assignment = ConsumerProtocolMemberAssignment.decode(raw) if raw else None
+                held.append(frozenset(
+                    tp.partition for tp in (assignment.partitions() if assignment else [])
+                    if tp.topic == topic
+                ))
+            return GroupMembers(str(found["state"]), held)
+    return GroupMembers("unknown", [])
 
 
 async def _check_clickhouse(settings: Settings) -> Check:

@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 from steplog.producers.app import App
 from steplog.producers.client import Client
@@ -29,6 +28,7 @@ from steplog.producers.flows_file import push_flows
 from steplog.producers.sender import key_partition
 from steplog.schemas.flows import FlowDefinition, FlowEdge, FlowStep
 from steplog.schemas.ids import child_run_id
+from steplog.health import group_members
 from steplog.settings import Settings
 from tests.conftest import (
     RunningProcessors,
@@ -43,28 +43,17 @@ APP = "fan"
 
 
 async def _assignment(settings: Settings) -> list[frozenset[int]]:
-    """The events partitions each member of the fold's group holds, as the group describes."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
-        described = await admin.describe_consumer_groups([settings.processors_group])
+        members = await group_members(admin, settings.processors_group, settings.topics.events)
     finally:
         await admin.close()
-    held: list[frozenset[int]] = []
-    for response in described:
-        for group in response.to_object()["groups"]:
-            if group["state"] != "Stable":
-                return []
-            for member in group["members"]:
-                assignment = ConsumerProtocolMemberAssignment.decode(member["member_assignment"])
-                held.append(frozenset(
-                    tp.partition for tp in assignment.partitions()
-                    if tp.topic == settings.topics.events
-                ))
-    return held
+    return members.partitions if members.state == "Stable" else []
 
 
 def assignment(settings: Settings) -> list[frozenset[int]]:
+    """The events partitions each member of the fold's group holds, once the group is stable."""
     return asyncio.run(_assignment(settings))
 
 

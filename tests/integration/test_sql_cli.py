@@ -134,6 +134,8 @@ def test_status_reports_a_healthy_stack_then_what_stopped(processors: RunningPro
     send_step_events(processors.settings, 6)
     wait_for(lambda: healthy() and "lag 0 events" in seen[-1].stdout, timeout=120,
              what=f"the processors' lag back at 0: {seen[-1:]}")
+    # Which process holds which partitions (here, the one process all of them).
+    assert "1 member(s) holding events partitions 0,1,2 (Stable)" in seen[-1].stdout
 
     processors.stop()
     # Sent while nothing consumes them: they are the lag.
