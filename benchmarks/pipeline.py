@@ -686,6 +686,9 @@ def _run(args: argparse.Namespace, bootstrap: str, scratch: Path, children: Chil
         print(f"processors command: {shlex.join(command)}")
     processors = start_processors(settings, scratch / "processors.log", command)
     children.add(processors.process)
+    if args.processors > args.partitions:
+        raise SystemExit(f"--processors {args.processors}: more than the {args.partitions} "
+                         "events partitions, the others would hold none")
     others = [start_another_processors(settings, scratch, number, children)
               for number in range(1, args.processors)]
     if others:

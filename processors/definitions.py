@@ -11,27 +11,30 @@ beginning, then whatever is written while it runs. Definitions are idempotent to
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
-from steplog.errors import InvalidEventError
+from steplog.errors import InvalidEventError, TopicError
 from steplog.schemas.codec import decode_flows_message
-from steplog.schemas.flows import FlowDefinition, WorkflowDefinition
+from steplog.schemas.flows import FlowsMessage
 from steplog.topics import topic_partitions
 
-__all__ = ["Definition", "follow_definitions"]
+__all__ = ["follow_definitions"]
 
 log = logging.getLogger("steplog.processors")
 
-Definition = FlowDefinition | WorkflowDefinition
+_RETRY_FIRST_S = 1.0
+_RETRY_MAX_S = 30.0
 
 
 async def follow_definitions(
     bootstrap: str,
     topic: str,
-    learn: Callable[[Sequence[Definition]], None],
+    learn: Callable[[Sequence[FlowsMessage]], None],
     *,
     max_bytes: int,
     max_fetch_bytes: int,
@@ -39,7 +42,28 @@ async def follow_definitions(
 ) -> None:
     """Hand every definition on `topic` to `learn`, a fetched batch at a time, from the
     topic's beginning until cancelled. Unusable messages are skipped: the flows agent
-    dead-letters them."""
+    dead-letters them. A failure (a topic not created yet, a broker away) is logged and the
+    topic read again from its beginning, 1 s later, then up to every 30 s: the fold goes on
+    with what it knows meanwhile, as it would with one process."""
+    delay = _RETRY_FIRST_S
+    while True:
+        try:
+            await _follow(bootstrap, topic, learn, max_bytes, max_fetch_bytes, poll_ms)
+        except (KafkaError, TopicError) as exc:
+            log.warning("following the definitions on %s failed, reading it again in %.0fs: %r",
+                        topic, delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX_S)
+
+
+async def _follow(
+    bootstrap: str,
+    topic: str,
+    learn: Callable[[Sequence[FlowsMessage]], None],
+    max_bytes: int,
+    max_fetch_bytes: int,
+    poll_ms: int,
+) -> None:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -54,7 +78,7 @@ async def follow_definitions(
         await consumer.seek_to_beginning(*assigned)
         while True:
             fetched = await consumer.getmany(timeout_ms=poll_ms)
-            definitions: list[Definition] = []
+            definitions: list[FlowsMessage] = []
             for records in fetched.values():
                 for record in records:
                     try:

@@ -21,7 +21,7 @@ Besides sending, the dispatcher does the two things the fold cannot:
 - **parents of child runs** (`EndParentStep`): the child's state names its parent's run,
   workflow, step and attempt, and the dispatcher writes the step's outcome. Children started
   before run.started named the workflow and attempt are found in an index that the fold host
-  builds from the parents' states at start-up (`remember_parents`): after an upgrade, the
+  builds from the parents' states at each recovery (`remember_parents`): after an upgrade, the
   children running then are the only ones without them.
 """
 
@@ -152,7 +152,7 @@ class Dispatcher:
         self.registry = registry
         self.max_bytes = max_bytes
         self.parents: dict[str, ParentStep] = {}
-        """The parent step of each child that was running at start-up, until reported ended
+        """The parent step of each child running at the last recovery, until reported ended
         (only needed for children whose run.started does not name it: `EndParentStep`)."""
 
     def outbox(self) -> Outbox:
@@ -278,9 +278,12 @@ class Dispatcher:
         else:  # a child started before its run.started named them (EndParentStep)
             parent = self.parents.get(effect.child_run_id)
         if parent is None or parent.run_id != effect.parent_run_id:
-            log.warning(
-                "child run %s ended, but its parent run %s (step %s) is not known here: "
-                "its outcome is not reported", effect.child_run_id, effect.parent_run_id,
+            # Its parent step waits for ever: a worker that does not copy parent_flow and
+            # parent_step_attempt from start_run to run.started, or a child from before them.
+            log.error(
+                "child run %s ended, but its run.started does not name its parent's workflow "
+                "and step attempt and its parent run %s (step %s) is not known here: its "
+                "outcome is not reported", effect.child_run_id, effect.parent_run_id,
                 effect.parent_step_key,
             )
             return False

@@ -169,7 +169,7 @@ class EndParentStep:
     The child's `run.started` names the parent's run, workflow (`flow`) and step attempt, so
     whichever process folds the child's end can write it. A child started before run.started
     carried the workflow and attempt (`parent_flow` '', `parent_step_attempt` 0) is reported
-    through the host's index instead, built from the parents' states at start-up
+    through the host's index instead, built from the parents' states at each recovery
     (`Dispatcher.remember_parents`): only a process that holds the parent's partition knows.
     """
 

@@ -9,8 +9,9 @@ Consumers and tasks (see docs/processors.md for the whole protocol):
 - `resolve_signals` (a task hosting another `StatefulConsumer`: the signals topic, group
   `ProcessorConfig.signals_group`): triggers and waits per event name
   (`SignalsHost.process_signals`, logic in `signals_agent`, states in two `StateStore`s);
-- `record_flows` (faust agent, flows topic, one process of its group): flow definitions to the
-  `flows` table, unusable messages to the dead letters (`FoldHost.process_flows`);
+- `record_flows` (faust agent, flows topic, in the processes its group gives the partitions):
+  flow definitions to the `flows` table, unusable messages to the dead letters
+  (`FoldHost.process_flows`);
 - `follow_flows` (a task, in every process: the whole flows topic, no group): flow and
   workflow definitions to the fold and the registry (`definitions.follow_definitions`,
   `FoldHost.learn`);
@@ -68,11 +69,11 @@ from steplog.errors import InvalidEventError, StoreProcessGoneError
 from steplog.projections.writer import BatchWriter, TableRows
 from steplog.schemas.codec import decode_flows_message, decode_signals_message, encode
 from steplog.schemas.dead_letters import DeadLetter
-from steplog.schemas.flows import FlowDefinition, WorkflowDefinition
+from steplog.schemas.flows import FlowDefinition, FlowsMessage, WorkflowDefinition
 from steplog.schemas.topics import TopicNames
 
 from .batch_fold import FoldedBatch, decode_run_event
-from .definitions import Definition, follow_definitions
+from .definitions import follow_definitions
 from .dispatch import Dispatcher, Outbox, Planned, SendFunction
 from .effects import ClearTimer, SetTimer, TimerKind
 from .projection_batch import ProjectionBatch
@@ -328,7 +329,7 @@ class FoldHost:
         await self.write_rows(projection.table_rows())
         await outbox.flush()
 
-    def learn(self, definitions: Iterable[Definition]) -> None:
+    def learn(self, definitions: Iterable[FlowsMessage]) -> None:
         """Keep the newest of each flow and workflow definition; a workflow new to the registry
         may be what a scheduled start was waiting for."""
         learned = False
@@ -345,6 +346,7 @@ class FoldHost:
     async def recovered(self) -> None:
         """The run store holds new partitions (start-up, or a rebalance): rebuild what is
         derived from every run state, the timer heap and the parents of running children."""
+        self.dispatcher.parents.clear()  # of the partitions held before: rebuilt below
         self.timers.rebuild(self._all_states())
 
     def _all_states(self) -> Iterator[tuple[bytes, RunState]]:

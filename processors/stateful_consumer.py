@@ -159,11 +159,14 @@ class StatefulConsumer:
         max_fetch_bytes: int,
         write_interval: float = 0.0,
         poll_ms: int = 1000,
+        rebalance_timeout: float = 60.0,
     ) -> None:
         """`stores`: every store the batches keep states in (one at least); `write`: the rows'
         writer, if the batches have rows; `recovered`: called once the stores recovered new
         partitions; `write_interval`: the least time (seconds) between the beginnings of two
-        completions (the batches handled meanwhile join the later one)."""
+        completions (the batches handled meanwhile join the later one); `rebalance_timeout`:
+        how long (seconds) the group waits for this member in a rebalance, of which a revoke
+        waits half for the completions under way (`_revoked`)."""
         self.bootstrap = bootstrap
         self.group_id = group_id
         self.topic = topic
@@ -175,6 +178,7 @@ class StatefulConsumer:
         self.max_fetch_bytes = max_fetch_bytes
         self.write_interval = write_interval
         self.poll_ms = poll_ms
+        self.rebalance_timeout = rebalance_timeout
         self._last_write = float("-inf")
         """Event-loop time when the last completion began."""
         self._lock = asyncio.Lock()
@@ -226,6 +230,8 @@ class StatefulConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=self.max_fetch_bytes,
+            # aiokafka's default is the session timeout (10 s): a revoke waits for writes.
+            rebalance_timeout_ms=int(self.rebalance_timeout * 1000),
         )
         consumer.subscribe([self.topic], listener=_Listener(self))
         await consumer.start()
@@ -233,13 +239,17 @@ class StatefulConsumer:
             while True:
                 await self._next_batch(consumer)
         finally:
-            # Stopping: what is not committed is delivered again (and written again) later.
-            tasks = [completion.task for completion in self._completions]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self._completions.clear()
+            await self._cancel_completions()
             await consumer.stop()
+
+    async def _cancel_completions(self) -> None:
+        """Stop the completions under way: what they did not commit is delivered again (and
+        written again) later, from the states they did not send."""
+        tasks = [completion.task for completion in self._completions]
+        self._completions.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _next_batch(self, consumer: AIOKafkaConsumer) -> None:
         rebalances = self._rebalances
@@ -269,8 +279,9 @@ class StatefulConsumer:
             completion.add(
                 processed, [store.take_unsent() for store in self.stores], ends, len(batch)
             )
-            # Back-pressure: a completion holding a batch's worth waits for the one written.
-            await self._wait_completions(1 if completion.full.is_set() else 2)
+        # Back-pressure: a completion holding a batch's worth waits for the one written. Not
+        # holding the lock: a revoke must be able to give stuck completions up.
+        await self._wait_completions(1 if completion.full.is_set() else 2)
 
     def _collecting(self, consumer: AIOKafkaConsumer) -> _Completion:
         """The completion that takes the next processed batch: the last one, unless it began."""
@@ -328,11 +339,34 @@ class StatefulConsumer:
         while self._completions and (
             self._completions[0].task.done() or len(self._completions) > at_most
         ):
-            await self._completions.popleft().task
+            task = self._completions.popleft().task
+            try:
+                await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+                # Given up by a revoke (`_cancel_completions`): nothing to wait for.
 
     async def _revoked(self, revoked: set[TopicPartition]) -> None:
-        async with self._lock:  # the batch in hand finishes first
-            await self._wait_completions(0)  # all are committed before another member goes on
+        """Wait for the batch in hand and every completion, so that all are committed before
+        another member goes on; but not past half the rebalance timeout (the member learns of
+        a rebalance at its next heartbeat, up to 3 s after it began). A member later than
+        the timeout is dropped from the group, and a completion that went on after that (a
+        write that took minutes) would send its states to a changelog that the partition's
+        new owner already writes: older states after newer ones, read back at its next
+        recovery. So completions still under way then are given up, as if this process had
+        died: the new owner folds their batches again from the last commit."""
+        async with self._lock:
+            try:
+                await asyncio.wait_for(self._wait_completions(0), self.rebalance_timeout / 2)
+            except TimeoutError:
+                log.warning(
+                    "%s: completions not done within %.0fs of a rebalance are given up; the "
+                    "partitions' next owner handles their batches again", self.topic,
+                    self.rebalance_timeout / 2,
+                )
+                await self._cancel_completions()
             self._rebalances += 1
             for store in self.stores:
                 store.release([tp.partition for tp in revoked])

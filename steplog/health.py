@@ -103,7 +103,7 @@ async def _events_lag(admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, to
 class GroupMembers:
     state: str
     """The group's state as the broker names it (`Stable`, `PreparingRebalance`, ...)."""
-    partitions: list[frozenset[int]]
+    partitions: tuple[frozenset[int], ...]
     """The partitions of the topic asked about that each member holds."""
 
     def describe(self) -> str:
@@ -118,7 +118,7 @@ async def group_members(admin: AIOKafkaAdminClient, group: str, topic: str) -> G
     for response in await admin.describe_consumer_groups([group]):
         for found in response.to_object()["groups"]:
             if found["error_code"]:
-                return GroupMembers(f"error code {found['error_code']}", [])
+                return GroupMembers(f"error code {found['error_code']}", ())
             held = []
             for member in found["members"]:
                 raw = member["member_assignment"]
@@ -127,8 +127,8 @@ async def group_members(admin: AIOKafkaAdminClient, group: str, topic: str) -> G
                     tp.partition for tp in (assignment.partitions() if assignment else [])
                     if tp.topic == topic
                 ))
-            return GroupMembers(str(found["state"]), held)
-    return GroupMembers("unknown", [])
+            return GroupMembers(str(found["state"]), tuple(held))
+    return GroupMembers("unknown", ())
 
 
 async def _check_clickhouse(settings: Settings) -> Check:

@@ -89,7 +89,7 @@ def run_processors(settings: Settings, *, sql_port: int | None, hooks: StackHook
     config.data_dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(ensure_topics(settings.kafka_bootstrap, changelog_specs(config, settings)))
     # The workflow registry's start-up state: the compacted flows topic read to its end (see
-    # processors/registry.py); the flows agent learns what is written after.
+    # processors/registry.py); every process then follows the topic (processors/definitions.py).
     workflows = asyncio.run(
         read_workflow_definitions(
             settings.kafka_bootstrap, settings.topics.flows, max_bytes=settings.max_event_bytes

@@ -186,7 +186,9 @@ class CountingMember:
     """A consumer of the group whose batch puts, for each record, its position into its run's
     state: a run's state ends up with every position only if it followed its partition."""
 
-    def __init__(self, settings: Settings, write_interval: float = 0.0) -> None:
+    def __init__(
+        self, settings: Settings, write_interval: float = 0.0, rebalance_timeout: float = 60.0
+    ) -> None:
         self.store = new_store(settings)
         self.recoveries = 0
         self.batches = 0
@@ -201,6 +203,7 @@ class CountingMember:
             topic=settings.topics.events, stores=[self.store], process=self.process,
             write=self.write, recovered=self.recovered, max_records=1000,
             max_fetch_bytes=1024 * 1024, write_interval=write_interval, poll_ms=100,
+            rebalance_timeout=rebalance_timeout,
         )
         self.task = asyncio.create_task(self.consumer.run())
 
@@ -317,6 +320,52 @@ def test_a_partition_moves_to_another_member_with_its_run_states(topics: Setting
                 await second.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_revoke_gives_up_a_stuck_write_and_the_next_owner_folds_its_batch_again(
+    topics: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Were the stuck write waited for past the rebalance timeout, the group would drop the
+    # first member and its write, once through, would send older states after the new owner's.
+    async def scenario() -> None:
+        await create_changelog(topics)
+        first = CountingMember(topics, rebalance_timeout=10.0)
+        second: CountingMember | None = None
+        everything = frozenset(range(topics.events_partitions))
+        try:
+            positions = await send_round(topics, b"one")
+            await until_committed_to_the_end(topics)
+            first.gate.clear()  # ClickHouse stops answering
+            written = len(first.writes)
+            for key, more in (await send_round(topics, b"two")).items():
+                positions[key] |= more
+            await until(lambda: len(first.writes) > written, "round two's write, stuck")
+            stuck = first.writes[-1]
+
+            second = joined = CountingMember(topics, rebalance_timeout=10.0)
+            await until(lambda: joined.store.partitions != frozenset()
+                        and first.store.partitions | joined.store.partitions == everything
+                        and not first.store.partitions & joined.store.partitions,
+                        "the partitions shared, the stuck write given up")
+            assert "given up" in caplog.text
+            first.gate.set()  # ClickHouse is back
+            await until_committed_to_the_end(topics)
+            assert f"written {stuck}" not in first.journal
+
+            # What the changelog holds now is every run with both rounds: the first member
+            # recovers every partition from it once the second leaves.
+            await second.stop()
+            second = None
+            await until(lambda: first.store.partitions == everything and all(
+                (state := first.store.find(key)) is not None and state.seen == positions[key]
+                for key in RUNS), "every run's state, read back, with both rounds")
+        finally:
+            await first.stop()
+            if second is not None:
+                await second.stop()
+
+    with caplog.at_level(logging.WARNING, logger="steplog.processors"):
+        asyncio.run(scenario())
 
 
 def test_later_batches_are_folded_while_one_is_written_and_committed_only_after_it(
