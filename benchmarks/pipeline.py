@@ -69,12 +69,11 @@ from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
-from aiokafka.admin import AIOKafkaAdminClient
 from clickhouse_connect.driver.client import Client as SqlClient
 
 from steplog import Client
 from steplog.broker import LocalBroker
-from steplog.health import group_members
+from steplog.health import read_group_members
 from steplog.settings import Settings, load_settings
 from steplog.topics import ensure_topics, topic_specs
 
@@ -199,18 +198,14 @@ def start_another_processors(
 def wait_group_spread(settings: Settings, members: int, timeout: float = 120) -> None:
     """Until the fold's group is stable with `members` members, each holding partitions."""
 
-    async def spread() -> bool:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-        await admin.start()
-        try:
-            found = await group_members(admin, settings.processors_group, settings.topics.events)
-        finally:
-            await admin.close()
+    def spread() -> bool:
+        found = asyncio.run(read_group_members(
+            settings.kafka_bootstrap, settings.processors_group, settings.topics.events))
         return found.state == "Stable" and len(found.partitions) == members and all(
             found.partitions)
 
     deadline = time.monotonic() + timeout
-    while not asyncio.run(spread()):
+    while not spread():
         if time.monotonic() > deadline:
             raise RuntimeError(f"the processors' group did not spread over {members} members")
         time.sleep(0.2)

@@ -7,6 +7,10 @@ writes the `flows` table and dead-letters unusable messages, once per message), 
 reads the whole compacted topic with a consumer of its own: no group, every partition, from the
 beginning, then whatever is written while it runs. Definitions are idempotent to learn again
 (the newest `ts` per key wins), so starting from the beginning needs no stored position.
+
+The same reader is the processors' start-up read: it says when it has learned everything the
+topic held when it began (`caught_up`), and the fold and the timers wait for that, so a run is
+never folded, nor a scheduled start resolved, before the definitions written before it.
 """
 
 from __future__ import annotations
@@ -35,21 +39,26 @@ async def follow_definitions(
     bootstrap: str,
     topic: str,
     learn: Callable[[Sequence[FlowsMessage]], None],
+    caught_up: asyncio.Event,
     *,
     max_bytes: int,
     max_fetch_bytes: int,
     poll_ms: int = 1000,
 ) -> None:
     """Hand every definition on `topic` to `learn`, a fetched batch at a time, from the
-    topic's beginning until cancelled. Unusable messages are skipped: the flows agent
-    dead-letters them. A failure (a topic not created yet, a broker away) is logged and the
-    topic read again from its beginning, 1 s later, then up to every 30 s: the fold goes on
-    with what it knows meanwhile, as it would with one process."""
+    topic's beginning until cancelled; set `caught_up` once every one the topic held when
+    following began is learned (at once when the topic does not exist yet: it holds none).
+    Unusable messages are skipped: the flows agent dead-letters them. A failure (a topic not
+    created yet, a broker away) is logged and the topic read again from its beginning, 1 s
+    later, then up to every 30 s."""
     delay = _RETRY_FIRST_S
     while True:
         try:
-            await _follow(bootstrap, topic, learn, max_bytes, max_fetch_bytes, poll_ms)
+            await _follow(bootstrap, topic, learn, caught_up, max_bytes, max_fetch_bytes,
+                          poll_ms)
         except (KafkaError, TopicError) as exc:
+            if isinstance(exc, TopicError):
+                caught_up.set()
             log.warning("following the definitions on %s failed, reading it again in %.0fs: %r",
                         topic, delay, exc)
             await asyncio.sleep(delay)
@@ -60,6 +69,7 @@ async def _follow(
     bootstrap: str,
     topic: str,
     learn: Callable[[Sequence[FlowsMessage]], None],
+    caught_up: asyncio.Event,
     max_bytes: int,
     max_fetch_bytes: int,
     poll_ms: int,
@@ -76,7 +86,12 @@ async def _follow(
         assigned = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
         consumer.assign(assigned)
         await consumer.seek_to_beginning(*assigned)
+        ends = await consumer.end_offsets(assigned)
         while True:
+            if not caught_up.is_set() and all(
+                [await consumer.position(tp) >= ends[tp] for tp in assigned]
+            ):
+                caught_up.set()
             fetched = await consumer.getmany(timeout_ms=poll_ms)
             definitions: list[FlowsMessage] = []
             for records in fetched.values():

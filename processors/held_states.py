@@ -28,6 +28,7 @@ each, 95 MiB of states, took 190 MiB more RSS), and the disk's page cache adds 1
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -40,13 +41,13 @@ __all__ = ["HeldStates"]
 ENTRY_BYTES: Final = 120
 """What an entry costs beyond its key's and value's bytes: two bytes objects' headers (33
 bytes each) and a dict slot with its hash (about 50)."""
+_SPILL_TO: Final = 0.9
+"""`spill` moves states out until memory holds this share of the budget (module docstring)."""
 
 
 def _cost(key: bytes, value: bytes) -> int:
     """What a state in memory counts against the budget."""
     return len(key) + len(value) + ENTRY_BYTES
-_SPILL_TO: Final = 0.9
-"""`spill` moves states out until memory holds this share of the budget (module docstring)."""
 
 
 @dataclass
@@ -166,11 +167,7 @@ class HeldStates:
     def _spill_oldest(self, partition: int, held: _Partition, count: int) -> int:
         if count <= 0:
             return 0
-        oldest = []
-        for key, value in held.memory.items():
-            oldest.append((key, value))
-            if len(oldest) == count:
-                break
+        oldest = list(itertools.islice(held.memory.items(), count))
         self._cold.put_many(partition, oldest)  # replaces the copies
         for key, _ in oldest:
             self._drop(held, key)

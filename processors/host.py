@@ -508,13 +508,10 @@ def _log_retry(state: RetryCallState) -> None:
 
 
 def create_processor_app(
-    config: ProcessorConfig,
-    writer: BatchWriter,
-    flows: list[FlowDefinition],
-    workflows: Iterable[WorkflowDefinition] = (),
+    config: ProcessorConfig, writer: BatchWriter, flows: list[FlowDefinition]
 ) -> tuple[faust.App, FoldHost]:
-    """The faust app with its agent and tasks; `flows` and `workflows` are the definitions known
-    at start-up (the flows table, and the workflow definitions read from the flows topic)."""
+    """The faust app with its agent and tasks; `flows` are the flow definitions of the `flows`
+    table (the fold also waits until it has followed the flows topic to its end: `follow_flows`)."""
     app = faust.App(
         config.flows_app_id,
         broker=f"kafka://{config.bootstrap}",
@@ -553,7 +550,10 @@ def create_processor_app(
                       max_message_bytes=config.max_fetch_bytes,
                       memory_bytes=config.state_memory_bytes)
     host = FoldHost(config, writer, runs, dispatcher)
-    host.learn([*flows, *workflows])
+    host.learn(flows)
+    # Set once the definitions the flows topic held at start-up are learned: the fold and the
+    # timers wait for it (processors/definitions.py).
+    definitions_known = asyncio.Event()
     events = StatefulConsumer(
         bootstrap=config.bootstrap, group_id=config.app_id, topic=config.topics.events,
         stores=[runs], process=host.process_events, write=host.write_rows,
@@ -576,6 +576,7 @@ def create_processor_app(
 
     @app.task  # type: ignore[untyped-decorator]
     async def fold_events() -> None:
+        await definitions_known.wait()
         await events.run()
 
     @app.task  # type: ignore[untyped-decorator]
@@ -590,12 +591,13 @@ def create_processor_app(
     @app.task  # type: ignore[untyped-decorator]
     async def follow_flows() -> None:
         await follow_definitions(
-            config.bootstrap, config.topics.flows, host.learn,
+            config.bootstrap, config.topics.flows, host.learn, definitions_known,
             max_bytes=config.max_event_bytes, max_fetch_bytes=config.max_fetch_bytes,
         )
 
     @app.task  # type: ignore[untyped-decorator]
     async def fire_timers() -> None:
+        await definitions_known.wait()
         await host.timers.run()
 
     return app, host

@@ -4,28 +4,20 @@ Workers register a `WorkflowDefinition` per workflow on the compacted flows topi
 processors need them to choose the app of a `start_run` whose app is open: a child run (the
 calling app first, then any other) and a run scheduled without an app.
 
-Where they come from (the simplest option that cannot miss one): at start-up the processors read
-the flows topic from its beginning to its current end (`read_workflow_definitions`; compaction
-keeps it small: the latest definition per key), before the faust worker starts; then every
-process follows the whole topic from its beginning (`definitions.follow_definitions`), so it
-learns every later one too, whichever partitions its groups give it. No table and no
-changelog: the topic is the registry's store.
+Where they come from (the simplest option that cannot miss one): every processors process
+follows the compacted flows topic from its beginning (`definitions.follow_definitions`;
+compaction keeps it small: the latest definition per key), and folds nothing until it has read
+what the topic held when it started; it learns every later one too, whichever partitions its
+groups give it. No table and no changelog: the topic is the registry's store.
 """
 
 from __future__ import annotations
 
-import logging
-
-from steplog.errors import InvalidEventError, TopicError
-from steplog.projections.log_reader import read_log
-from steplog.schemas.codec import decode_flows_message
 from steplog.schemas.flows import WorkflowDefinition
 
 from .effects import AppResolution
 
-__all__ = ["WorkflowRegistry", "read_workflow_definitions"]
-
-log = logging.getLogger("steplog.processors")
+__all__ = ["WorkflowRegistry"]
 
 
 class WorkflowRegistry:
@@ -62,23 +54,3 @@ class WorkflowRegistry:
 
     def definition(self, project: str, app: str, workflow: str) -> WorkflowDefinition | None:
         return self._definitions.get((project, workflow), {}).get(app)
-
-
-async def read_workflow_definitions(
-    bootstrap: str, topic: str, *, max_bytes: int
-) -> list[WorkflowDefinition]:
-    """Every workflow definition on the flows topic up to its current end (flow definitions
-    and unusable messages are skipped: the flows agent records or dead-letters them). A topic
-    that does not exist yet holds none."""
-    found: list[WorkflowDefinition] = []
-    try:
-        async for record in read_log(bootstrap, topic):
-            try:
-                message = decode_flows_message(record.value or b"", max_bytes=max_bytes)
-            except InvalidEventError:
-                continue
-            if isinstance(message, WorkflowDefinition):
-                found.append(message)
-    except TopicError:
-        log.warning("flows topic %s does not exist yet: no workflow definitions", topic)
-    return found

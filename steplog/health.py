@@ -131,6 +131,17 @@ async def group_members(admin: AIOKafkaAdminClient, group: str, topic: str) -> G
     return GroupMembers("unknown", ())
 
 
+async def read_group_members(bootstrap: str, group: str, topic: str) -> GroupMembers:
+    """`group_members` with an admin client of its own (tests and benchmarks waiting for a
+    group to settle)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return await group_members(admin, group, topic)
+    finally:
+        await admin.close()
+
+
 async def _check_clickhouse(settings: Settings) -> Check:
     if chdb_path(settings.clickhouse_dsn) is not None:
         url = f"http://127.0.0.1:{settings.sql_port}/ping"

@@ -24,7 +24,6 @@ import faust
 from steplog.broker import LocalBroker
 from steplog.gc_tuning import tune_gc_for_batches
 from steplog.processors.host import ProcessorConfig, create_processor_app
-from steplog.processors.registry import read_workflow_definitions
 from steplog.projections.clickhouse import chdb_path, open_clickhouse
 from steplog.projections.flows_table import load_flows
 from steplog.projections.migrations import migrate
@@ -88,13 +87,6 @@ def run_processors(settings: Settings, *, sql_port: int | None, hooks: StackHook
     config = processor_config(settings)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(ensure_topics(settings.kafka_bootstrap, changelog_specs(config, settings)))
-    # The workflow registry's start-up state: the compacted flows topic read to its end (see
-    # processors/registry.py); every process then follows the topic (processors/definitions.py).
-    workflows = asyncio.run(
-        read_workflow_definitions(
-            settings.kafka_bootstrap, settings.topics.flows, max_bytes=settings.max_event_bytes
-        )
-    )
     store: StoreProcess | None = None
     writer: BatchWriter
     if chdb_path(settings.clickhouse_dsn) is not None:
@@ -109,7 +101,7 @@ def run_processors(settings: Settings, *, sql_port: int | None, hooks: StackHook
         flows = load_flows(client, settings.clickhouse_database)
         writer = ProjectionWriter(client, settings.clickhouse_database)
     try:
-        app, _ = create_processor_app(config, writer, flows, workflows)
+        app, _ = create_processor_app(config, writer, flows)
         ready = hooks.on_ready if hooks is not None else None
         if store is not None:
             # Ready once the store's SQL endpoint answers: the demo queries it at once.

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
-from steplog.health import group_members
+from steplog.health import read_group_members
 from steplog.producers.app import App
 from steplog.producers.client import Client
 from steplog.producers.context import WorkflowContext
@@ -42,19 +41,11 @@ from tests.workflow_harness import WorkerThread
 APP = "fan"
 
 
-async def _assignment(settings: Settings) -> list[frozenset[int]]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        members = await group_members(admin, settings.processors_group, settings.topics.events)
-    finally:
-        await admin.close()
-    return list(members.partitions) if members.state == "Stable" else []
-
-
 def assignment(settings: Settings) -> list[frozenset[int]]:
     """The events partitions each member of the fold's group holds, once the group is stable."""
-    return asyncio.run(_assignment(settings))
+    members = asyncio.run(read_group_members(
+        settings.kafka_bootstrap, settings.processors_group, settings.topics.events))
+    return list(members.partitions) if members.state == "Stable" else []
 
 
 @dataclass
