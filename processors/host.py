@@ -189,6 +189,9 @@ class TimerService:
         self._wakeup = asyncio.Event()
         self._unresolved: dict[bytes, SetTimer] = {}
         """Start timers whose workflow no app defines yet (the run stays scheduled)."""
+        self._registry_changes = 0
+        """Counts `registry_changed` calls, so that a firing can tell whether a workflow became
+        known while it waited for its acknowledgements."""
 
     def rebuild(self, states: Iterable[tuple[bytes, RunState]]) -> None:
         self.heap.rebuild(states)
@@ -213,6 +216,7 @@ class TimerService:
 
     def registry_changed(self) -> None:
         """A workflow became known: try the starts that were waiting for an app again."""
+        self._registry_changes += 1
         if not self._unresolved:
             return
         for run_key, timer in self._unresolved.items():
@@ -246,6 +250,7 @@ class TimerService:
         ]
         if not planned:
             return
+        registry_changes = self._registry_changes
         try:
             result = await self.dispatcher.carry_out(planned)
         except Exception:
@@ -258,11 +263,20 @@ class TimerService:
             return
         starts = {run_key: timer for run_key, timer in due if timer.kind is TimerKind.START}
         for run_key, command in result.unresolved:
+            start = starts[run_key]
+            if registry_changes != self._registry_changes:
+                # The app was looked up before the acknowledgements were awaited, and the
+                # registry changed since: set aside now, the start would wait for yet another
+                # change. Fire it again instead.
+                if (run_key, start.kind, start.step_key) not in self.heap:
+                    self.heap.set(run_key, start)
+                    self._wakeup.set()
+                continue
             workflow = getattr(command.command, "workflow", "?")
             log.warning("scheduled run %s is due but no app defines workflow %r: it stays "
                         "scheduled (overdue) until a worker registers it",
                         command.command.run_id, workflow)
-            self._unresolved[run_key] = starts[run_key]
+            self._unresolved[run_key] = start
 
 
 # --- the fold ----------------------------------------------------------------------------------

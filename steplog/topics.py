@@ -8,14 +8,20 @@ run_id) would break for runs in flight, so a mismatch is an error that says what
 
 from __future__ import annotations
 
-import asyncio
-import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_result,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from steplog.errors import TopicError
 from steplog.settings import Settings, env_name
@@ -105,7 +111,7 @@ async def ensure_topics(
         reports = [TopicReport(s.name, s.partitions, TopicOutcome.CREATED)
                    for s in specs if s.name in created]
         if existing:
-            reports += await _align_existing(admin, existing, partitions)
+            reports += await _align_existing(admin, existing, partitions, timeout)
         return sorted(reports, key=lambda r: [s.name for s in specs].index(r.name))
     finally:
         await admin.close()
@@ -119,22 +125,48 @@ async def _partition_counts(
     A topic just created (here or by a concurrent caller) exists before its partitions appear
     in the broker's metadata; callers of `ensure_topics` expect usable topics, so wait.
     """
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while True:
+
+    async def read() -> dict[str, int]:
         described = await admin.describe_topics(names)
-        counts = {t["topic"]: len(t["partitions"]) for t in described if not t["error_code"]}
-        if all(counts.get(name) for name in names):
-            return counts
-        if time.monotonic() > deadline:
-            missing = sorted(name for name in names if not counts.get(name))
-            raise TopicError(f"topics {missing} have no partitions after {timeout:.0f}s")
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 1.0)
+        return {t["topic"]: len(t["partitions"]) for t in described if not t["error_code"]}
+
+    counts = await _read_until(read, lambda counts: all(counts.get(n) for n in names), timeout)
+    missing = sorted(name for name in names if not counts.get(name))
+    if missing:
+        raise TopicError(f"topics {missing} have no partitions after {timeout:.0f}s")
+    return counts
+
+
+_Reading = TypeVar("_Reading")
+
+
+async def _read_until(
+    read: Callable[[], Awaitable[_Reading]],
+    done: Callable[[_Reading], bool],
+    timeout: float,
+) -> _Reading:
+    """`read()` until `done` holds of what it read (20 ms apart, doubling up to 1 s) or
+    `timeout` seconds have passed; the last reading either way. `read` must be an async def:
+    tenacity awaits only those (a lambda returning a coroutine would not be awaited)."""
+
+    def last_reading(state: RetryCallState) -> _Reading:
+        assert state.outcome is not None
+        reading: _Reading = state.outcome.result()
+        return reading
+
+    retrying = AsyncRetrying(
+        retry=retry_if_result(lambda reading: not done(reading)),
+        stop=stop_after_delay(timeout),
+        wait=wait_exponential(multiplier=0.02, max=1.0),
+        retry_error_callback=last_reading,
+    )
+    reading: _Reading = await retrying(read)
+    return reading
 
 
 async def _align_existing(
-    admin: AIOKafkaAdminClient, specs: list[TopicSpec], partitions: dict[str, int]
+    admin: AIOKafkaAdminClient, specs: list[TopicSpec], partitions: dict[str, int],
+    timeout: float,
 ) -> list[TopicReport]:
     for spec in specs:
         actual = partitions[spec.name]
@@ -147,14 +179,22 @@ async def _align_existing(
                 "STEPLOG_TOPIC_PREFIX and replay into it"
             )
     current = await _dynamic_configs(admin, [s.name for s in specs])
-    stale = [s for s in specs if any(current[s.name].get(k) != v for k, v in s.configs.items())]
+    stale = _differing(specs, current)
     if stale:
         # AlterConfigs replaces a topic's whole set of overrides, so send ours merged over the
         # ones already there to keep an operator's own settings.
-        await admin.alter_configs(
+        responses = await admin.alter_configs(
             [ConfigResource(ConfigResourceType.TOPIC, s.name, {**current[s.name], **s.configs})
              for s in stale]
         )
+        for response in responses:
+            for resource in response.to_object()["resources"]:
+                if resource["error_code"]:
+                    raise TopicError(
+                        f"cannot change configs of topic {resource['resource_name']!r}: "
+                        f"{resource['error_message']} (Kafka error {resource['error_code']})"
+                    )
+        await _until_configs_in_effect(admin, stale, timeout)
     stale_names = {s.name for s in stale}
     return [
         TopicReport(
@@ -164,6 +204,26 @@ async def _align_existing(
         )
         for s in specs
     ]
+
+
+async def _until_configs_in_effect(
+    admin: AIOKafkaAdminClient, specs: list[TopicSpec], timeout: float
+) -> None:
+    """Wait until the broker describes `specs`' configs. The controller acknowledges a change
+    before the broker applies it from the metadata log, and a caller of `ensure_topics` (or
+    the next one) must find the topics as asked."""
+
+    async def read() -> dict[str, dict[str, str]]:
+        return await _dynamic_configs(admin, [s.name for s in specs])
+
+    current = await _read_until(read, lambda current: not _differing(specs, current), timeout)
+    if pending := sorted(s.name for s in _differing(specs, current)):
+        raise TopicError(f"configs of topics {pending} not in effect after {timeout:.0f}s")
+
+
+def _differing(specs: list[TopicSpec], current: dict[str, dict[str, str]]) -> list[TopicSpec]:
+    """The specs whose configs the topics' `current` overrides do not (all) have."""
+    return [s for s in specs if any(current[s.name].get(k) != v for k, v in s.configs.items())]
 
 
 async def _dynamic_configs(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, dict[str, str]]:

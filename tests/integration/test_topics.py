@@ -55,3 +55,11 @@ def test_a_partition_count_mismatch_is_an_error_naming_the_variable(settings: Se
     wrong = [dataclasses.replace(specs[0], partitions=5)]
     with pytest.raises(TopicError, match="has 3 partitions but STEPLOG_EVENTS_PARTITIONS asks for 5"):
         asyncio.run(ensure_topics(settings.kafka_bootstrap, wrong))
+
+
+def test_a_config_the_broker_refuses_is_an_error_naming_the_topic(settings: Settings) -> None:
+    specs = topic_specs(settings)
+    asyncio.run(ensure_topics(settings.kafka_bootstrap, specs))
+    refused = [dataclasses.replace(specs[0], configs={**specs[0].configs, "retention.ms": "soon"})]
+    with pytest.raises(TopicError, match=f"cannot change configs of topic '{specs[0].name}'"):
+        asyncio.run(ensure_topics(settings.kafka_bootstrap, refused))

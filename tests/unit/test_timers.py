@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from steplog.processors.effects import (
     AppResolution,
@@ -234,6 +235,52 @@ def test_the_service_fires_rebuilt_timers_and_retries_a_start_once_an_app_define
             service.apply([(b"order-1", timer(WAIT, "approval", 90))])
             service.apply([(b"order-1", SetTimer(WAIT, "approval", 1, at(90)))])
             assert service.heap.get((b"order-1", WAIT, "approval")) is not None
+        finally:
+            task.cancel()
+
+    asyncio.run(scenario())
+
+
+class GatedProducer(FakeProducer):
+    """Holds every acknowledgement until `gate` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.waiting = 0
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> Any:
+        self.waiting += 1
+        await self.gate.wait()
+        return await super().send(topic, key, value)
+
+
+def test_a_start_whose_workflow_is_defined_while_it_is_fired_is_fired_again() -> None:
+    # The app is looked up before the firing waits for its acknowledgements (of the parked
+    # run's wake and retry, due at the same time); a workflow registered during that wait must
+    # not leave the start set aside until yet another one is.
+    _, events = parked_run()
+    parked, _ = fold_events(events)
+    later, _ = fold_events([Run(run_id="later", flow="report.daily").run_scheduled(0, start_at=30)])
+    states: dict[bytes, RunState] = {b"order-1": parked, b"later": later}
+    producer = GatedProducer()
+    known = registry()
+    service = TimerService(states.get, dispatcher(producer, known), clock=lambda: at(70))
+
+    async def scenario() -> None:
+        task = asyncio.create_task(service.run())
+        try:
+            service.rebuild(states.items())
+            await until(lambda: producer.waiting > 0, "the firing waiting for its acks")
+            known.remember(WorkflowDefinition(project="acme", app="ops", name="report.daily",
+                                              ts=at(0)))
+            service.registry_changed()
+            producer.gate.set()
+            await until(lambda: any(isinstance(decode_command(value), StartRun)
+                                    for _, value in producer.on(TOPICS.commands)), "the start")
+            (start,) = [command for _, value in producer.on(TOPICS.commands)
+                        if isinstance(command := decode_command(value), StartRun)]
+            assert (start.run_id, start.app) == ("later", "ops")
         finally:
             task.cancel()
 
