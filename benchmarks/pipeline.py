@@ -74,7 +74,7 @@ from clickhouse_connect.driver.client import Client as SqlClient
 from steplog import Client
 from steplog.broker import LocalBroker
 from steplog.health import read_group_members
-from steplog.settings import Settings, load_settings
+from steplog.settings import Settings, child_environment, load_settings
 from steplog.topics import ensure_topics, topic_specs
 
 FLOOR_BATCH_ROWS = 10_000
@@ -94,18 +94,6 @@ def _free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
-
-
-def processors_environment(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment of a `steplog` child on these settings (as tests/conftest.py does)."""
-    fields = ("kafka_bootstrap", "clickhouse_dsn", "clickhouse_database", "topic_prefix",
-              "data_dir", "events_partitions", "commands_partitions", "signals_partitions",
-              "sql_port", "project", "state_memory_mb")
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")},
-        **{f"STEPLOG_{name.upper()}": str(getattr(settings, name)) for name in fields},
-        **extra,
-    }
 
 
 def child_pids(pid: int) -> list[int]:
@@ -160,7 +148,7 @@ def start_processors(
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             command or PROCESSORS_COMMAND,
-            env=processors_environment(settings), stdout=log, stderr=subprocess.STDOUT,
+            env=child_environment(settings), stdout=log, stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + 120
     while True:
@@ -189,7 +177,7 @@ def start_another_processors(
         "data_dir": scratch / f"steplog-{number}", "sql_port": _free_port(),
     })
     with open(scratch / f"processors-{number}.log", "ab") as log:
-        process = subprocess.Popen(PROCESSORS_COMMAND, env=processors_environment(own),
+        process = subprocess.Popen(PROCESSORS_COMMAND, env=child_environment(own),
                                    stdout=log, stderr=subprocess.STDOUT)
     children.add(process)
     return process
@@ -482,7 +470,7 @@ def run_replay(
         command = [sys.executable, "-m", "cProfile", "-o", str(scratch / "replay.prof"),
                    str(script), "replay", *options]
     began = time.monotonic()
-    process = subprocess.Popen(command, env=processors_environment(settings),
+    process = subprocess.Popen(command, env=child_environment(settings),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         assert process.stdout is not None

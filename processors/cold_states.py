@@ -9,10 +9,10 @@ partition is assigned). So it is SQLite's private temporary database (`connect("
 SQLite creates in its temporary directory (`SQLITE_TMPDIR`, else `TMPDIR`, else /var/tmp or
 /tmp), unlinks at once and which is gone when the connection closes or the process dies,
 however it dies; and it needs no fsync (its rollback journal is kept in memory: a spill that
-fails, on a full disk say, is undone, and the states stay in memory). The standard library's sqlite3 was chosen over RocksDB bindings
-(what faust's tables use) because it installs nothing and a lookup by primary key costs a few
-microseconds, which is all this needs: reads here happen once per batch for a state that went
-cold, not per event.
+fails, on a full disk say, is undone, and the states stay in memory). The standard library's
+sqlite3 was chosen over RocksDB bindings (what faust's tables use) because it installs nothing
+and a lookup by primary key costs a few microseconds, which is all this needs: reads here
+happen once per batch for a state that went cold, not per event.
 """
 
 from __future__ import annotations

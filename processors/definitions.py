@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from steplog.errors import InvalidEventError, TopicError
 from steplog.schemas.codec import decode_flows_message
 from steplog.schemas.flows import FlowsMessage
 from steplog.topics import topic_partitions
 
-__all__ = ["follow_definitions"]
+__all__ = ["DefinitionsFollower"]
 
 log = logging.getLogger("steplog.processors")
 
@@ -35,74 +38,75 @@ _RETRY_FIRST_S = 1.0
 _RETRY_MAX_S = 30.0
 
 
-async def follow_definitions(
-    bootstrap: str,
-    topic: str,
-    learn: Callable[[Sequence[FlowsMessage]], None],
-    caught_up: asyncio.Event,
-    *,
-    max_bytes: int,
-    max_fetch_bytes: int,
-    poll_ms: int = 1000,
-) -> None:
-    """Hand every definition on `topic` to `learn`, a fetched batch at a time, from the
-    topic's beginning until cancelled; set `caught_up` once every one the topic held when
-    following began is learned (at once when the topic does not exist yet: it holds none).
-    Unusable messages are skipped: the flows agent dead-letters them. A failure (a topic not
-    created yet, a broker away) is logged and the topic read again from its beginning, 1 s
-    later, then up to every 30 s."""
-    delay = _RETRY_FIRST_S
-    while True:
+@dataclass(frozen=True)
+class DefinitionsFollower:
+    """Hands every definition on `topic` to `learn`, a fetched batch at a time, from the
+    topic's beginning until cancelled (`run`); sets `caught_up` once every one the topic held
+    when following began is learned (at once when the topic does not exist yet: it holds none).
+    Unusable messages are skipped: the flows agent dead-letters them."""
+
+    bootstrap: str
+    topic: str
+    learn: Callable[[Sequence[FlowsMessage]], None]
+    caught_up: asyncio.Event
+    max_bytes: int
+    max_fetch_bytes: int
+    poll_ms: int = 1000
+
+    async def run(self) -> None:
+        """Follow the topic; a failure (a topic not created yet, a broker away) is logged and
+        the topic read again from its beginning, 1 s later, then up to every 30 s."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type((KafkaError, TopicError)),
+            wait=wait_exponential(multiplier=_RETRY_FIRST_S, max=_RETRY_MAX_S),
+            before_sleep=self._before_retry,
+        ):
+            with attempt:
+                await self._follow()
+
+    def _before_retry(self, state: RetryCallState) -> None:
+        failure = state.outcome.exception() if state.outcome else None
+        if isinstance(failure, TopicError):
+            self.caught_up.set()
+        log.warning("following the definitions on %s failed, reading it again in %.0fs: %r",
+                    self.topic, state.upcoming_sleep, failure)
+
+    async def _follow(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=self.max_fetch_bytes,
+            client_id="steplog-definitions",
+        )
+        await consumer.start()
         try:
-            await _follow(bootstrap, topic, learn, caught_up, max_bytes, max_fetch_bytes,
-                          poll_ms)
-        except (KafkaError, TopicError) as exc:
-            if isinstance(exc, TopicError):
-                caught_up.set()
-            log.warning("following the definitions on %s failed, reading it again in %.0fs: %r",
-                        topic, delay, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _RETRY_MAX_S)
+            assigned = [TopicPartition(self.topic, p)
+                        for p in await topic_partitions(self.bootstrap, self.topic)]
+            consumer.assign(assigned)
+            await consumer.seek_to_beginning(*assigned)
+            ends = await consumer.end_offsets(assigned)
+            while True:
+                if not self.caught_up.is_set() and all(
+                    [await consumer.position(tp) >= ends[tp] for tp in assigned]
+                ):
+                    self.caught_up.set()
+                fetched = await consumer.getmany(timeout_ms=self.poll_ms)
+                definitions = self._decoded(fetched.values())
+                if definitions:
+                    self.learn(definitions)
+        finally:
+            await consumer.stop()
 
-
-async def _follow(
-    bootstrap: str,
-    topic: str,
-    learn: Callable[[Sequence[FlowsMessage]], None],
-    caught_up: asyncio.Event,
-    max_bytes: int,
-    max_fetch_bytes: int,
-    poll_ms: int,
-) -> None:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=max_fetch_bytes,
-        client_id="steplog-definitions",
-    )
-    await consumer.start()
-    try:
-        assigned = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
-        consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
-        ends = await consumer.end_offsets(assigned)
-        while True:
-            if not caught_up.is_set() and all(
-                [await consumer.position(tp) >= ends[tp] for tp in assigned]
-            ):
-                caught_up.set()
-            fetched = await consumer.getmany(timeout_ms=poll_ms)
-            definitions: list[FlowsMessage] = []
-            for records in fetched.values():
-                for record in records:
-                    try:
-                        definitions.append(
-                            decode_flows_message(record.value or b"", max_bytes=max_bytes)
-                        )
-                    except InvalidEventError:
-                        continue
-            if definitions:
-                learn(definitions)
-    finally:
-        await consumer.stop()
+    def _decoded(self, fetched: Iterable[list[ConsumerRecord[Any, Any]]]) -> list[FlowsMessage]:
+        """The definitions among fetched records, unusable ones left out."""
+        definitions: list[FlowsMessage] = []
+        for records in fetched:
+            for record in records:
+                try:
+                    definitions.append(
+                        decode_flows_message(record.value or b"", max_bytes=self.max_bytes)
+                    )
+                except InvalidEventError:
+                    continue
+        return definitions

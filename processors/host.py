@@ -13,7 +13,7 @@ Consumers and tasks (see docs/processors.md for the whole protocol):
   flow definitions to the `flows` table, unusable messages to the dead letters
   (`FoldHost.process_flows`);
 - `follow_flows` (a task, in every process: the whole flows topic, no group): flow and
-  workflow definitions to the fold and the registry (`definitions.follow_definitions`,
+  workflow definitions to the fold and the registry (`definitions.DefinitionsFollower`,
   `FoldHost.learn`);
 - `fire_timers` (a task): the timer service (`TimerService`), rebuilt from the run states each
   time the run store has recovered partitions.
@@ -73,14 +73,14 @@ from steplog.schemas.flows import FlowDefinition, FlowsMessage, WorkflowDefiniti
 from steplog.schemas.topics import TopicNames
 
 from .batch_fold import FoldedBatch, decode_run_event
-from .definitions import follow_definitions
+from .definitions import DefinitionsFollower
 from .dispatch import Dispatcher, Outbox, Planned, SendFunction
 from .effects import ClearTimer, SetTimer, TimerKind
 from .projection_batch import ProjectionBatch
 from .registry import WorkflowRegistry
 from .signals_agent import NameTriggers, NameWaits, apply_signals_message
 from .state import RunState
-from .state_store import StateStore
+from .state_store import S, StateStore
 from .stateful_consumer import Record, StatefulConsumer
 from .timers import TimerHeap, fire_timer
 
@@ -155,6 +155,12 @@ class ProcessorConfig:
     def max_fetch_bytes(self) -> int:
         """Per partition and fetch: at least one message of the largest size allowed."""
         return max(self.max_event_bytes * 2, 4 * 1024 * 1024)
+
+    def state_store(self, changelog: str, decode: Callable[[bytes], S]) -> StateStore[S]:
+        """A state store on `changelog` (one of the three above), within these limits."""
+        return StateStore(self.bootstrap, changelog, decode,
+                          max_message_bytes=self.max_fetch_bytes,
+                          memory_bytes=self.state_memory_bytes)
 
 
 # --- timers ------------------------------------------------------------------------------------
@@ -327,7 +333,7 @@ class FoldHost:
     async def process_flows(self, batch: Sequence[EventT[Any]]) -> None:
         """The flows agent's batch: flow definitions to the `flows` table, unusable messages to
         the dead letters. What the fold and the dispatcher know comes from `learn` (every
-        process follows the topic, `definitions.follow_definitions`; this agent runs in one)."""
+        process follows the topic, `definitions.DefinitionsFollower`; this agent runs in one)."""
         projection = ProjectionBatch()
         outbox = self.dispatcher.outbox()
         for item in batch:
@@ -560,9 +566,7 @@ def create_processor_app(
         config.topics, cast(SendFunction, send), WorkflowRegistry(),
         max_bytes=config.max_event_bytes,
     )
-    runs = StateStore(config.bootstrap, config.runs_changelog, RunState.from_bytes,
-                      max_message_bytes=config.max_fetch_bytes,
-                      memory_bytes=config.state_memory_bytes)
+    runs = config.state_store(config.runs_changelog, RunState.from_bytes)
     host = FoldHost(config, writer, runs, dispatcher)
     host.learn(flows)
     # Set once the definitions the flows topic held at start-up are learned: the fold and the
@@ -574,12 +578,8 @@ def create_processor_app(
         recovered=host.recovered, max_records=config.batch_size,
         max_fetch_bytes=config.max_fetch_bytes, write_interval=config.write_interval,
     )
-    waits = StateStore(config.bootstrap, config.waits_changelog, NameWaits.from_bytes,
-                       max_message_bytes=config.max_fetch_bytes,
-                       memory_bytes=config.state_memory_bytes)
-    triggers = StateStore(config.bootstrap, config.triggers_changelog, NameTriggers.from_bytes,
-                          max_message_bytes=config.max_fetch_bytes,
-                          memory_bytes=config.state_memory_bytes)
+    waits = config.state_store(config.waits_changelog, NameWaits.from_bytes)
+    triggers = config.state_store(config.triggers_changelog, NameTriggers.from_bytes)
     signals_host = SignalsHost(config, waits, triggers, dispatcher)
     signals = StatefulConsumer(
         bootstrap=config.bootstrap, group_id=config.signals_group, topic=config.topics.signals,
@@ -604,10 +604,10 @@ def create_processor_app(
 
     @app.task  # type: ignore[untyped-decorator]
     async def follow_flows() -> None:
-        await follow_definitions(
+        await DefinitionsFollower(
             config.bootstrap, config.topics.flows, host.learn, definitions_known,
             max_bytes=config.max_event_bytes, max_fetch_bytes=config.max_fetch_bytes,
-        )
+        ).run()
 
     @app.task  # type: ignore[untyped-decorator]
     async def fire_timers() -> None:

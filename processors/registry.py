@@ -5,7 +5,7 @@ processors need them to choose the app of a `start_run` whose app is open: a chi
 calling app first, then any other) and a run scheduled without an app.
 
 Where they come from (the simplest option that cannot miss one): every processors process
-follows the compacted flows topic from its beginning (`definitions.follow_definitions`;
+follows the compacted flows topic from its beginning (`definitions.DefinitionsFollower`;
 compaction keeps it small: the latest definition per key), and folds nothing until it has read
 what the topic held when it started; it learns every later one too, whichever partitions its
 groups give it. No table and no changelog: the topic is the registry's store.

@@ -25,10 +25,10 @@ acknowledged write of the run: the fold has then seen all of it, and no other wo
 written since (these memories are forgotten whenever partitions are taken away; the resume's
 own event and anything the processors write later come with resumes of their own).
 `cancel_run` stops the run's pass if it executes here, at once, writing nothing more (whoever
-cancelled wrote `run.cancelled`). A `resume_run` for a run whose pass is in flight here is held and handled
-when that pass ends: it may report a step that resolved after the pass read its history (a
-parallel branch's sleep woke while another branch still ran), and dropping it would leave the
-run parked for good.
+cancelled wrote `run.cancelled`). A `resume_run` for a run whose pass is in flight here is held
+and handled when that pass ends: it may report a step that resolved after the pass read its
+history (a parallel branch's sleep woke while another branch still ran), and dropping it would
+leave the run parked for good.
 
 **Commits (the failure protocol).** A command is done when its run has parked or ended (or
 the command needed nothing). Per partition, the committed offset is the one after the highest

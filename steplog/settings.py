@@ -157,6 +157,23 @@ def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
+_PLACING_FIELDS = (
+    "kafka_bootstrap", "clickhouse_dsn", "clickhouse_database", "topic_prefix", "data_dir",
+    "events_partitions", "commands_partitions", "signals_partitions", "sql_port", "project",
+    "state_memory_mb",
+)
+
+
+def child_environment(settings: Settings) -> dict[str, str]:
+    """The environment of a `steplog` child process on `settings`: this process's without its
+    STEPLOG_ variables, plus the fields that place a stack (broker, engine, topics, directory,
+    ports, memory), which tests and benchmarks choose for each stack they start."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)},
+        **{env_name(name): str(getattr(settings, name)) for name in _PLACING_FIELDS},
+    }
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings from the environment (and overrides), or raise SettingsError.
 

@@ -31,7 +31,7 @@ from clickhouse_connect.driver.client import Client
 from steplog.broker import LocalBroker
 from steplog.projections.clickhouse import open_clickhouse
 from steplog.projections.migrations import migrate
-from steplog.settings import Settings, load_settings
+from steplog.settings import Settings, child_environment, load_settings
 from steplog.topics import ensure_topics, topic_specs
 
 
@@ -164,22 +164,12 @@ class RunningProcessors:
                 self.process.wait(timeout=30)
 
 
-def processors_environment(settings: Settings) -> dict[str, str]:
-    fields = ("kafka_bootstrap", "clickhouse_dsn", "clickhouse_database", "topic_prefix",
-              "data_dir", "events_partitions", "commands_partitions", "signals_partitions",
-              "sql_port", "project", "state_memory_mb")
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")},
-        **{f"STEPLOG_{name.upper()}": str(getattr(settings, name)) for name in fields},
-    }
-
-
 def start_processors(settings: Settings, log_path: Path) -> RunningProcessors:
     """Start the processors and wait (with a deadline) until their SQL endpoint answers."""
     log = open(log_path, "ab")
     process = subprocess.Popen(
         [sys.executable, "-c", "from steplog.entry import main; main()", "processors"],
-        env=processors_environment(settings),
+        env=child_environment(settings),
         stdout=log,
         stderr=subprocess.STDOUT,
     )

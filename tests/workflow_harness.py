@@ -28,8 +28,8 @@ from steplog.schemas.codec import (
     decode_signals_message,
 )
 from steplog.schemas.events import Event
-from steplog.settings import Settings
-from tests.conftest import processors_environment, wait_for
+from steplog.settings import Settings, child_environment
+from tests.conftest import wait_for
 
 # --------------------------------------------------------------------------- the log
 
@@ -252,7 +252,7 @@ class CrashyWorkers:
         (directory / "crashy.py").write_text(CRASHY_APP)
         self.effects, self.release = directory / "effects.txt", directory / "release"
         self.env = {
-            **processors_environment(settings),
+            **child_environment(settings),
             "TEST_SIDE_EFFECTS": str(self.effects),
             "TEST_RELEASE": str(self.release),
         }

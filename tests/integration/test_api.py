@@ -25,8 +25,8 @@ from steplog.producers.sender import EventSender
 from steplog.projections.log_reader import LogRecord, read_log, topic_end_offsets
 from steplog.schemas.codec import decode_event, decode_flow, decode_signal
 from steplog.schemas.events import EVENT_TYPES
-from steplog.settings import Settings
-from tests.conftest import free_port, processors_environment, wait_for
+from steplog.settings import Settings, child_environment
+from tests.conftest import free_port, wait_for
 
 EXAMPLES = Path(steplog.schemas.__file__).parent / "examples"
 Client = TestClient[web.Request, web.Application]
@@ -349,7 +349,7 @@ def test_api_help_lists_its_options() -> None:
 
 def test_steplog_api_serves_until_sigterm_then_exits_0(topics: Settings, tmp_path: Path) -> None:
     port = free_port()
-    env = processors_environment(topics)
+    env = child_environment(topics)
     log_path = tmp_path / "api.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -384,7 +384,7 @@ def test_steplog_api_serves_until_sigterm_then_exits_0(topics: Settings, tmp_pat
 
 
 def test_steplog_api_refuses_to_start_without_its_topics(settings: Settings) -> None:
-    env = processors_environment(settings)  # `settings`, not `topics`: none were created
+    env = child_environment(settings)  # `settings`, not `topics`: none were created
     result = subprocess.run(
         steplog_command("api", "--port", str(free_port())), env=env,
         capture_output=True, text=True, timeout=120,

@@ -28,11 +28,10 @@ from steplog.producers.flows_file import push_flows
 from steplog.producers.sender import key_partition
 from steplog.schemas.flows import FlowDefinition, FlowEdge, FlowStep
 from steplog.schemas.ids import child_run_id
-from steplog.settings import Settings
+from steplog.settings import Settings, child_environment
 from tests.conftest import (
     RunningProcessors,
     free_port,
-    processors_environment,
     start_processors,
     wait_for,
 )
@@ -77,7 +76,7 @@ def pair(stack_settings: Settings, tmp_path: Path) -> Iterator[Pair]:
     with open(second_log, "ab") as log:
         second = subprocess.Popen(
             [sys.executable, "-c", "from steplog.entry import main; main()", "processors"],
-            env=processors_environment(second_settings), stdout=log, stderr=subprocess.STDOUT,
+            env=child_environment(second_settings), stdout=log, stderr=subprocess.STDOUT,
         )
     try:
         seen: list[frozenset[int]] = []

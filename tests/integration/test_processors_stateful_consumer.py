@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import pytest
@@ -34,21 +34,17 @@ RUNS = [f"run-{n}".encode() for n in range(12)]
 
 def new_store(settings: Settings, memory_bytes: int | None = None) -> StateStore[RunState]:
     config = processor_config(settings)
-    return StateStore(config.bootstrap, config.runs_changelog, RunState.from_bytes,
-                      max_message_bytes=config.max_fetch_bytes,
-                      memory_bytes=memory_bytes or config.state_memory_bytes)
+    if memory_bytes is not None:
+        config = replace(config, state_memory_bytes=memory_bytes)
+    return config.state_store(config.runs_changelog, RunState.from_bytes)
 
 
 def new_name_stores(
     settings: Settings,
 ) -> tuple[StateStore[NameWaits], StateStore[NameTriggers]]:
     config = processor_config(settings)
-    return (StateStore(config.bootstrap, config.waits_changelog, NameWaits.from_bytes,
-                       max_message_bytes=config.max_fetch_bytes,
-                       memory_bytes=config.state_memory_bytes),
-            StateStore(config.bootstrap, config.triggers_changelog, NameTriggers.from_bytes,
-                       max_message_bytes=config.max_fetch_bytes,
-                       memory_bytes=config.state_memory_bytes))
+    return (config.state_store(config.waits_changelog, NameWaits.from_bytes),
+            config.state_store(config.triggers_changelog, NameTriggers.from_bytes))
 
 
 def new_state(run_id: str, *seen: str) -> RunState:

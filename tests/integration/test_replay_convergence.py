@@ -19,8 +19,6 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.conftest import RunningProcessors, processors_environment, start_processors, wait_for
-
 from steplog.producers.flows_file import push_flows
 from steplog.producers.sender import EventSender
 from steplog.schemas.events import (
@@ -38,7 +36,8 @@ from steplog.schemas.events import (
     new_event_id,
 )
 from steplog.schemas.flows import FlowDefinition, FlowEdge, FlowStep
-from steplog.settings import Settings
+from steplog.settings import Settings, child_environment
+from tests.conftest import RunningProcessors, start_processors, wait_for
 
 RUNS = 2800
 CHECKOUT = ["validate", "reserve", "charge", "ship"]
@@ -132,7 +131,7 @@ def scalar(running: RunningProcessors, sql: str) -> Any:
 def steplog_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", "from steplog.entry import main; main()", *args],
-        env={**os.environ, **processors_environment(settings)},
+        env={**os.environ, **child_environment(settings)},
         capture_output=True, text=True, timeout=600,
     )
 

@@ -21,8 +21,8 @@ from steplog.errors import ResultTimeoutError, RunCancelledError, RunFailedError
 from steplog.producers.client import Client
 from steplog.producers.run_results import RunEnd, RunHandle, clickhouse_http_lookup
 from steplog.schemas.ids import triggered_run_id
-from steplog.settings import Settings
-from tests.conftest import processors_environment, wait_for
+from steplog.settings import Settings, child_environment
+from tests.conftest import wait_for
 from tests.integration import test_workflows_e2e as e2e
 
 APP = e2e.APP
@@ -200,7 +200,7 @@ def runs_result(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", "from steplog.entry import main; main()", "runs", "result",
          *args],
-        env=processors_environment(stack.settings), capture_output=True, text=True,
+        env=child_environment(stack.settings), capture_output=True, text=True,
         timeout=120, check=False,
     )
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from steplog.producers.sender import EventSender
 from steplog.schemas.events import StepStarted, StepStartedPayload, new_event_id
-from steplog.settings import Settings
-from tests.conftest import RunningProcessors, free_port, processors_environment, wait_for
+from steplog.settings import Settings, child_environment
+from tests.conftest import RunningProcessors, free_port, wait_for
 
 
 def steplog(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -91,7 +91,7 @@ def test_sql_opens_the_files_when_no_process_holds_them(tmp_path: Path) -> None:
 def test_sql_goes_through_the_endpoint_of_the_process_that_holds_the_files(
     processors: RunningProcessors,
 ) -> None:
-    env = processors_environment(processors.settings)
+    env = child_environment(processors.settings)
     database = processors.settings.clickhouse_database
     # Written over HTTP into the child's engine: only it can have these rows.
     processors.sql.command(f"CREATE TABLE {database}.marks (k String) ENGINE = MergeTree ORDER BY k")
@@ -115,7 +115,7 @@ def test_sql_goes_through_the_endpoint_of_the_process_that_holds_the_files(
 
 
 def test_status_reports_a_healthy_stack_then_what_stopped(processors: RunningProcessors) -> None:
-    env = processors_environment(processors.settings)
+    env = child_environment(processors.settings)
     seen: list[subprocess.CompletedProcess[str]] = []
 
     def healthy() -> bool:

@@ -16,8 +16,7 @@ from steplog.producers.sink import MemorySink
 from steplog.schemas.commands import StartRun
 from steplog.schemas.events import RunCancelled, RunScheduled
 from steplog.schemas.signals import Signal
-from steplog.settings import Settings
-from tests.conftest import processors_environment
+from steplog.settings import Settings, child_environment
 from tests.workflow_harness import LogWatcher
 
 # --------------------------------------------------------------------------- the client
@@ -90,7 +89,7 @@ def steplog(
 def cli_environment(settings: Settings, tmp_path: Path) -> dict[str, str]:
     # A chDB path of this test's own: the CLI processes open it one after another.
     return {
-        **processors_environment(settings),
+        **child_environment(settings),
         "STEPLOG_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'clickhouse'}",
     }
 

@@ -33,13 +33,12 @@ from steplog.schemas.events import StepSleeping
 from steplog.schemas.flows import RetryPolicy
 from steplog.schemas.ids import child_run_id, triggered_run_id
 from steplog.schemas.signals import WaitRegistered
-from steplog.settings import Settings, load_settings
+from steplog.settings import Settings, child_environment, load_settings
 from steplog.topics import ensure_topics, topic_specs
 from tests.conftest import (
     RunningProcessors,
     free_port,
     isolated_settings,
-    processors_environment,
     start_processors,
     wait_for,
     with_own_engine,
@@ -487,7 +486,7 @@ def test_retrigger_runs_a_finished_run_again_with_its_input_and_trigger(stack: S
     retriggered = subprocess.run(
         [sys.executable, "-c", "from steplog.entry import main; main()",
          "runs", "retrigger", first],
-        env=processors_environment(stack.settings), capture_output=True, text=True, timeout=120,
+        env=child_environment(stack.settings), capture_output=True, text=True, timeout=120,
     )
     assert retriggered.returncode == 0, retriggered.stderr
     second = retriggered.stdout.strip()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from steplog.processors.effects import (
@@ -16,6 +16,7 @@ from steplog.processors.effects import (
 )
 from steplog.processors.fold import fold_events
 from steplog.processors.host import TimerService
+from steplog.processors.registry import WorkflowRegistry
 from steplog.processors.state import RunState
 from steplog.processors.timers import TimerHeap, fire_timer
 from steplog.processors.workflow import wanted_timers
@@ -204,41 +205,63 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) 
         await asyncio.sleep(0.005)
 
 
-def test_the_service_fires_rebuilt_timers_and_retries_a_start_once_an_app_defines_it() -> None:
+def parked_and_scheduled(
+    producer: FakeProducer,
+) -> tuple[TimerService, WorkflowRegistry, dict[bytes, RunState]]:
+    """A service over a parked run (its retry due at 30, its wake at 60, its wait's timeout at
+    90) and a run scheduled at 30 whose workflow no app defines yet; its clock says 70."""
     _, events = parked_run()
     parked, _ = fold_events(events)
     later, _ = fold_events([Run(run_id="later", flow="report.daily").run_scheduled(0, start_at=30)])
     states: dict[bytes, RunState] = {b"order-1": parked, b"later": later}
-    producer = FakeProducer()
     known = registry()
     service = TimerService(states.get, dispatcher(producer, known), clock=lambda: at(70))
+    return service, known, states
 
-    async def scenario() -> None:
+
+def define_the_scheduled_workflow(service: TimerService, known: WorkflowRegistry) -> None:
+    """An app (`ops`) defines the scheduled run's workflow, as a worker registering it does."""
+    known.remember(WorkflowDefinition(project="acme", app="ops", name="report.daily", ts=at(0)))
+    service.registry_changed()
+
+
+def serve(service: TimerService, scenario: Callable[[], Awaitable[None]]) -> None:
+    """Run `scenario` while the service runs."""
+
+    async def main() -> None:
         task = asyncio.create_task(service.run())
         try:
-            service.rebuild(states.items())  # due at 70: the retry (30) and the wake (60)
-            await until(lambda: len(producer.sent) == 2, "the retry and the wake")
-            assert {type(decode_event(v)) for _, v in producer.on(TOPICS.events)} == {StepCompleted}
-            assert [decode_command(v).type for _, v in producer.on(TOPICS.commands)] == [
-                "command.resume_run"]
-            assert service.heap.next_due() == at(90)  # the wait's timeout is still ahead
-
-            # The scheduled start found no app: kept aside, started once one defines it.
-            known.remember(WorkflowDefinition(project="acme", app="ops", name="report.daily",
-                                              ts=at(0)))
-            service.registry_changed()
-            await until(lambda: len(producer.on(TOPICS.commands)) == 2, "the start")
-            start = decode_command(producer.on(TOPICS.commands)[1][1])
-            assert isinstance(start, StartRun) and (start.run_id, start.app) == ("later", "ops")
-
-            # A timer set due now wakes the sleeping service at once.
-            service.apply([(b"order-1", timer(WAIT, "approval", 90))])
-            service.apply([(b"order-1", SetTimer(WAIT, "approval", 1, at(90)))])
-            assert service.heap.get((b"order-1", WAIT, "approval")) is not None
+            await scenario()
         finally:
             task.cancel()
 
-    asyncio.run(scenario())
+    asyncio.run(main())
+
+
+def test_the_service_fires_rebuilt_timers_and_retries_a_start_once_an_app_defines_it() -> None:
+    producer = FakeProducer()
+    service, known, states = parked_and_scheduled(producer)
+
+    async def scenario() -> None:
+        service.rebuild(states.items())  # due at 70: the retry (30) and the wake (60)
+        await until(lambda: len(producer.sent) == 2, "the retry and the wake")
+        assert {type(decode_event(v)) for _, v in producer.on(TOPICS.events)} == {StepCompleted}
+        assert [decode_command(v).type for _, v in producer.on(TOPICS.commands)] == [
+            "command.resume_run"]
+        assert service.heap.next_due() == at(90)  # the wait's timeout is still ahead
+
+        # The scheduled start found no app: kept aside, started once one defines it.
+        define_the_scheduled_workflow(service, known)
+        await until(lambda: len(producer.on(TOPICS.commands)) == 2, "the start")
+        start = decode_command(producer.on(TOPICS.commands)[1][1])
+        assert isinstance(start, StartRun) and (start.run_id, start.app) == ("later", "ops")
+
+        # A timer set due now wakes the sleeping service at once.
+        service.apply([(b"order-1", timer(WAIT, "approval", 90))])
+        service.apply([(b"order-1", SetTimer(WAIT, "approval", 1, at(90)))])
+        assert service.heap.get((b"order-1", WAIT, "approval")) is not None
+
+    serve(service, scenario)
 
 
 class GatedProducer(FakeProducer):
@@ -259,29 +282,18 @@ def test_a_start_whose_workflow_is_defined_while_it_is_fired_is_fired_again() ->
     # The app is looked up before the firing waits for its acknowledgements (of the parked
     # run's wake and retry, due at the same time); a workflow registered during that wait must
     # not leave the start set aside until yet another one is.
-    _, events = parked_run()
-    parked, _ = fold_events(events)
-    later, _ = fold_events([Run(run_id="later", flow="report.daily").run_scheduled(0, start_at=30)])
-    states: dict[bytes, RunState] = {b"order-1": parked, b"later": later}
     producer = GatedProducer()
-    known = registry()
-    service = TimerService(states.get, dispatcher(producer, known), clock=lambda: at(70))
+    service, known, states = parked_and_scheduled(producer)
 
     async def scenario() -> None:
-        task = asyncio.create_task(service.run())
-        try:
-            service.rebuild(states.items())
-            await until(lambda: producer.waiting > 0, "the firing waiting for its acks")
-            known.remember(WorkflowDefinition(project="acme", app="ops", name="report.daily",
-                                              ts=at(0)))
-            service.registry_changed()
-            producer.gate.set()
-            await until(lambda: any(isinstance(decode_command(value), StartRun)
-                                    for _, value in producer.on(TOPICS.commands)), "the start")
-            (start,) = [command for _, value in producer.on(TOPICS.commands)
-                        if isinstance(command := decode_command(value), StartRun)]
-            assert (start.run_id, start.app) == ("later", "ops")
-        finally:
-            task.cancel()
+        service.rebuild(states.items())
+        await until(lambda: producer.waiting > 0, "the firing waiting for its acks")
+        define_the_scheduled_workflow(service, known)
+        producer.gate.set()
+        await until(lambda: any(isinstance(decode_command(value), StartRun)
+                                for _, value in producer.on(TOPICS.commands)), "the start")
+        (start,) = [command for _, value in producer.on(TOPICS.commands)
+                    if isinstance(command := decode_command(value), StartRun)]
+        assert (start.run_id, start.app) == ("later", "ops")
 
-    asyncio.run(scenario())
+    serve(service, scenario)
