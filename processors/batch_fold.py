@@ -29,10 +29,11 @@ from .state import RunState
 __all__ = ["FoldedBatch", "HeldRunStates", "decode_run_event", "run_state_key"]
 
 
-def decode_run_event(key: bytes | None, value: bytes, max_bytes: int) -> Event:
+def decode_run_event(key: bytes | None, value: bytes | None, max_bytes: int) -> Event:
     """A message of the events topic decoded; InvalidEventError also when its key is not the
     event's run id: the run's state lives in the partition of its key, and an event keyed
-    otherwise would fold into a second, partial state of the same run."""
+    otherwise would fold into a second, partial state of the same run. The processors and
+    replay both read the topic through this one function, so they refuse the same records."""
     event = decode_event(value, max_bytes=max_bytes)
     if key != event.run_id.encode():
         raise InvalidEventError("run_id", f"message key {key!r} is not the event's run_id")

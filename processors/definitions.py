@@ -105,7 +105,7 @@ class DefinitionsFollower:
             for record in records:
                 try:
                     definitions.append(
-                        decode_flows_message(record.value or b"", max_bytes=self.max_bytes)
+                        decode_flows_message(record.value, max_bytes=self.max_bytes)
                     )
                 except InvalidEventError:
                     continue

@@ -48,6 +48,7 @@ in log order.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,7 +67,7 @@ from tenacity import (
 )
 
 from steplog.errors import InvalidEventError, StoreProcessGoneError
-from steplog.projections.writer import BatchWriter, TableRows
+from steplog.projections.writer import BatchWriter, RefusedRow, TableRows
 from steplog.schemas.codec import decode_flows_message, decode_signals_message, encode
 from steplog.schemas.dead_letters import DeadLetter
 from steplog.schemas.flows import FlowDefinition, FlowsMessage, WorkflowDefinition
@@ -76,13 +77,15 @@ from .batch_fold import FoldedBatch, decode_run_event
 from .definitions import DefinitionsFollower
 from .dispatch import Dispatcher, Outbox, Planned, SendFunction
 from .effects import ClearTimer, SetTimer, TimerKind
+from .membership import GroupMembership
 from .projection_batch import ProjectionBatch
 from .registry import WorkflowRegistry
 from .signals_agent import NameTriggers, NameWaits, apply_signals_message
 from .state import RunState
 from .state_store import S, StateStore
-from .stateful_consumer import Record, StatefulConsumer
+from .stateful_consumer import Record, RecordPosition, StatefulConsumer
 from .timers import TimerHeap, fire_timer
+from .write_health import WriteHealth
 
 log = logging.getLogger("steplog.processors")
 
@@ -119,6 +122,9 @@ class ProcessorConfig:
     and each changelog send and commit is a broker request, so a trickle of events completed
     batch by batch kept a core busy (BENCHMARKS.md); rows become visible up to this much
     later. Messages (resumes) do not wait for it."""
+    membership: GroupMembership = GroupMembership()
+    """This process's client id and static member id in every group it joins
+    (processors/membership.py)."""
 
     @property
     def signals_group(self) -> str:
@@ -306,6 +312,8 @@ class FoldHost:
         self.registry = dispatcher.registry
         self.timers = timers or TimerService(runs.find, dispatcher)
         self.flows: dict[str, FlowDefinition] = {}
+        self.write_health = WriteHealth()
+        """How the projection writes are going (the health endpoint reads it)."""
 
     async def process_events(self, batch: Sequence[Record]) -> FoldedEvents:
         """Steps 1-3 of the module docstring; the rest is the returned batch's."""
@@ -313,11 +321,10 @@ class FoldHost:
         outbox = self.dispatcher.outbox()
         planned: list[Planned] = []
         for message in batch:
-            value = message.value or b""  # a tombstone is as undecodable as garbage
             try:
-                event = decode_run_event(message.key, value, self.config.max_event_bytes)
+                event = decode_run_event(message.key, message.value, self.config.max_event_bytes)
             except InvalidEventError as exc:
-                self._dead_letter(outbox, exc, message, value)
+                self._dead_letter(outbox, exc, message, message.value)
                 continue
             state_key, state, effects = folded.fold(event, message.partition, message.offset)
             position = (message.partition, message.offset)
@@ -336,17 +343,25 @@ class FoldHost:
         process follows the topic, `definitions.DefinitionsFollower`; this agent runs in one)."""
         projection = ProjectionBatch()
         outbox = self.dispatcher.outbox()
+        sources: dict[tuple[str, str], RowSource] = {}
         for item in batch:
             message = item.message
-            value = message.value or b""
             try:
-                definition = decode_flows_message(value, max_bytes=self.config.max_event_bytes)
+                definition = decode_flows_message(
+                    message.value, max_bytes=self.config.max_event_bytes
+                )
             except InvalidEventError as exc:
-                self._dead_letter(outbox, exc, message, value)
+                self._dead_letter(outbox, exc, message, message.value)
                 continue
             if isinstance(definition, FlowDefinition):
                 projection.add_flow(definition)
-        await self.write_rows(projection.table_rows())
+                sources[definition.project, definition.slug] = RowSource(
+                    message.topic, message.partition, message.offset, message.key
+                )
+        refused = await self._write(projection.table_rows())
+        await self._dead_letter_rows(
+            refused, lambda row: sources[str(row.values["project"]), str(row.values["slug"])]
+        )
         await outbox.flush()
 
     def learn(self, definitions: Iterable[FlowsMessage]) -> None:
@@ -376,24 +391,74 @@ class FoldHost:
 
     async def write_rows(self, rows: Mapping[str, TableRows]) -> None:
         """Write rows to the projection tables, retrying with backoff until it succeeds (a
-        store process that died is not retried: the error stops the processors)."""
+        store process that died is not retried: the error stops the processors); rows the
+        engine refuses for good go to the dead letters, naming the event that led to them."""
+        refused = await self._write(rows)
+        if refused:
+            await self._dead_letter_rows(refused, self._run_row_source)
+
+    async def _write(self, rows: Mapping[str, TableRows]) -> list[RefusedRow]:
         if not any(table.rows for table in rows.values()):
-            return
+            return []
         loop = asyncio.get_running_loop()
         async for attempt in AsyncRetrying(
             wait=wait_exponential_jitter(multiplier=0.2, max=30, jitter=0.5),
             # A dead store process cannot come back: the error stops the processors.
             retry=retry_if_not_exception_type(StoreProcessGoneError),
-            before_sleep=_log_retry,
+            before_sleep=self._note_write_failure,
         ):
             with attempt:
                 # A thread: the insert blocks, and the loop must keep heartbeating meanwhile.
-                await loop.run_in_executor(None, self.writer.write, rows)
+                result = await loop.run_in_executor(None, self.writer.write, rows)
+        self.write_health.succeeded(len(result.refused))
+        return result.refused
+
+    def _note_write_failure(self, state: RetryCallState) -> None:
+        outcome = state.outcome
+        error = outcome.exception() if outcome else None
+        self.write_health.failed(error or "unknown error")
+        log.warning(
+            "projection write failed (attempt %d), retrying: %s", state.attempt_number, error
+        )
+
+    def _run_row_source(self, refused: RefusedRow) -> RowSource:
+        """Where the event behind a refused events, runs or steps row was read: an events row
+        names its own position; a run's or step's row, the newest event folded into its run."""
+        values = refused.values
+        run_id = str(values["run_id"])
+        if refused.table == "events":
+            position = (int(values["log_partition"]), int(values["log_offset"]))
+        else:
+            state = self.runs.find(f"{values['project']}\x00{values['flow']}\x00{run_id}".encode())
+            position = state.position if state is not None and state.position else (0, 0)
+        return RowSource(self.config.topics.events, *position, run_id.encode())
+
+    async def _dead_letter_rows(
+        self, refused: Sequence[RefusedRow], locate: Callable[[RefusedRow], RowSource]
+    ) -> None:
+        """Dead letters for rows the engine refused: the reason is the engine's message, the
+        value the row as JSON (the row is what was refused, and what an operator must fix)."""
+        outbox = self.dispatcher.outbox()
+        for row in refused:
+            value = json.dumps(row.values, default=str, sort_keys=True).encode()
+            problem = f"ClickHouse refused its row in the {row.table} table: {row.reason}"
+            self._dead_letter(outbox, InvalidEventError(row.column, problem), locate(row), value)
+        await outbox.flush()
 
     def _dead_letter(
-        self, outbox: Outbox, exc: InvalidEventError, message: Record, value: bytes
+        self, outbox: Outbox, exc: InvalidEventError, message: RecordPosition, value: bytes | None
     ) -> None:
         _add_dead_letter(self.config, outbox, exc, message, value)
+
+
+@dataclass(frozen=True)
+class RowSource:
+    """Where the message behind a refused row was read (`RecordPosition`)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
 
 
 @dataclass(frozen=True)
@@ -448,9 +513,10 @@ class SignalsHost:
         applied = AppliedSignals(self)
         now = self.clock()
         for message in batch:
-            value = message.value or b""
             try:
-                decoded = decode_signals_message(value, max_bytes=self.config.max_event_bytes)
+                decoded = decode_signals_message(
+                    message.value, max_bytes=self.config.max_event_bytes
+                )
                 name_key = decoded.name.encode()
                 if message.key != name_key:
                     # A name's waits and triggers live in the partition of its key.
@@ -458,7 +524,7 @@ class SignalsHost:
                         "name", f"message key {message.key!r} is not the message's name"
                     )
             except InvalidEventError as exc:
-                _add_dead_letter(self.config, outbox, exc, message, value)
+                _add_dead_letter(self.config, outbox, exc, message, message.value)
                 continue
             partition = message.partition
             held_waits = applied.waits.get(name_key)
@@ -505,25 +571,20 @@ class AppliedSignals:
 
 
 def _add_dead_letter(
-    config: ProcessorConfig, outbox: Outbox, exc: InvalidEventError, message: Record, value: bytes
+    config: ProcessorConfig,
+    outbox: Outbox,
+    exc: InvalidEventError,
+    message: RecordPosition,
+    value: bytes | None,
 ) -> None:
     letter = DeadLetter.for_message(
-        exc, message.topic, message.partition, message.offset, message.key, value
+        exc, message.topic, message.partition, message.offset, message.key, value or b""
     )
     key = letter.key_b64.encode() if letter.key_b64 else None
     outbox.add(config.topics.dlq, key, encode(letter, max_bytes=2**24))
     log.warning(
         "dead letter: %s at %s[%d]@%d", letter.reason, letter.source_topic,
         letter.partition, letter.offset,
-    )
-
-
-def _log_retry(state: RetryCallState) -> None:
-    outcome = state.outcome
-    log.warning(
-        "projection write failed (attempt %d), retrying: %s",
-        state.attempt_number,
-        outcome.exception() if outcome else "?",
     )
 
 
@@ -551,6 +612,9 @@ def create_processor_app(
         # The producer sends what a batch asks for at once: resumes wait on it.
         producer_linger=0.0,
         consumer_max_fetch_size=config.max_fetch_bytes,
+        # The flows agent's consumer is a static member too: faust's worker waits for its
+        # group before it runs any task, so a restart waited out the dead member's session.
+        consumer_group_instance_id=config.membership.instance_id,
     )
     raw: dict[str, Any] = {
         "key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"
@@ -577,6 +641,7 @@ def create_processor_app(
         stores=[runs], process=host.process_events, write=host.write_rows,
         recovered=host.recovered, max_records=config.batch_size,
         max_fetch_bytes=config.max_fetch_bytes, write_interval=config.write_interval,
+        membership=config.membership,
     )
     waits = config.state_store(config.waits_changelog, NameWaits.from_bytes)
     triggers = config.state_store(config.triggers_changelog, NameTriggers.from_bytes)
@@ -585,7 +650,7 @@ def create_processor_app(
         bootstrap=config.bootstrap, group_id=config.signals_group, topic=config.topics.signals,
         stores=[waits, triggers], process=signals_host.process_signals,
         max_records=config.batch_size, max_fetch_bytes=config.max_fetch_bytes,
-        write_interval=config.write_interval,
+        write_interval=config.write_interval, membership=config.membership,
     )
 
     @app.task  # type: ignore[untyped-decorator]

@@ -61,9 +61,10 @@ from aiokafka.errors import InconsistentGroupProtocolError, KafkaError
 
 from steplog.projections.writer import TableRows, concat_rows
 
+from .membership import GroupMembership
 from .state_store import StateStore, UnsentStates
 
-__all__ = ["Processed", "Record", "StatefulConsumer"]
+__all__ = ["Processed", "Record", "RecordPosition", "StatefulConsumer"]
 
 _JOIN_RETRY_FIRST_S: Final = 1.0
 _JOIN_RETRY_MAX_S: Final = 10.0
@@ -71,9 +72,8 @@ _JOIN_RETRY_MAX_S: Final = 10.0
 log = logging.getLogger("steplog.processors")
 
 
-class Record(Protocol):
-    """A consumed Kafka message as the hosts read it (aiokafka's ConsumerRecord, faust's
-    Message)."""
+class RecordPosition(Protocol):
+    """Where a message was read: all a dead letter needs besides the value."""
 
     @property
     def topic(self) -> str: ...
@@ -83,6 +83,12 @@ class Record(Protocol):
     def offset(self) -> int: ...
     @property
     def key(self) -> bytes | None: ...
+
+
+class Record(RecordPosition, Protocol):
+    """A consumed Kafka message as the hosts read it (aiokafka's ConsumerRecord, faust's
+    Message)."""
+
     @property
     def value(self) -> bytes | None: ...
 
@@ -160,13 +166,15 @@ class StatefulConsumer:
         write_interval: float = 0.0,
         poll_ms: int = 1000,
         rebalance_timeout: float = 60.0,
+        membership: GroupMembership = GroupMembership(),
     ) -> None:
         """`stores`: every store the batches keep states in (one at least); `write`: the rows'
         writer, if the batches have rows; `recovered`: called once the stores recovered new
         partitions; `write_interval`: the least time (seconds) between the beginnings of two
         completions (the batches handled meanwhile join the later one); `rebalance_timeout`:
         how long (seconds) the group waits for this member in a rebalance, of which a revoke
-        waits half for the completions under way (`_revoked`)."""
+        waits half for the completions under way (`_revoked`); `membership`: the client id and
+        static member id to join with (processors/membership.py)."""
         self.bootstrap = bootstrap
         self.group_id = group_id
         self.topic = topic
@@ -179,6 +187,7 @@ class StatefulConsumer:
         self.write_interval = write_interval
         self.poll_ms = poll_ms
         self.rebalance_timeout = rebalance_timeout
+        self.membership = membership
         self._last_write = float("-inf")
         """Event-loop time when the last completion began."""
         self._lock = asyncio.Lock()
@@ -224,9 +233,14 @@ class StatefulConsumer:
     async def _consume(self) -> None:
         """One consumer's life: join, then batch after batch (an aiokafka consumer that failed
         to join stays failed, so a retry takes a new one)."""
+        membership = self.membership
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=self.group_id,
+            # Static membership (processors/membership.py): a restarted process takes its
+            # partitions back at once instead of waiting out its predecessor's session.
+            group_instance_id=membership.instance_id,
+            client_id=membership.client_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=self.max_fetch_bytes,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from pydantic import ValidationError
 from steplog.errors import WorkflowError
 from steplog.schemas.base import new_event_id
 from steplog.schemas.flows import RetryPolicy, WorkflowDefinition
+from steplog.schemas.limits import KEY_SEGMENT_PATTERN, NAME_MAX_CHARS
 from steplog.schemas.signals import TriggerRegistered
 from steplog.settings import Settings, load_settings
 
@@ -211,9 +213,12 @@ def load_app(target: str) -> App:
 
 
 def _check_segment(what: str, value: object) -> None:
-    if not isinstance(value, str) or not 1 <= len(value) <= 200 or "/" in value:
+    # schemas.limits.KeySegment: it becomes part of a key that '/' separates.
+    if (not isinstance(value, str) or len(value) > NAME_MAX_CHARS
+            or not re.fullmatch(KEY_SEGMENT_PATTERN, value)):
         raise WorkflowError(
-            f"{what}: {value!r} is not usable; expected 1 to 200 characters without '/'"
+            f"{what}: {value!r} is not usable; expected 1 to {NAME_MAX_CHARS} characters "
+            "without '/' or control characters"
         )
 
 

@@ -45,6 +45,7 @@ from steplog.producers.control import ControlSender
 from steplog.producers.durations import Instant, instant
 from steplog.producers.event_bytes import encode_name
 from steplog.producers.metadata import clean_metadata
+from steplog.producers.recorded_errors import cut_error_message
 from steplog.producers.run import Run
 from steplog.producers.run_results import (
     RunEndLookup,
@@ -63,6 +64,7 @@ from steplog.schemas.codec import (
     validate_signal,
 )
 from steplog.schemas.commands import new_command_id
+from steplog.schemas.limits import ERROR_TYPE_MAX_CHARS
 from steplog.schemas.signals import Signal
 from steplog.schemas.statuses import StepStatus, parse_step_status
 from steplog.settings import Settings, load_settings
@@ -90,8 +92,13 @@ class Client:
     Kafka bootstrap servers and the events topic.
 
     - on_error: called (from any thread) with each send failure; exceptions it raises are
-      ignored.
-    - throw_on_send_error: surface send failures as SendError at the next call (module doc).
+      ignored. A broker outage is told twice, not per attempt: `DeliveryFailing` when delivery
+      starts failing (events wait in the buffer and are retried with backoff) and
+      `DeliveryRecovered` (its `duration_s`, and the events `dropped`/`failed` meanwhile) when
+      it works again; both are SendErrors (steplog.errors). Events lost for good are told
+      each: refused by Kafka (the Kafka error), or refused here (EventTooLargeError, ...).
+    - throw_on_send_error: surface send failures as SendError at the next call (module doc);
+      a DeliveryFailing is raised once, a DeliveryRecovered never (recovering is no failure).
     - capture_stack: put the formatted traceback of a failed step on `step.failed`.
     - record_output: put a step's return value on `step.completed`. Off by default, because
       the return values of arbitrary application functions are where customer data, tokens and
@@ -565,12 +572,17 @@ def _loaded(settings: Settings | None) -> Settings:
 
 
 def _error_info(error: str | BaseException | None) -> dict[str, Any]:
+    # Messages are cut as run.step cuts them: a long message is a diagnostic's problem, not a
+    # reason to lose the record of the failure.
     if error is None:
         return {"type": "Error", "message": ""}
     if isinstance(error, BaseException):
-        return {"type": type(error).__qualname__, "message": str(error)}
+        return {
+            "type": type(error).__qualname__[:ERROR_TYPE_MAX_CHARS],
+            "message": cut_error_message(str(error)),
+        }
     if isinstance(error, str):
-        return {"type": "Error", "message": error}
+        return {"type": "Error", "message": cut_error_message(error)}
     raise InvalidEventError(
         "error", f"expected a message or an exception, got {type(error).__name__}"
     )

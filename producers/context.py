@@ -43,7 +43,6 @@ import asyncio
 import inspect
 import math
 import random
-import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -91,6 +90,7 @@ from steplog.schemas.events import (
     StepWaitingPayload,
 )
 from steplog.schemas.flows import RetryPolicy
+from steplog.schemas.limits import CONTROL_CHARACTER, NAME_MAX_CHARS
 from steplog.schemas.ids import (
     child_run_id,
     derived_id,
@@ -101,6 +101,7 @@ from steplog.schemas.signals import Signal, WaitRegistered, resolve_match_path
 from steplog.schemas.statuses import StepStatus
 
 from .durations import Duration, Instant, duration_ms, instant
+from .recorded_errors import error_message, error_stack, error_type
 from .history import RunHistory
 
 __all__ = [
@@ -119,8 +120,6 @@ WorkflowEvent: TypeAlias = StepEvent | RunEvent
 SignalsWrite: TypeAlias = Signal | WaitRegistered
 WorkflowFunction: TypeAlias = Callable[["WorkflowContext"], Awaitable[Any]]
 
-MAX_ERROR_MESSAGE_CHARS: Final = 4096
-MAX_STACK_CHARS: Final = 16 * 1024
 RETRY_CLOCK_SKEW: Final = 2.0
 """Seconds a retry may be early by the worker's clock and still run (after waiting out the
 difference): the timer service that sent the resume judged it due by its own clock."""
@@ -1005,9 +1004,12 @@ def _epoch_micros(moment: datetime) -> int:
 
 
 def _check_step_id(step_id: object) -> None:
-    if not isinstance(step_id, str) or not 1 <= len(step_id) <= 200 or "\x1f" in step_id:
+    # A step key on the wire (schemas.limits.Name); U+001F also separates ids in derived keys.
+    if (not isinstance(step_id, str) or not 1 <= len(step_id) <= NAME_MAX_CHARS
+            or CONTROL_CHARACTER.search(step_id)):
         raise WorkflowError(
-            f"step id {step_id!r}: expected a string of 1 to 200 characters (no U+001F)"
+            f"step id {step_id!r}: expected a string of 1 to {NAME_MAX_CHARS} characters "
+            "without control characters"
         )
 
 
@@ -1084,16 +1086,8 @@ class _NotJson(Exception):
 
 def error_info(exc: BaseException) -> ErrorInfo:
     """The error of a failed step or run as it is written: type, message, stack."""
-    try:
-        message = str(exc)
-    except Exception:
-        message = f"<str() failed for {type(exc).__qualname__}>"
-    if len(message) > MAX_ERROR_MESSAGE_CHARS:
-        message = message[:MAX_ERROR_MESSAGE_CHARS] + f"... [{len(message)} characters]"
-    stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    if len(stack) > MAX_STACK_CHARS:
-        stack = f"[{len(stack) - MAX_STACK_CHARS} characters cut]\n" + stack[-MAX_STACK_CHARS:]
-    return ErrorInfo(type=type(exc).__qualname__, message=message, stack=stack)
+    return ErrorInfo(type=error_type(exc), message=error_message(exc),
+                     stack=error_stack(exc, exc.__traceback__))
 
 
 def _shown(value: Any) -> str:

@@ -13,8 +13,12 @@ byte-for-byte what `codec.encode` writes (floats may be spelled differently: `1e
 `1e-5`). tests/unit/test_client.py holds that against the models for many cases. A change to
 the step event models must change this file too; that test is what tells.
 
-Only values that are already valid go in: names are checked here (`encode_name`), metadata by
-`producers.metadata` (then written by `encode_metadata`), outputs by `encode_output`.
+Only values that are already valid go in: names are checked here (`encode_name`, with the limits
+of `schemas.limits`, not a copy of them), metadata by `producers.metadata` (then written by
+`encode_metadata`), outputs by `encode_output`, error texts and reasons by `producers.run`.
+The numbers written here are in range by construction: attempts and seq come from per-run
+counters starting at 1 (a run would need 2^32 attempts of one step to leave `Attempt`), and
+durations from `perf_counter_ns` (finite, not negative).
 """
 
 from __future__ import annotations
@@ -27,14 +31,13 @@ from collections.abc import Callable, Mapping
 from itertools import count
 from json.encoder import encode_basestring
 from time import time_ns
-from typing import Final
 
 from steplog.errors import InvalidEventError
 from steplog.producers.metadata import MetadataValue
 from steplog.schemas.base import SCHEMA_VERSION
+from steplog.schemas.limits import NAME_MAX_CHARS, control_character_problem
 
 __all__ = [
-    "NAME_MAX_CHARS",
     "RunEventBytes",
     "encode_json",
     "encode_metadata",
@@ -43,9 +46,6 @@ __all__ = [
     "fast_event_id",
     "utc_timestamp",
 ]
-
-NAME_MAX_CHARS: Final = 200
-"""schemas.base.Name: project, flow, run id and step key are 1 to 200 characters."""
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 # json's own string escaper (C), without ASCII escaping: what _dumps writes for a str.
@@ -84,14 +84,22 @@ def encode_metadata(metadata: Mapping[str, MetadataValue]) -> str:
 
 def encode_name(field: str, value: object) -> str:
     """The JSON string of an identifier (project, flow, run id, step key), checked as
-    `schemas.base.Name` checks it; InvalidEventError naming the field otherwise."""
+    `schemas.limits.Name` checks it; InvalidEventError naming the field otherwise.
+
+    Called once per run for its names and once per run and step key (the run caches it), so
+    the control-character search is not paid per event.
+    """
     if not isinstance(value, str):
         raise InvalidEventError(field, f"expected a string, got {type(value).__name__}")
     if not 1 <= len(value) <= NAME_MAX_CHARS:
         raise InvalidEventError(
             field, f"must be 1 to {NAME_MAX_CHARS} characters, got {len(value)}: {value[:60]!r}"
         )
-    return _dumps(str.__str__(value))
+    text = str.__str__(value)
+    problem = control_character_problem(text)
+    if problem is not None:
+        raise InvalidEventError(field, f"{problem}, got {text[:60]!r}")
+    return _dumps(text)
 
 
 def encode_output(value: object, max_chars: int) -> str:

@@ -24,6 +24,9 @@ from collections.abc import Mapping
 from typing import Final
 
 from steplog.errors import MetadataError
+from steplog.schemas.limits import METADATA_MAX_KEY_CHARS as MAX_KEY_CHARS
+from steplog.schemas.limits import METADATA_MAX_KEYS as MAX_KEYS
+from steplog.schemas.limits import METADATA_MAX_STRING_CHARS as MAX_STRING_CHARS
 
 __all__ = [
     "MAX_KEYS",
@@ -38,9 +41,8 @@ __all__ = [
 
 MetadataValue = str | int | float | bool | None
 
-MAX_KEYS: Final = 64
-MAX_KEY_CHARS: Final = 100
-MAX_STRING_CHARS: Final = 1024
+# MAX_KEYS, MAX_KEY_CHARS and MAX_STRING_CHARS are the wire's limits (`schemas.limits`), which
+# the processors enforce too: checked here so that the caller hears of them, not a dead letter.
 REDACTED: Final = "[REDACTED]"
 
 # Phrases matched anywhere inside the key with case and separators removed ("X-Api-Key" ->
@@ -81,7 +83,8 @@ def clean_metadata(metadata: Mapping[str, object] | None) -> dict[str, MetadataV
     """A copy of `metadata` that is safe to send, or MetadataError naming what is wrong.
 
     Values must be str, int, float, bool or None (flat diagnostics: ids, counts, status codes).
-    NaN and infinities become None, as they would on the wire (JSON has neither).
+    NaN and infinities are refused: JSON has neither, and writing null would record a value
+    the caller did not give.
     """
     if not metadata:
         return {}
@@ -128,7 +131,11 @@ def _clean_value(key: str, value: object) -> MetadataValue:
         return value if type(value) is int else int(value)
     if isinstance(value, float):
         number = float(value)
-        return number if math.isfinite(number) else None
+        if not math.isfinite(number):
+            raise MetadataError(
+                key, f"value {number!r} is not a finite number; JSON has no NaN or Infinity"
+            )
+        return number
     raise MetadataError(
         key,
         f"value of type {type(value).__name__} is not allowed; expected str, int, float, bool "

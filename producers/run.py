@@ -31,7 +31,6 @@ come from itertools.count, whose `next` is atomic under the GIL.
 from __future__ import annotations
 
 import inspect
-import traceback
 from collections.abc import Callable, Coroutine, Mapping
 from itertools import count
 from time import perf_counter_ns
@@ -47,18 +46,15 @@ from steplog.producers.event_bytes import (
     encode_output,
 )
 from steplog.producers.metadata import clean_metadata
+from steplog.producers.recorded_errors import error_message, error_stack, error_type
+from steplog.schemas.limits import REASON_MAX_CHARS
 
 if TYPE_CHECKING:
     from steplog.producers.client import Client
 
-__all__ = ["MAX_ERROR_MESSAGE_CHARS", "MAX_STACK_CHARS", "Run", "StepScope"]
+__all__ = ["Run", "StepScope"]
 
 T = TypeVar("T")
-
-MAX_ERROR_MESSAGE_CHARS: Final = 8 * 1024
-"""An exception message longer than this is cut (its start is kept)."""
-MAX_STACK_CHARS: Final = 32 * 1024
-"""A formatted stack longer than this is cut (its end, where the exception was raised, is kept)."""
 
 _CO_COROUTINE: Final = inspect.CO_COROUTINE
 _EMPTY: Final = "{}"
@@ -176,8 +172,16 @@ class Run:
     ) -> None:
         """Record that step `key` was intentionally not executed in this run (`step.skipped`)."""
         key_json = self._encode_key(key)
-        if reason is not None and not isinstance(reason, str):
-            raise InvalidEventError("reason", f"expected a string, got {type(reason).__name__}")
+        if reason is not None:
+            if not isinstance(reason, str):
+                raise InvalidEventError(
+                    "reason", f"expected a string, got {type(reason).__name__}"
+                )
+            if len(reason) > REASON_MAX_CHARS:
+                raise InvalidEventError(
+                    "reason",
+                    f"is {len(reason)} characters, over the limit of {REASON_MAX_CHARS}",
+                )
         metadata_json = _EMPTY if not metadata else encode_metadata(clean_metadata(metadata))
         value = self._events.step_skipped(
             self._last_attempt.get(key, 1), next(self._seq), key_json, reason, metadata_json
@@ -253,8 +257,8 @@ class Run:
                 next(self._seq),
                 key_json,
                 elapsed_ns / 1e6,
-                type(exc).__qualname__,
-                _message_of(exc),
+                error_type(exc),
+                error_message(exc),
                 stack,
                 _EMPTY,
             )
@@ -366,25 +370,12 @@ def _is_async_function(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn)
 
 
-def _message_of(exc: BaseException) -> str:
-    try:
-        message = str(exc)
-    except Exception:  # a broken __str__ must not stop the failure being recorded
-        message = f"<exception str() failed for {type(exc).__qualname__}>"
-    if len(message) > MAX_ERROR_MESSAGE_CHARS:
-        message = message[:MAX_ERROR_MESSAGE_CHARS] + f"... [{len(message)} characters]"
-    return message
-
-
 def _stack_of(exc: BaseException) -> str:
     tb = exc.__traceback__
     # Start at the caller's code: the wrapper frames of run.step are the SDK's, not the app's.
     while tb is not None and tb.tb_frame.f_code in _WRAPPER_CODES:
         tb = tb.tb_next
-    stack = "".join(traceback.format_exception(type(exc), exc, tb))
-    if len(stack) > MAX_STACK_CHARS:
-        stack = f"[{len(stack) - MAX_STACK_CHARS} characters cut]\n" + stack[-MAX_STACK_CHARS:]
-    return stack
+    return error_stack(exc, tb)
 
 
 _WRAPPER_CODES: Final = frozenset(

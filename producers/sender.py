@@ -12,47 +12,76 @@ Guarantees and their limits:
 - Order per key (run_id) is kept: a key always maps to one partition; chunks are delivered one
   after another, and within a chunk each partition's batches one after another, each only once
   the previous one was acknowledged; a batch that fails is retried, with everything behind it,
-  before anything else of its partition is sent (head-of-line). The producer is idempotent, so
-  broker-side retries do not reorder or duplicate within a partition.
+  before anything else of its partition is sent (head-of-line).
 - Memory is bounded: when the buffer holds more than `max_buffer_bytes`, the oldest events are
   dropped and counted (`stats().dropped`). An outage therefore loses the oldest telemetry, never
   the process.
-- Retriable Kafka errors (broker down, leader moving) are retried forever with exponential
-  backoff and jitter; each failure is reported to `on_error`. Non-retriable ones (a message the
-  broker refuses) drop the failed events, count them as `failed` and report; when the broker
-  refuses a batch, its events are sent again one by one, so only the bad ones are lost.
-- On interpreter exit the buffer is flushed for up to `close_timeout` seconds.
+- Nothing buffered is lost to an outage the buffer can hold. The producer is idempotent, and an
+  idempotent producer numbers each partition's batches; a batch that fails after it was
+  numbered (aiokafka fails a batch that waited `request_timeout_ms` for a partition without a
+  leader, which is what a stopped broker leaves behind) is a gap the broker never fills, so
+  every later batch of that producer to that partition is refused (OutOfOrderSequenceNumber).
+  The sender therefore never sends again through a producer that failed a batch, or that lost
+  its sequence state (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch): it
+  discards it and re-sends what was not acknowledged through a new one (a new producer id, so
+  new sequences). A re-sent event may land twice; the fold drops duplicates by `event_id`.
+- No busy loop while the broker is away. aiokafka retries a partition without a leader with no
+  backoff at all (its metadata loop reconnects as fast as connections are refused: a full core
+  and thousands of log lines a second, measured). So a watchdog discards the producer as soon as
+  a partition being sent to has had no leader for `_LEADERLESS_GRACE_S`, or nothing was
+  acknowledged for `_STALL_S`; until a new producer connects, nothing of aiokafka runs, and
+  connecting is retried with exponential backoff (tenacity) up to `_BACKOFF_MAX_S`.
+- An outage is told once, not per attempt: one log line and one `on_error(DeliveryFailing)`
+  when delivery starts failing, one line and one `on_error(DeliveryRecovered)` when it works
+  again. aiokafka's own per-attempt lines from the delivery thread are rate-limited
+  (producers.kafka_logs). Events Kafka refuses for good (a bad record) are counted `failed` and
+  each reported; when the broker refuses a batch, its events are sent again one per batch, so
+  only the bad ones are lost.
+- `close()` (also run at interpreter exit) waits at most `close_timeout`: what is still
+  undelivered then is dropped, counted in `stats().dropped` and logged in one line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
+import logging
 import os
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, KafkaTimeoutError, ProducerClosed
-from aiokafka.partitioner import DefaultPartitioner
-from pydantic import BaseModel, ConfigDict
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    RetryError,
-    retry_if_exception,
-    wait_exponential_jitter,
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    KafkaTimeoutError,
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
+    ProducerFenced,
+    UnknownProducerId,
 )
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.structs import TopicPartition
+from pydantic import BaseModel, ConfigDict
+from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type
+from tenacity import wait_exponential_jitter
 
-from steplog.errors import EventTooLargeError, SendError
+from steplog.errors import DeliveryFailing, DeliveryRecovered, EventTooLargeError, SendError
+from steplog.producers.kafka_logs import SENDER_THREAD_PREFIX, limit_sender_thread_logs
 from steplog.schemas.codec import DEFAULT_MAX_BYTES, encode
 from steplog.schemas.events import Event
 
 ErrorCallback = Callable[[BaseException], None]
 Message = tuple[bytes, bytes]
 """An encoded event: (key, value)."""
+
+log = logging.getLogger(__name__)
+
 # Kafka's request carries batch headers on top of the event; see also steplog.topics.
 _REQUEST_HEADROOM_BYTES = 64 * 1024
 # Largest record batch the sender builds (one event larger than this still goes, alone). The
@@ -61,6 +90,22 @@ _REQUEST_HEADROOM_BYTES = 64 * 1024
 _BATCH_BYTES = 512 * 1024
 # Partition of each key seen lately (murmur2 in pure Python costs microseconds per key).
 _PARTITION_CACHE_KEYS = 100_000
+# Between two attempts to deliver a chunk (a new producer connecting, mostly): from 0.2 s,
+# doubling, with jitter, up to a few seconds, so a broker that comes back is used soon after
+# and a broker that stays away costs a connection attempt every few seconds.
+_BACKOFF_MAX_S = 5.0
+_BACKOFF = wait_exponential_jitter(multiplier=0.2, max=_BACKOFF_MAX_S, jitter=0.5)
+# The watchdog's period, and how long a partition being sent to may have no leader (aiokafka
+# spins meanwhile) or a delivery may go without any acknowledgement before the producer is
+# discarded. A leader election on a healthy cluster takes well under a second.
+_WATCH_INTERVAL_S = 0.25
+_LEADERLESS_GRACE_S = 1.0
+_STALL_S = 10.0
+# Backstops: aiokafka's start and stop have no deadline of their own.
+_START_TIMEOUT_S = 15.0
+_STOP_TIMEOUT_S = 5.0
+# Of close()'s budget, the share left for the delivery thread to stop and count what it drops.
+_CLOSE_STOP_SHARE = 0.1
 _default_partitioner = DefaultPartitioner()
 
 
@@ -82,9 +127,22 @@ def _note_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_note_fork)
-# An error about a batch as a whole (the producer is closing): sending its events one by one
-# would fail the same way.
-_BATCH_WIDE_ERRORS = (ProducerClosed,)
+
+
+class _ProducerDiscarded(Exception):
+    """What the batches a discarded producer still held fail with; they are re-sent."""
+
+
+# After these a producer cannot deliver again: its sequence state is gone (or it is). Retried
+# through a new producer, never counted as refused.
+_PRODUCER_LOST = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    ProducerFenced,
+    ProducerClosed,
+    _ProducerDiscarded,
+)
 
 
 class SenderStats(BaseModel):
@@ -93,11 +151,13 @@ class SenderStats(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     sent: int
-    """Events acknowledged by Kafka."""
+    """Events acknowledged by Kafka (an event re-sent after an outage may land twice; the
+    processors drop the duplicate by event_id)."""
     retried: int
     """Event deliveries that failed and were tried again (one event may count more than once)."""
     dropped: int
-    """Oldest events discarded because the buffer was full."""
+    """Events discarded undelivered: the oldest when the buffer was full, and those left when
+    the sender closed before Kafka acknowledged them."""
     failed: int
     """Events Kafka refused for good (non-retriable errors)."""
     buffered: int
@@ -105,12 +165,38 @@ class SenderStats(BaseModel):
     buffered_bytes: int
 
 
-class _Retriable(Exception):
-    """A chunk had retriable failures; tenacity retries the part that failed."""
+@dataclass
+class _PartitionOutcome:
+    """What became of one partition's events in one attempt."""
 
-    def __init__(self, messages: list[Message]) -> None:
-        super().__init__(f"{len(messages)} events to retry")
-        self.messages = messages
+    retry: list[Message] = field(default_factory=list)
+    """Not delivered, in order: the failed batch and everything behind it."""
+    alone: int = 0
+    """How many of `retry`'s first events must go one per batch (a batch of them was refused)."""
+    cause: BaseException | None = None
+    """The retriable failure, if any (an outage, not a bad record)."""
+    spoiled: bool = False
+    """The producer must not send again (a gap in its sequence numbers, or it is gone)."""
+
+
+@dataclass
+class _ChunkOutcome:
+    retry: list[Message]
+    alone: dict[int, int]
+    """By partition: `_PartitionOutcome.alone`."""
+    cause: BaseException | None
+    spoiled: bool
+
+
+@dataclass(frozen=True)
+class _Outage:
+    began: float
+    dropped: int
+    failed: int
+
+
+class _Retriable(Exception):
+    """An attempt left events to deliver; tenacity waits and tries again."""
 
 
 class EventSender:
@@ -150,12 +236,19 @@ class EventSender:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+        self._stopping: asyncio.Event | None = None
         self._loop_idle = False
         self._closing = False
         self._owner_pid = 0
-        # Delivery thread only: the topic's partitions and the partition of recent keys.
+        # Delivery thread only: the producer (None while the broker is away), the topic's
+        # partitions, the partition of recent keys, the partitions of the chunk being sent,
+        # when Kafka last acknowledged anything, and the outage under way.
+        self._producer: AIOKafkaProducer | None = None
         self._partitions: list[int] = []
         self._partition_of: dict[bytes, int] = {}
+        self._sending_to: list[int] = []
+        self._progress_at = 0.0
+        self._outage: _Outage | None = None
 
     # ----------------------------------------------------------------- caller side
 
@@ -224,16 +317,33 @@ class EventSender:
         return await asyncio.to_thread(self.flush, timeout)
 
     def close(self, timeout: float | None = None) -> None:
-        """Flush (for up to `timeout`, default close_timeout) and stop the background thread."""
+        """Deliver what is queued and stop the background thread, within `timeout` seconds
+        (default close_timeout) in all. What Kafka has not acknowledged by then (it is
+        unreachable, say) is dropped: counted in `stats().dropped` and logged in one line."""
         if self._thread is None or self._owner_pid != _pid:
             return
-        self.flush(self.close_timeout if timeout is None else timeout)
-        with self._lock:
-            self._closing = True
-        assert self._loop is not None and self._wake is not None
-        self._loop.call_soon_threadsafe(self._wake.set)
-        self._thread.join(self.close_timeout if timeout is None else timeout)
-        self._thread = None
+        budget = self.close_timeout if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        try:
+            self.flush(budget * (1 - _CLOSE_STOP_SHARE))
+        finally:
+            with self._lock:
+                self._closing = True
+            assert self._loop is not None
+            try:
+                # One callback: the loop may finish (and close) right after the first event
+                # is set, and a second call would find it closed.
+                self._loop.call_soon_threadsafe(self._wake_to_stop)
+            except RuntimeError:  # closed already: the delivery thread has ended by itself
+                pass
+            self._thread.join(max(deadline - time.monotonic(), 0.0))
+            self._thread = None
+
+    def _wake_to_stop(self) -> None:
+        """On the delivery loop: stop what is under way and wake the loop to see `_closing`."""
+        assert self._stopping is not None and self._wake is not None
+        self._stopping.set()
+        self._wake.set()
 
     def stats(self) -> SenderStats:
         with self._lock:
@@ -256,9 +366,13 @@ class EventSender:
         ) from errors[0]
 
     def _report(self, exc: BaseException) -> None:
+        """A failure: raised at the next call with throw_on_send_error, and told on_error."""
         if self.throw_on_send_error:
             with self._lock:
                 self._pending_errors.append(exc)
+        self._tell(exc)
+
+    def _tell(self, exc: BaseException) -> None:
         if self.on_error is not None:
             try:
                 self.on_error(exc)
@@ -275,9 +389,13 @@ class EventSender:
             self._buffered_bytes = 0
             self._in_flight = 0
             self._owner_pid = _pid
+        limit_sender_thread_logs()
         ready = threading.Event()
         self._thread = threading.Thread(
-            target=self._run_loop, args=(ready,), name=f"steplog-sender-{self.topic}", daemon=True
+            target=self._run_loop,
+            args=(ready,),
+            name=f"{SENDER_THREAD_PREFIX}{self.topic}",
+            daemon=True,
         )
         self._thread.start()
         ready.wait()
@@ -286,6 +404,7 @@ class EventSender:
     def _run_loop(self, ready: threading.Event) -> None:
         self._loop = asyncio.new_event_loop()
         self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
         ready.set()
         try:
             self._loop.run_until_complete(self._deliver_forever())
@@ -294,26 +413,11 @@ class EventSender:
 
     async def _deliver_forever(self) -> None:
         assert self._wake is not None
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
-            client_id="steplog-sdk",
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=self.linger_ms,
-            # A batch may not exceed the topic's max.message.bytes (steplog.topics sets it to
-            # max_event_bytes plus headroom); a single larger event still goes, alone.
-            max_batch_size=min(_BATCH_BYTES, self.max_event_bytes),
-            max_request_size=self.max_event_bytes + _REQUEST_HEADROOM_BYTES,
-        )
-        if not await self._start_producer(producer):
-            self._abandon_buffer()
-            await producer.stop()  # releases the half-opened client
-            return
         try:
             while True:
                 chunk = self._take_chunk()
                 if chunk:
-                    await self._deliver(producer, chunk)
+                    await self._deliver(chunk)
                     continue
                 if self._closing:
                     return
@@ -324,35 +428,7 @@ class EventSender:
                     # it a moment to join its batch (the producer's linger, for whole chunks).
                     await asyncio.sleep(self.linger_ms / 1000)
         finally:
-            await producer.stop()
-
-    async def _start_producer(self, producer: AIOKafkaProducer) -> bool:
-        """Connect, retrying until it works or the sender is closed (then False)."""
-        # Every start failure is worth retrying: the broker may simply not be up yet, and
-        # meanwhile events wait in the bounded buffer.
-        try:
-            async for attempt in AsyncRetrying(
-                wait=wait_exponential_jitter(multiplier=0.2, max=10, jitter=0.5),
-                retry=retry_if_exception(self._note_start_failure),
-                stop=self._stop_when_closing,
-            ):
-                with attempt:
-                    await producer.start()
-        except RetryError:
-            return False
-        return True
-
-    def _stop_when_closing(self, _: RetryCallState) -> bool:
-        return self._closing
-
-    def _abandon_buffer(self) -> None:
-        """Closed while Kafka is unreachable: what is left counts as failed, not sent."""
-        with self._lock:
-            self._failed += len(self._buffer) + self._in_flight
-            self._buffer.clear()
-            self._buffered_bytes = 0
-            self._in_flight = 0
-            self._drained.notify_all()
+            await self._discard_producer("the sender is closing")
 
     def _take_chunk(self) -> list[Message]:
         with self._lock:
@@ -365,29 +441,192 @@ class EventSender:
                 self._drained.notify_all()
             return chunk
 
-    async def _deliver(self, producer: AIOKafkaProducer, chunk: list[Message]) -> None:
-        pending = chunk
+    async def _deliver(self, chunk: list[Message]) -> None:
+        """Deliver a chunk, retrying with backoff what is left after each attempt, until it is
+        all acknowledged or refused, or the sender closes (then it is dropped)."""
+        pending: list[Message] = chunk
+        alone: dict[int, int] = {}
         try:
             async for attempt in AsyncRetrying(
-                wait=wait_exponential_jitter(multiplier=0.1, max=10, jitter=0.5),
-                retry=retry_if_exception(lambda exc: isinstance(exc, _Retriable)),
+                wait=_BACKOFF,
+                retry=retry_if_exception_type(_Retriable),
                 stop=self._stop_when_closing,
+                sleep=self._pause,
             ):
                 with attempt:
-                    try:
-                        await self._send_chunk(producer, pending)
-                    except _Retriable as exc:
-                        pending = exc.messages
+                    outcome = await self._attempt(pending, alone)
+                    if outcome.spoiled:
+                        await self._discard_producer("it failed a batch")
+                    if outcome.cause is not None and not self._closing:
+                        self._note_failing(outcome.cause)
+                    if outcome.retry:
+                        pending, alone = outcome.retry, outcome.alone
                         with self._lock:
                             self._retried += len(pending)
-                        raise
+                        raise _Retriable()
         except RetryError:
-            self._abandon_buffer()
-        with self._lock:
-            self._in_flight = 0
+            self._drop_undelivered()
+            return
+        self._note_delivering()
 
-    async def _send_chunk(self, producer: AIOKafkaProducer, chunk: list[Message]) -> None:
-        """Send a chunk and count the outcome; raise _Retriable with what should be retried.
+    async def _attempt(self, chunk: list[Message], alone: dict[int, int]) -> _ChunkOutcome:
+        """Send a chunk through the producer (one is started if there is none), under the
+        watchdog that discards a producer cut off from the cluster."""
+        if self._closing:  # close() already waited for delivery as long as it may
+            return _ChunkOutcome(chunk, alone, None, False)
+        try:
+            producer = await self._ensure_producer()
+        except Exception as exc:  # the broker is not there (yet): retried with backoff
+            return _ChunkOutcome(chunk, alone, exc, False)
+        self._progress_at = time.monotonic()
+        sending = asyncio.ensure_future(self._send_chunk(producer, chunk, alone))
+        watchdog = asyncio.ensure_future(self._watch(producer))
+        await asyncio.wait((sending, watchdog), return_when=asyncio.FIRST_COMPLETED)
+        if sending.done():
+            watchdog.cancel()  # it only sleeps and looks: cancelling it anywhere is safe
+            await asyncio.gather(watchdog, return_exceptions=True)
+        else:
+            # Cut off: failing what the producer holds ends the sends, with what to re-send.
+            await self._discard_producer(watchdog.result())
+        return await sending
+
+    async def _ensure_producer(self) -> AIOKafkaProducer:
+        if self._producer is not None:
+            return self._producer
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            client_id="steplog-sdk",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=self.linger_ms,
+            # A batch may not exceed the topic's max.message.bytes (steplog.topics sets it to
+            # max_event_bytes plus headroom); a single larger event still goes, alone.
+            max_batch_size=min(_BATCH_BYTES, self.max_event_bytes),
+            max_request_size=self.max_event_bytes + _REQUEST_HEADROOM_BYTES,
+        )
+        try:
+            await asyncio.wait_for(producer.start(), _START_TIMEOUT_S)
+        except BaseException:
+            await _stop(producer)  # releases the half-opened client
+            raise
+        self._producer = producer
+        return producer
+
+    async def _discard_producer(self, reason: str) -> None:
+        """Stop the producer without waiting for what it holds: those batches fail now (the
+        deliveries waiting on them re-send their events through the next producer); stop()
+        alone would wait for them as long as the broker is away."""
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        # aiokafka has no public call for "give up what you hold". Its sender task goes first
+        # (its in-flight requests end and put their batches back in the queue; failing a batch
+        # under a request in flight makes aiokafka raise KeyError when the request re-queues
+        # it), then every queued batch fails, as aiokafka does itself when that task dies.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer._sender.close(), _STOP_TIMEOUT_S)
+        queue = producer._message_accumulator
+        # A batch that was sent and put back in the queue (retry_count > 0) still has the
+        # callback that removes it from the "sent" set when it completes; aiokafka removed it
+        # from that set when it put it back, so failing it would raise KeyError in the loop.
+        queued = [batch for batches in queue._batches.values() for batch in batches]
+        queue._pending_batches.update(batch for batch in queued if batch.retry_count)
+        queue.fail_all(
+            _ProducerDiscarded(f"the producer to {self.topic!r} was discarded: {reason}")
+        )
+        for batch in queued:
+            # Its drain waiter, which nobody awaits any more, got the exception too: mark it
+            # seen, or asyncio logs "Future exception was never retrieved" on the host's stderr.
+            batch._drain_waiter.exception()
+        await _stop(producer)
+
+    async def _watch(self, producer: AIOKafkaProducer) -> str:
+        """Returns why the producer is cut off, once it is: the sender closes, a partition
+        being sent to has had no leader for _LEADERLESS_GRACE_S (aiokafka retries that without
+        backoff), or Kafka acknowledged nothing for _STALL_S."""
+        leaderless_since: float | None = None
+        while True:
+            await self._pause(_WATCH_INTERVAL_S)
+            now = time.monotonic()
+            leaderless = self._leaderless(producer)
+            if not leaderless:
+                leaderless_since = None
+            elif leaderless_since is None:
+                leaderless_since = now
+            if self._closing:
+                return "the sender is closing"
+            if leaderless_since is not None and now - leaderless_since >= _LEADERLESS_GRACE_S:
+                return (
+                    f"partitions {leaderless} have had no leader for {_LEADERLESS_GRACE_S:g} s "
+                    "(is the broker down?)"
+                )
+            if now - self._progress_at >= _STALL_S:
+                return f"Kafka acknowledged nothing for {_STALL_S:g} s"
+
+    def _leaderless(self, producer: AIOKafkaProducer) -> list[int]:
+        cluster = producer.client.cluster
+        return [
+            partition
+            for partition in self._sending_to
+            if cluster.leader_for_partition(TopicPartition(self.topic, partition)) in (None, -1)
+        ]
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but no longer than until the sender closes."""
+        assert self._stopping is not None
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    def _stop_when_closing(self, _: RetryCallState) -> bool:
+        return self._closing
+
+    def _note_failing(self, cause: BaseException) -> None:
+        """Delivery failed for a reason that may pass (the broker away): told once an outage."""
+        if self._outage is not None:
+            return
+        with self._lock:
+            self._outage = _Outage(time.monotonic(), self._dropped, self._failed)
+            buffered = len(self._buffer) + self._in_flight
+        failing = DeliveryFailing(self.topic, cause, buffered)
+        log.warning("%s", failing)
+        self._report(failing)
+
+    def _note_delivering(self) -> None:
+        """A chunk was delivered: if delivery was failing, it recovered (told once)."""
+        outage, self._outage = self._outage, None
+        if outage is None:
+            return
+        with self._lock:
+            dropped, failed = self._dropped - outage.dropped, self._failed - outage.failed
+        recovered = DeliveryRecovered(
+            self.topic, time.monotonic() - outage.began, dropped, failed
+        )
+        log.warning("%s", recovered)
+        self._tell(recovered)  # never raised: recovering is not a failure
+
+    def _drop_undelivered(self) -> None:
+        """Closed before Kafka acknowledged everything: what is left is dropped, and said."""
+        with self._lock:
+            dropped = len(self._buffer) + self._in_flight
+            self._dropped += dropped
+            self._buffer.clear()
+            self._buffered_bytes = 0
+            self._in_flight = 0
+            self._drained.notify_all()
+        if dropped:
+            log.warning(
+                "closing: %d events not acknowledged by Kafka within close_timeout are dropped "
+                "(topic %r; counted in stats().dropped)",
+                dropped,
+                self.topic,
+            )
+
+    async def _send_chunk(
+        self, producer: AIOKafkaProducer, chunk: list[Message], alone: dict[int, int]
+    ) -> _ChunkOutcome:
+        """Send a chunk once and count the outcome; returns what should be tried again.
 
         The chunk is split by partition (the producer's default partitioner: murmur2 of the
         key, so a run's events share a partition and keep their order in it) and each
@@ -397,24 +636,26 @@ class EventSender:
         try:
             groups = await self._by_partition(producer, chunk)
         except Exception as exc:  # no metadata for the topic: nothing was sent
-            self._report(exc)
             if _is_retriable(exc):
-                raise _Retriable(chunk) from exc
-            with self._lock:
-                self._failed += len(chunk)
-                self._in_flight = 0
-            return
+                return _ChunkOutcome(chunk, alone, exc, False)
+            self._refuse(len(chunk), exc)
+            return _ChunkOutcome([], {}, None, False)
+        self._sending_to = list(groups)
         outcomes = await asyncio.gather(
-            *[self._send_partition(producer, p, messages) for p, messages in groups.items()]
+            *[
+                self._send_partition(producer, partition, messages, alone.get(partition, 0))
+                for partition, messages in groups.items()
+            ]
         )
-        retry = [message for pending, _ in outcomes for message in pending]
+        retry = [message for outcome in outcomes for message in outcome.retry]
         with self._lock:
             self._in_flight = len(retry)
-        first_error = next((error for _, error in outcomes if error is not None), None)
-        if first_error is not None:
-            self._report(first_error)
-        if retry:
-            raise _Retriable(retry)
+        return _ChunkOutcome(
+            retry,
+            {partition: o.alone for partition, o in zip(groups, outcomes) if o.alone},
+            next((o.cause for o in outcomes if o.cause is not None), None),
+            any(o.spoiled for o in outcomes),
+        )
 
     async def _by_partition(
         self, producer: AIOKafkaProducer, chunk: list[Message]
@@ -444,108 +685,95 @@ class EventSender:
         return groups
 
     async def _send_partition(
-        self, producer: AIOKafkaProducer, partition: int, messages: list[Message]
-    ) -> tuple[list[Message], BaseException | None]:
+        self, producer: AIOKafkaProducer, partition: int, messages: list[Message], alone: int
+    ) -> _PartitionOutcome:
         """Send one partition's events in order, one record batch at a time, each batch after
         the previous one was acknowledged (so a failed batch is retried before anything behind
-        it, head-of-line). Counts what was sent and refused; returns what should be retried
-        (the failed batch and everything behind it) and the first error."""
-        first_error: BaseException | None = None
+        it, head-of-line); the first `alone` events one per batch. Counts what was sent and
+        refused; stops at the first failure."""
         start, total = 0, len(messages)
         while start < total:
             batch = producer.create_batch()
+            limit = start + 1 if start < alone else total
             end = start
-            while end < total:
+            while end < limit:
                 key, value = messages[end]
                 if batch.append(key=key, value=value, timestamp=None) is None:
                     break  # full (the first event of a batch always fits, however large)
                 end += 1
             batch.close()
-            if end == start:  # not expected; never loop on an event the batch refused
-                retry, _ = await self._send_one_by_one(
-                    producer, partition, messages[start : start + 1], None
-                )
-                if retry:
-                    return retry + messages[start + 1 :], first_error
+            if end == start:  # not expected; never loop on an event no batch takes
+                self._refuse(1, SendError(
+                    f"an event of {len(messages[start][1])} bytes does not fit in a record "
+                    f"batch for topic {self.topic!r}"
+                ))
                 start += 1
                 continue
             try:
                 delivery = await producer.send_batch(batch, self.topic, partition=partition)
+            except Exception as exc:
+                # Not queued, so no sequence number was taken: the producer is still sound
+                # unless the error says it is gone.
+                return self._after_failure(
+                    messages, start, end, alone, exc, isinstance(exc, _PRODUCER_LOST)
+                )
+            try:
                 await delivery
             except Exception as exc:
-                first_error = first_error or exc
-                if _is_retriable(exc):
-                    return messages[start:], first_error
-                # Refused for good. The broker refuses a batch for one bad record; find out
-                # which, so that one bad event cannot cost the events around it.
-                retry, error = await self._send_one_by_one(
-                    producer, partition, messages[start:end], exc
-                )
-                if retry:
-                    return retry + messages[end:], first_error
-            else:
-                with self._lock:
-                    self._sent += end - start
-                    self._in_flight -= end - start
+                # The producer numbered this batch (aiokafka numbers a batch when it first
+                # leaves its queue, also to fail it there) and the broker never recorded the
+                # numbers: its next batch to this partition would be OutOfOrderSequenceNumber.
+                return self._after_failure(messages, start, end, alone, exc, True)
+            with self._lock:
+                self._sent += end - start
+                self._in_flight -= end - start
+            self._progress_at = time.monotonic()
             start = end
-        return [], first_error
+        return _PartitionOutcome()
 
-    async def _send_one_by_one(
+    def _after_failure(
         self,
-        producer: AIOKafkaProducer,
-        partition: int,
         messages: list[Message],
-        batch_error: BaseException | None,
-    ) -> tuple[list[Message], BaseException | None]:
-        """After a batch was refused (`batch_error`; None: never sent): each of its events on
-        its own. Counts what was sent and refused; returns the retriable failures in order and
-        the batch's error."""
-        if batch_error is not None and (
-            len(messages) == 1 or isinstance(batch_error, _BATCH_WIDE_ERRORS)
-        ):
-            outcomes: list[object] = [batch_error] * len(messages)
-        else:
-            futures = [await self._enqueue(producer, partition, k, v) for k, v in messages]
-            outcomes = await asyncio.gather(*futures, return_exceptions=True)
-        retry: list[Message] = []
-        sent = refused = 0
-        for message, outcome in zip(messages, outcomes):
-            if not isinstance(outcome, BaseException):
-                sent += 1
-            elif _is_retriable(outcome):
-                retry.append(message)
-            else:
-                refused += 1
+        start: int,
+        end: int,
+        alone: int,
+        exc: BaseException,
+        spoiled: bool,
+    ) -> _PartitionOutcome:
+        """The batch messages[start:end] failed with `exc`: what to try again."""
+        if _is_retriable(exc):
+            return _PartitionOutcome(messages[start:], max(alone - start, 0), exc, spoiled)
+        if end - start > 1:
+            # Refused for good. The broker refuses a batch for one bad record; send its events
+            # again one per batch, so that one bad event cannot cost the events around it.
+            return _PartitionOutcome(messages[start:], end - start, None, spoiled)
+        self._refuse(1, exc)
+        return _PartitionOutcome(messages[end:], max(alone - end, 0), None, spoiled)
+
+    def _refuse(self, count: int, exc: BaseException) -> None:
+        """`count` events Kafka will never take: counted failed and reported."""
         with self._lock:
-            self._sent += sent
-            self._failed += refused
-            self._in_flight -= sent + refused
-        return retry, batch_error
-
-    async def _enqueue(
-        self, producer: AIOKafkaProducer, partition: int, key: bytes, value: bytes
-    ) -> asyncio.Future[object]:
-        """The producer's delivery future for one event; a send refused before queuing becomes
-        a failed future, so one bad event cannot stop the others."""
-        try:
-            future: asyncio.Future[object] = await producer.send(
-                self.topic, value=value, key=key, partition=partition
-            )
-        except Exception as exc:
-            future = asyncio.get_running_loop().create_future()
-            future.set_exception(exc)
-        return future
-
-    def _note_start_failure(self, exc: BaseException) -> bool:
+            self._failed += count
+            self._in_flight -= count
         self._report(exc)
-        return True
+
+
+async def _stop(producer: AIOKafkaProducer) -> None:
+    """Stop a producer, within bounds. Its client is closed in any case: a client left open
+    keeps its metadata task, which reconnects without backoff while the broker is away."""
+    try:
+        await asyncio.wait_for(producer.stop(), _STOP_TIMEOUT_S)
+    except Exception:  # a producer being thrown away may fail to stop cleanly; nothing to do
+        log.debug("stopping a Kafka producer failed", exc_info=True)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(producer.client.close(), _STOP_TIMEOUT_S)
 
 
 def _is_retriable(exc: BaseException) -> bool:
-    if isinstance(exc, KafkaTimeoutError):
-        # aiokafka gives up on a batch after request_timeout_ms (40 s) without a broker, or
-        # could not queue it in that time: the broker is down, which is retried like the rest
-        # (aiokafka does not mark it retriable).
+    if isinstance(exc, (KafkaTimeoutError, *_PRODUCER_LOST)):
+        # KafkaTimeoutError: aiokafka could not queue a batch or find metadata in time, the
+        # broker being away (aiokafka does not mark it retriable). The others: a new producer
+        # delivers what this one could not.
         return True
     if isinstance(exc, KafkaError):
         return bool(getattr(exc, "retriable", False))
@@ -561,4 +789,3 @@ def _close_at_exit(sender: EventSender) -> None:
             alive.close()
 
     atexit.register(close)
-

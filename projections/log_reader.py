@@ -21,7 +21,8 @@ class LogRecord:
     partition: int
     offset: int
     key: bytes | None
-    value: bytes
+    value: bytes | None
+    """None for a tombstone (a record with a null value)."""
     timestamp_ms: int
 
 

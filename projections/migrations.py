@@ -17,11 +17,15 @@ ones replay rebuilds under another name and swaps in.
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass
 
 from clickhouse_connect.driver.client import Client
 
 from steplog.errors import ClickHouseError
+
+log = logging.getLogger("steplog.migrations")
 
 TS = "DateTime64(6, 'UTC')"
 PROJECTION_TABLES = ("events", "runs", "steps", "flows")
@@ -268,7 +272,8 @@ def applied_versions(client: Client, database: str) -> set[int]:
 
 
 def migrate(client: Client, database: str) -> list[Migration]:
-    """Apply the migrations the database lacks, in order; return the ones applied now."""
+    """Apply the migrations the database lacks, in order, then `verify_tables`; return the
+    migrations applied now."""
     _create_version_table(client, database)
     done = applied_versions(client, database)
     applied = []
@@ -289,4 +294,88 @@ def migrate(client: Client, database: str) -> list[Migration]:
             column_names=["version", "name"],
         )
         applied.append(migration)
+    for repair in verify_tables(client, database):
+        log.warning("%s", repair)
     return applied
+
+
+_VIEW_NAME = re.compile(r"VIEW \{db\}\.(\w+)")
+
+
+def _view_statements() -> dict[str, str]:
+    """Each view the migrations create, with the newest statement that creates it."""
+    views: dict[str, str] = {}
+    for migration in MIGRATIONS:
+        for statement in migration.statements:
+            found = _VIEW_NAME.search(statement)
+            if found:
+                views[found.group(1)] = statement
+    return views
+
+
+def verify_tables(client: Client, database: str) -> list[str]:
+    """Check that every table and view the migrations made is there (the versions recorded say
+    they were made, not that nobody dropped one since) and recreate what is missing: a
+    projection table empty (replay rebuilds its rows), a view as the migrations define it.
+    Returns what was recreated, one sentence each. A table whose columns differ from the
+    definition is a ClickHouseError naming the table and the columns."""
+    present = {
+        str(name) for (name,) in client.query(
+            "SELECT name FROM system.tables WHERE database = {db:String}",
+            parameters={"db": database},
+        ).result_rows
+    }
+    repairs = []
+    for table in PROJECTION_TABLES:
+        if table not in present:
+            _run(client, database, table_ddl(table, "{db}." + table), f"recreating {table}")
+            repairs.append(
+                f"table {database}.{table} was missing: recreated empty; run `steplog replay` "
+                "(processors stopped) to rebuild its rows from the log"
+            )
+        else:
+            _compare_columns(client, database, table)
+    for view, statement in _view_statements().items():
+        if view not in present:
+            _run(client, database, statement, f"recreating view {view}")
+            repairs.append(f"view {database}.{view} was missing: recreated")
+    return repairs
+
+
+def _compare_columns(client: Client, database: str, table: str) -> None:
+    """The table's columns against its definition's, built beside it under a scratch name."""
+    scratch = f"_expected_{table}"
+    _run(client, database, f"DROP TABLE IF EXISTS {{db}}.{scratch}", "verifying")
+    _run(client, database, table_ddl(table, "{db}." + scratch), f"verifying {table}")
+    try:
+        rows = client.query(
+            "SELECT table, name, type FROM system.columns WHERE database = {db:String} "
+            "AND table IN ({t:String}, {s:String})",
+            parameters={"db": database, "t": table, "s": scratch},
+        ).result_rows
+    finally:
+        _run(client, database, f"DROP TABLE IF EXISTS {{db}}.{scratch}", "verifying")
+    found = {str(name): str(kind) for owner, name, kind in rows if owner == table}
+    expected = {str(name): str(kind) for owner, name, kind in rows if owner == scratch}
+    if found == expected:
+        return
+    problems = []
+    if missing := sorted(expected.keys() - found.keys()):
+        problems.append(f"missing columns {missing}")
+    if extra := sorted(found.keys() - expected.keys()):
+        problems.append(f"unexpected columns {extra}")
+    for name in sorted(expected.keys() & found.keys()):
+        if expected[name] != found[name]:
+            problems.append(f"column {name} is {found[name]}, expected {expected[name]}")
+    raise ClickHouseError(
+        f"table {database}.{table} does not match its definition: " + "; ".join(problems)
+        + f" (drop it and run `steplog replay` to rebuild it, or migrate {database!r} with "
+        "the Steplog version that made it)"
+    )
+
+
+def _run(client: Client, database: str, statement: str, doing: str) -> None:
+    try:
+        client.command(statement.replace("{db}", database))
+    except Exception as exc:
+        raise ClickHouseError(f"{doing} in database {database!r} failed: {exc}") from exc

@@ -37,7 +37,7 @@ from steplog.schemas.flows import FlowDefinition
 from .clickhouse import open_clickhouse
 from .flows_table import load_flows
 from .migrations import migrate
-from .writer import ProjectionWriter, TableRows
+from .writer import ProjectionWriter, TableRows, WriteResult
 
 __all__ = ["StoreProcess"]
 
@@ -86,10 +86,11 @@ class StoreProcess:
     def pid(self) -> int | None:
         return None if self._process is None else int(self._process.pid)
 
-    def write(self, batch: Mapping[str, TableRows]) -> int:
-        """Insert every table's rows (ProjectionWriter.write, in the child); rows written."""
-        written: int = self._request("write", dict(batch), None)
-        return written
+    def write(self, batch: Mapping[str, TableRows]) -> WriteResult:
+        """Insert every table's rows (ProjectionWriter.write, in the child: refused rows are
+        isolated there, where the engine's exception is)."""
+        result: WriteResult = self._request("write", dict(batch), None)
+        return result
 
     def serve_sql(self, port: int) -> None:
         """Serve the SQL endpoint on 127.0.0.1:port from the child, until it stops."""

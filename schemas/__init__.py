@@ -4,7 +4,9 @@ Depends on nothing else of Steplog's (but the error hierarchy), so other languag
 every layer can share it.
 
 - `statuses`: RunStatus, StepStatus, parse_step_status (ours and the seed SDKs' words).
-- `base`: the strict WireModel base, shared field types, ErrorInfo, TriggerInfo.
+- `limits`: every field's range and shape (from the ClickHouse column that stores it), declared
+  once: the field types (Name, Timestamp, Attempt, JsonValue with finite numbers, ...).
+- `base`: the strict WireModel base, ErrorInfo, TriggerInfo; re-exports the common field types.
 - `events`: run and step events on the events topic; `Event` is their discriminated union.
 - `signals`: the signals topic: `Signal` and the wait / trigger bookkeeping of its name
   (`WaitRegistered`, `WaitEnded`, `TriggerRegistered`); `SignalsMessage`; wait matching.

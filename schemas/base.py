@@ -10,16 +10,38 @@ from __future__ import annotations
 from typing import Annotated, Any, Final, Literal, get_args, get_origin
 from uuid import uuid4
 
-from pydantic import (
-    AwareDatetime,
-    BaseModel,
-    ConfigDict,
-    Field,
-    GetCoreSchemaHandler,
-    GetPydanticSchema,
-)
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
-from pydantic_core import core_schema
+
+# The field types live with their limits (`limits`); they are re-exported here, where every
+# model module (and the layers above) has always found them.
+from .limits import (
+    ErrorMessage,
+    ErrorStack,
+    ErrorType,
+    MatchPath,
+    MessageId,
+    Metadata,
+    MetadataValue,
+    Name,
+    Timestamp,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ErrorInfo",
+    "MatchPath",
+    "MessageId",
+    "Metadata",
+    "MetadataValue",
+    "Name",
+    "SchemaVersion",
+    "Timestamp",
+    "TriggerInfo",
+    "WireModel",
+    "models_by_type",
+    "new_event_id",
+]
 
 SCHEMA_VERSION: Final = 1
 """The wire format version this build writes and reads."""
@@ -44,7 +66,8 @@ def _require_tag_fields(schema: JsonDict, model: type[Any]) -> None:
 
 
 class WireModel(BaseModel):
-    """Base of every model that crosses a topic: unknown fields refused, immutable, no coercion.
+    """Base of every model that crosses a topic: unknown fields refused, immutable, no coercion,
+    no NaN or Infinity in a float field (JSON has neither; see `limits`).
 
     Strict mode still reads ISO 8601 strings into datetimes when decoding JSON (JSON has no
     datetime type); in Python, datetimes must be datetime objects and enums enum members.
@@ -54,6 +77,7 @@ class WireModel(BaseModel):
         extra="forbid",
         frozen=True,
         strict=True,
+        allow_inf_nan=False,
         json_schema_extra=_require_tag_fields,
     )
 
@@ -63,63 +87,15 @@ def new_event_id() -> str:
     return uuid4().hex
 
 
-MessageId = Annotated[str, Field(min_length=1, max_length=128)]
-"""An event or command id; unique, so re-deliveries can be dropped."""
-
-Name = Annotated[str, Field(min_length=1, max_length=200)]
-"""Project, flow, run id, step key, event name: short identifiers that end up in table keys."""
-
-MatchPath = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=200,
-        pattern=r"^[^.]+(\.[^.]+)*$",
-        description="Dotted path into the signal as a JSON object, e.g. 'data.order_id'; "
-        "a segment of digits indexes an array.",
-    ),
-]
-"""Where a wait's match value is read: the same path in the run's trigger event (by the worker,
-giving `match_value`) and in each signal of the name (by the signals agent); see
-`signals.resolve_match_path`."""
-
-Timestamp = AwareDatetime
-"""A point in time with its UTC offset; naive datetimes are refused (whose clock would they be?)."""
-
 SchemaVersion = Literal[1]
-
-
-def _metadata_value_schema(source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
-    # One union with one error message: a plain `str | int | float | bool` union reports one
-    # error per member ("should be a valid string", "... integer", ...), each under a location
-    # suffixed with the member's name, which is noise to whoever reads the dead letter.
-    scalars = core_schema.union_schema(
-        [
-            core_schema.str_schema(),
-            core_schema.int_schema(),
-            core_schema.float_schema(),
-            core_schema.bool_schema(),
-        ],
-        custom_error_type="metadata_value",
-        custom_error_message="Input should be a string, number, boolean or null",
-    )
-    return core_schema.nullable_schema(scalars)
-
-
-MetadataValue = Annotated[
-    str | int | float | bool | None, GetPydanticSchema(_metadata_value_schema)
-]
-"""Metadata holds flat diagnostic values (ids, counts, status codes), never nested documents."""
-
-Metadata = dict[str, MetadataValue]
 
 
 class ErrorInfo(WireModel):
     """What went wrong in a step or run."""
 
-    type: str = Field(description="Exception class name, e.g. 'TimeoutError'.")
-    message: str
-    stack: str | None = Field(
+    type: ErrorType = Field(description="Exception class name, e.g. 'TimeoutError'.")
+    message: ErrorMessage
+    stack: ErrorStack | None = Field(
         None, description="Formatted stack trace; only when the client captures stacks."
     )
 

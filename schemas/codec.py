@@ -22,6 +22,7 @@ from .commands import Command
 from .dead_letters import DeadLetter
 from .events import Event
 from .flows import FlowDefinition, FlowsMessage
+from .limits import control_character_problem
 from .signals import Signal, SignalsMessage
 
 __all__ = [
@@ -111,39 +112,41 @@ def encode(message: WireModel, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
 # --- decoding -------------------------------------------------------------------------------
 
 
-def decode_event(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Event:
+def decode_event(data: bytes | None, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Event:
     """The event in `data`; InvalidEventError (or EventTooLargeError) naming what is wrong."""
     return _decode(_EVENTS, data, max_bytes)
 
 
-def decode_signal(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Signal:
+def decode_signal(data: bytes | None, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Signal:
     """A signal only: a wait or trigger registration is refused as an unknown type."""
     return _decode(_SIGNALS, data, max_bytes)
 
 
 def decode_signals_message(
-    data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES
+    data: bytes | None, *, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> SignalsMessage:
     """Any message of the signals topic: a signal, wait.registered, wait.ended or
     trigger.registered (what the signals agent reads)."""
     return _decode(_SIGNALS_MESSAGES, data, max_bytes)
 
 
-def decode_command(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Command:
+def decode_command(data: bytes | None, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Command:
     return _decode(_COMMANDS, data, max_bytes)
 
 
-def decode_dead_letter(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> DeadLetter:
+def decode_dead_letter(data: bytes | None, *, max_bytes: int = DEFAULT_MAX_BYTES) -> DeadLetter:
     return _decode(_DEAD_LETTERS, data, max_bytes)
 
 
-def decode_flow(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> FlowDefinition:
+def decode_flow(data: bytes | None, *, max_bytes: int = DEFAULT_MAX_BYTES) -> FlowDefinition:
     """A flow definition from the flows topic, with decode_event's rules; a workflow
     definition is refused as an unknown type (read the topic with decode_flows_message)."""
     return _decode(_FLOWS, data, max_bytes)
 
 
-def decode_flows_message(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> FlowsMessage:
+def decode_flows_message(
+    data: bytes | None, *, max_bytes: int = DEFAULT_MAX_BYTES
+) -> FlowsMessage:
     """Any message of the flows topic: a flow or a workflow definition."""
     return _decode(_FLOWS_MESSAGES, data, max_bytes)
 
@@ -190,12 +193,19 @@ def _mapping_to_json(mapping: Mapping[str, Any]) -> bytes:
     if not isinstance(mapping, Mapping):
         raise InvalidEventError("", f"expected a mapping, got {type(mapping).__name__}")
     try:
-        return to_json(dict(mapping))
+        # NaN and infinities written as the JSON extensions `NaN` / `Infinity` that the
+        # validator reads back and then refuses by field: the default would write null, and
+        # 1e400 in an HTTP body would be accepted as a null output.
+        return to_json(dict(mapping), inf_nan_mode="constants")
     except PydanticSerializationError as exc:
         raise InvalidEventError("", f"not JSON-serializable: {exc}") from None
 
 
-def _decode(kind: _MessageKind[MessageT], data: bytes, max_bytes: int) -> MessageT:
+def _decode(kind: _MessageKind[MessageT], data: bytes | None, max_bytes: int) -> MessageT:
+    if data is None:
+        # A record with a null value (a tombstone, as compaction tools write them) is read from
+        # the topics like any other: it must be refused with a reason, never crash a reader.
+        raise InvalidEventError("", f"a tombstone (a record with a null value) holds no {kind.noun}")
     # Size first, from len() alone: parsing a 50 MB value only to refuse it is the cost the
     # limit is there to avoid.
     if len(data) > max_bytes:
@@ -295,6 +305,10 @@ def _field_problem(
                 problem = f"{message}, got {_shown(error['input'])}"
             else:
                 problem = message
+        case "string_pattern_mismatch" if control_character_problem(error["input"]):
+            # The identifier patterns of `limits` exist to keep control characters out; say
+            # which one, and where, rather than quoting the regex.
+            problem = f"{control_character_problem(error['input'])}, got {_shown(error['input'])}"
         case "timezone_aware":
             problem = (
                 f"timestamp has no UTC offset, got {_shown(error['input'])}; "

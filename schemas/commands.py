@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from uuid import uuid4
 
-from pydantic import AfterValidator, Field, JsonValue, WithJsonSchema, model_validator
+from pydantic import AfterValidator, Field, WithJsonSchema, model_validator
 
 from .base import (
     SCHEMA_VERSION,
@@ -33,6 +33,7 @@ from .base import (
     models_by_type,
 )
 from .events import StepKind
+from .limits import Attempt, JsonValue, KafkaOffset, KafkaPartition, Reason
 from .statuses import DERIVED_STEP_STATUSES, StepStatus
 
 __all__ = [
@@ -92,7 +93,7 @@ class StepRecord(WireModel):
 
     kind: StepKind
     status: ReportableStepStatus
-    attempt: int = Field(1, ge=1, description="The latest attempt the status is about.")
+    attempt: Attempt = Field(1, description="The latest attempt the status is about.")
     output: JsonValue = Field(None, description="The memoized result (completed steps).")
     error: ErrorInfo | None = Field(None, description="The last attempt's error, if it failed.")
     retry_at: Timestamp | None = Field(None, description="When the next attempt is due.")
@@ -139,7 +140,7 @@ class StartRun(CommandEnvelope):
 
     type: Literal["command.start_run"] = "command.start_run"
     workflow: Name
-    app: str | None = Field(None, description="Run the workflow of this app only.")
+    app: Name | None = Field(None, description="Run the workflow of this app only.")
     input: JsonValue = None
     trigger: TriggerInfo | None = None
     parent_run_id: Name | None = Field(None, description="Set when started by run_workflow.")
@@ -149,12 +150,12 @@ class StartRun(CommandEnvelope):
         "this run's end reports it to the parent's step without asking the process that "
         "started it. Null in runs started before it was added."
     )
-    parent_step_attempt: int | None = Field(None, ge=1, description="Attempt of that step.")
+    parent_step_attempt: Attempt | None = Field(None, description="Attempt of that step.")
     retrigger_of: Name | None = Field(None, description="The run this one re-runs from the start.")
     start_at: Timestamp | None = Field(None, description="Start no earlier than this; null: now.")
     history: StepHistory = Field(default_factory=dict, description=_HISTORY_DESCRIPTION)
-    history_partition: int | None = Field(None, ge=0, description=_PARTITION_DESCRIPTION)
-    history_offset: int | None = Field(None, ge=0, description=_OFFSET_DESCRIPTION)
+    history_partition: KafkaPartition | None = Field(None, description=_PARTITION_DESCRIPTION)
+    history_offset: KafkaOffset | None = Field(None, description=_OFFSET_DESCRIPTION)
 
     @model_validator(mode="after")
     def _history_position_is_whole(self) -> StartRun:
@@ -166,12 +167,12 @@ class ResumeRun(CommandEnvelope):
     """Run the workflow function again from its memoized steps (a wake-up)."""
 
     type: Literal["command.resume_run"] = "command.resume_run"
-    reason: str = Field(description="Why, for the timeline: e.g. 'timer', 'signal order.paid'.")
+    reason: Reason = Field(description="Why, for the timeline: e.g. 'timer', 'signal order.paid'.")
     workflow: Name | None = Field(None, description="The run's workflow.")
-    app: str | None = Field(None, description="The run's app; workers of other apps ignore it.")
+    app: Name | None = Field(None, description="The run's app; workers of other apps ignore it.")
     history: StepHistory = Field(default_factory=dict, description=_HISTORY_DESCRIPTION)
-    history_partition: int | None = Field(None, ge=0, description=_PARTITION_DESCRIPTION)
-    history_offset: int | None = Field(None, ge=0, description=_OFFSET_DESCRIPTION)
+    history_partition: KafkaPartition | None = Field(None, description=_PARTITION_DESCRIPTION)
+    history_offset: KafkaOffset | None = Field(None, description=_OFFSET_DESCRIPTION)
 
     @model_validator(mode="after")
     def _history_position_is_whole(self) -> ResumeRun:
@@ -183,8 +184,8 @@ class CancelRun(CommandEnvelope):
     """Stop a run; its running steps are abandoned and it ends `cancelled`."""
 
     type: Literal["command.cancel_run"] = "command.cancel_run"
-    reason: str | None = None
-    app: str | None = Field(None, description="The run's app; workers of other apps ignore it.")
+    reason: Reason | None = None
+    app: Name | None = Field(None, description="The run's app; workers of other apps ignore it.")
 
 
 Command = Annotated[StartRun | ResumeRun | CancelRun, Field(discriminator="type")]

@@ -16,6 +16,7 @@ from pydantic import Field
 from steplog.errors import InvalidEventError
 
 from .base import SCHEMA_VERSION, SchemaVersion, Timestamp, WireModel
+from .limits import KafkaOffset, KafkaPartition
 
 MAX_DEAD_LETTER_VALUE_BYTES = 512 * 1024
 """Original bytes kept per dead letter. Base64 makes 512 KiB about 683 KiB, which stays under
@@ -31,8 +32,8 @@ class DeadLetter(WireModel):
     reason: str = Field(description="What was wrong, naming the value and what was expected.")
     field: str = Field(description="Dotted path of the offending field; '' for the whole message.")
     source_topic: str
-    partition: int = Field(ge=0)
-    offset: int = Field(ge=0)
+    partition: KafkaPartition
+    offset: KafkaOffset
     key_b64: str | None = Field(description="The original key, base64; null if it had none.")
     value_b64: str = Field(description="The original value (or its first bytes), base64.")
     value_bytes: int = Field(ge=0, description="Size of the original value in bytes.")

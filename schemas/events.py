@@ -13,7 +13,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, JsonValue, WithJsonSchema
+from pydantic import AfterValidator, Field, WithJsonSchema
 
 from .base import (
     SCHEMA_VERSION,
@@ -29,6 +29,7 @@ from .base import (
     models_by_type,
     new_event_id,
 )
+from .limits import Attempt, DurationMs, JsonValue, Reason, Seq
 
 __all__ = [
     "EVENT_MODELS",
@@ -74,9 +75,6 @@ __all__ = [
     "new_event_id",
 ]
 
-DurationMs = Annotated[float, Field(ge=0)]
-
-
 class StepKind(StrEnum):
     """Which SDK call produced a step; the dashboard draws each kind differently."""
 
@@ -121,13 +119,13 @@ class EventEnvelope(WireModel):
     project: Name
     flow: Name = Field(description="Flow slug (instrumentation) or workflow name.")
     run_id: Name = Field(description="The run this event belongs to; also the message key.")
-    attempt: int = Field(1, ge=1, description="Attempt of the step (or run) this event is about.")
+    attempt: Attempt = Field(1, description="Attempt of the step (or run) this event is about.")
     ts: Timestamp = Field(description="When the producer observed the fact, with UTC offset.")
     # seq orders a run's events as the producer saw them. Kafka keeps a partition in order, but
     # two SDK processes reporting on one run (record_step from another service) can interleave,
     # and a timestamp tie is common at millisecond resolution; seq breaks those ties.
-    seq: int = Field(
-        0, ge=0, description="Order of this event among its run's events, as its producer saw it."
+    seq: Seq = Field(
+        0, description="Order of this event among its run's events, as its producer saw it."
     )
 
 
@@ -172,7 +170,7 @@ class StepFailedPayload(WireModel):
 
 
 class StepSkippedPayload(WireModel):
-    reason: str | None = None
+    reason: Reason | None = None
     metadata: Metadata = Field(default_factory=dict)
 
 
@@ -201,7 +199,7 @@ class StepWaitingPayload(WireModel):
 class StepInvokedPayload(WireModel):
     child_run_id: Name
     workflow: Name = Field(description="The child workflow's name.")
-    app: str | None = Field(None, description="Resolve the workflow in this app only.")
+    app: Name | None = Field(None, description="Resolve the workflow in this app only.")
     data: JsonValue = Field(None, description="The child run's input.")
 
 
@@ -264,13 +262,13 @@ class RunScheduledPayload(WireModel):
     start_at: Timestamp = Field(description="When the run is due to start.")
     # The timer service builds the start_run from the run's state when start_at is due, and
     # workers take only their app's commands: without the app, the start would go to anyone.
-    app: str | None = Field(None, description="The app whose worker starts the run.")
+    app: Name | None = Field(None, description="The app whose worker starts the run.")
     input: JsonValue = None
     trigger: TriggerInfo | None = None
 
 
 class RunStartedPayload(WireModel):
-    app: str | None = None
+    app: Name | None = None
     input: JsonValue = None
     trigger: TriggerInfo | None = None
     parent_run_id: Name | None = Field(None, description="Set when started by run_workflow.")
@@ -280,7 +278,7 @@ class RunStartedPayload(WireModel):
         "this run's end reports it to the parent's step without asking the process that "
         "started it. Null in runs started before it was added."
     )
-    parent_step_attempt: int | None = Field(None, ge=1, description="Attempt of that step.")
+    parent_step_attempt: Attempt | None = Field(None, description="Attempt of that step.")
     retrigger_of: Name | None = Field(
         None, description="The run this one re-runs from the start (an operator re-trigger)."
     )
@@ -295,11 +293,11 @@ class RunFailedPayload(WireModel):
 
 
 class RunCancelledPayload(WireModel):
-    reason: str | None = None
+    reason: Reason | None = None
 
 
 class RunInterruptedPayload(WireModel):
-    reason: str | None = None
+    reason: Reason | None = None
 
 
 class RunResumedPayload(WireModel):

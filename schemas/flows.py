@@ -29,6 +29,7 @@ from typing import Annotated, Final, Literal
 from pydantic import Field, model_validator
 
 from .base import SCHEMA_VERSION, Name, SchemaVersion, Timestamp, WireModel, models_by_type
+from .limits import Attempt, DeadlineMs, DelayMs, KeySegment, Label
 
 __all__ = [
     "FLOWS_MESSAGE_MODELS",
@@ -54,15 +55,11 @@ def flow_definition_key(project: str, slug: str) -> str:
 WORKFLOW_KEY_SEGMENT: Final = "workflow"
 """The second segment of every workflow key, and so reserved in flow keys."""
 
-KeySegment = Annotated[Name, Field(pattern=r"^[^/]+$")]
-"""A name that becomes one segment of a flows-topic key, so it cannot contain "/"."""
-
-
 class FlowStep(WireModel):
     sdk_step_key: Name = Field(description="The key the SDK reports the step under.")
-    name: str | None = Field(None, description="Human name shown on the graph.")
-    deadline_ms: int | None = Field(
-        None, gt=0, description="A run of this step longer than this is `stuck`; "
+    name: Label | None = Field(None, description="Human name shown on the graph.")
+    deadline_ms: DeadlineMs | None = Field(
+        None, description="A run of this step longer than this is `stuck`; "
         "null uses the flow's step_deadline_ms."
     )
 
@@ -79,9 +76,9 @@ class FlowDefinition(WireModel):
     schema_version: SchemaVersion = SCHEMA_VERSION
     project: Name
     slug: Name = Field(description="The flow key runs are reported under (client.run(slug)).")
-    name: str | None = None
-    step_deadline_ms: int | None = Field(
-        None, gt=0, description="Default deadline of a running step; null: never stuck."
+    name: Label | None = None
+    step_deadline_ms: DeadlineMs | None = Field(
+        None, description="Default deadline of a running step; null: never stuck."
     )
     steps: list[FlowStep] = Field(min_length=1)
     edges: list[FlowEdge] = Field(default_factory=list)
@@ -151,9 +148,9 @@ class RetryPolicy(WireModel):
     read the time from the log and never recompute it.
     """
 
-    attempts: int = Field(4, ge=1, description="Attempts in all, including the first.")
-    initial_delay_ms: int = Field(3_000, ge=0, description="Delay after the first failure.")
-    max_delay_ms: int = Field(300_000, ge=0, description="No delay is longer than this.")
+    attempts: Attempt = Field(4, description="Attempts in all, including the first.")
+    initial_delay_ms: DelayMs = Field(3_000, description="Delay after the first failure.")
+    max_delay_ms: DelayMs = Field(300_000, description="No delay is longer than this.")
     multiplier: float = Field(
         20.0, ge=1.0, description="Each delay is the previous one times this, up to the max."
     )

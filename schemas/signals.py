@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, JsonValue, model_validator
+from pydantic import Field, model_validator
 
 from .base import (
     SCHEMA_VERSION,
@@ -32,6 +32,7 @@ from .base import (
     WireModel,
     models_by_type,
 )
+from .limits import Attempt, JsonValue
 
 __all__ = [
     "MatchPath",
@@ -55,7 +56,7 @@ class Signal(WireModel):
     project: Name
     name: Name = Field(description="The event name workflows trigger and wait on.")
     data: JsonValue = Field(None, description="The payload handed to triggered or woken runs.")
-    app: str | None = Field(
+    app: Name | None = Field(
         None, description="Deliver only to this app's workflows; null delivers to every app."
     )
     ts: Timestamp
@@ -76,11 +77,11 @@ class WaitRegistered(WireModel):
     schema_version: SchemaVersion = SCHEMA_VERSION
     project: Name
     name: Name = Field(description="The event name waited on; also the message key.")
-    app: str | None = Field(None, description="The waiting run's app.")
+    app: Name | None = Field(None, description="The waiting run's app.")
     flow: Name = Field(description="The waiting run's workflow name.")
     run_id: Name
     step_key: Name = Field(description="The wait_for_event step that parked the run.")
-    attempt: int = Field(1, ge=1, description="Attempt of that step.")
+    attempt: Attempt = Field(1, description="Attempt of that step.")
     match: MatchPath | None = Field(
         None, description="Only signals with the trigger event's value at this path resolve "
         "the wait; null: any signal of the name does."
@@ -120,7 +121,7 @@ class WaitEnded(WireModel):
     run_id: Name
     flow: Name = Field(description="The waiting run's workflow name.")
     step_key: Name
-    attempt: int = Field(1, ge=1)
+    attempt: Attempt = 1
     reason: Literal["timeout", "cancelled"]
     ts: Timestamp
 

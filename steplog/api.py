@@ -12,7 +12,11 @@ Services in other languages write the JSON described by `schemas/json/` (test ve
 
 Rules, and why:
 - Every item is checked with the processors' own rules (`validate_event`, `validate_signal`,
-  the STEPLOG_MAX_EVENT_BYTES limit), so what is accepted here is never dead-lettered there.
+  the STEPLOG_MAX_EVENT_BYTES limit), so what is accepted here is never dead-lettered there:
+  that includes every field's limits (`schemas/limits.py`: integers within their ClickHouse
+  column, finite numbers, timestamps DateTime64 can hold, names without control characters,
+  bounded texts), each refused with 400 naming the field, the value and the limit. A number
+  such as 1e400 is refused where it is, not read as Infinity and stored as null.
 - All or nothing per request: one invalid item and the answer is 400 with every problem
   (`{"errors": [{"index", "field", "problem"}], "accepted": 0}`) and nothing is sent, so bad
   input never half-lands and the client may fix and resend the whole request.
@@ -51,6 +55,7 @@ from steplog.producers.sender import EventSender, Message, SenderStats
 from steplog.topics import topic_partitions
 from steplog.schemas.base import Name
 from steplog.schemas.codec import encode, validate_event, validate_signal
+from steplog.schemas.limits import NAME_MAX_CHARS, control_character_problem
 from steplog.settings import Settings
 
 __all__ = ["MAX_BODY_BYTES", "DeliveryWatch", "api_app", "serve_api"]
@@ -363,9 +368,10 @@ def api_app(
         try:
             _PROJECT.validate_python(project)
         except ValidationError:
-            raise _BadRequest(
-                f"query parameter project={project!r}: expected 1 to 200 characters"
-            ) from None
+            wrong = control_character_problem(project) or (
+                f"expected 1 to {NAME_MAX_CHARS} characters"
+            )
+            raise _BadRequest(f"query parameter project={project!r}: {wrong}") from None
         body = await read_body(request)
         try:
             text = body.decode("utf-8")

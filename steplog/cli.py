@@ -23,7 +23,8 @@ from steplog.broker import LocalBroker, ensure_kafka_jars
 from steplog.demo import demo_hooks
 from steplog.errors import SteplogError
 from steplog.gc_tuning import tune_gc_for_batches
-from steplog.projections.clickhouse import open_clickhouse
+from steplog.child_process import settle_child
+from steplog.projections.clickhouse import chdb_path
 from steplog.projections.migrations import migrate
 from steplog.settings import env_name, load_settings
 from steplog.topics import ensure_topics, topic_specs
@@ -31,10 +32,12 @@ from steplog.health import check_stack
 from steplog.producers.flows_file import load_flows_file, push_flows
 from steplog.projections.migrations import PROJECTION_TABLES
 from steplog.replay import log_size, replay_log
-from steplog.sql_client import OutputFormat, analyst_client, render
-from steplog.stack import processor_config, run_dev, run_processors
+from steplog.sql_client import OutputFormat, analyst_client, engine_client, render
+from steplog.stack import run_dev, run_processors
+from steplog.stack_lock import claim_for_command
 from steplog.errors import (
     ClickHouseError,
+    ClickHousePathLockedError,
     ResultTimeoutError,
     RunCancelledError,
     RunFailedError,
@@ -151,7 +154,8 @@ def topics_ensure() -> None:
 def migrate_tables() -> None:
     """Create or upgrade Steplog's ClickHouse tables (idempotent)."""
     settings = load_settings()
-    applied = migrate(open_clickhouse(settings.clickhouse_dsn), settings.clickhouse_database)
+    # Through the stack's SQL endpoint when a stack holds the embedded engine's files.
+    applied = migrate(engine_client(settings, None), settings.clickhouse_database)
     for migration in applied:
         typer.echo(f"applied migration {migration.version}: {migration.name}")
     typer.echo(f"tables in {settings.clickhouse_database!r} are up to date")
@@ -165,14 +169,25 @@ SqlPortOption = Annotated[
 
 @app.command("processors")
 @reports_errors
-def processors(sql_port: SqlPortOption = None) -> None:
+def processors(
+    sql_port: SqlPortOption = None,
+    supervised_by: Annotated[
+        int | None,
+        typer.Option("--supervised-by", hidden=True,
+                     help="Pid of the `steplog dev` that runs these processors (they die with "
+                     "it, and it holds the stack lock)."),
+    ] = None,
+) -> None:
     """Run the processors against the configured Kafka and ClickHouse (foreground).
 
     With the embedded engine a child process of it owns the chDB files and serves SQL for
     everyone.
     """
+    if supervised_by is not None:
+        settle_child(supervised_by)
     settings = load_settings()
-    run_processors(settings, sql_port=sql_port or settings.sql_port)
+    run_processors(settings, sql_port=sql_port or settings.sql_port,
+                   supervised=supervised_by is not None)
 
 
 @app.command("api")
@@ -231,9 +246,10 @@ def dev(
 @app.command("status")
 @reports_errors
 def status() -> None:
-    """Check the broker, the processors and ClickHouse; exit 0 only when all are healthy."""
+    """Check the broker, the processors (members, lag, each one's health endpoint) and
+    ClickHouse (SELECT 1); exit 0 only when all are healthy, else name each failure."""
     settings = load_settings()
-    checks = asyncio.run(check_stack(settings, processor_config(settings).app_id))
+    checks = asyncio.run(check_stack(settings))
     for check in checks:
         mark = "ok  " if check.healthy else "FAIL"
         typer.echo(f"{mark} {check.name:<13} {check.detail}")
@@ -274,6 +290,7 @@ def replay(
     """Rebuild every projection from offset 0 of the log and swap it in (processors stopped)."""
     tune_gc_for_batches()  # this process inserts what the fold processes send
     settings = load_settings()
+    refuse_while_a_stack_runs(settings, "replay")
     total = asyncio.run(log_size(settings))
     with Progress(
         TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TextColumn("records"),
@@ -287,7 +304,8 @@ def replay(
     rate = report.events / report.seconds if report.seconds else 0.0
     typer.echo(
         f"folded {report.events} events of {report.runs} runs and {report.flows} flows in "
-        f"{report.seconds:.1f}s ({rate:,.0f} events/s); {report.invalid} invalid skipped"
+        f"{report.seconds:.1f}s ({rate:,.0f} events/s); {report.invalid} invalid skipped, "
+        f"{report.refused} rows refused by ClickHouse"
     )
     if report.swapped:
         typer.echo("rebuilt tables swapped in: " + ", ".join(PROJECTION_TABLES))
@@ -301,6 +319,18 @@ def replay(
             typer.echo(f"    {sample}")
     if not all(diff.identical for diff in report.diffs):
         raise typer.Exit(1)
+
+
+def refuse_while_a_stack_runs(settings: Settings, command: str) -> None:
+    """For a command that must own the embedded engine's files (and the processors stopped):
+    take them (steplog/stack_lock.py), or say which stack holds them."""
+    path = chdb_path(settings.clickhouse_dsn)
+    holder = claim_for_command(path) if path is not None else None
+    if holder is not None:
+        raise ClickHousePathLockedError(
+            f"`steplog {command}` needs the processors stopped and the embedded ClickHouse "
+            f"data at {path} to itself, but {holder.describe()} holds it; stop it first"
+        )
 
 
 @flows_app.command("push")

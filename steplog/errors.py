@@ -57,6 +57,43 @@ class SendError(SteplogError):
     """Events could not be delivered to Kafka (raised only with throw_on_send_error=True)."""
 
 
+class DeliveryFailing(SendError):
+    """Delivery to Kafka stopped working (broker unreachable, partitions without a leader):
+    events wait in the bounded buffer and are retried with backoff. Passed to `on_error` once
+    per outage, when it starts; raised once with throw_on_send_error.
+
+    `cause` is the failure that started it; `buffered` the events waiting at that moment.
+    """
+
+    def __init__(self, topic: str, cause: BaseException, buffered: int) -> None:
+        self.topic = topic
+        self.cause = cause
+        self.buffered = buffered
+        super().__init__(
+            f"delivery to topic {topic!r} is failing ({type(cause).__name__}: {cause}); "
+            f"{buffered} events are buffered and retried with backoff until Kafka answers"
+        )
+
+
+class DeliveryRecovered(SendError):
+    """Delivery to Kafka works again after a DeliveryFailing: passed to `on_error` once per
+    outage, when it ends. Never raised (nothing failed by recovering).
+
+    `duration_s` is how long delivery failed; `dropped` and `failed` count the events lost
+    meanwhile (the oldest dropped from a full buffer; refused by Kafka for good).
+    """
+
+    def __init__(self, topic: str, duration_s: float, dropped: int, failed: int) -> None:
+        self.topic = topic
+        self.duration_s = duration_s
+        self.dropped = dropped
+        self.failed = failed
+        super().__init__(
+            f"delivery to topic {topic!r} recovered after {duration_s:.1f} s of failing; "
+            f"{dropped} events dropped from the full buffer and {failed} refused meanwhile"
+        )
+
+
 class MetadataError(SteplogError):
     """Step metadata that cannot be sent: too many keys, a key or value too long, a value that
     is not a flat scalar. Raised where the step is called, before the step's code runs.

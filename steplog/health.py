@@ -1,24 +1,29 @@
-"""`steplog status`: is the stack healthy? Each check says what it saw.
+"""`steplog status`: is the stack healthy? Each check says what it saw, and why it failed.
 
-Healthy means: the broker answers and has Steplog's topics, the processors' consumer group has
-live members (with their lag), and ClickHouse answers (the SQL endpoint for the embedded
-engine, the server otherwise).
+Healthy means: the broker answers and has Steplog's topics; the processors' consumer group has
+live members; the group's lag has not been above 0 for longer than STEPLOG_LAG_GROWTH_S (the
+oldest event not yet consumed is younger than that); every member's health endpoint
+(steplog/process_health.py, found through the member's client id, processors/membership.py)
+answers that its projection writes and its lag are fine; and ClickHouse answers `SELECT 1`
+(the SQL endpoint for the embedded engine, the server otherwise). Every answer is waited for
+at most STEPLOG_CHECK_TIMEOUT_S: something that hangs is a failure naming it, never a hang.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
+from steplog.processors.membership import health_port_of
 from steplog.projections.clickhouse import chdb_path
 from steplog.settings import Settings
-
-TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -28,22 +33,24 @@ class Check:
     detail: str
 
 
-async def check_stack(settings: Settings, processors_group: str) -> list[Check]:
+async def check_stack(settings: Settings) -> list[Check]:
     broker = await _check_broker(settings)
     checks = [broker]
+    clickhouse = asyncio.create_task(_check_clickhouse(settings))
     if broker.healthy:
-        checks.append(await _check_processors(settings, processors_group))
-    checks.append(await _check_clickhouse(settings))
+        checks.extend(await _check_processors(settings))
+    checks.append(await clickhouse)
     return checks
 
 
 async def _check_broker(settings: Settings) -> Check:
+    timeout = settings.check_timeout_s
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(TIMEOUT_S * 1000)
+        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout * 1000)
     )
     try:
-        await asyncio.wait_for(admin.start(), TIMEOUT_S)
-        topics = set(await admin.list_topics())
+        await asyncio.wait_for(admin.start(), timeout)
+        topics = set(await asyncio.wait_for(admin.list_topics(), timeout))
     except Exception as exc:
         return Check("kafka", False, f"{settings.kafka_bootstrap} does not answer: {exc!r}")
     finally:
@@ -56,41 +63,103 @@ async def _check_broker(settings: Settings) -> Check:
     return Check("kafka", True, f"{settings.kafka_bootstrap}, topics present")
 
 
-async def _check_processors(settings: Settings, group: str) -> Check:
+async def _check_processors(settings: Settings) -> list[Check]:
+    """The group's members and lag, then what each member's health endpoint says."""
+    group, topic = settings.processors_group, settings.topics.events
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group,
                                 enable_auto_commit=False)
-    try:
+
+    async def read() -> tuple[GroupMembers, Backlog]:
         await admin.start()
-        members = await group_members(admin, group, settings.topics.events)
+        members = await group_members(admin, group, topic)
         await consumer.start()
-        lag = await _events_lag(admin, consumer, settings.topics.events)
-        if not members.partitions:
-            return Check(
-                "processors", False,
-                f"consumer group {group!r} has no members ({members.state}), lag {lag} events",
-            )
-        return Check("processors", True, f"{members.describe()} in {group!r}, lag {lag} events")
+        return members, await events_backlog(admin, consumer, topic, settings.lag_growth_s)
+
+    try:
+        members, backlog = await asyncio.wait_for(read(), settings.check_timeout_s * 2)
     except Exception as exc:
-        return Check("processors", False, f"cannot describe group {group!r}: {exc!r}")
+        return [Check("processors", False, f"cannot describe group {group!r}: {exc!r}")]
     finally:
         await consumer.stop()
         await admin.close()
+    checks = [
+        Check("processors", True, f"{members.describe()} in {group!r}")
+        if members.partitions else
+        Check("processors", False, f"consumer group {group!r} has no members ({members.state})"),
+        backlog.check(settings.lag_growth_s),
+    ]
+    endpoints = [endpoint for endpoint in members.health_endpoints if endpoint]
+    checks.extend(await asyncio.gather(
+        *(_check_endpoint(endpoint, settings.check_timeout_s) for endpoint in endpoints)
+    ))
+    return checks
 
 
-async def _events_lag(admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, topic: str) -> int:
-    """Events of the topic past the group's committed offsets.
+async def _check_endpoint(endpoint: str, timeout: float) -> Check:
+    url = f"http://{endpoint}/health"
+    name = f"health {endpoint}"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
+            async with http.get(url) as response:
+                body = await response.json()
+    except TimeoutError:
+        return Check(name, False, f"{url} did not answer within {timeout:g}s (the processors "
+                                  "process is stopped or its event loop is blocked)")
+    except Exception as exc:
+        return Check(name, False, f"{url} does not answer: {exc!r}")
+    checks = body.get("checks", []) if isinstance(body, dict) else []
+    said = "; ".join(f"{c.get('name')}: {c.get('detail')}" for c in checks
+                     if body.get("healthy") or not c.get("healthy"))
+    return Check(name, bool(body.get("healthy")), said or f"{url} answered {body!r}")
 
-    The partitions come from the topic's metadata: a consumer that subscribes to nothing (this
-    one only reads the group's offsets) knows no topic's partitions.
-    """
-    described = await admin.describe_topics([topic])
-    partitions = sorted(
-        int(p.get("partition", p.get("partition_index")))
-        for t in described if t.get("topic", t.get("name")) == topic
-        for p in t["partitions"]
-    )
-    assigned = [TopicPartition(topic, p) for p in partitions]
+
+@dataclass(frozen=True)
+class Backlog:
+    """The group's lag on the events topic, and how long it has been above 0."""
+
+    lag: int
+    stale_partitions: tuple[int, ...]
+    """Partitions whose oldest event not yet consumed was appended before the window."""
+
+    def check(self, bound: float) -> Check:
+        if self.stale_partitions:
+            return Check(
+                "lag", False,
+                f"lag {self.lag} events, and it has not been 0 for over {bound:g}s: "
+                f"partitions {list(self.stale_partitions)} still hold events appended before "
+                "then (the processors are stopped or do not keep up)",
+            )
+        return Check("lag", True, f"lag {self.lag} events (none waiting longer than {bound:g}s)")
+
+
+async def events_backlog(
+    admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, topic: str, window: float
+) -> Backlog:
+    """The lag, and the partitions where it has been above 0 throughout the last `window`
+    seconds: those whose committed offset is below the first offset appended within the window
+    (the events before it are still pending, so the lag never reached 0 meanwhile). One look
+    at the log, no history: it holds when the processors cannot answer for themselves."""
+    assigned = await _partitions(admin, topic)
+    if not assigned:
+        return Backlog(0, ())
+    ends = await consumer.end_offsets(assigned)
+    since = int((time.time() - window) * 1000)
+    firsts = await consumer.offsets_for_times({tp: since for tp in assigned})
+    lag, stale = 0, []
+    for tp in assigned:
+        committed = await consumer.committed(tp) or 0
+        lag += ends[tp] - committed
+        first = firsts.get(tp)
+        window_start = first.offset if first is not None else ends[tp]
+        if committed < window_start:
+            stale.append(tp.partition)
+    return Backlog(lag, tuple(stale))
+
+
+async def events_lag(admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, topic: str) -> int:
+    """Events of the topic past the group's committed offsets (`consumer`: of the group)."""
+    assigned = await _partitions(admin, topic)
     ends = await consumer.end_offsets(assigned) if assigned else {}
     lag = 0
     for tp in assigned:
@@ -99,12 +168,28 @@ async def _events_lag(admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, to
     return lag
 
 
+async def _partitions(admin: AIOKafkaAdminClient, topic: str) -> list[TopicPartition]:
+    """The topic's partitions, from its metadata: a consumer that subscribes to nothing (these
+    only read the group's offsets) knows no topic's partitions."""
+    described = await admin.describe_topics([topic])
+    return [
+        TopicPartition(topic, p) for p in sorted(
+            int(p.get("partition", p.get("partition_index")))
+            for t in described if t.get("topic", t.get("name")) == topic
+            for p in t["partitions"]
+        )
+    ]
+
+
 @dataclass(frozen=True)
 class GroupMembers:
     state: str
     """The group's state as the broker names it (`Stable`, `PreparingRebalance`, ...)."""
     partitions: tuple[frozenset[int], ...]
     """The partitions of the topic asked about that each member holds."""
+    health_endpoints: tuple[str | None, ...] = ()
+    """Each member's health endpoint (host:port), from its client id and host; None when the
+    member serves none."""
 
     def describe(self) -> str:
         held = " | ".join(",".join(map(str, sorted(p))) or "-" for p in self.partitions)
@@ -119,7 +204,7 @@ async def group_members(admin: AIOKafkaAdminClient, group: str, topic: str) -> G
         for found in response.to_object()["groups"]:
             if found["error_code"]:
                 return GroupMembers(f"error code {found['error_code']}", ())
-            held = []
+            held, endpoints = [], []
             for member in found["members"]:
                 raw = member["member_assignment"]
                 assignment = ConsumerProtocolMemberAssignment.decode(raw) if raw else None
@@ -127,8 +212,17 @@ async def group_members(admin: AIOKafkaAdminClient, group: str, topic: str) -> G
                     tp.partition for tp in (assignment.partitions() if assignment else [])
                     if tp.topic == topic
                 ))
-            return GroupMembers(str(found["state"]), tuple(held))
+                endpoints.append(_health_endpoint(member["client_id"], member["client_host"]))
+            return GroupMembers(str(found["state"]), tuple(held), tuple(endpoints))
     return GroupMembers("unknown", ())
+
+
+def _health_endpoint(client_id: str, client_host: str) -> str | None:
+    port = health_port_of(client_id)
+    if port is None:
+        return None
+    host = client_host.lstrip("/")  # the broker writes "/127.0.0.1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def read_group_members(bootstrap: str, group: str, topic: str) -> GroupMembers:
@@ -143,18 +237,26 @@ async def read_group_members(bootstrap: str, group: str, topic: str) -> GroupMem
 
 
 async def _check_clickhouse(settings: Settings) -> Check:
+    """`SELECT 1` through the SQL endpoint (or the server), within the timeout: a ping would
+    be answered by an endpoint whose engine is stuck behind a query."""
+    timeout = settings.check_timeout_s
+    auth = None
     if chdb_path(settings.clickhouse_dsn) is not None:
-        url = f"http://127.0.0.1:{settings.sql_port}/ping"
-        name = "sql endpoint"
+        base, name = f"http://127.0.0.1:{settings.sql_port}", "sql endpoint"
     else:
-        url = settings.clickhouse_dsn.rstrip("/") + "/ping"
-        name = "clickhouse"
+        dsn = urlparse(settings.clickhouse_dsn)
+        base, name = f"{dsn.scheme}://{dsn.hostname}:{dsn.port or 8123}", "clickhouse"
+        if dsn.username:
+            auth = aiohttp.BasicAuth(dsn.username, dsn.password or "")
+    url = f"{base}/?query=SELECT%201"
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S)) as http:
-            async with http.get(url) as response:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
+            async with http.get(url, auth=auth) as response:
                 body = await response.text()
-                if response.status == 200 and body.startswith("Ok"):
-                    return Check(name, True, url)
-                return Check(name, False, f"{url} answered {response.status}: {body[:100]}")
+    except TimeoutError:
+        return Check(name, False, f"{base} did not answer SELECT 1 within {timeout:g}s (hung?)")
     except Exception as exc:
-        return Check(name, False, f"{url} does not answer: {exc!r}")
+        return Check(name, False, f"{base} does not answer: {exc!r}")
+    if response.status == 200 and body.strip() == "1":
+        return Check(name, True, f"{base} answers SELECT 1")
+    return Check(name, False, f"{base} answered SELECT 1 with {response.status}: {body[:200]}")

@@ -62,6 +62,9 @@ class TableDiff:
 class ReplayReport(FoldCounts):
     """Every fold process's counts, added up, and what became of the rebuilt tables."""
 
+    refused: int = 0
+    """Rows the engine refused (the processors dead-letter the same rows; they are not in
+    the live tables either)."""
     seconds: float = 0.0
     swapped: bool = False
     diffs: list[TableDiff] = field(default_factory=list)
@@ -174,7 +177,7 @@ def _take(
         ) from None
     if kind == "rows":
         rows, records = payload
-        writer.write(rows)
+        report.refused += len(writer.write(rows).refused)
         progress(records)
     elif kind == "done":
         report.add(payload[0])

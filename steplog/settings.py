@@ -86,6 +86,42 @@ class Settings(BaseSettings):
         "visible up to this much later, and the engine gets fewer, larger inserts.",
     )
 
+    health_port: int = Field(
+        8124, ge=0, le=65535,
+        description="Port of each processors process's health endpoint (GET /health) on "
+        "STEPLOG_HEALTH_HOST; 0 turns it off. `steplog status` finds it through the consumer "
+        "group (the port is in the members' client id).",
+    )
+    health_host: str = Field(
+        "127.0.0.1",
+        description="Address the processors' health endpoint listens on (0.0.0.0 in a "
+        "container, so that a probe from outside reaches it).",
+    )
+    write_stall_s: float = Field(
+        60.0, gt=0, le=86_400,
+        description="Health fails once projection writes have failed (or one write has been "
+        "under way) for longer than this.",
+    )
+    lag_growth_s: float = Field(
+        120.0, gt=0, le=86_400,
+        description="Health fails once the processors' lag on the events topic has not been "
+        "0 and has grown over a window this long.",
+    )
+    lag_sample_s: float = Field(
+        5.0, gt=0, le=3600,
+        description="How often each processors process samples its group's lag.",
+    )
+    check_timeout_s: float = Field(
+        5.0, gt=0, le=600,
+        description="How long `steplog status` waits for each answer (broker, SQL endpoint's "
+        "SELECT 1, each health endpoint) before calling it a failure.",
+    )
+    stack_wait_s: float = Field(
+        120.0, ge=0, le=3600,
+        description="How long a command waits for a stack that is starting on the data dir "
+        "(its SQL endpoint) before giving up, rather than opening the engine's files itself.",
+    )
+
     kafka_version: str = Field("4.2.0", description="Apache Kafka version the local broker runs.")
     broker_heap: str = Field("512m", description="Java heap (-Xmx) of the local broker.")
 
@@ -160,17 +196,20 @@ def env_name(field: str) -> str:
 _PLACING_FIELDS = (
     "kafka_bootstrap", "clickhouse_dsn", "clickhouse_database", "topic_prefix", "data_dir",
     "events_partitions", "commands_partitions", "signals_partitions", "sql_port", "project",
-    "state_memory_mb",
+    "state_memory_mb", "health_port", "health_host", "write_stall_s", "lag_growth_s",
+    "lag_sample_s",
 )
 
 
-def child_environment(settings: Settings) -> dict[str, str]:
+def child_environment(settings: Settings, *, every_setting: bool = False) -> dict[str, str]:
     """The environment of a `steplog` child process on `settings`: this process's without its
     STEPLOG_ variables, plus the fields that place a stack (broker, engine, topics, directory,
-    ports, memory), which tests and benchmarks choose for each stack they start."""
+    ports, memory, health bounds), which tests and benchmarks choose for each stack they
+    start; or every field (`every_setting`: `steplog dev`'s processors are its own settings)."""
+    fields = Settings.model_fields if every_setting else _PLACING_FIELDS
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)},
-        **{env_name(name): str(getattr(settings, name)) for name in _PLACING_FIELDS},
+        **{env_name(name): str(getattr(settings, name)) for name in fields},
     }
 
 

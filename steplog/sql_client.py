@@ -1,8 +1,9 @@
 """`steplog sql`: run a query where the data is, and print it as a table, CSV or JSON.
 
 With a ClickHouse server DSN the query goes to the server. With the embedded engine it goes to
-the running stack's SQL endpoint when a stack owns the chDB files, and straight to the files
-when nothing does (so `steplog sql` works with the stack stopped too).
+the stack's SQL endpoint when a stack owns the chDB files or is starting on them (it waits for
+the endpoint, bounded, saying so), and straight to the files when nothing does (so `steplog
+sql` works with the stack stopped too); steplog/stack_lock.py tells which.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+import sys
+import time
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 from uuid import UUID
 
 import clickhouse_connect
@@ -26,6 +29,14 @@ from rich.text import Text
 from steplog.errors import ClickHouseError, ClickHousePathLockedError
 from steplog.projections.clickhouse import chdb_path, open_clickhouse
 from steplog.settings import Settings
+from steplog.stack_lock import claim_for_command
+
+
+_POLL_S: Final = 0.5
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 class OutputFormat(StrEnum):
@@ -36,24 +47,70 @@ class OutputFormat(StrEnum):
 
 def analyst_client(settings: Settings) -> Client:
     """A client on the settings' database, wherever it can be reached from here."""
-    if chdb_path(settings.clickhouse_dsn) is None:
-        return open_clickhouse(settings.clickhouse_dsn, settings.clickhouse_database)
-    try:
-        return open_clickhouse(settings.clickhouse_dsn, settings.clickhouse_database)
-    except ClickHousePathLockedError:
-        try:
-            return clickhouse_connect.get_client(
-                host="127.0.0.1",
-                port=settings.sql_port,
-                database=settings.clickhouse_database,
-                compress=False,
+    return engine_client(settings, settings.clickhouse_database)
+
+
+def engine_client(
+    settings: Settings, database: str | None, *, say: Callable[[str], None] = _to_stderr
+) -> Client:
+    """A client on the settings' ClickHouse: the server; or, for the embedded engine, the
+    stack's SQL endpoint when a stack holds the files or is starting on them (waiting for the
+    endpoint up to STEPLOG_STACK_WAIT_S, saying so), the files themselves when nothing does
+    (steplog/stack_lock.py). `say`: where the waiting is told."""
+    path = chdb_path(settings.clickhouse_dsn)
+    if path is None:
+        return open_clickhouse(settings.clickhouse_dsn, database)
+    wait = settings.stack_wait_s
+    deadline = time.monotonic() + wait
+    told: set[str] = set()
+
+    def tell(line: str) -> None:
+        if line not in told:
+            told.add(line)
+            say(line)
+
+    while (holder := claim_for_command(path)) is not None:
+        if holder.is_stack:
+            client = _stack_endpoint(holder.sql_port, database)
+            if client is not None:
+                return client
+            tell(f"waiting up to {wait:g}s (STEPLOG_STACK_WAIT_S) for the stack starting on "
+                 f"{path} ({holder.describe()}) to serve SQL on 127.0.0.1:{holder.sql_port}")
+        else:
+            tell(f"waiting up to {wait:g}s (STEPLOG_STACK_WAIT_S) for {holder.describe()} to "
+                 f"finish with the embedded ClickHouse data at {path}")
+        if time.monotonic() > deadline:
+            raise ClickHousePathLockedError(
+                f"the embedded ClickHouse data at {path} is held by {holder.describe()}"
+                + (f", whose SQL endpoint on 127.0.0.1:{holder.sql_port} did not answer"
+                   if holder.is_stack else ", which did not finish")
+                + f" within {wait:g}s (STEPLOG_STACK_WAIT_S)"
             )
-        except Exception as exc:
+        time.sleep(_POLL_S)
+    try:
+        return open_clickhouse(settings.clickhouse_dsn, database)
+    except ClickHousePathLockedError:
+        # Held by a process that takes no stack lock (the processors of an earlier version):
+        # its endpoint, if it serves one where the settings say.
+        client = _stack_endpoint(settings.sql_port, database)
+        if client is None:
             raise ClickHouseError(
                 f"the embedded ClickHouse files are owned by another process, and its SQL "
                 f"endpoint on 127.0.0.1:{settings.sql_port} (STEPLOG_SQL_PORT) does not "
-                f"answer: {exc}"
-            ) from exc
+                "answer"
+            ) from None
+        return client
+
+
+def _stack_endpoint(port: int, database: str | None) -> Client | None:
+    """A client on the SQL endpoint at 127.0.0.1:port, or None while it does not answer."""
+    try:
+        return clickhouse_connect.get_client(
+            host="127.0.0.1", port=port, database=database, compress=False,
+            connect_timeout=2,
+        )
+    except Exception:
+        return None
 
 
 def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: OutputFormat) -> str:

@@ -10,26 +10,39 @@ With the embedded engine a child process of the processors owns the chDB files
 over ClickHouse's HTTP interface for everyone else. It is stopped after the worker, so after
 the last write; it dies with the processors if they are killed; and if it dies first, the
 processors exit with an error. With a ClickHouse server the processors write to it themselves.
+
+`steplog dev` runs the processors as a child process it restarts when they die
+(steplog/supervisor.py). Each processors process serves a health endpoint
+(steplog/process_health.py) and joins its consumer groups as a static member
+(processors/membership.py). The stack takes the engine's stack lock before anything else
+(steplog/stack_lock.py), so that commands run while it starts wait for its SQL endpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import faust
 
 from steplog.broker import LocalBroker
 from steplog.gc_tuning import tune_gc_for_batches
+from steplog.process_health import ProcessHealth, WriteWatch, bind_health_socket
 from steplog.processors.host import ProcessorConfig, create_processor_app
+from steplog.processors.membership import claim_membership
 from steplog.projections.clickhouse import chdb_path, open_clickhouse
 from steplog.projections.flows_table import load_flows
 from steplog.projections.migrations import migrate
 from steplog.projections.store_process import StoreProcess
 from steplog.projections.writer import BatchWriter, ProjectionWriter
 from steplog.settings import Settings
+from steplog.stack_lock import claim_for_stack
+from steplog.supervisor import ProcessorsSupervisor
 from steplog.topics import TopicSpec, ensure_topics, topic_specs
 
 log = logging.getLogger("steplog.stack")
@@ -81,15 +94,30 @@ class StackHooks:
     on_ready: Callable[[], None] | None = None
 
 
-def run_processors(settings: Settings, *, sql_port: int | None, hooks: StackHooks | None = None) -> None:
-    """Run the processors in the foreground until SIGINT/SIGTERM (raises SystemExit then)."""
+def run_processors(
+    settings: Settings, *, sql_port: int | None, hooks: StackHooks | None = None,
+    supervised: bool = False,
+) -> None:
+    """Run the processors in the foreground until SIGINT/SIGTERM (raises SystemExit then).
+
+    `supervised`: run by `steplog dev`, which holds the stack lock (steplog/stack_lock.py)
+    already; alone, the processors take it before they open the engine's files."""
     tune_gc_for_batches()
     config = processor_config(settings)
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    path = chdb_path(settings.clickhouse_dsn)
+    if path is not None and not supervised:
+        claim_stack(settings, path, sql_port or 0)
     asyncio.run(ensure_topics(settings.kafka_bootstrap, changelog_specs(config, settings)))
+    # Bound before the consumers join: their client id names the port (processors/membership.py).
+    health_socket = bind_health_socket(settings.health_host, settings.health_port)
+    membership = claim_membership(
+        config.data_dir, health_socket.getsockname()[1] if health_socket else 0
+    )
+    config = dataclasses.replace(config, membership=membership)
     store: StoreProcess | None = None
     writer: BatchWriter
-    if chdb_path(settings.clickhouse_dsn) is not None:
+    if path is not None:
         # The embedded engine gets a process of its own (migrations, inserts, the SQL endpoint):
         # in this one its inserts and queries held the GIL and stalled every batch and resume.
         store = StoreProcess(settings.clickhouse_dsn, settings.clickhouse_database)
@@ -101,7 +129,11 @@ def run_processors(settings: Settings, *, sql_port: int | None, hooks: StackHook
         flows = load_flows(client, settings.clickhouse_database)
         writer = ProjectionWriter(client, settings.clickhouse_database)
     try:
-        app, _ = create_processor_app(config, writer, flows)
+        watch = WriteWatch(writer)
+        app, host = create_processor_app(config, watch, flows)
+        if health_socket is not None:
+            _serve_health_from(app, ProcessHealth(settings, host.write_health, watch),
+                               health_socket)
         ready = hooks.on_ready if hooks is not None else None
         if store is not None:
             # Ready once the store's SQL endpoint answers: the demo queries it at once.
@@ -123,6 +155,27 @@ def run_processors(settings: Settings, *, sql_port: int | None, hooks: StackHook
         # write still in a thread holds the store's pipe, and stop() waits for it).
         if store is not None:
             store.stop()
+
+
+def claim_stack(settings: Settings, path: Path, sql_port: int) -> None:
+    """Take the engine's stack lock for this stack (waiting, bounded, for a command using the
+    files), so that commands wait for our SQL endpoint instead of opening the files."""
+    claim_for_stack(
+        path, sql_port=sql_port, wait=settings.stack_wait_s,
+        waiting=lambda holder: log.warning(
+            "waiting up to %gs for %s to finish with the embedded ClickHouse data at %s",
+            settings.stack_wait_s, holder.describe(), path),
+    )
+
+
+def _serve_health_from(app: faust.App, health: ProcessHealth, sock: socket.socket) -> None:
+    @app.task  # type: ignore[untyped-decorator]
+    async def serve_health() -> None:
+        await health.serve(sock)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def sample_lag() -> None:
+        await health.sample_lag()
 
 
 def _drop_startup_noise(record: logging.LogRecord) -> bool:
@@ -165,14 +218,21 @@ def _run_store_from(
 
 
 def run_dev(settings: Settings, *, sql_port: int, hooks: StackHooks | None = None) -> None:
-    """The whole local stack in the foreground; Ctrl-C stops everything it started."""
+    """The whole local stack in the foreground; Ctrl-C stops everything it started. The
+    processors run in a child process, restarted when they die (steplog/supervisor.py)."""
+    path = chdb_path(settings.clickhouse_dsn)
+    if path is not None:
+        # First of all: a command run while the stack starts waits for its SQL endpoint.
+        claim_stack(settings, path, sql_port)
     broker = LocalBroker.from_settings(settings)
     started_here = not broker.status().running
     broker.start()
     log.warning("Kafka on %s", broker.bootstrap)
     try:
         asyncio.run(ensure_topics(settings.kafka_bootstrap, topic_specs(settings)))
-        run_processors(settings, sql_port=sql_port, hooks=hooks)
+        ProcessorsSupervisor(settings, sql_port=sql_port).run(
+            hooks.on_ready if hooks is not None else None
+        )
     finally:
         if started_here:
             broker.stop()

@@ -56,6 +56,13 @@ def announce(config: pytest.Config, line: str) -> None:
         print(line, flush=True)
 
 
+def local_broker(data_dir: Path) -> LocalBroker:
+    """A broker (not started) on a free loopback port with its data in `data_dir`."""
+    base = load_settings()
+    return LocalBroker(data_dir=data_dir, port=free_port(), heap=base.broker_heap,
+                       version=base.kafka_version, cache_dir=base.cache_dir)
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(
     tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
@@ -66,19 +73,12 @@ def kafka_bootstrap(
         announce(pytestconfig, f"using the Kafka broker at {existing}")
         yield existing
         return
-    base = load_settings()
-    broker = LocalBroker(
-        data_dir=tmp_path_factory.mktemp("kafka"),
-        port=free_port(),
-        heap=base.broker_heap,
-        version=base.kafka_version,
-        cache_dir=base.cache_dir,
-    )
+    broker = local_broker(tmp_path_factory.mktemp("kafka"))
     began = time.perf_counter()
     broker.start()
     announce(
         pytestconfig,
-        f"\nstarted Kafka {base.kafka_version} (KRaft) on {broker.bootstrap} "
+        f"\nstarted Kafka {broker.version} (KRaft) on {broker.bootstrap} "
         f"in {time.perf_counter() - began:.1f}s, data in {broker.data_dir}",
     )
     try:
@@ -115,10 +115,11 @@ def isolated_settings(kafka_bootstrap: str, clickhouse_dsn: str, data_dir: Path)
 
 def with_own_engine(settings: Settings, directory: Path) -> Settings:
     """Settings for a processors child process: a chDB path (the engine allows one process a
-    path) and a SQL port of its own."""
-    return settings.model_copy(
-        update={"clickhouse_dsn": f"chdb://{directory / 'stack-clickhouse'}", "sql_port": free_port()}
-    )
+    path), a SQL port and a health port of its own."""
+    return settings.model_copy(update={
+        "clickhouse_dsn": f"chdb://{directory / 'stack-clickhouse'}", "sql_port": free_port(),
+        "health_port": free_port(),
+    })
 
 
 @pytest.fixture
@@ -220,3 +221,12 @@ def wait_for(condition: Callable[[], bool], *, timeout: float = 60, what: str = 
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.5)
+
+
+def run_cli(settings: Settings, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """`steplog ARGS` in a child process configured with `settings`, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-c", "from steplog.entry import main; main()", *args],
+        env={**os.environ, **child_environment(settings)},
+        capture_output=True, text=True, timeout=timeout,
+    )

@@ -6,8 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from clickhouse_connect.driver.client import Client
 
+from steplog.errors import ClickHouseError
 from steplog.projections.migrations import MIGRATIONS, applied_versions, migrate
 from steplog.settings import Settings
 
@@ -75,3 +77,33 @@ def test_a_second_process_on_a_chdb_path_is_told_who_holds_it(tmp_path: Path) ->
         [sys.executable, "-c", OPEN_PATH, dsn], capture_output=True, text=True, timeout=120
     )
     assert after.returncode == 0, after.stdout + after.stderr
+
+
+def test_migrate_recreates_a_dropped_table_and_view_and_says_to_replay(
+    clickhouse: Client, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    database = settings.clickhouse_database
+    clickhouse.command(f"DROP TABLE {database}.runs")
+    clickhouse.command(f"DROP VIEW {database}.runs_current")
+    assert migrate(clickhouse, database) == []  # every version was applied already
+    # Back, empty, and readable through the view.
+    assert clickhouse.command(f"SELECT count() FROM {database}.runs_current") == 0
+    said = caplog.text
+    assert f"table {database}.runs was missing: recreated empty" in said
+    assert "run `steplog replay`" in said and f"view {database}.runs_current" in said
+    caplog.clear()
+    migrate(clickhouse, database)
+    assert "missing" not in caplog.text
+
+
+def test_a_table_whose_columns_differ_is_an_error_naming_them(
+    clickhouse: Client, settings: Settings
+) -> None:
+    database = settings.clickhouse_database
+    clickhouse.command(f"ALTER TABLE {database}.steps DROP COLUMN metadata")
+    clickhouse.command(f"ALTER TABLE {database}.steps ADD COLUMN note String")
+    with pytest.raises(ClickHouseError) as raised:
+        migrate(clickhouse, database)
+    message = str(raised.value)
+    assert f"table {database}.steps" in message
+    assert "missing columns ['metadata']" in message and "unexpected columns ['note']" in message

@@ -89,7 +89,7 @@ class Log:
         for event in events:
             self.write(self.topics.events, event.run_id, event)
 
-    def read(self, topic: str, decode: Callable[[bytes], M]) -> list[M]:
+    def read(self, topic: str, decode: Callable[[bytes | None], M]) -> list[M]:
         async def consume() -> list[M]:
             return [decode(record.value) async for record in read_log(
                 self.settings.kafka_bootstrap, topic)]

@@ -12,10 +12,7 @@ in the fold, in the recovery after the kill, and in replay.
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,8 +33,8 @@ from steplog.schemas.events import (
     new_event_id,
 )
 from steplog.schemas.flows import FlowDefinition, FlowEdge, FlowStep
-from steplog.settings import Settings, child_environment
-from tests.conftest import RunningProcessors, start_processors, wait_for
+from steplog.settings import Settings
+from tests.conftest import RunningProcessors, run_cli, start_processors, wait_for
 
 RUNS = 2800
 CHECKOUT = ["validate", "reserve", "charge", "ship"]
@@ -128,14 +125,6 @@ def scalar(running: RunningProcessors, sql: str) -> Any:
     return running.sql.query(sql).result_rows[0][0]
 
 
-def steplog_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from steplog.entry import main; main()", *args],
-        env={**os.environ, **child_environment(settings)},
-        capture_output=True, text=True, timeout=600,
-    )
-
-
 def test_killed_processors_converge_and_replay_rebuilds_the_same_rows(
     stack_settings: Settings, tmp_path: Any
 ) -> None:
@@ -171,15 +160,15 @@ def test_killed_processors_converge_and_replay_rebuilds_the_same_rows(
         running.stop()
 
     # Three fold processes over the six partitions (the real replay below: one per core).
-    dry_run = steplog_cli(settings, "replay", "--dry-run", "--processes", "3")
+    dry_run = run_cli(settings, "replay", "--dry-run", "--processes", "3")
     assert dry_run.returncode == 0, dry_run.stdout + dry_run.stderr
     for table in ("events", "runs", "steps", "flows"):
         assert any(line.startswith(table) and line.endswith("identical")
                    for line in dry_run.stdout.splitlines()), dry_run.stdout
 
-    replayed = steplog_cli(settings, "replay")
+    replayed = run_cli(settings, "replay")
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     assert "swapped in" in replayed.stdout
-    counted = steplog_cli(settings, "sql", "SELECT count() AS runs FROM runs_current",
+    counted = run_cli(settings, "sql", "SELECT count() AS runs FROM runs_current",
                           "--format", "csv")
     assert counted.stdout.splitlines() == ["runs", str(runs)], counted.stdout + counted.stderr

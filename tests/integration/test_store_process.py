@@ -43,7 +43,7 @@ def test_it_migrates_writes_and_serves_what_it_wrote_over_sql(store: StoreProces
     port = free_port()
     try:
         assert store.pid is not None and store.pid != os.getpid()
-        assert store.write(flow_rows("checkout", "refund")) == 2
+        assert store.write(flow_rows("checkout", "refund")).written == 2
         store.serve_sql(port)
         sql = clickhouse_connect.get_client(host="127.0.0.1", port=port, database=store.database)
         slugs = sql.query("SELECT slug FROM flows FINAL ORDER BY slug").result_rows
@@ -71,7 +71,7 @@ def test_a_bad_batch_is_an_error_naming_the_table_and_the_store_carries_on(
         bad = {"flows": TableRows(("project", "no_such_column"), [("shop", 1)])}
         with pytest.raises(ClickHouseError, match=r"flows"):
             store.write(bad)
-        assert store.write(flow_rows("checkout")) == 1
+        assert store.write(flow_rows("checkout")).written == 1
     finally:
         store.stop()
 

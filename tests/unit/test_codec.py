@@ -257,7 +257,10 @@ def test_nested_metadata_is_refused_with_one_message() -> None:
     document["payload"]["metadata"]["items"] = [1, 2]
     error = _refusal(_bytes(document))
     assert error.field == "payload.metadata.items"
-    assert error.problem == "Input should be a string, number, boolean or null, got [1, 2]"
+    assert error.problem == (
+        "Input should be a string of at most 1024 characters, a finite number, a boolean or "
+        "null, got [1, 2]"
+    )
 
 
 def test_long_values_are_truncated_in_the_message() -> None:

@@ -138,12 +138,12 @@ def test_scalars_pass_through_and_the_input_is_not_modified() -> None:
     assert given_with_secret == {"token": "abc"}
 
 
-def test_nan_and_infinity_become_null_as_on_the_wire() -> None:
-    assert clean_metadata({"a": math.nan, "b": math.inf, "c": -math.inf}) == {
-        "a": None,
-        "b": None,
-        "c": None,
-    }
+@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf, float("1e400")])
+def test_nan_and_infinity_are_refused_naming_the_key(number: float) -> None:
+    # JSON has neither: recording null would be a value the caller never gave.
+    with pytest.raises(MetadataError) as caught:
+        clean_metadata({"ok": 1.5, "ratio": number})
+    assert caught.value.key == "ratio" and "finite" in caught.value.problem
 
 
 def test_enum_members_become_their_plain_values() -> None:

@@ -1,0 +1,91 @@
+"""`steplog dev` supervises its processors: a command run while the stack starts waits for its
+SQL endpoint instead of taking the engine's files (and migrate goes through it, replay refuses);
+a processors process killed is restarted (the reason logged); SIGTERM stops everything it
+started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from steplog.broker import LocalBroker
+from steplog.settings import load_settings
+from steplog.stack_lock import STACK_FILE
+from tests.conftest import free_port, wait_for
+from tests.integration.test_cli import steplog
+
+
+def processors_children(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in children
+            if b"processors" in Path(f"/proc/{child}/cmdline").read_bytes()]
+
+
+def answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def test_dev_serves_commands_while_starting_and_restarts_killed_processors(tmp_path: Path) -> None:
+    data_dir, kafka_port, sql_port = tmp_path / "data", free_port(), free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")}
+    environment["STEPLOG_HEALTH_PORT"] = str(free_port())
+    log_path = tmp_path / "dev.log"
+    with open(log_path, "ab") as log:
+        dev = subprocess.Popen(
+            [sys.executable, "-c", "from steplog.entry import main; main()", "dev",
+             "--data-dir", str(data_dir), "--kafka-port", str(kafka_port),
+             "--sql-port", str(sql_port)],
+            env=environment, stdout=log, stderr=subprocess.STDOUT,
+        )
+
+    def output() -> str:
+        return log_path.read_text(errors="replace")
+
+    try:
+        lock = data_dir / "clickhouse" / STACK_FILE
+        wait_for(lambda: lock.exists() and lock.read_text().startswith(f"{dev.pid}\n"),
+                 timeout=30, what="dev to take the stack lock")
+        assert not answers(sql_port)  # still starting (the broker first)
+        during = steplog("sql", "SELECT 41 + 1 AS n", "-f", "csv",
+                         env={"STEPLOG_DATA_DIR": str(data_dir)})
+        assert during.returncode == 0, during.stdout + during.stderr
+        assert during.stdout.splitlines() == ["n", "42"]
+        assert "waiting up to" in during.stderr and f"127.0.0.1:{sql_port}" in during.stderr
+
+        wait_for(lambda: len(processors_children(dev.pid)) == 1, timeout=30,
+                 what="dev's processors child")
+        [first] = processors_children(dev.pid)
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: processors_children(dev.pid) not in ([], [first]) and answers(sql_port),
+                 timeout=90, what=f"a new processors child serving SQL: {output()[-2000:]}")
+        assert f"the processors (pid {first}) were killed by SIGKILL: restarting them" in output()
+        [second] = processors_children(dev.pid)
+
+        # Commands that would open the files: migrate goes through the endpoint, replay refuses.
+        env = {"STEPLOG_DATA_DIR": str(data_dir), "STEPLOG_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka_port}"}
+        migrated = steplog("migrate", env=env)
+        assert migrated.returncode == 0 and "up to date" in migrated.stdout, migrated.stderr
+        refused = steplog("replay", env=env)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert f"process {dev.pid}" in refused.stderr and "stop it first" in refused.stderr
+
+        dev.send_signal(signal.SIGTERM)
+        assert dev.wait(timeout=120) == 0, output()[-3000:]
+        assert not Path(f"/proc/{second}").exists() or b"(Z)" in Path(
+            f"/proc/{second}/stat").read_bytes()
+        assert "ClickHousePathLockedError" not in output() and "Traceback" not in output()
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+            dev.wait(timeout=30)
+        base = load_settings()
+        LocalBroker(data_dir / "kafka", kafka_port, heap=base.broker_heap,
+                    version=base.kafka_version, cache_dir=base.cache_dir).stop()
