@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from steplog.broker import LocalBroker, ensure_kafka_jars
+from steplog.server.broker import LocalBroker, ensure_kafka_jars
 from steplog.settings import load_settings
 
 

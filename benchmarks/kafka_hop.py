@@ -105,7 +105,7 @@ def main() -> None:
         asyncio.run(echo(args.echo, args.fetch_max_wait_ms))
         return
 
-    from steplog.broker import LocalBroker
+    from steplog.server.broker import LocalBroker
     from steplog.settings import load_settings
     from steplog.topics import TopicSpec, ensure_topics
 

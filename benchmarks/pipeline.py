@@ -72,8 +72,8 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client as SqlClient
 
 from steplog import Client
-from steplog.broker import LocalBroker
-from steplog.health import read_group_members
+from steplog.server.broker import LocalBroker
+from steplog.server.health import read_group_members
 from steplog.settings import Settings, child_environment, load_settings
 from steplog.topics import ensure_topics, topic_specs
 
@@ -138,7 +138,7 @@ def stop_process(process: subprocess.Popen[Any], timeout: float = 60) -> None:
             process.wait(timeout=30)
 
 
-PROCESSORS_COMMAND = [sys.executable, "-c", "from steplog.entry import main; main()", "processors"]
+PROCESSORS_COMMAND = [sys.executable, "-c", "from steplog.server.entry import main; main()", "processors"]
 
 
 def start_processors(
@@ -462,11 +462,11 @@ def run_replay(
     """`steplog replay` in a child process on the stopped processors' chDB path, with
     `processes` fold processes (the default when None)."""
     options = [] if processes is None else ["--processes", str(processes)]
-    command = [sys.executable, "-c", "from steplog.entry import main; main()", "replay",
+    command = [sys.executable, "-c", "from steplog.server.entry import main; main()", "replay",
                *options]
     if profile:
         script = scratch / "replay_profiled.py"
-        script.write_text("from steplog.entry import main\nmain()\n")
+        script.write_text("from steplog.server.entry import main\nmain()\n")
         command = [sys.executable, "-m", "cProfile", "-o", str(scratch / "replay.prof"),
                    str(script), "replay", *options]
     began = time.monotonic()
@@ -514,7 +514,7 @@ def floor_consumer(bootstrap: str, topic: str, dsn: str, expected: int) -> None:
     """Child process: consume `topic` from the start and insert its events raw into chDB."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from steplog.gc_tuning import tune_gc_for_batches
+    from steplog.server.gc_tuning import tune_gc_for_batches
     from steplog.projections.clickhouse import open_clickhouse
     from steplog.topics import topic_partitions
 

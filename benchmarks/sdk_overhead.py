@@ -42,7 +42,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from steplog import Client
-from steplog.broker import LocalBroker
+from steplog.server.broker import LocalBroker
 from steplog.producers.sink import MemorySink
 from steplog.settings import load_settings
 from steplog.topics import ensure_topics, topic_specs

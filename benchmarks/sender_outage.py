@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the scenario lives in tests/
 
-from steplog.broker import LocalBroker  # noqa: E402
+from steplog.server.broker import LocalBroker  # noqa: E402
 from steplog.settings import load_settings  # noqa: E402
 from steplog.topics import ensure_topics, topic_specs  # noqa: E402
 from tests.sender_outage import run_outage  # noqa: E402

@@ -36,7 +36,7 @@ def _rss_mib() -> int:
 
 def child(runs: int, budget_mb: int, touches: int) -> None:
     from steplog import Client
-    from steplog.gc_tuning import tune_gc_for_batches
+    from steplog.server.gc_tuning import tune_gc_for_batches
     from steplog.processors.batch_fold import FoldedBatch, HeldRunStates, decode_run_event
     from steplog.processors.held_states import HeldStates
     from steplog.producers.sink import MemorySink

@@ -398,7 +398,7 @@ if hasattr(getattr(host, "FoldHost", None), "_write"):
     host.FoldHost._write = timed_part("write_ms", host.FoldHost._write)
 if hasattr(getattr(dispatch, "Dispatcher", None), "carry_out"):
     dispatch.Dispatcher.carry_out = timed_part("carry_out_ms", dispatch.Dispatcher.carry_out)
-from steplog.entry import main
+from steplog.server.entry import main
 sys.argv[1:] = ["processors"]
 main()
 """
@@ -707,7 +707,7 @@ class Tail:
 def steplog_stack(scratch: Path) -> Iterator[tuple[Any, dict[str, int]]]:
     """Broker, topics, processors and one worker, all started here and stopped at the end;
     yields the settings and the pids of the processes. The children's logs are in the scratch dir (tails printed on error)."""
-    from steplog.broker import LocalBroker
+    from steplog.server.broker import LocalBroker
     from steplog.settings import load_settings
     from steplog.topics import ensure_topics, topic_specs
 

@@ -24,7 +24,7 @@ decoded and folded, rows included: the processors' and replay's alike), `statefu
 name states and their changelogs), `held_states` and `cold_states` (states in memory up to a
 budget, the rest on disk), `dispatch` (sending engine effects and waiting for Kafka's
 acknowledgements), `projection_batch` (effects into inserts), and replay
-(`steplog/replay.py`, rows only).
+(`steplog/server/replay.py`, rows only).
 
 Folding a run's events in any order, with any re-deliveries, gives the same state and the same
 last row per key: that is what makes live processing and replay from offset 0 agree.

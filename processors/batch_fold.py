@@ -1,5 +1,5 @@
 """One batch of the events topic folded: what the processors (`host.FoldHost.process_events`)
-and replay (`steplog/replay_fold.py`) both do with it, so that a rebuilt projection is the
+and replay (`steplog/server/replay_fold.py`) both do with it, so that a rebuilt projection is the
 live one by construction.
 
 A batch folds each event onto its run's state (read once from the caller's store, then kept as

@@ -37,7 +37,7 @@ Per batch of events (whatever the consumer's `getmany` returned, up to `batch_si
 
 Steps 5-7 of a batch run in the background while the next batches go through 1-4: their
 resumes do not wait for an insert (with the embedded engine it runs in another process,
-projections/store_process.py).
+steplog/server/store_process.py).
 A crash between any two steps folds the batch again after a restart, from the states of the
 changelog: the same rows with the same versions, and the same messages with the same derived
 ids (duplicates, dropped by their consumers); docs/processors.md has the table. A run's (or a

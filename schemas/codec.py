@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar, get_origin
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails, PydanticSerializationError, from_json, to_json
 
-from steplog.errors import EventTooLargeError, InvalidEventError
+from .errors import EventTooLargeError, InvalidEventError
 
 from .base import SCHEMA_VERSION, WireModel, models_by_type
 from .commands import Command

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from steplog.errors import InvalidEventError
+from .errors import InvalidEventError
 
 from .base import SCHEMA_VERSION, SchemaVersion, Timestamp, WireModel
 from .limits import KafkaOffset, KafkaPartition

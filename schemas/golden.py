@@ -16,7 +16,7 @@ from uuid import NAMESPACE_URL, uuid5
 
 from pydantic import JsonValue
 
-from steplog.errors import InvalidEventError
+from .errors import InvalidEventError
 
 from .base import ErrorInfo, TriggerInfo, WireModel
 from .codec import decode_event, encode

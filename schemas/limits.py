@@ -9,7 +9,7 @@ doors enforce these same types and numbers:
 - the SDK (`producers/`): names by `producers.event_bytes.encode_name` (the hot path, without
   pydantic, with the numbers and `CONTROL_CHARACTER` from here), everything else through the
   models; InvalidEventError or MetadataError to the caller, where the step is called;
-- the ingest API (`steplog/api.py`, `codec.validate_event`): 400 naming the field and the limit;
+- the ingest API (`steplog/server/api.py`, `codec.validate_event`): 400 naming the field and the limit;
 - the processors (`codec.decode_event`): a dead letter naming the field and the limit.
 
 | what | limit | why |

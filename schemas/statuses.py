@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from steplog.errors import InvalidEventError
+from .errors import InvalidEventError
 
 
 class RunStatus(StrEnum):

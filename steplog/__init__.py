@@ -25,30 +25,40 @@ Durable workflows:
     output = run.result(timeout=60)     # {"charge": ...}, or RunFailedError / RunCancelledError
 """
 
-# The SDK only: pydantic, aiokafka and the standard library; never faust, ClickHouse or typer.
+# Everything is imported when first used: `import steplog.schemas.events` (a consumer of the
+# wire format in another service, a tool) imports this package first, and must not load the
+# SDK's Kafka client with it; a service that only instruments its code does not pay for the
+# workflow side either. The SDK itself needs pydantic, aiokafka and the standard library; never
+# faust, ClickHouse or typer.
 from typing import TYPE_CHECKING, Any
 
-from steplog.errors import (
-    ChildRunFailedError,
-    NonDeterminismError,
-    NonRetriableError,
-    ResultTimeoutError,
-    RunCancelledError,
-    RunFailedError,
-    StepFailedError,
-)
-from steplog.producers.client import Client
-from steplog.producers.run_results import RunHandle
-
 if TYPE_CHECKING:
+    from steplog.errors import (
+        ChildRunFailedError,
+        NonDeterminismError,
+        NonRetriableError,
+        ResultTimeoutError,
+        RunCancelledError,
+        RunFailedError,
+        StepFailedError,
+    )
     from steplog.producers.app import App, Retries
+    from steplog.producers.client import Client
     from steplog.producers.context import WorkflowContext
+    from steplog.producers.run_results import RunHandle
 
-# The workflow side is imported when first used: a service that only instruments its code
-# does not pay for it.
 _LAZY = {
     "App": "steplog.producers.app",
+    "ChildRunFailedError": "steplog.errors",
+    "Client": "steplog.producers.client",
+    "NonDeterminismError": "steplog.errors",
+    "NonRetriableError": "steplog.errors",
+    "ResultTimeoutError": "steplog.errors",
     "Retries": "steplog.producers.app",
+    "RunCancelledError": "steplog.errors",
+    "RunFailedError": "steplog.errors",
+    "RunHandle": "steplog.producers.run_results",
+    "StepFailedError": "steplog.errors",
     "WorkflowContext": "steplog.producers.context",
 }
 

@@ -6,30 +6,15 @@ expected, so that the reader can act on it without opening the source.
 
 from __future__ import annotations
 
-
-class SteplogError(Exception):
-    """Base of every error Steplog raises deliberately."""
+# The root and the wire format's errors live in the lowest layer, which raises them; they are
+# re-exported here with the rest of the hierarchy.
+from steplog.schemas.errors import EventTooLargeError as EventTooLargeError
+from steplog.schemas.errors import InvalidEventError as InvalidEventError
+from steplog.schemas.errors import SteplogError as SteplogError
 
 
 class SettingsError(SteplogError):
     """A STEPLOG_* variable (or settings argument) has a value that cannot be used."""
-
-
-class InvalidEventError(SteplogError):
-    """Bytes or a mapping that are not a valid Steplog event, command or signal.
-
-    `field` is the dotted path of the offending field ("payload.output", "schema_version"),
-    or "" when the problem is the whole message (undecodable bytes, oversized).
-    """
-
-    def __init__(self, field: str, problem: str) -> None:
-        self.field = field
-        self.problem = problem
-        super().__init__(f"{field}: {problem}" if field else problem)
-
-
-class EventTooLargeError(InvalidEventError):
-    """An event whose encoded size is over the configured limit."""
 
 
 class BrokerError(SteplogError):

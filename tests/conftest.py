@@ -28,7 +28,7 @@ import clickhouse_connect
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from steplog.broker import LocalBroker
+from steplog.server.broker import LocalBroker
 from steplog.projections.clickhouse import open_clickhouse
 from steplog.projections.migrations import migrate
 from steplog.settings import Settings, child_environment, load_settings
@@ -169,7 +169,7 @@ def start_processors(settings: Settings, log_path: Path) -> RunningProcessors:
     """Start the processors and wait (with a deadline) until their SQL endpoint answers."""
     log = open(log_path, "ab")
     process = subprocess.Popen(
-        [sys.executable, "-c", "from steplog.entry import main; main()", "processors"],
+        [sys.executable, "-c", "from steplog.server.entry import main; main()", "processors"],
         env=child_environment(settings),
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -226,7 +226,7 @@ def wait_for(condition: Callable[[], bool], *, timeout: float = 60, what: str = 
 def run_cli(settings: Settings, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """`steplog ARGS` in a child process configured with `settings`, its output captured."""
     return subprocess.run(
-        [sys.executable, "-c", "from steplog.entry import main; main()", *args],
+        [sys.executable, "-c", "from steplog.server.entry import main; main()", *args],
         env={**os.environ, **child_environment(settings)},
         capture_output=True, text=True, timeout=timeout,
     )

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from steplog.broker import LocalBroker
+from steplog.server.broker import LocalBroker
 from steplog.producers.sender import EventSender
 from steplog.projections.log_reader import read_log
 from steplog.schemas.events import StepStarted, StepStartedPayload

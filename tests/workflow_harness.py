@@ -287,7 +287,7 @@ class CrashyWorkers:
 
     def _spawn(self, name: str) -> None:
         self.processes.append(subprocess.Popen(
-            [sys.executable, "-c", "from steplog.entry import main; main()",
+            [sys.executable, "-c", "from steplog.server.entry import main; main()",
              "worker", "crashy:app"],
             cwd=self.directory, env=self.env,
             stdout=open(self.directory / f"{name}.log", "wb"), stderr=subprocess.STDOUT,

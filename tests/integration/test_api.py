@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 import steplog.schemas
-from steplog.api import MAX_BODY_BYTES, STALL_AFTER_S, api_app
+from steplog.server.api import MAX_BODY_BYTES, STALL_AFTER_S, api_app
 from steplog.producers.sender import EventSender
 from steplog.projections.log_reader import LogRecord, read_log, topic_end_offsets
 from steplog.schemas.codec import decode_event, decode_flow, decode_signal
@@ -334,7 +334,7 @@ def test_healthz_is_503_when_events_are_not_being_acknowledged(topics: Settings)
 
 
 def steplog_command(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from steplog.entry import main; main()", *args]
+    return [sys.executable, "-c", "from steplog.server.entry import main; main()", *args]
 
 
 def test_api_help_lists_its_options() -> None:

@@ -19,7 +19,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from steplog.broker import LocalBroker
+from steplog.server.broker import LocalBroker
 from steplog.errors import BrokerError
 from steplog.settings import load_settings
 

@@ -11,7 +11,7 @@ from steplog.settings import Settings
 
 
 def steplog(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-c", "from steplog.entry import main; main()", *args]
+    command = [sys.executable, "-c", "from steplog.server.entry import main; main()", *args]
     return subprocess.run(
         command, env={**os.environ, **env}, capture_output=True, text=True, timeout=120
     )

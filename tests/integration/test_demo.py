@@ -9,10 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from steplog.analyst_queries import ANALYST_QUERIES
-from steplog.broker import LocalBroker
+from steplog.server.analyst_queries import ANALYST_QUERIES
+from steplog.server.broker import LocalBroker
 from steplog.settings import load_settings
-from steplog.workflow_demo import ORDERS, WORKFLOW_QUERIES
+from steplog.server.workflow_demo import ORDERS, WORKFLOW_QUERIES
 from tests.conftest import free_port
 
 
@@ -21,7 +21,7 @@ def test_the_demo_runs_both_halves_and_prints_every_query(tmp_path: Path) -> Non
     environment = {k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")}
     try:
         result = subprocess.run(
-            [sys.executable, "-c", "from steplog.entry import main; main()", "dev", "--demo",
+            [sys.executable, "-c", "from steplog.server.entry import main; main()", "dev", "--demo",
              "--exit-after-demo", "--data-dir", str(data_dir),
              "--kafka-port", str(kafka_port), "--sql-port", str(free_port())],
             env=environment, capture_output=True, text=True, timeout=600,

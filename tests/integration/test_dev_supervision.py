@@ -12,9 +12,9 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from steplog.broker import LocalBroker
+from steplog.server.broker import LocalBroker
 from steplog.settings import load_settings
-from steplog.stack_lock import STACK_FILE
+from steplog.server.stack_lock import STACK_FILE
 from tests.conftest import free_port, wait_for
 from tests.integration.test_cli import steplog
 
@@ -40,7 +40,7 @@ def test_dev_serves_commands_while_starting_and_restarts_killed_processors(tmp_p
     log_path = tmp_path / "dev.log"
     with open(log_path, "ab") as log:
         dev = subprocess.Popen(
-            [sys.executable, "-c", "from steplog.entry import main; main()", "dev",
+            [sys.executable, "-c", "from steplog.server.entry import main; main()", "dev",
              "--data-dir", str(data_dir), "--kafka-port", str(kafka_port),
              "--sql-port", str(sql_port)],
             env=environment, stdout=log, stderr=subprocess.STDOUT,

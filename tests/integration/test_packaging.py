@@ -20,9 +20,9 @@ def test_the_wheel_maps_every_layer_under_steplog_with_its_data(tmp_path: Path) 
     names = set(zipfile.ZipFile(wheel).namelist())
     for module in (
         "steplog/__init__.py",
-        "steplog/cli.py",
-        "steplog/broker/process.py",
-        "steplog/broker/pom.xml",
+        "steplog/server/cli.py",
+        "steplog/server/broker/process.py",
+        "steplog/server/broker/pom.xml",
         "steplog/schemas/events.py",
         "steplog/schemas/json/event.schema.json",
         "steplog/schemas/examples/step.started.json",

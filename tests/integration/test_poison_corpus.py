@@ -26,7 +26,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaProducer
 
 from steplog import Client
-from steplog.api import api_app
+from steplog.server.api import api_app
 from steplog.errors import InvalidEventError, MetadataError
 from steplog.producers.sender import EventSender
 from steplog.projections.log_reader import read_log

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from steplog.health import read_group_members
+from steplog.server.health import read_group_members
 from steplog.producers.app import App
 from steplog.producers.client import Client
 from steplog.producers.context import WorkflowContext
@@ -75,7 +75,7 @@ def pair(stack_settings: Settings, tmp_path: Path) -> Iterator[Pair]:
     second_log = tmp_path / "second.log"
     with open(second_log, "ab") as log:
         second = subprocess.Popen(
-            [sys.executable, "-c", "from steplog.entry import main; main()", "processors"],
+            [sys.executable, "-c", "from steplog.server.entry import main; main()", "processors"],
             env=child_environment(second_settings), stdout=log, stderr=subprocess.STDOUT,
         )
     try:

@@ -26,7 +26,7 @@ from steplog.processors.stateful_consumer import Processed, Record, StatefulCons
 from steplog.projections.log_reader import topic_end_offsets
 from steplog.projections.writer import TableRows
 from steplog.settings import Settings
-from steplog.stack import changelog_specs, processor_config
+from steplog.server.stack import changelog_specs, processor_config
 from steplog.topics import ensure_topics
 
 RUNS = [f"run-{n}".encode() for n in range(12)]

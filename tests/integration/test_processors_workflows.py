@@ -56,7 +56,7 @@ from steplog.schemas.ids import (
 )
 from steplog.schemas.signals import Signal, TriggerRegistered, WaitRegistered
 from steplog.settings import Settings
-from steplog.stack import changelog_specs, processor_config
+from steplog.server.stack import changelog_specs, processor_config
 from steplog.topics import ensure_topics
 from tests.conftest import RunningProcessors, start_processors, wait_for
 

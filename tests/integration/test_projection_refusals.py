@@ -21,7 +21,7 @@ from steplog.projections.writer import ProjectionWriter, TableRows
 from steplog.schemas.codec import decode_dead_letter
 from steplog.schemas.events import Event, StepCompleted, StepStarted, new_event_id
 from steplog.settings import Settings
-from steplog.stack import processor_config
+from steplog.server.stack import processor_config
 from steplog.topics import topic_partitions
 from tests.conftest import RunningProcessors, wait_for
 

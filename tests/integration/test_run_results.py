@@ -198,7 +198,7 @@ def committed_offset(settings: Settings, partition: int) -> int:
 
 def runs_result(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from steplog.entry import main; main()", "runs", "result",
+        [sys.executable, "-c", "from steplog.server.entry import main; main()", "runs", "result",
          *args],
         env=child_environment(stack.settings), capture_output=True, text=True,
         timeout=120, check=False,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from steplog.broker import LocalBroker
+from steplog.server.broker import LocalBroker
 from steplog.producers.sender import EventSender
 from steplog.settings import Settings, load_settings
 from steplog.topics import ensure_topics, topic_specs

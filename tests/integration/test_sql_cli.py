@@ -22,7 +22,7 @@ from tests.conftest import RunningProcessors, free_port, wait_for
 def steplog(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")}
     return subprocess.run(
-        [sys.executable, "-c", "from steplog.entry import main; main()", *args],
+        [sys.executable, "-c", "from steplog.server.entry import main; main()", *args],
         env={**inherited, **env},
         capture_output=True,
         text=True,
@@ -109,7 +109,7 @@ def test_sql_goes_through_the_endpoint_of_the_process_that_holds_the_files(
     assert "Traceback" not in bad.stderr + bad.stdout
 
     # The stack's lock file says where it serves SQL: a command configured with another port
-    # still finds it (steplog/stack_lock.py).
+    # still finds it (steplog/server/stack_lock.py).
     elsewhere = steplog("sql", "SELECT 1", env={**env, "STEPLOG_SQL_PORT": str(free_port())})
     assert elsewhere.returncode == 0, elsewhere.stdout + elsewhere.stderr
 

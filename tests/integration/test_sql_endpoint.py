@@ -26,7 +26,7 @@ from clickhouse_connect.driver.client import Client
 
 from steplog.projections.clickhouse import open_clickhouse
 from steplog.settings import Settings
-from steplog.sql_http import serve_sql
+from steplog.server.sql_http import serve_sql
 from tests.conftest import free_port
 
 

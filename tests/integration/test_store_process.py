@@ -14,7 +14,7 @@ import clickhouse_connect
 import pytest
 
 from steplog.errors import ClickHouseError
-from steplog.projections.store_process import StoreProcess
+from steplog.server.store_process import StoreProcess
 from steplog.projections.writer import TableRows
 from tests.conftest import free_port
 

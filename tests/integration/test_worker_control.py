@@ -81,7 +81,7 @@ def steplog(
     *args: str, env: dict[str, str], cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from steplog.entry import main; main()", *args],
+        [sys.executable, "-c", "from steplog.server.entry import main; main()", *args],
         env=env, cwd=cwd, capture_output=True, text=True, timeout=120,
     )
 
@@ -122,7 +122,7 @@ def test_a_cli_worker_registers_its_app_and_stops_cleanly_on_sigterm(
     env = cli_environment(topics, tmp_path)
     with LogWatcher(topics) as log:
         process = subprocess.Popen(
-            [sys.executable, "-c", "from steplog.entry import main; main()",
+            [sys.executable, "-c", "from steplog.server.entry import main; main()",
              "worker", "billing:app"],
             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from steplog.broker import LocalBroker
+from steplog.server.broker import LocalBroker
 from steplog.errors import NonRetriableError, StepFailedError
 from steplog.producers.app import App
 from steplog.producers.client import Client
@@ -484,7 +484,7 @@ def test_retrigger_runs_a_finished_run_again_with_its_input_and_trigger(stack: S
     stack.run_ending(first, "completed")
 
     retriggered = subprocess.run(
-        [sys.executable, "-c", "from steplog.entry import main; main()",
+        [sys.executable, "-c", "from steplog.server.entry import main; main()",
          "runs", "retrigger", first],
         env=child_environment(stack.settings), capture_output=True, text=True, timeout=120,
     )

@@ -10,7 +10,7 @@ import typer.core
 import typer.main
 import yaml
 
-import steplog.cli
+import steplog.server.cli
 from steplog.settings import Settings, env_name
 
 COMPOSE = Path(__file__).parents[2] / "docker-compose.yml"
@@ -89,7 +89,7 @@ def test_every_compose_command_is_a_real_steplog_command() -> None:
     assert {name for name, _ in invocations} >= {"setup", "processors", "api"}
     for service, arguments in invocations:
         # typer's click objects (typer vendors click since 0.24: not the `click` package's).
-        command = typer.main.get_command(steplog.cli.app)
+        command = typer.main.get_command(steplog.server.cli.app)
         path = ["steplog"]
         remaining = list(arguments)
         while isinstance(command, typer.core.TyperGroup):

@@ -1,8 +1,8 @@
-"""When is the processors' lag "growing for longer than the bound"? (steplog/lag_trend.py)"""
+"""When is the processors' lag "growing for longer than the bound"? (steplog/server/lag_trend.py)"""
 
 from __future__ import annotations
 
-from steplog.lag_trend import LagTrend
+from steplog.server.lag_trend import LagTrend
 
 
 def trend(*samples: tuple[float, int], bound: float = 10) -> LagTrend:

@@ -1,4 +1,4 @@
-"""A replay fold process hands its batches to the parent from a thread (steplog/replay_fold.py)."""
+"""A replay fold process hands its batches to the parent from a thread (steplog/server/replay_fold.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from steplog.replay_fold import _Handover
+from steplog.server.replay_fold import _Handover
 
 
 def test_messages_arrive_in_order_and_close_waits_for_the_last() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from steplog.replay_fold import shares
+from steplog.server.replay_fold import shares
 
 
 def test_partitions_are_dealt_round_robin_into_at_most_the_processes_asked() -> None:

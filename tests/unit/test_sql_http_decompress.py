@@ -8,7 +8,7 @@ import zlib
 import lz4.frame
 import pytest
 
-from steplog.sql_http import decompress
+from steplog.server.sql_http import decompress
 
 
 def test_every_lz4_frame_is_read() -> None:

@@ -7,7 +7,7 @@
   `WriteHealth`), or one write has been under way (`WriteWatch`: an engine that does not answer
   at all never fails a write), for longer than STEPLOG_WRITE_STALL_S;
 - `lag`: the events topic's lag of the processors' group, sampled every STEPLOG_LAG_SAMPLE_S,
-  has not been 0 and has grown over STEPLOG_LAG_GROWTH_S (steplog/lag_trend.py), or could not
+  has not been 0 and has grown over STEPLOG_LAG_GROWTH_S (steplog/server/lag_trend.py), or could not
   be read for that long.
 
 `steplog status` finds the endpoint through the consumer group (processors/membership.py) and
@@ -30,15 +30,15 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from steplog.health import Check, events_lag
-from steplog.lag_trend import LagTrend
+from steplog.server.health import Check, events_lag
+from steplog.server.lag_trend import LagTrend
 from steplog.processors.write_health import WriteHealth
 from steplog.projections.writer import BatchWriter, TableRows, WriteResult
 from steplog.settings import Settings
 
 __all__ = ["ProcessHealth", "WriteWatch", "bind_health_socket"]
 
-log = logging.getLogger("steplog.health")
+log = logging.getLogger("steplog.server.health")
 
 
 class WriteWatch:

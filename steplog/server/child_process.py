@@ -9,7 +9,7 @@ import signal
 import sys
 from typing import Final
 
-from steplog.gc_tuning import tune_gc_for_batches
+from steplog.server.gc_tuning import tune_gc_for_batches
 
 __all__ = ["settle_child"]
 
@@ -22,7 +22,7 @@ def settle_child(parent: int) -> None:
     """The start of a child's life: Ctrl-C reaches the whole process group, but the parent
     decides when its child stops (after its last write, or when replay is over), so the child
     ignores SIGINT; it dies with its parent (`_die_with_parent`); its collector is tuned for
-    batches, as its parent's (steplog/gc_tuning.py)."""
+    batches, as its parent's (steplog/server/gc_tuning.py)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent)
     tune_gc_for_batches()

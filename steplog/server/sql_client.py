@@ -3,7 +3,7 @@
 With a ClickHouse server DSN the query goes to the server. With the embedded engine it goes to
 the stack's SQL endpoint when a stack owns the chDB files or is starting on them (it waits for
 the endpoint, bounded, saying so), and straight to the files when nothing does (so `steplog
-sql` works with the stack stopped too); steplog/stack_lock.py tells which.
+sql` works with the stack stopped too); steplog/server/stack_lock.py tells which.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from rich.text import Text
 from steplog.errors import ClickHouseError, ClickHousePathLockedError
 from steplog.projections.clickhouse import chdb_path, open_clickhouse
 from steplog.settings import Settings
-from steplog.stack_lock import claim_for_command
+from steplog.server.stack_lock import claim_for_command
 
 
 _POLL_S: Final = 0.5
@@ -56,7 +56,7 @@ def engine_client(
     """A client on the settings' ClickHouse: the server; or, for the embedded engine, the
     stack's SQL endpoint when a stack holds the files or is starting on them (waiting for the
     endpoint up to STEPLOG_STACK_WAIT_S, saying so), the files themselves when nothing does
-    (steplog/stack_lock.py). `say`: where the waiting is told."""
+    (steplog/server/stack_lock.py). `say`: where the waiting is told."""
     path = chdb_path(settings.clickhouse_dsn)
     if path is None:
         return open_clickhouse(settings.clickhouse_dsn, database)

@@ -30,14 +30,14 @@ from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from typing import Any, Final, NoReturn
 
-from steplog.child_process import settle_child
 from steplog.errors import ClickHouseError, StoreProcessGoneError
+from steplog.projections.clickhouse import open_clickhouse
+from steplog.projections.flows_table import load_flows
+from steplog.projections.migrations import migrate
+from steplog.projections.writer import ProjectionWriter, TableRows, WriteResult
 from steplog.schemas.flows import FlowDefinition
-
-from .clickhouse import open_clickhouse
-from .flows_table import load_flows
-from .migrations import migrate
-from .writer import ProjectionWriter, TableRows, WriteResult
+from steplog.server.child_process import settle_child
+from steplog.server.sql_http import serve_sql
 
 __all__ = ["StoreProcess"]
 
@@ -212,11 +212,9 @@ def _serve(conn: Connection, dsn: str, database: str, parent: int) -> None:
 
 
 class _SqlThread:
-    """The SQL endpoint (steplog.sql_http) on an event loop of its own thread."""
+    """The SQL endpoint (steplog.server.sql_http) on an event loop of its own thread."""
 
     def __init__(self, dsn: str, database: str, port: int) -> None:
-        from steplog.sql_http import serve_sql  # the SDK-side import stays light elsewhere
-
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()

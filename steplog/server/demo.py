@@ -7,7 +7,7 @@ step), a charge that times out is retried by the service (attempt 2), the mail s
 its step with `record_step`, some orders take a code path that is not instrumented (a `missing`
 step on the graph) and two stock reservations hang (`stuck` past their deadline). Then the
 README's analyst queries run and print. Then durable workflows run on the same stack
-(steplog.workflow_demo: triggers, a retry, a durable sleep, a wait answered by an event, a
+(steplog.server.workflow_demo: triggers, a retry, a durable sleep, a wait answered by an event, a
 child run) and their runs and steps print; the stack keeps serving SQL until Ctrl-C.
 """
 
@@ -23,15 +23,15 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TextIO
 
-from steplog.analyst_queries import ANALYST_QUERIES
+from steplog.server.analyst_queries import ANALYST_QUERIES
 from steplog.producers.client import Client
 from steplog.producers.flows_file import push_flows
 from steplog.projections.clickhouse import query_value
 from steplog.schemas.flows import FlowDefinition, FlowEdge, FlowStep
 from steplog.settings import Settings
-from steplog.sql_client import OutputFormat, analyst_client, render
-from steplog.stack import StackHooks
-from steplog.workflow_demo import WORKFLOW_QUERIES, run_workflow_demo
+from steplog.server.sql_client import OutputFormat, analyst_client, render
+from steplog.server.stack import StackHooks
+from steplog.server.workflow_demo import WORKFLOW_QUERIES, run_workflow_demo
 
 ORDERS = 300
 STUCK_ORDERS = 2

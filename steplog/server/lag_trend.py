@@ -4,7 +4,7 @@
 and it is higher now than at the window's start. A lag that spikes and drains, or a backlog
 that shrinks while it is consumed, is healthy; a lag that never empties and keeps rising means
 the processors do not keep up (or do not consume at all). The samples come from whoever
-measures the lag (steplog/process_health.py); time is whatever monotonic clock they use.
+measures the lag (steplog/server/process_health.py); time is whatever monotonic clock they use.
 """
 
 from __future__ import annotations

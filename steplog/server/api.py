@@ -60,7 +60,7 @@ from steplog.settings import Settings
 
 __all__ = ["MAX_BODY_BYTES", "DeliveryWatch", "api_app", "serve_api"]
 
-log = logging.getLogger("steplog.api")
+log = logging.getLogger("steplog.server.api")
 
 MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 """Largest request body (after Content-Encoding is undone): tens of thousands of events."""

@@ -6,16 +6,16 @@ stopping its agents and tasks (a batch in hand is abandoned before its commit an
 after a restart, see docs/processors.md), and `steplog dev` then stops the broker it started.
 
 With the embedded engine a child process of the processors owns the chDB files
-(projections/store_process.py): it migrates them, writes the processors' rows and serves SQL
+(steplog/server/store_process.py): it migrates them, writes the processors' rows and serves SQL
 over ClickHouse's HTTP interface for everyone else. It is stopped after the worker, so after
 the last write; it dies with the processors if they are killed; and if it dies first, the
 processors exit with an error. With a ClickHouse server the processors write to it themselves.
 
 `steplog dev` runs the processors as a child process it restarts when they die
-(steplog/supervisor.py). Each processors process serves a health endpoint
-(steplog/process_health.py) and joins its consumer groups as a static member
+(steplog/server/supervisor.py). Each processors process serves a health endpoint
+(steplog/server/process_health.py) and joins its consumer groups as a static member
 (processors/membership.py). The stack takes the engine's stack lock before anything else
-(steplog/stack_lock.py), so that commands run while it starts wait for its SQL endpoint.
+(steplog/server/stack_lock.py), so that commands run while it starts wait for its SQL endpoint.
 """
 
 from __future__ import annotations
@@ -30,22 +30,22 @@ from pathlib import Path
 
 import faust
 
-from steplog.broker import LocalBroker
-from steplog.gc_tuning import tune_gc_for_batches
-from steplog.process_health import ProcessHealth, WriteWatch, bind_health_socket
+from steplog.server.broker import LocalBroker
+from steplog.server.gc_tuning import tune_gc_for_batches
+from steplog.server.process_health import ProcessHealth, WriteWatch, bind_health_socket
 from steplog.processors.host import ProcessorConfig, create_processor_app
 from steplog.processors.membership import claim_membership
 from steplog.projections.clickhouse import chdb_path, open_clickhouse
 from steplog.projections.flows_table import load_flows
 from steplog.projections.migrations import migrate
-from steplog.projections.store_process import StoreProcess
+from steplog.server.store_process import StoreProcess
 from steplog.projections.writer import BatchWriter, ProjectionWriter
 from steplog.settings import Settings
-from steplog.stack_lock import claim_for_stack
-from steplog.supervisor import ProcessorsSupervisor
+from steplog.server.stack_lock import claim_for_stack
+from steplog.server.supervisor import ProcessorsSupervisor
 from steplog.topics import TopicSpec, ensure_topics, topic_specs
 
-log = logging.getLogger("steplog.stack")
+log = logging.getLogger("steplog.server.stack")
 
 
 def processor_config(settings: Settings) -> ProcessorConfig:
@@ -100,7 +100,7 @@ def run_processors(
 ) -> None:
     """Run the processors in the foreground until SIGINT/SIGTERM (raises SystemExit then).
 
-    `supervised`: run by `steplog dev`, which holds the stack lock (steplog/stack_lock.py)
+    `supervised`: run by `steplog dev`, which holds the stack lock (steplog/server/stack_lock.py)
     already; alone, the processors take it before they open the engine's files."""
     tune_gc_for_batches()
     config = processor_config(settings)
@@ -219,7 +219,7 @@ def _run_store_from(
 
 def run_dev(settings: Settings, *, sql_port: int, hooks: StackHooks | None = None) -> None:
     """The whole local stack in the foreground; Ctrl-C stops everything it started. The
-    processors run in a child process, restarted when they die (steplog/supervisor.py)."""
+    processors run in a child process, restarted when they die (steplog/server/supervisor.py)."""
     path = chdb_path(settings.clickhouse_dsn)
     if path is not None:
         # First of all: a command run while the stack starts waits for its SQL endpoint.

@@ -37,8 +37,8 @@ from typing import Any, TypeVar
 from aiokafka.client import AIOKafkaClient
 from pydantic import BaseModel, ConfigDict
 
-from steplog.broker.install import ensure_kafka_jars, require_executables
-from steplog.broker.locking import exclusive_lock
+from steplog.server.broker.install import ensure_kafka_jars, require_executables
+from steplog.server.broker.locking import exclusive_lock
 from steplog.errors import BrokerError
 from steplog.settings import Settings
 
@@ -294,7 +294,7 @@ class LocalBroker:
         }
         text = "".join(f"{key}={value}\n" for key, value in properties.items())
         _write_atomically(self._path("server.properties"), text)
-        log4j = resources.files("steplog.broker").joinpath("log4j2.yaml").read_text("utf-8")
+        log4j = resources.files("steplog.server.broker").joinpath("log4j2.yaml").read_text("utf-8")
         _write_atomically(self._path("log4j2.yaml"), log4j)
 
     def _format_storage(self, java: str, libs: Path, deadline: float) -> None:

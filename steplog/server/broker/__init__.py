@@ -7,7 +7,7 @@
 (process.py) formats, starts, probes and stops one node over a data dir.
 """
 
-from steplog.broker.install import ensure_kafka_jars, kafka_libs_dir
-from steplog.broker.process import BrokerStatus, LocalBroker
+from steplog.server.broker.install import ensure_kafka_jars, kafka_libs_dir
+from steplog.server.broker.process import BrokerStatus, LocalBroker
 
 __all__ = ["BrokerStatus", "LocalBroker", "ensure_kafka_jars", "kafka_libs_dir"]

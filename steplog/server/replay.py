@@ -5,7 +5,7 @@ starts, with the same fold and the same batch builder as the processors (keeping
 effects and ignoring the engine's: nothing is sent during a replay), into fresh tables named
 `<table>__replay` beside the live ones. The folding runs in child processes, each over a share
 of the events topic's partitions, while this process inserts the rows they send
-(steplog/replay_fold.py). Then each live table is exchanged with its rebuilt twin
+(steplog/server/replay_fold.py). Then each live table is exchanged with its rebuilt twin
 (`EXCHANGE TABLES`, atomic per table; the four run back to back) and the old data dropped.
 `--dry-run` rebuilds the same way, prints a row-by-row comparison with the live tables, and
 drops the rebuilt ones.
@@ -33,7 +33,7 @@ from steplog.projections.clickhouse import open_clickhouse, query_value
 from steplog.projections.log_reader import topic_end_offsets
 from steplog.projections.migrations import PROJECTION_TABLES, migrate, table_ddl
 from steplog.projections.writer import ProjectionWriter
-from steplog.replay_fold import FoldCounts, FoldShare, fold_share, shares
+from steplog.server.replay_fold import FoldCounts, FoldShare, fold_share, shares
 from steplog.settings import Settings
 from steplog.topics import topic_partitions
 
@@ -122,7 +122,7 @@ def replay_log(
 def _rebuild(
     settings: Settings, writer: ProjectionWriter, progress: Progress, processes: int
 ) -> ReplayReport:
-    """Fold in child processes (steplog/replay_fold.py), insert here as their rows come."""
+    """Fold in child processes (steplog/server/replay_fold.py), insert here as their rows come."""
     partitions = asyncio.run(topic_partitions(settings.kafka_bootstrap, settings.topics.events))
     context = multiprocessing.get_context("spawn")
     children: dict[Connection, Any] = {}  # each child's end of the pipe -> its SpawnProcess

@@ -68,7 +68,7 @@ class ProcessorsSupervisor:
                 signal.signal(sig, handler)
 
     def _run_child(self, ready: list[Callable[[], None]]) -> None:
-        command = [sys.executable, "-c", "from steplog.entry import main; main()", "processors",
+        command = [sys.executable, "-c", "from steplog.server.entry import main; main()", "processors",
                    "--sql-port", str(self.sql_port), "--supervised-by", str(os.getpid())]
         child = subprocess.Popen(command, env=child_environment(self.settings, every_setting=True),
                                  start_new_session=True)

@@ -11,7 +11,7 @@ import sys
 
 def main() -> None:
     try:
-        from steplog.cli import app
+        from steplog.server.cli import app
     except ModuleNotFoundError as exc:
         sys.exit(
             f"error: the steplog command needs the server extra (missing module {exc.name!r}): "

@@ -1,5 +1,5 @@
 """Replay's folding side: child processes that each fold a share of the events topic's
-partitions and send the projection rows to the parent, which inserts them (steplog/replay.py).
+partitions and send the projection rows to the parent, which inserts them (steplog/server/replay.py).
 
 Why processes: the fold is pure Python and runs on one core; folding in one process while
 another inserts, and folding several partitions' shares at once, is what lets a replay use the
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Final
 
-from steplog.child_process import settle_child
+from steplog.server.child_process import settle_child
 from steplog.errors import InvalidEventError
 from steplog.processors.batch_fold import FoldedBatch, HeldRunStates, decode_run_event
 from steplog.processors.held_states import HeldStates

@@ -18,23 +18,23 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
-from steplog.api import serve_api
-from steplog.broker import LocalBroker, ensure_kafka_jars
-from steplog.demo import demo_hooks
+from steplog.server.api import serve_api
+from steplog.server.broker import LocalBroker, ensure_kafka_jars
+from steplog.server.demo import demo_hooks
 from steplog.errors import SteplogError
-from steplog.gc_tuning import tune_gc_for_batches
-from steplog.child_process import settle_child
+from steplog.server.gc_tuning import tune_gc_for_batches
+from steplog.server.child_process import settle_child
 from steplog.projections.clickhouse import chdb_path
 from steplog.projections.migrations import migrate
 from steplog.settings import env_name, load_settings
 from steplog.topics import ensure_topics, topic_specs
-from steplog.health import check_stack
+from steplog.server.health import check_stack
 from steplog.producers.flows_file import load_flows_file, push_flows
 from steplog.projections.migrations import PROJECTION_TABLES
-from steplog.replay import log_size, replay_log
-from steplog.sql_client import OutputFormat, analyst_client, engine_client, render
-from steplog.stack import run_dev, run_processors
-from steplog.stack_lock import claim_for_command
+from steplog.server.replay import log_size, replay_log
+from steplog.server.sql_client import OutputFormat, analyst_client, engine_client, render
+from steplog.server.stack import run_dev, run_processors
+from steplog.server.stack_lock import claim_for_command
 from steplog.errors import (
     ClickHouseError,
     ClickHousePathLockedError,
@@ -323,7 +323,7 @@ def replay(
 
 def refuse_while_a_stack_runs(settings: Settings, command: str) -> None:
     """For a command that must own the embedded engine's files (and the processors stopped):
-    take them (steplog/stack_lock.py), or say which stack holds them."""
+    take them (steplog/server/stack_lock.py), or say which stack holds them."""
     path = chdb_path(settings.clickhouse_dsn)
     holder = claim_for_command(path) if path is not None else None
     if holder is not None:

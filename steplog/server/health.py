@@ -3,7 +3,7 @@
 Healthy means: the broker answers and has Steplog's topics; the processors' consumer group has
 live members; the group's lag has not been above 0 for longer than STEPLOG_LAG_GROWTH_S (the
 oldest event not yet consumed is younger than that); every member's health endpoint
-(steplog/process_health.py, found through the member's client id, processors/membership.py)
+(steplog/server/process_health.py, found through the member's client id, processors/membership.py)
 answers that its projection writes and its lag are fine; and ClickHouse answers `SELECT 1`
 (the SQL endpoint for the embedded engine, the server otherwise). Every answer is waited for
 at most STEPLOG_CHECK_TIMEOUT_S: something that hangs is a failure naming it, never a hang.
