@@ -358,8 +358,10 @@ def stack_environment(settings: Any) -> dict[str, str]:
 # carrying out its effects (sending commands and events and awaiting their acknowledgements).
 PROCESSORS_WITH_TIMING = """
 import contextvars, json, os, sys, time
-import steplog.processors.host as host
 import steplog.processors.dispatch as dispatch
+import steplog.processors.fold_host as fold_host
+import steplog.processors.projection_writes as projection_writes
+import steplog.processors.signals_host as signals_host
 out = open(os.environ["BENCH_PROCESSORS_TIMING"], "a", buffering=1)
 current = contextvars.ContextVar("bench_batch", default=None)
 
@@ -390,12 +392,15 @@ def timed_part(field, method):
                 record[field] += (time.perf_counter() - began) * 1000
     return wrapper
 
-for cls, name, agent in ((getattr(host, "FoldHost", None), "process_events", "events"),
-                         (getattr(host, "SignalsHost", None), "process_signals", "signals")):
+for cls, name, agent in ((getattr(fold_host, "FoldHost", None), "process_events", "events"),
+                         (getattr(signals_host, "SignalsHost", None), "process_signals",
+                          "signals")):
     if cls is not None and hasattr(cls, name):
         setattr(cls, name, timed_batch(agent, getattr(cls, name)))
-if hasattr(getattr(host, "FoldHost", None), "_write"):
-    host.FoldHost._write = timed_part("write_ms", host.FoldHost._write)
+if hasattr(getattr(projection_writes, "ProjectionWrites", None), "_write"):
+    projection_writes.ProjectionWrites._write = timed_part(
+        "write_ms", projection_writes.ProjectionWrites._write
+    )
 if hasattr(getattr(dispatch, "Dispatcher", None), "carry_out"):
     dispatch.Dispatcher.carry_out = timed_part("carry_out_ms", dispatch.Dispatcher.carry_out)
 from steplog.server.entry import main

@@ -1,4 +1,4 @@
-"""One batch of the events topic folded: what the processors (`host.FoldHost.process_events`)
+"""One batch of the events topic folded: what the processors (`fold_host.FoldHost.process_events`)
 and replay (`steplog/server/replay_fold.py`) both do with it, so that a rebuilt projection is the
 live one by construction.
 
@@ -20,11 +20,12 @@ from steplog.schemas.codec import decode_event
 from steplog.schemas.events import Event
 from steplog.schemas.flows import FlowDefinition, flow_definition_key
 
-from .effects import Effect
-from .fold import apply_event, take_rows
+from .fold.effects import Effect
+from .fold.run import apply_event
+from .fold.run_rows import take_rows
 from .held_states import HeldStates
 from .projection_batch import ProjectionBatch
-from .state import RunState
+from .fold.state import RunState
 
 __all__ = ["FoldedBatch", "HeldRunStates", "decode_run_event", "run_state_key"]
 

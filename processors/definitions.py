@@ -1,12 +1,13 @@
 """Every processors process follows the flows topic: the flow and workflow definitions.
 
 Each process folds runs of whichever events partitions its group gives it, so each needs every
-flow's graph (the fold) and every app's workflows (the dispatcher's app resolution), not only
-the process that holds the flows topic in the flows agent's group. So, besides that agent (which
-writes the `flows` table and dead-letters unusable messages, once per message), every process
-reads the whole compacted topic with a consumer of its own: no group, every partition, from the
-beginning, then whatever is written while it runs. Definitions are idempotent to learn again
-(the newest `ts` per key wins), so starting from the beginning needs no stored position.
+flow's graph (the fold) and every app's workflows (the dispatcher's app resolution). So every
+process reads the whole compacted topic with a consumer of its own: no group, every partition,
+from the beginning, then whatever is written while it runs; it is the topic's only reader. What
+is read goes to the flows' host (processors/flows_host.py: learned, written to the `flows`
+table, unusable messages dead-lettered). Definitions are idempotent to learn and to write again
+(the newest `ts` per key wins; the table keeps one row per flow), so starting from the beginning
+needs no stored position.
 
 The same reader is the processors' start-up read: it says when it has learned everything the
 topic held when it began (`caught_up`), and the fold and the timers wait for that, so a run is
@@ -17,18 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
-from steplog.errors import InvalidEventError, TopicError
-from steplog.schemas.codec import decode_flows_message
-from steplog.schemas.flows import FlowsMessage
+from steplog.errors import TopicError
+from steplog.kafka import consumer as kafka_consumer
 from steplog.topics import topic_partitions
+
+from .stateful_consumer import Record
 
 __all__ = ["DefinitionsFollower"]
 
@@ -40,16 +41,16 @@ _RETRY_MAX_S = 30.0
 
 @dataclass(frozen=True)
 class DefinitionsFollower:
-    """Hands every definition on `topic` to `learn`, a fetched batch at a time, from the
+    """Hands every record of `topic` to `process`, a fetched batch at a time, from the
     topic's beginning until cancelled (`run`); sets `caught_up` once every one the topic held
-    when following began is learned (at once when the topic does not exist yet: it holds none).
-    Unusable messages are skipped: the flows agent dead-letters them."""
+    when following began is processed (at once when the topic does not exist yet: it holds
+    none)."""
 
     bootstrap: str
     topic: str
-    learn: Callable[[Sequence[FlowsMessage]], None]
+    process: Callable[[Sequence[Record]], Awaitable[None]]
+    """`FlowsHost.process_flows`."""
     caught_up: asyncio.Event
-    max_bytes: int
     max_fetch_bytes: int
     poll_ms: int = 1000
 
@@ -72,8 +73,8 @@ class DefinitionsFollower:
                     self.topic, state.upcoming_sleep, failure)
 
     async def _follow(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+        consumer = kafka_consumer(
+            self.bootstrap,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=self.max_fetch_bytes,
@@ -92,21 +93,8 @@ class DefinitionsFollower:
                 ):
                     self.caught_up.set()
                 fetched = await consumer.getmany(timeout_ms=self.poll_ms)
-                definitions = self._decoded(fetched.values())
-                if definitions:
-                    self.learn(definitions)
+                records = [record for batch in fetched.values() for record in batch]
+                if records:
+                    await self.process(records)
         finally:
             await consumer.stop()
-
-    def _decoded(self, fetched: Iterable[list[ConsumerRecord[Any, Any]]]) -> list[FlowsMessage]:
-        """The definitions among fetched records, unusable ones left out."""
-        definitions: list[FlowsMessage] = []
-        for records in fetched:
-            for record in records:
-                try:
-                    definitions.append(
-                        decode_flows_message(record.value, max_bytes=self.max_bytes)
-                    )
-                except InvalidEventError:
-                    continue
-        return definitions

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -49,7 +49,7 @@ from steplog.schemas.events import (
 from steplog.schemas.ids import derived_id
 from steplog.schemas.topics import TopicNames
 
-from .effects import (
+from .fold.effects import (
     ClearTimer,
     Effect,
     EndParentStep,
@@ -60,8 +60,8 @@ from .effects import (
     WriteSignalsMessage,
 )
 from .registry import WorkflowRegistry
-from .state import InvokeInfo, RunState
-from .workflow import is_workflow_run
+from .fold.state import InvokeInfo, RunState
+from .fold.workflow import is_workflow_run
 
 __all__ = ["Dispatched", "Dispatcher", "Outbox", "Planned", "SendFunction"]
 
@@ -302,8 +302,3 @@ class Dispatcher:
                 ts=effect.ts, payload=StepFailedPayload(error=effect.error, non_retriable=True),
             ))
         return True
-
-
-def planned_from(effects: Sequence[Effect], run_key: bytes = b"") -> list[Planned]:
-    """Effects that did not come from a folded event (timers, signals), as Planned."""
-    return [Planned(effect, run_key) for effect in effects]

@@ -16,8 +16,8 @@ from steplog.projections.writer import TableRows
 from steplog.schemas.events import Event
 from steplog.schemas.flows import FlowDefinition
 
-from .effects import Effect, RunRowChanged, StepRowChanged
-from .rows import RunRow, StepRow, columns
+from .fold.effects import Effect, RunRowChanged, StepRowChanged
+from .fold.rows import RunRow, StepRow, columns
 
 FLOW_COLUMNS = (
     "project", "slug", "name", "step_deadline_ms", "steps", "edges", "defined_at",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from steplog.schemas.flows import WorkflowDefinition
 
-from .effects import AppResolution
+from .fold.effects import AppResolution
 
 __all__ = ["WorkflowRegistry"]
 

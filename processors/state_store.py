@@ -41,8 +41,9 @@ import random
 from collections.abc import Callable, Collection, Iterator
 from typing import Final, Generic, Protocol, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 
+import steplog.kafka as kafka
 from steplog.errors import StateSpillError, SteplogError
 
 from .held_states import HeldStates
@@ -97,8 +98,8 @@ class StateStore(Generic[S]):
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
+        self._producer = kafka.producer(
+            self.bootstrap,
             acks="all",
             linger_ms=0,
             max_batch_size=_RECORD_BATCH_BYTES,
@@ -233,8 +234,8 @@ class StateStore(Generic[S]):
         it is when the read starts) and hold what they say: each key's newest state."""
         if not partitions:
             return
-        reader = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+        reader = kafka.consumer(
+            self.bootstrap,
             group_id=None,
             enable_auto_commit=False,
             max_partition_fetch_bytes=self._max_message_bytes,

@@ -14,11 +14,11 @@ message arrives (the wait adds no latency); under load, it returns everything fe
 previous batch was handled. aiokafka's fetcher keeps fetching in the background meanwhile,
 so fetching overlaps processing. Per batch, in order (docs/processors.md):
 
-1. `process(records)`: decode, apply, carry out the effects and wait for their
-   acknowledgements (`FoldHost.process_events`, `SignalsHost.process_signals`); it returns the
-   processed batch;
-2. `keep()` it: its states into the stores (memory), taken from the stores' unsent states for
-   the batch's own changelog writes;
+1. `process(records)`: decode, apply, carry out the effects, wait for their
+   acknowledgements and put the states into the stores (memory) (`FoldHost.process_events`,
+   `SignalsHost.process_signals`); it returns the batch's rows;
+2. take the batch's states from the stores' unsent states, for the batch's own changelog
+   writes;
 3. in the background, once the previous completion is done: `write` its rows (if it has any),
    send its states to the changelogs (acknowledged), then commit the offsets after its last
    records.
@@ -36,8 +36,7 @@ a time over every partition of this consumer: a partition's records are handled 
 a key's state is never updated by two batches at once.
 
 Each consumer has a group of its own (`ProcessorConfig.app_id` for the events,
-`signals_group` for the signals; faust's app has another: faust assigns with a protocol of its
-own). The rebalance listener takes the same lock as a batch: a revocation waits for the batch in
+`signals_group` for the signals). The rebalance listener takes the same lock as a batch: a revocation waits for the batch in
 hand and every batch being completed to be committed, then forgets the partitions' states; an
 assignment reads the new partitions' states back from every store's changelog, then calls
 `recovered` (the fold's rebuilds the timer heap and the parents' index from every run state).
@@ -59,12 +58,13 @@ from typing import Any, Final, Protocol
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import InconsistentGroupProtocolError, KafkaError
 
+from steplog.kafka import consumer as kafka_consumer
 from steplog.projections.writer import TableRows, concat_rows
 
 from .membership import GroupMembership
 from .state_store import StateStore, UnsentStates
 
-__all__ = ["Processed", "Record", "RecordPosition", "StatefulConsumer"]
+__all__ = ["ProcessBatch", "Record", "RecordPosition", "StatefulConsumer"]
 
 _JOIN_RETRY_FIRST_S: Final = 1.0
 _JOIN_RETRY_MAX_S: Final = 10.0
@@ -93,19 +93,10 @@ class Record(RecordPosition, Protocol):
     def value(self) -> bytes | None: ...
 
 
-class Processed(Protocol):
-    """A batch processed and its messages acknowledged (`host.FoldedEvents`,
-    `host.AppliedSignals`)."""
-
-    @property
-    def rows(self) -> Mapping[str, TableRows]:
-        """The batch's rows, by projection table (none: nothing to write)."""
-
-    def keep(self) -> None:
-        """Put the batch's states in the stores (memory now, the changelogs later)."""
-
-
-ProcessBatch = Callable[[Sequence[Record]], Awaitable[Processed]]
+ProcessBatch = Callable[[Sequence[Record]], Awaitable[Mapping[str, TableRows]]]
+"""Handles a batch: carries out its effects, waits for their acknowledgements, puts its states
+in the stores (memory now, the changelogs later) and returns its rows, by projection table
+(none: nothing to write). `FoldHost.process_events`, `SignalsHost.process_signals`."""
 WriteRows = Callable[[Mapping[str, TableRows]], Awaitable[None]]
 """Writes rows (retrying until written, or raising for good): `FoldHost.write_rows`."""
 
@@ -136,9 +127,9 @@ class _Completion:
         interval."""
         self.task = asyncio.create_task(run(self))
 
-    def add(self, processed: Processed, states: list[UnsentStates],
+    def add(self, rows: Mapping[str, TableRows], states: list[UnsentStates],
             ends: dict[TopicPartition, int], records: int) -> None:
-        self.rows.append(processed.rows)
+        self.rows.append(rows)
         for held, taken in zip(self.states, states, strict=True):
             for partition, by_key in taken.items():
                 held.setdefault(partition, {}).update(by_key)  # a later state replaces
@@ -234,8 +225,8 @@ class StatefulConsumer:
         """One consumer's life: join, then batch after batch (an aiokafka consumer that failed
         to join stays failed, so a retry takes a new one)."""
         membership = self.membership
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+        consumer = kafka_consumer(
+            self.bootstrap,
             group_id=self.group_id,
             # Static membership (processors/membership.py): a restarted process takes its
             # partitions back at once instead of waiting out its predecessor's session.
@@ -287,11 +278,10 @@ class StatefulConsumer:
                     consumer.seek(tp, records[0].offset)
             if not batch:
                 return
-            processed = await self.process(batch)
-            processed.keep()
+            rows = await self.process(batch)  # its states are in the stores now
             completion = self._collecting(consumer)
             completion.add(
-                processed, [store.take_unsent() for store in self.stores], ends, len(batch)
+                rows, [store.take_unsent() for store in self.stores], ends, len(batch)
             )
         # Back-pressure: a completion holding a batch's worth waits for the one written. Not
         # holding the lock: a revoke must be able to give stuck completions up.

@@ -22,10 +22,9 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -37,9 +36,8 @@ from steplog.schemas.signals import TriggerRegistered
 from steplog.settings import Settings, load_settings
 
 from .context import WorkflowFunction
-
-if TYPE_CHECKING:
-    from .worker import Worker
+from .worker import Worker
+from .workflow import Workflow
 
 __all__ = ["App", "Retries", "Workflow", "load_app"]
 
@@ -48,26 +46,6 @@ Retries = RetryPolicy
 RetryPolicy's (4 attempts, about 3 s, 1 min and 5 min apart, with jitter)."""
 
 F = TypeVar("F", bound=WorkflowFunction)
-
-
-@dataclass(frozen=True)
-class Workflow:
-    """One workflow of an app: its function and how it is started and retried."""
-
-    name: str
-    fn: WorkflowFunction
-    triggers: tuple[str, ...]
-    retries: RetryPolicy
-
-    def definition(self, project: str, app: str) -> WorkflowDefinition:
-        return WorkflowDefinition(
-            project=project,
-            app=app,
-            name=self.name,
-            triggers=list(self.triggers),
-            retries=self.retries,
-            ts=datetime.now(UTC),
-        )
 
 
 class App:
@@ -171,8 +149,6 @@ class App:
 
     def worker(self, *, settings: Settings | None = None, **options: Any) -> Worker:
         """A worker for this app (see `Worker` for the options: concurrency, ...)."""
-        from .worker import Worker
-
         return Worker(self, settings=settings, **options)
 
     def __repr__(self) -> str:

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+import steplog.kafka as kafka
 from steplog.errors import SendError
 from steplog.schemas.base import WireModel
 from steplog.schemas.codec import encode
@@ -164,8 +165,8 @@ class ControlSender:
 
     async def _start_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap,
+            producer = kafka.producer(
+                self.bootstrap,
                 client_id="steplog-client-control",
                 acks="all",
                 enable_idempotence=True,

@@ -28,11 +28,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+import steplog.kafka as kafka
 from steplog.errors import FlowsFileError, SendError
 from steplog.schemas.codec import encode
 from steplog.schemas.flows import FlowDefinition, FlowEdge, FlowStep
@@ -92,8 +92,8 @@ def push_flows(settings: Settings, definitions: Sequence[FlowDefinition]) -> Non
 
 async def push_flows_async(settings: Settings, definitions: Sequence[FlowDefinition]) -> None:
     topic = settings.topics.flows
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+    producer = kafka.producer(
+        settings.kafka_bootstrap,
         client_id="steplog-flows",
         acks="all",
         enable_idempotence=True,

@@ -6,7 +6,7 @@ was committed, by the timer service, by the signals agent) are read from the run
 and merged here, so that a step completed after the command was issued is returned from
 memory, not executed again. Pure: no Kafka, no clock.
 
-Merging follows the fold's precedence (processors/fold.py), so the worker and the fold agree
+Merging follows the fold's precedence (processors/fold/run.py), so the worker and the fold agree
 on what a step's record is: of a step's events the winner is the highest by
 `(attempt, is_terminal)`, ties going to the later in log order; a later attempt replaces a
 record, and within an attempt a terminal event (completed, failed, skipped) beats a

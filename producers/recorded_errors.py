@@ -2,7 +2,8 @@
 cut to sizes that stay below the wire's limits (schemas/limits.py).
 
 Both faces of the SDK record errors (instrumented steps in `run.py`, workflow steps and runs in
-`context.py`, steps reported for others in `client.py`); they cut them the same way here.
+`step_run.py` and `pass_writes.py`, steps reported for others in `client.py`); they cut them the
+same way here.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import traceback
 from types import TracebackType
 from typing import Final
 
+from steplog.schemas.base import ErrorInfo
 from steplog.schemas.limits import (
     ERROR_MESSAGE_MAX_CHARS,
     ERROR_STACK_MAX_CHARS,
@@ -18,7 +20,7 @@ from steplog.schemas.limits import (
 )
 
 __all__ = ["MAX_ERROR_MESSAGE_CHARS", "MAX_STACK_CHARS", "cut_error_message", "error_message",
-           "error_stack", "error_type"]
+           "error_info", "error_stack", "error_type"]
 
 MAX_ERROR_MESSAGE_CHARS: Final = 8 * 1024
 """An exception message longer than this is cut (its start is kept). Below the wire's limit
@@ -56,3 +58,9 @@ def error_stack(exc: BaseException, tb: TracebackType | None) -> str:
     if len(stack) > MAX_STACK_CHARS:
         stack = f"[{len(stack) - MAX_STACK_CHARS} characters cut]\n" + stack[-MAX_STACK_CHARS:]
     return stack
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    """The error of a failed step or run as it is written: type, message, stack."""
+    return ErrorInfo(type=error_type(exc), message=error_message(exc),
+                     stack=error_stack(exc, exc.__traceback__))

@@ -20,13 +20,14 @@ from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+import steplog.kafka as kafka
 from steplog.errors import InvalidEventError, TopicError
 from steplog.schemas.codec import decode_event
 from steplog.schemas.events import Event, RunStarted
 from steplog.topics import topic_partitions
 
 from .history import RunStart
-from .sender import key_partition
+from .record_batches import key_partition
 
 __all__ = ["RunLogReader"]
 
@@ -65,8 +66,8 @@ class RunLogReader:
 
     async def start(self) -> None:
         self._partitions = await topic_partitions(self.bootstrap, self.topic)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+        consumer = kafka.consumer(
+            self.bootstrap,
             client_id="steplog-worker-history",
             enable_auto_commit=False,
             auto_offset_reset="earliest",

@@ -28,9 +28,10 @@ Guarantees and their limits:
 - No busy loop while the broker is away. aiokafka retries a partition without a leader with no
   backoff at all (its metadata loop reconnects as fast as connections are refused: a full core
   and thousands of log lines a second, measured). So a watchdog discards the producer as soon as
-  a partition being sent to has had no leader for `_LEADERLESS_GRACE_S`, or nothing was
-  acknowledged for `_STALL_S`; until a new producer connects, nothing of aiokafka runs, and
-  connecting is retried with exponential backoff (tenacity) up to `_BACKOFF_MAX_S`.
+  a partition being sent to has had no leader for `LEADERLESS_GRACE_S`, or nothing was
+  acknowledged for `STALL_S` (producers.producer_watch); until a new producer connects,
+  nothing of aiokafka runs, and connecting is retried with exponential backoff (tenacity) up
+  to `_BACKOFF_MAX_S`.
 - An outage is told once, not per attempt: one log line and one `on_error(DeliveryFailing)`
   when delivery starts failing, one line and one `on_error(DeliveryRecovered)` when it works
   again. aiokafka's own per-attempt lines from the delivery thread are rate-limited
@@ -45,7 +46,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import logging
 import os
 import threading
@@ -53,32 +53,34 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import (
-    InvalidProducerEpoch,
-    KafkaError,
-    KafkaTimeoutError,
-    OutOfOrderSequenceNumber,
-    ProducerClosed,
-    ProducerFenced,
-    UnknownProducerId,
-)
-from aiokafka.partitioner import DefaultPartitioner
-from aiokafka.structs import TopicPartition
 from pydantic import BaseModel, ConfigDict
 from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception_type
 from tenacity import wait_exponential_jitter
 
+import steplog.kafka as kafka
 from steplog.errors import DeliveryFailing, DeliveryRecovered, EventTooLargeError, SendError
 from steplog.producers.kafka_logs import SENDER_THREAD_PREFIX, limit_sender_thread_logs
 from steplog.schemas.codec import DEFAULT_MAX_BYTES, encode
 from steplog.schemas.events import Event
 
+from .producer_watch import DeliveryProgress, cut_off, discard, stop_producer
+from .record_batches import (
+    ChunkOutcome,
+    KeyPartitions,
+    PartitionOutcome,
+    ProducerDiscarded,
+    is_retriable,
+    send_partition,
+)
+# Re-exported: callers of EventSender.send name its messages; run_log.py and run_end_tail.py
+# find a run's partition as the sender chose it.
+from .record_batches import Message as Message
+from .record_batches import key_partition as key_partition
+
 ErrorCallback = Callable[[BaseException], None]
-Message = tuple[bytes, bytes]
-"""An encoded event: (key, value)."""
 
 log = logging.getLogger(__name__)
 
@@ -88,33 +90,15 @@ _REQUEST_HEADROOM_BYTES = 64 * 1024
 # producer keeps one batch per partition in flight, so this bounds what one round trip to the
 # broker carries. Below the broker's default max.message.bytes (1 MiB), so any topic takes it.
 _BATCH_BYTES = 512 * 1024
-# Partition of each key seen lately (murmur2 in pure Python costs microseconds per key).
-_PARTITION_CACHE_KEYS = 100_000
 # Between two attempts to deliver a chunk (a new producer connecting, mostly): from 0.2 s,
 # doubling, with jitter, up to a few seconds, so a broker that comes back is used soon after
 # and a broker that stays away costs a connection attempt every few seconds.
 _BACKOFF_MAX_S = 5.0
 _BACKOFF = wait_exponential_jitter(multiplier=0.2, max=_BACKOFF_MAX_S, jitter=0.5)
-# The watchdog's period, and how long a partition being sent to may have no leader (aiokafka
-# spins meanwhile) or a delivery may go without any acknowledgement before the producer is
-# discarded. A leader election on a healthy cluster takes well under a second.
-_WATCH_INTERVAL_S = 0.25
-_LEADERLESS_GRACE_S = 1.0
-_STALL_S = 10.0
-# Backstops: aiokafka's start and stop have no deadline of their own.
+# A backstop: aiokafka's start has no deadline of its own.
 _START_TIMEOUT_S = 15.0
-_STOP_TIMEOUT_S = 5.0
 # Of close()'s budget, the share left for the delivery thread to stop and count what it drops.
 _CLOSE_STOP_SHARE = 0.1
-_default_partitioner = DefaultPartitioner()
-
-
-def key_partition(key: bytes, partitions: list[int]) -> int:
-    """The partition of `partitions` a message keyed `key` goes to with the producers' default
-    partitioner (murmur2 of the key): where a run's events are, keyed by its run id."""
-    partition: int = _default_partitioner(key, partitions, partitions)
-    return partition
-
 # This process's id, kept here because os.getpid() is a system call and send() asks on every
 # event whether it runs in the process that started the delivery thread (a forked child must
 # start its own).
@@ -127,22 +111,6 @@ def _note_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_note_fork)
-
-
-class _ProducerDiscarded(Exception):
-    """What the batches a discarded producer still held fail with; they are re-sent."""
-
-
-# After these a producer cannot deliver again: its sequence state is gone (or it is). Retried
-# through a new producer, never counted as refused.
-_PRODUCER_LOST = (
-    OutOfOrderSequenceNumber,
-    UnknownProducerId,
-    InvalidProducerEpoch,
-    ProducerFenced,
-    ProducerClosed,
-    _ProducerDiscarded,
-)
 
 
 class SenderStats(BaseModel):
@@ -163,29 +131,6 @@ class SenderStats(BaseModel):
     buffered: int
     """Events waiting to be delivered now."""
     buffered_bytes: int
-
-
-@dataclass
-class _PartitionOutcome:
-    """What became of one partition's events in one attempt."""
-
-    retry: list[Message] = field(default_factory=list)
-    """Not delivered, in order: the failed batch and everything behind it."""
-    alone: int = 0
-    """How many of `retry`'s first events must go one per batch (a batch of them was refused)."""
-    cause: BaseException | None = None
-    """The retriable failure, if any (an outage, not a bad record)."""
-    spoiled: bool = False
-    """The producer must not send again (a gap in its sequence numbers, or it is gone)."""
-
-
-@dataclass
-class _ChunkOutcome:
-    retry: list[Message]
-    alone: dict[int, int]
-    """By partition: `_PartitionOutcome.alone`."""
-    cause: BaseException | None
-    spoiled: bool
 
 
 @dataclass(frozen=True)
@@ -240,14 +185,12 @@ class EventSender:
         self._loop_idle = False
         self._closing = False
         self._owner_pid = 0
-        # Delivery thread only: the producer (None while the broker is away), the topic's
-        # partitions, the partition of recent keys, the partitions of the chunk being sent,
+        # Delivery thread only: the producer (None while the broker is away), the partition
+        # of recent keys (with the topic's partitions), the partitions of the chunk being sent,
         # when Kafka last acknowledged anything, and the outage under way.
         self._producer: AIOKafkaProducer | None = None
-        self._partitions: list[int] = []
-        self._partition_of: dict[bytes, int] = {}
-        self._sending_to: list[int] = []
-        self._progress_at = 0.0
+        self._key_partitions = KeyPartitions()
+        self._progress = DeliveryProgress()
         self._outage: _Outage | None = None
 
     # ----------------------------------------------------------------- caller side
@@ -469,18 +412,20 @@ class EventSender:
             return
         self._note_delivering()
 
-    async def _attempt(self, chunk: list[Message], alone: dict[int, int]) -> _ChunkOutcome:
+    async def _attempt(self, chunk: list[Message], alone: dict[int, int]) -> ChunkOutcome:
         """Send a chunk through the producer (one is started if there is none), under the
         watchdog that discards a producer cut off from the cluster."""
         if self._closing:  # close() already waited for delivery as long as it may
-            return _ChunkOutcome(chunk, alone, None, False)
+            return ChunkOutcome(chunk, alone, None, False)
         try:
             producer = await self._ensure_producer()
         except Exception as exc:  # the broker is not there (yet): retried with backoff
-            return _ChunkOutcome(chunk, alone, exc, False)
-        self._progress_at = time.monotonic()
+            return ChunkOutcome(chunk, alone, exc, False)
+        self._progress.acknowledged_at = time.monotonic()
         sending = asyncio.ensure_future(self._send_chunk(producer, chunk, alone))
-        watchdog = asyncio.ensure_future(self._watch(producer))
+        watchdog = asyncio.ensure_future(
+            cut_off(producer, self.topic, self._progress, lambda: self._closing, self._pause)
+        )
         await asyncio.wait((sending, watchdog), return_when=asyncio.FIRST_COMPLETED)
         if sending.done():
             watchdog.cancel()  # it only sleeps and looks: cancelling it anywhere is safe
@@ -493,8 +438,8 @@ class EventSender:
     async def _ensure_producer(self) -> AIOKafkaProducer:
         if self._producer is not None:
             return self._producer
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
+        producer = kafka.producer(
+            self.bootstrap,
             client_id="steplog-sdk",
             acks="all",
             enable_idempotence=True,
@@ -507,69 +452,19 @@ class EventSender:
         try:
             await asyncio.wait_for(producer.start(), _START_TIMEOUT_S)
         except BaseException:
-            await _stop(producer)  # releases the half-opened client
+            await stop_producer(producer)  # releases the half-opened client
             raise
         self._producer = producer
         return producer
 
     async def _discard_producer(self, reason: str) -> None:
-        """Stop the producer without waiting for what it holds: those batches fail now (the
-        deliveries waiting on them re-send their events through the next producer); stop()
-        alone would wait for them as long as the broker is away."""
+        """Stop the producer without waiting for what it holds (producers.producer_watch)."""
         producer, self._producer = self._producer, None
         if producer is None:
             return
-        # aiokafka has no public call for "give up what you hold". Its sender task goes first
-        # (its in-flight requests end and put their batches back in the queue; failing a batch
-        # under a request in flight makes aiokafka raise KeyError when the request re-queues
-        # it), then every queued batch fails, as aiokafka does itself when that task dies.
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(producer._sender.close(), _STOP_TIMEOUT_S)
-        queue = producer._message_accumulator
-        # A batch that was sent and put back in the queue (retry_count > 0) still has the
-        # callback that removes it from the "sent" set when it completes; aiokafka removed it
-        # from that set when it put it back, so failing it would raise KeyError in the loop.
-        queued = [batch for batches in queue._batches.values() for batch in batches]
-        queue._pending_batches.update(batch for batch in queued if batch.retry_count)
-        queue.fail_all(
-            _ProducerDiscarded(f"the producer to {self.topic!r} was discarded: {reason}")
+        await discard(
+            producer, ProducerDiscarded(f"the producer to {self.topic!r} was discarded: {reason}")
         )
-        for batch in queued:
-            # Its drain waiter, which nobody awaits any more, got the exception too: mark it
-            # seen, or asyncio logs "Future exception was never retrieved" on the host's stderr.
-            batch._drain_waiter.exception()
-        await _stop(producer)
-
-    async def _watch(self, producer: AIOKafkaProducer) -> str:
-        """Returns why the producer is cut off, once it is: the sender closes, a partition
-        being sent to has had no leader for _LEADERLESS_GRACE_S (aiokafka retries that without
-        backoff), or Kafka acknowledged nothing for _STALL_S."""
-        leaderless_since: float | None = None
-        while True:
-            await self._pause(_WATCH_INTERVAL_S)
-            now = time.monotonic()
-            leaderless = self._leaderless(producer)
-            if not leaderless:
-                leaderless_since = None
-            elif leaderless_since is None:
-                leaderless_since = now
-            if self._closing:
-                return "the sender is closing"
-            if leaderless_since is not None and now - leaderless_since >= _LEADERLESS_GRACE_S:
-                return (
-                    f"partitions {leaderless} have had no leader for {_LEADERLESS_GRACE_S:g} s "
-                    "(is the broker down?)"
-                )
-            if now - self._progress_at >= _STALL_S:
-                return f"Kafka acknowledged nothing for {_STALL_S:g} s"
-
-    def _leaderless(self, producer: AIOKafkaProducer) -> list[int]:
-        cluster = producer.client.cluster
-        return [
-            partition
-            for partition in self._sending_to
-            if cluster.leader_for_partition(TopicPartition(self.topic, partition)) in (None, -1)
-        ]
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, but no longer than until the sender closes."""
@@ -625,130 +520,45 @@ class EventSender:
 
     async def _send_chunk(
         self, producer: AIOKafkaProducer, chunk: list[Message], alone: dict[int, int]
-    ) -> _ChunkOutcome:
+    ) -> ChunkOutcome:
         """Send a chunk once and count the outcome; returns what should be tried again.
 
-        The chunk is split by partition (the producer's default partitioner: murmur2 of the
-        key, so a run's events share a partition and keep their order in it) and each
-        partition's events go out as whole record batches (`send_batch`), one batch after the
-        other: the cost per event is appending it to a batch, not a coroutine and a future.
+        The chunk is split by partition and each partition's events go out as whole record
+        batches, one after the other (producers.record_batches).
         """
         try:
-            groups = await self._by_partition(producer, chunk)
+            partitions = sorted(await producer.partitions_for(self.topic))
+            groups = self._key_partitions.group(partitions, chunk)
         except Exception as exc:  # no metadata for the topic: nothing was sent
-            if _is_retriable(exc):
-                return _ChunkOutcome(chunk, alone, exc, False)
+            if is_retriable(exc):
+                return ChunkOutcome(chunk, alone, exc, False)
             self._refuse(len(chunk), exc)
-            return _ChunkOutcome([], {}, None, False)
-        self._sending_to = list(groups)
-        outcomes = await asyncio.gather(
+            return ChunkOutcome([], {}, None, False)
+        self._progress.sending_to = list(groups)
+        outcomes: list[PartitionOutcome] = await asyncio.gather(
             *[
-                self._send_partition(producer, partition, messages, alone.get(partition, 0))
+                send_partition(
+                    producer, self.topic, partition, messages, alone.get(partition, 0),
+                    self._acknowledged, self._refuse,
+                )
                 for partition, messages in groups.items()
             ]
         )
         retry = [message for outcome in outcomes for message in outcome.retry]
         with self._lock:
             self._in_flight = len(retry)
-        return _ChunkOutcome(
+        return ChunkOutcome(
             retry,
             {partition: o.alone for partition, o in zip(groups, outcomes) if o.alone},
             next((o.cause for o in outcomes if o.cause is not None), None),
             any(o.spoiled for o in outcomes),
         )
 
-    async def _by_partition(
-        self, producer: AIOKafkaProducer, chunk: list[Message]
-    ) -> dict[int, list[Message]]:
-        """The chunk's events by partition, each list in chunk order."""
-        partitions = sorted(await producer.partitions_for(self.topic))
-        if partitions != self._partitions:
-            # New or changed partition count (a topic's partitions can only be added to):
-            # keys are hashed again against the new list, as the producer itself would.
-            self._partitions = partitions
-            self._partition_of.clear()
-        partition_of = self._partition_of
-        if len(partition_of) > _PARTITION_CACHE_KEYS:
-            partition_of.clear()
-        groups: dict[int, list[Message]] = {}
-        for message in chunk:
-            key = message[0]
-            partition = partition_of.get(key)
-            if partition is None:
-                partition = key_partition(key, partitions)
-                partition_of[key] = partition
-            group = groups.get(partition)
-            if group is None:
-                groups[partition] = [message]
-            else:
-                group.append(message)
-        return groups
-
-    async def _send_partition(
-        self, producer: AIOKafkaProducer, partition: int, messages: list[Message], alone: int
-    ) -> _PartitionOutcome:
-        """Send one partition's events in order, one record batch at a time, each batch after
-        the previous one was acknowledged (so a failed batch is retried before anything behind
-        it, head-of-line); the first `alone` events one per batch. Counts what was sent and
-        refused; stops at the first failure."""
-        start, total = 0, len(messages)
-        while start < total:
-            batch = producer.create_batch()
-            limit = start + 1 if start < alone else total
-            end = start
-            while end < limit:
-                key, value = messages[end]
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    break  # full (the first event of a batch always fits, however large)
-                end += 1
-            batch.close()
-            if end == start:  # not expected; never loop on an event no batch takes
-                self._refuse(1, SendError(
-                    f"an event of {len(messages[start][1])} bytes does not fit in a record "
-                    f"batch for topic {self.topic!r}"
-                ))
-                start += 1
-                continue
-            try:
-                delivery = await producer.send_batch(batch, self.topic, partition=partition)
-            except Exception as exc:
-                # Not queued, so no sequence number was taken: the producer is still sound
-                # unless the error says it is gone.
-                return self._after_failure(
-                    messages, start, end, alone, exc, isinstance(exc, _PRODUCER_LOST)
-                )
-            try:
-                await delivery
-            except Exception as exc:
-                # The producer numbered this batch (aiokafka numbers a batch when it first
-                # leaves its queue, also to fail it there) and the broker never recorded the
-                # numbers: its next batch to this partition would be OutOfOrderSequenceNumber.
-                return self._after_failure(messages, start, end, alone, exc, True)
-            with self._lock:
-                self._sent += end - start
-                self._in_flight -= end - start
-            self._progress_at = time.monotonic()
-            start = end
-        return _PartitionOutcome()
-
-    def _after_failure(
-        self,
-        messages: list[Message],
-        start: int,
-        end: int,
-        alone: int,
-        exc: BaseException,
-        spoiled: bool,
-    ) -> _PartitionOutcome:
-        """The batch messages[start:end] failed with `exc`: what to try again."""
-        if _is_retriable(exc):
-            return _PartitionOutcome(messages[start:], max(alone - start, 0), exc, spoiled)
-        if end - start > 1:
-            # Refused for good. The broker refuses a batch for one bad record; send its events
-            # again one per batch, so that one bad event cannot cost the events around it.
-            return _PartitionOutcome(messages[start:], end - start, None, spoiled)
-        self._refuse(1, exc)
-        return _PartitionOutcome(messages[end:], max(alone - end, 0), None, spoiled)
+    def _acknowledged(self, count: int) -> None:
+        with self._lock:
+            self._sent += count
+            self._in_flight -= count
+        self._progress.acknowledged_at = time.monotonic()
 
     def _refuse(self, count: int, exc: BaseException) -> None:
         """`count` events Kafka will never take: counted failed and reported."""
@@ -756,28 +566,6 @@ class EventSender:
             self._failed += count
             self._in_flight -= count
         self._report(exc)
-
-
-async def _stop(producer: AIOKafkaProducer) -> None:
-    """Stop a producer, within bounds. Its client is closed in any case: a client left open
-    keeps its metadata task, which reconnects without backoff while the broker is away."""
-    try:
-        await asyncio.wait_for(producer.stop(), _STOP_TIMEOUT_S)
-    except Exception:  # a producer being thrown away may fail to stop cleanly; nothing to do
-        log.debug("stopping a Kafka producer failed", exc_info=True)
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(producer.client.close(), _STOP_TIMEOUT_S)
-
-
-def _is_retriable(exc: BaseException) -> bool:
-    if isinstance(exc, (KafkaTimeoutError, *_PRODUCER_LOST)):
-        # KafkaTimeoutError: aiokafka could not queue a batch or find metadata in time, the
-        # broker being away (aiokafka does not mark it retriable). The others: a new producer
-        # delivers what this one could not.
-        return True
-    if isinstance(exc, KafkaError):
-        return bool(getattr(exc, "retriable", False))
-    return isinstance(exc, (ConnectionError, asyncio.TimeoutError))
 
 
 def _close_at_exit(sender: EventSender) -> None:

@@ -36,9 +36,9 @@ __all__ = [
     "decode_signal",
     "decode_signals_message",
     "encode",
+    "json_kind",
     "validate_command",
     "validate_event",
-    "validate_flow",
     "validate_flows_message",
     "validate_signal",
     "validate_signals_message",
@@ -177,12 +177,6 @@ def validate_command(
     return _decode(_COMMANDS, _mapping_to_json(mapping), max_bytes)
 
 
-def validate_flow(
-    mapping: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_BYTES
-) -> FlowDefinition:
-    return _decode(_FLOWS, _mapping_to_json(mapping), max_bytes)
-
-
 def validate_flows_message(
     mapping: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> FlowsMessage:
@@ -256,7 +250,7 @@ def _undecodable(data: bytes, error: ErrorDetails) -> InvalidEventError:
 def _envelope_problem(kind: _MessageKind[Any], document: Any) -> InvalidEventError | None:
     if not isinstance(document, dict):
         return InvalidEventError(
-            "", f"expected a JSON object ({kind.noun}), got {_json_kind(document)}"
+            "", f"expected a JSON object ({kind.noun}), got {json_kind(document)}"
         )
     known = ", ".join(kind.models)
     if "type" not in document:
@@ -356,8 +350,11 @@ def _shown(value: Any) -> str:
     return text
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """What a parsed JSON value is, as an error message names it ("an array", "null", ...)."""
     match value:
+        case dict():
+            return "an object"
         case list():
             return "an array"
         case str():

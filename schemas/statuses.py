@@ -1,10 +1,19 @@
 """Run and step statuses: the one vocabulary every layer uses.
 
-Two kinds of status share each enum. *Stored* statuses are what the fold derives from events and
-what the `runs` / `steps` tables hold. *Derived* statuses (`overdue`, `stuck`, `missing`) are
-computed by the views at query time from a stored status plus the clock or the flow graph; they
-are never sent on the wire and never stored, so that a row does not have to be rewritten merely
-because time passed.
+Three kinds of status share the enums, by who decides them:
+
+- *Reported* statuses are sent on the wire (by the SDK, the ingest API, a worker) and stored as
+  the fold derives them from events in the `runs` / `steps` tables.
+- `missing` (steps only) is derived by the fold from the flow graph: a step of the graph that
+  never reported, once a step downstream of it has reported or the run has ended. Nobody sends
+  it; the fold stores it in `steps` like a reported status, and replaces it with the step's
+  real row if the step reports later (the fold's module doc, "Missing steps").
+- `overdue` and `stuck` are computed by the views at query time from a stored status plus the
+  clock; they are never sent and never stored, so that a row does not have to be rewritten
+  merely because time passed.
+
+`DERIVED_RUN_STATUSES` / `DERIVED_STEP_STATUSES` are the ones nobody may send (the last two
+kinds).
 """
 
 from __future__ import annotations
@@ -28,9 +37,9 @@ class RunStatus(StrEnum):
     """Paused by the platform (e.g. a worker restart); resumable."""
 
     OVERDUE = "overdue"
-    """Derived by the views, never sent: `scheduled` with its start time in the past."""
+    """Computed by the views, never sent nor stored: `scheduled` with its start time past."""
     STUCK = "stuck"
-    """Derived by the views, never sent: a step has been running past its deadline."""
+    """Computed by the views, never sent nor stored: a step is running past its deadline."""
 
 
 class StepStatus(StrEnum):
@@ -46,13 +55,16 @@ class StepStatus(StrEnum):
     """Intentionally not executed in this run (`run.skip`), as opposed to missing."""
 
     MISSING = "missing"
-    """Derived by the views, never sent: in the flow graph but never reported in this run."""
+    """Derived by the fold from the flow graph and stored, never sent: in the graph but never
+    reported in this run (module doc)."""
     STUCK = "stuck"
-    """Derived by the views, never sent: running past its deadline."""
+    """Computed by the views, never sent nor stored: running past its deadline."""
 
 
 DERIVED_RUN_STATUSES = frozenset({RunStatus.OVERDUE, RunStatus.STUCK})
 DERIVED_STEP_STATUSES = frozenset({StepStatus.MISSING, StepStatus.STUCK})
+ENDED_RUN_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+"""A run in one of these has ended: nothing it does changes any more."""
 
 # The SDK vocabularies of the products we imitate (Failpath's running/success/error, the
 # pending/succeeded of step timelines) map onto ours, so `record_step(status="success")` works.
@@ -73,7 +85,7 @@ def parse_step_status(value: str) -> StepStatus:
     """Read a step status a caller reported, in ours or a seed SDK's words (case-insensitive).
 
     Derived statuses are refused: a caller that reports `missing` or `stuck` would freeze in a
-    row what only the clock or the flow graph can decide.
+    row what only the flow graph or the clock can decide.
     """
     word = value.strip().lower()
     status = _ACCEPTED_STEP_STATUSES.get(word)
@@ -83,6 +95,7 @@ def parse_step_status(value: str) -> StepStatus:
     if word in {s.value for s in DERIVED_STEP_STATUSES}:
         raise InvalidEventError(
             "status",
-            f"{value!r} is derived by the views and never sent; expected one of {expected}",
+            f"{value!r} is derived by Steplog (from the flow graph or the clock) and never "
+            f"sent; expected one of {expected}",
         )
     raise InvalidEventError("status", f"unknown status {value!r}; expected one of {expected}")

@@ -24,6 +24,7 @@ from tenacity import (
 )
 
 from steplog.errors import TopicError
+from steplog.kafka import admin_client
 from steplog.settings import Settings, env_name
 
 _TOPIC_ALREADY_EXISTS = 36
@@ -90,7 +91,7 @@ async def ensure_topics(
 ) -> list[TopicReport]:
     """Create missing topics and align configs of existing ones; raise TopicError on a
     partition-count mismatch or a broker refusal. Returns once every topic is usable."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="steplog-topics")
+    admin = admin_client(bootstrap, client_id="steplog-topics")
     await admin.start()
     try:
         response = await admin.create_topics(
@@ -249,7 +250,7 @@ async def _dynamic_configs(admin: AIOKafkaAdminClient, names: list[str]) -> dict
 
 async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
     """The partition numbers of a topic; TopicError when it does not exist."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = admin_client(bootstrap)
     await admin.start()
     try:
         (described,) = await admin.describe_topics([topic])

@@ -54,7 +54,7 @@ from steplog.producers.flows_file import push_flows_async, read_flows
 from steplog.producers.sender import EventSender, Message, SenderStats
 from steplog.topics import topic_partitions
 from steplog.schemas.base import Name
-from steplog.schemas.codec import encode, validate_event, validate_signal
+from steplog.schemas.codec import encode, json_kind, validate_event, validate_signal
 from steplog.schemas.limits import NAME_MAX_CHARS, control_character_problem
 from steplog.settings import Settings
 
@@ -207,14 +207,14 @@ def read_messages(
         if not isinstance(document, list):
             return [], [ItemError(
                 None, "", f"expected a JSON array of {noun}s or one {noun} object, got "
-                f"{_json_kind(document)} (NDJSON needs Content-Type application/x-ndjson)",
+                f"{json_kind(document)} (NDJSON needs Content-Type application/x-ndjson)",
             )]
         items = [(index, None, item) for index, item in enumerate(document)]
     messages: list[Message] = []
     for index, line, item in items:
         if not isinstance(item, dict):
             errors.append(ItemError(
-                index, "", f"expected a JSON object ({noun}), got {_json_kind(item)}", line
+                index, "", f"expected a JSON object ({noun}), got {json_kind(item)}", line
             ))
             continue
         try:
@@ -243,22 +243,6 @@ def _parse_json(data: bytes) -> Any:
 def _refuse_constant(name: str) -> Any:
     # Python's json reads NaN and Infinity; JSON (and every other language's parser) does not.
     raise json.JSONDecodeError(f"{name} is not a JSON value", name, 0)
-
-
-def _json_kind(value: Any) -> str:
-    match value:
-        case dict():
-            return "an object"
-        case list():
-            return "an array"
-        case str():
-            return "a string"
-        case bool():
-            return "a boolean"
-        case int() | float():
-            return "a number"
-        case _:
-            return "null"
 
 
 def _query_flag(request: web.Request, name: str) -> bool:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TextIO
 
-from steplog.server.analyst_queries import ANALYST_QUERIES
+from steplog.projections.queries import ANALYST_QUERIES
 from steplog.producers.client import Client
 from steplog.producers.flows_file import push_flows
 from steplog.projections.clickhouse import query_value

@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
+import steplog.kafka as kafka
 from steplog.processors.membership import health_port_of
 from steplog.projections.clickhouse import chdb_path
 from steplog.settings import Settings
@@ -45,8 +46,8 @@ async def check_stack(settings: Settings) -> list[Check]:
 
 async def _check_broker(settings: Settings) -> Check:
     timeout = settings.check_timeout_s
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout * 1000)
+    admin = kafka.admin_client(
+        settings.kafka_bootstrap, request_timeout_ms=int(timeout * 1000)
     )
     try:
         await asyncio.wait_for(admin.start(), timeout)
@@ -66,9 +67,8 @@ async def _check_broker(settings: Settings) -> Check:
 async def _check_processors(settings: Settings) -> list[Check]:
     """The group's members and lag, then what each member's health endpoint says."""
     group, topic = settings.processors_group, settings.topics.events
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group,
-                                enable_auto_commit=False)
+    admin = kafka.admin_client(settings.kafka_bootstrap)
+    consumer = kafka.consumer(settings.kafka_bootstrap, group_id=group, enable_auto_commit=False)
 
     async def read() -> tuple[GroupMembers, Backlog]:
         await admin.start()
@@ -228,7 +228,7 @@ def _health_endpoint(client_id: str, client_host: str) -> str | None:
 async def read_group_members(bootstrap: str, group: str, topic: str) -> GroupMembers:
     """`group_members` with an admin client of its own (tests and benchmarks waiting for a
     group to settle)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = kafka.admin_client(bootstrap)
     await admin.start()
     try:
         return await group_members(admin, group, topic)

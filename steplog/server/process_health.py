@@ -27,9 +27,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 
+import steplog.kafka as kafka
 from steplog.server.health import Check, events_lag
 from steplog.server.lag_trend import LagTrend
 from steplog.processors.write_health import WriteHealth
@@ -115,10 +114,10 @@ class ProcessHealth:
     async def sample_lag(self) -> None:
         """Sample the group's lag until cancelled (a failed sample is retried next time)."""
         settings = self.settings
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        admin = kafka.admin_client(settings.kafka_bootstrap)
         # Not subscribed: it only reads the group's committed offsets and the ends.
-        offsets = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
-                                   group_id=settings.processors_group, enable_auto_commit=False)
+        offsets = kafka.consumer(settings.kafka_bootstrap, group_id=settings.processors_group,
+                                 enable_auto_commit=False)
         try:
             await admin.start()
             await offsets.start()

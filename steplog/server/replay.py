@@ -32,6 +32,7 @@ from steplog.errors import ReplayError
 from steplog.projections.clickhouse import open_clickhouse, query_value
 from steplog.projections.log_reader import topic_end_offsets
 from steplog.projections.migrations import PROJECTION_TABLES, migrate, table_ddl
+from steplog.projections.queries import rows_only_in_sql, table_columns_query
 from steplog.projections.writer import ProjectionWriter
 from steplog.server.replay_fold import FoldCounts, FoldShare, fold_share, shares
 from steplog.settings import Settings
@@ -191,19 +192,16 @@ def _take(
 def compare_table(client: Client, database: str, table: str) -> TableDiff:
     """Row-by-row comparison of a live table with its rebuilt twin, both as of FINAL."""
     live, rebuilt = f"{database}.{table}", f"{database}.{table}{SUFFIX}"
+    columns_sql, parameters = table_columns_query(database, table)
     columns = ", ".join(
-        name for (name,) in client.query(
-            "SELECT name FROM system.columns WHERE database = {db:String} AND table = {t:String} "
-            "ORDER BY position",
-            parameters={"db": database, "t": table},
-        ).result_rows
+        name for (name,) in client.query(columns_sql, parameters=parameters).result_rows
     )
 
     def count(sql: str) -> int:
         return int(str(query_value(client, sql)))
 
     def only(a: str, b: str) -> str:
-        return f"SELECT {columns} FROM {a} FINAL EXCEPT SELECT {columns} FROM {b} FINAL"
+        return rows_only_in_sql(a, b, columns)
 
     diff = TableDiff(
         table=table,

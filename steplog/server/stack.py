@@ -33,7 +33,8 @@ import faust
 from steplog.server.broker import LocalBroker
 from steplog.server.gc_tuning import tune_gc_for_batches
 from steplog.server.process_health import ProcessHealth, WriteWatch, bind_health_socket
-from steplog.processors.host import ProcessorConfig, create_processor_app
+from steplog.processors.app import create_processor_app
+from steplog.processors.config import ProcessorConfig
 from steplog.processors.membership import claim_membership
 from steplog.projections.clickhouse import chdb_path, open_clickhouse
 from steplog.projections.flows_table import load_flows

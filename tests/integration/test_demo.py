@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from steplog.server.analyst_queries import ANALYST_QUERIES
+from steplog.projections.queries import ANALYST_QUERIES
 from steplog.server.broker import LocalBroker
 from steplog.settings import load_settings
 from steplog.server.workflow_demo import ORDERS, WORKFLOW_QUERIES

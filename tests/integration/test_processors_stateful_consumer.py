@@ -19,10 +19,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
-from steplog.processors.signals_agent import NameTriggers, NameWaits
-from steplog.processors.state import RunState
+from steplog.processors.fold.signals import NameTriggers, NameWaits
+from steplog.processors.fold.state import RunState
 from steplog.processors.state_store import StateStore
-from steplog.processors.stateful_consumer import Processed, Record, StatefulConsumer
+from steplog.processors.stateful_consumer import Record, StatefulConsumer
 from steplog.projections.log_reader import topic_end_offsets
 from steplog.projections.writer import TableRows
 from steplog.settings import Settings
@@ -161,8 +161,8 @@ def test_a_name_store_reads_back_the_states_fausts_table_wrote(topics: Settings)
 
 @dataclass
 class CountedBatch:
-    """A CountingMember's folded batch: its states, kept when the consumer says, and one "row":
-    its number."""
+    """A CountingMember's folded batch: its states, kept before its rows are handed back, and
+    one "row": its number."""
 
     member: CountingMember
     number: int
@@ -203,7 +203,7 @@ class CountingMember:
         )
         self.task = asyncio.create_task(self.consumer.run())
 
-    async def process(self, records: Sequence[Record]) -> Processed:
+    async def process(self, records: Sequence[Record]) -> Mapping[str, TableRows]:
         self.batches += 1
         folded = CountedBatch(self, self.batches)
         for record in records:
@@ -213,7 +213,8 @@ class CountingMember:
             state = state or new_state(record.key.decode())
             state.seen.add(f"{record.partition}:{record.offset}")
             folded.states[run] = state
-        return folded
+        folded.keep()
+        return folded.rows
 
     async def write(self, rows: Mapping[str, TableRows]) -> None:
         """Notes the batches written together, waiting for the gate in between."""
@@ -448,7 +449,7 @@ def test_batches_without_rows_store_states_in_every_store_then_commit_writing_no
         stores = new_name_stores(topics)
         waits = stores[0]
 
-        async def process(records: Sequence[Record]) -> Processed:
+        async def process(records: Sequence[Record]) -> Mapping[str, TableRows]:
             applied = AppliedNames(stores)
             for record in records:
                 assert record.key is not None
@@ -457,7 +458,8 @@ def test_batches_without_rows_store_states_in_every_store_then_commit_writing_no
                 held.remember(f"{record.partition}:{record.offset}")
                 applied.waits[name] = held
                 applied.triggers[name] = NameTriggers({("p", "app", record.key.decode())})
-            return applied
+            applied.keep()
+            return applied.rows
 
         group = processor_config(topics).signals_group
         consumer = StatefulConsumer(

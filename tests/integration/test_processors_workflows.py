@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from steplog.processors.effects import TimerKind
-from steplog.processors.signals_agent import NameTriggers, NameWaits
+from steplog.processors.fold.effects import TimerKind
+from steplog.processors.fold.signals import NameTriggers, NameWaits
 from steplog.projections.log_reader import read_log, topic_end_offsets
 from steplog.schemas.base import ErrorInfo, WireModel, new_event_id
 from steplog.schemas.codec import decode_command, decode_dead_letter, decode_event, encode

@@ -19,7 +19,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from steplog.errors import ResultTimeoutError, RunCancelledError, RunFailedError
 from steplog.producers.client import Client
-from steplog.producers.run_results import RunEnd, RunHandle, clickhouse_http_lookup
+from steplog.producers.run_end_lookup import clickhouse_http_lookup
+from steplog.producers.run_results import RunHandle
+from steplog.projections.queries import RunEnd
 from steplog.schemas.ids import triggered_run_id
 from steplog.settings import Settings, child_environment
 from tests.conftest import wait_for

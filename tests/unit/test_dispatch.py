@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from steplog.processors.dispatch import Dispatcher, Planned
-from steplog.processors.effects import (
+from steplog.processors.fold.effects import (
     AppResolution,
     ClearTimer,
     EndParentStep,
@@ -21,9 +21,9 @@ from steplog.processors.effects import (
     TimerKind,
     WriteEvent,
 )
-from steplog.processors.fold import fold_events
+from steplog.processors.fold.run import fold_events
 from steplog.processors.registry import WorkflowRegistry
-from steplog.processors.workflow import resume_command
+from steplog.processors.fold.workflow import resume_command
 from steplog.schemas.base import ErrorInfo
 from steplog.schemas.codec import decode_command, decode_event
 from steplog.schemas.commands import ResumeRun, StartRun

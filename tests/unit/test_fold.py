@@ -1,6 +1,6 @@
 """The fold: how a run's events become its state and its `runs` / `steps` rows.
 
-Scenario by scenario, in the order of processors/fold.py's docstring: step precedence, run
+Scenario by scenario, in the order of processors/fold/run.py's docstring: step precedence, run
 status, missing steps, deadlines, re-delivery, versions, and the state's stored form. The
 order-independence property (any permutation, any duplicates) is in test_fold_convergence.py.
 """
@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from pydantic import JsonValue
 
-from steplog.processors.effects import Effect, RunRowChanged, StepRowChanged, latest_rows
-from steplog.processors.fold import apply_event, current_rows, fold_events
-from steplog.processors.rows import (
+from steplog.processors.fold.effects import Effect, RunRowChanged, StepRowChanged, latest_rows
+from steplog.processors.fold.run import apply_event, fold_events
+from steplog.processors.fold.run_rows import current_rows
+from steplog.processors.fold.rows import (
     RUN_COLUMNS,
     STEP_COLUMNS,
     RunRow,
@@ -24,7 +25,7 @@ from steplog.processors.rows import (
     columns,
     json_text,
 )
-from steplog.processors.state import (
+from steplog.processors.fold.state import (
     STATE_FORMAT,
     InvokeInfo,
     RunMismatchError,

@@ -16,7 +16,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from steplog.processors.effects import (
+from steplog.processors.fold.effects import (
     ClearTimer,
     Effect,
     RunRowChanged,
@@ -24,10 +24,11 @@ from steplog.processors.effects import (
     StepRowChanged,
     latest_rows,
 )
-from steplog.processors.fold import apply_event, current_rows, fold_events, take_rows
-from steplog.processors.rows import RunRow, StepRow
-from steplog.processors.state import RunState
-from steplog.processors.workflow import wanted_timers
+from steplog.processors.fold.run import apply_event, fold_events
+from steplog.processors.fold.run_rows import current_rows, take_rows
+from steplog.processors.fold.rows import RunRow, StepRow
+from steplog.processors.fold.state import RunState
+from steplog.processors.fold.workflow import wanted_timers
 from steplog.schemas.base import ErrorInfo
 from steplog.schemas.events import (
     Event,

@@ -1,6 +1,6 @@
 """The fold's engine effects: what each event of a workflow run asks the processors to do.
 
-One test per rule of processors/workflow.py's table, in its order, then re-delivery, run ends,
+One test per rule of processors/fold/workflow.py's table, in its order, then re-delivery, run ends,
 the history a resume carries, and the stored state. The properties over any order of events
 (timer effects agree with the state; duplicates add nothing) are in test_fold_convergence.py.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from steplog.processors.effects import (
+from steplog.processors.fold.effects import (
     AppResolution,
     ClearTimer,
     Effect,
@@ -24,9 +24,9 @@ from steplog.processors.effects import (
     WriteEvent,
     WriteSignalsMessage,
 )
-from steplog.processors.fold import apply_event, fold_events
-from steplog.processors.state import RunState
-from steplog.processors.workflow import history, wanted_timers
+from steplog.processors.fold.run import apply_event, fold_events
+from steplog.processors.fold.state import RunState
+from steplog.processors.fold.workflow import history, wanted_timers
 from steplog.schemas.base import ErrorInfo
 from steplog.schemas.commands import CancelRun, ResumeRun, StartRun
 from steplog.schemas.events import (

@@ -85,6 +85,13 @@ def imports_of(path: Path) -> list[tuple[int, str]]:
                 module = ".".join(base + ([node.module] if node.module else []))
             else:
                 module = node.module or ""
+            if module == "steplog":
+                # `from steplog import kafka` names a kernel module; `from steplog import
+                # Client`, the public face.
+                found += [(node.lineno, f"steplog.{alias.name}"
+                           if (ROOT / "steplog" / f"{alias.name}.py").exists() else "steplog")
+                          for alias in node.names]
+                continue
             found.append((node.lineno, module))
     return found
 

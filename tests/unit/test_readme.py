@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from steplog.server.analyst_queries import ANALYST_QUERIES
+from steplog.projections.queries import ANALYST_QUERIES
 from steplog.settings import Settings, env_name
 
 README = (Path(__file__).parents[2] / "README.md").read_text()

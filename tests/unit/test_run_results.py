@@ -23,15 +23,11 @@ from steplog.errors import (
     SteplogError,
     WorkflowError,
 )
-from steplog.producers.run_results import (
-    PartitionEnds,
-    RunEnd,
-    RunEndTail,
-    RunHandle,
-    clickhouse_http_endpoint,
-    decode_run_end,
-    is_run_end,
-)
+from steplog.producers.run_end_lookup import clickhouse_http_endpoint
+from steplog.producers.run_end_records import PartitionEnds, decode_run_end, is_run_end
+from steplog.producers.run_end_tail import RunEndTail
+from steplog.producers.run_results import RunHandle
+from steplog.projections.queries import RunEnd
 from steplog.schemas.base import ErrorInfo
 from steplog.schemas.codec import encode
 from steplog.schemas.events import (

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from steplog.processors.effects import (
+from steplog.processors.fold.effects import (
     AppResolution,
     SendCommand,
     SetTimer,
@@ -14,12 +14,12 @@ from steplog.processors.effects import (
     WriteEvent,
     WriteSignalsMessage,
 )
-from steplog.processors.fold import fold_events
-from steplog.processors.host import TimerService
+from steplog.processors.fold.run import fold_events
+from steplog.processors.timer_service import TimerService
 from steplog.processors.registry import WorkflowRegistry
-from steplog.processors.state import RunState
-from steplog.processors.timers import TimerHeap, fire_timer
-from steplog.processors.workflow import wanted_timers
+from steplog.processors.fold.state import RunState
+from steplog.processors.fold.timers import TimerHeap, fire_timer
+from steplog.processors.fold.workflow import wanted_timers
 from steplog.schemas.base import TriggerInfo
 from steplog.schemas.codec import decode_command, decode_event
 from steplog.schemas.commands import ResumeRun, StartRun

@@ -1,8 +1,8 @@
-"""Where a worker may commit its commands partition (producers.worker._PartitionOffsets)."""
+"""Where a worker may commit its commands partition (producers.command_commits)."""
 
 from __future__ import annotations
 
-from steplog.producers.worker import _PartitionOffsets
+from steplog.producers.command_commits import PartitionOffsets as _PartitionOffsets
 
 
 def test_the_commit_point_waits_for_every_earlier_command() -> None:

@@ -1,4 +1,4 @@
-"""One pass of a run through its workflow function (producers.context), with an in-memory sink.
+"""One pass of a run through its workflow function (producers.run_pass), with a memory sink.
 
 A pass is driven the way the worker drives it: a history in, a pass executed, the events it
 wrote read back. The next pass gets the history those events give (`next_history`), which is
@@ -23,15 +23,9 @@ from steplog.errors import (
     NonRetriableError,
     StepFailedError,
 )
-from steplog.producers.context import (
-    PassOutcome,
-    PassResult,
-    RunPass,
-    SignalsWrite,
-    TriggerEvent,
-    WorkflowContext,
-    WorkflowEvent,
-)
+from steplog.producers.context import TriggerEvent, WorkflowContext
+from steplog.producers.pass_writes import SignalsWrite, WorkflowEvent
+from steplog.producers.run_pass import PassOutcome, PassResult, RunPass
 from steplog.producers.history import RunHistory
 from steplog.schemas.base import ErrorInfo
 from steplog.schemas.codec import encode

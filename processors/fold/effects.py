@@ -1,6 +1,6 @@
 """What the fold asks its host to do: the effects `apply_event` returns beside the new state.
 
-The fold never performs an effect; it describes one, and the host (`host.FoldHost`, or replay)
+The fold never performs an effect; it describes one, and the host (`fold_host.FoldHost`, or replay)
 carries it out. Two families:
 
 - **rows** (`RunRowChanged`, `StepRowChanged`): projection changes. Idempotent by construction:

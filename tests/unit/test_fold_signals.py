@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import JsonValue
 
-from steplog.processors.effects import Effect, SendCommand, WriteEvent
-from steplog.processors.signals_agent import (
+from steplog.processors.fold.effects import Effect, SendCommand, WriteEvent
+from steplog.processors.fold.signals import (
     RECENT_IDS,
     NameTriggers,
     NameWaits,

@@ -1,8 +1,8 @@
-"""The signals agent's logic: per event name, the registered triggers and the waiting runs.
+"""The signals' fold: per event name, the registered triggers and the waiting runs.
 
 Pure: `apply_signals_message(waits, triggers, message, now)` updates the two states of the
 message's name in place and returns the effects (`SendCommand(start_run)`, `WriteEvent`). The
-host (`host.SignalsHost`, fed by a `stateful_consumer.StatefulConsumer`) reads the signals
+host (`signals_host.SignalsHost`, fed by a `stateful_consumer.StatefulConsumer`) reads the signals
 topic in batches, keeps the states in two stores keyed by the event name (`waits`, `triggers`:
 `state_store.StateStore`), carries out the effects, waits for Kafka's acknowledgements and only
 then stores the states: a crash in between re-reads the batch and writes the same messages

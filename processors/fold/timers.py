@@ -1,6 +1,6 @@
 """Due times of workflow runs: the heap the timer service keeps, and what a due timer writes.
 
-Pure (the clock is an argument). The timer service (`host.TimerService`) owns one `TimerHeap`:
+Pure (the clock is an argument). The timer service (`timer_service.TimerService`) owns one `TimerHeap`:
 the fold's `SetTimer` / `ClearTimer` effects update it after each batch, it is rebuilt from
 every run state at start-up (`workflow.wanted_timers`: a parked run's due times are all in its
 state, so nothing about timers is stored anywhere else), and when a timer is due the service

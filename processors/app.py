@@ -1,0 +1,132 @@
+"""The processors' app: the fold and the workflow engine around it, in one process.
+
+Consumers and tasks (see docs/processors.md for the whole protocol):
+
+- `fold_events` (a task hosting a `StatefulConsumer`: a plain aiokafka consumer on the events
+  topic, group `ProcessorConfig.app_id`, one batch at a time): decode, fold, project,
+  dead-letter, carry out the fold's engine effects, keep run states (processors/fold_host.py,
+  states in a `StateStore` of `RunState`);
+- `resolve_signals` (a task hosting another `StatefulConsumer`: the signals topic, group
+  `ProcessorConfig.signals_group`): triggers and waits per event name
+  (processors/signals_host.py, logic in processors/fold/signals.py, states in two
+  `StateStore`s);
+- `follow_flows` (a task, in every process: the whole flows topic, no group; the topic's one
+  reader, processors/definitions.py): flow and workflow definitions to the fold and the
+  registry, flow definitions to the `flows` table, unusable messages to the dead letters
+  (processors/flows_host.py);
+- `fire_timers` (a task): the timer service (processors/timer_service.py), rebuilt from the
+  run states each time the run store has recovered partitions.
+
+The faust app hosts them all: its worker runs the tasks, and stops them on SIGINT/SIGTERM; its
+producer sends every message. Nothing is consumed through faust (docs/processors.md says why).
+Steps 5-7 of a batch run in the background while the next batches go through 1-4: their
+resumes do not wait for an insert (with the embedded engine it runs in another process,
+steplog/server/store_process.py). A run's (or a name's) state is never updated by two batches
+at once, and a partition's messages are handled in log order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import faust
+
+from steplog.projections.writer import BatchWriter
+from steplog.schemas.flows import FlowDefinition
+
+from .config import ProcessorConfig
+from .definitions import DefinitionsFollower
+from .dispatch import Dispatcher, SendFunction
+from .flows_host import FlowsHost
+from .fold.signals import NameTriggers, NameWaits
+from .fold.state import RunState
+from .fold_host import FoldHost
+from .projection_writes import ProjectionWrites
+from .registry import WorkflowRegistry
+from .signals_host import SignalsHost
+from .stateful_consumer import StatefulConsumer
+
+__all__ = ["create_processor_app"]
+
+
+def create_processor_app(
+    config: ProcessorConfig, writer: BatchWriter, flows: list[FlowDefinition]
+) -> tuple[faust.App, FoldHost]:
+    """The faust app with its tasks; `flows` are the flow definitions of the `flows` table (the
+    fold also waits until it has followed the flows topic to its end: `follow_flows`)."""
+    app = faust.App(
+        config.faust_app_id,
+        broker=f"kafka://{config.bootstrap}",
+        store="memory://",
+        datadir=str(config.data_dir),
+        topic_partitions=config.events_partitions,
+        topic_replication_factor=config.replication_factor,
+        producer_acks=-1,
+        web_enabled=False,
+        autodiscover=False,
+        producer_max_request_size=config.max_event_bytes * 2,
+        # The producer sends what a batch asks for at once: resumes wait on it.
+        producer_linger=0.0,
+        # Faust's consumer still joins the app's group (for its leader topic), and its worker
+        # waits for the group before it runs any task: as a static member, a restart does not
+        # wait out the dead member's session.
+        consumer_group_instance_id=config.membership.instance_id,
+    )
+
+    async def send(topic: str, key: bytes | None, value: bytes) -> Any:
+        # Straight to the producer: faust's topic.send would attach the message to the current
+        # stream event and send it only when that event is acknowledged, after the batch.
+        return await app.producer.send(topic, key, value, None, None, None)
+
+    dispatcher = Dispatcher(
+        config.topics, cast(SendFunction, send), WorkflowRegistry(),
+        max_bytes=config.max_event_bytes,
+    )
+    writes = ProjectionWrites(writer, dispatcher, config.topics.dlq)
+    runs = config.state_store(config.runs_changelog, RunState.from_bytes)
+    host = FoldHost(config, writes, runs, dispatcher)
+    host.learn(flows)
+    # Set once the definitions the flows topic held at start-up are learned: the fold and the
+    # timers wait for it (processors/definitions.py).
+    definitions_known = asyncio.Event()
+    flows_host = FlowsHost(config, writes, host.learn, definitions_known)
+    events = StatefulConsumer(
+        bootstrap=config.bootstrap, group_id=config.app_id, topic=config.topics.events,
+        stores=[runs], process=host.process_events, write=host.write_rows,
+        recovered=host.recovered, max_records=config.batch_size,
+        max_fetch_bytes=config.max_fetch_bytes, write_interval=config.write_interval,
+        membership=config.membership,
+    )
+    waits = config.state_store(config.waits_changelog, NameWaits.from_bytes)
+    triggers = config.state_store(config.triggers_changelog, NameTriggers.from_bytes)
+    signals_host = SignalsHost(config, waits, triggers, dispatcher)
+    signals = StatefulConsumer(
+        bootstrap=config.bootstrap, group_id=config.signals_group, topic=config.topics.signals,
+        stores=[waits, triggers], process=signals_host.process_signals,
+        max_records=config.batch_size, max_fetch_bytes=config.max_fetch_bytes,
+        write_interval=config.write_interval, membership=config.membership,
+    )
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def fold_events() -> None:
+        await definitions_known.wait()
+        await events.run()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def resolve_signals() -> None:
+        await signals.run()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def follow_flows() -> None:
+        await DefinitionsFollower(
+            config.bootstrap, config.topics.flows, flows_host.process_flows, definitions_known,
+            max_fetch_bytes=config.max_fetch_bytes,
+        ).run()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def fire_timers() -> None:
+        await definitions_known.wait()
+        await host.timers.run()
+
+    return app, host

@@ -1,0 +1,58 @@
+"""A workflow as an app declares it and a worker serves it, and what a worker needs of an app.
+
+`producers.app.App` declares workflows and makes workers; the worker knows the app only as a
+`ServedApp`, so the two modules do not import each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from steplog.schemas.flows import RetryPolicy, WorkflowDefinition
+from steplog.schemas.signals import TriggerRegistered
+from steplog.settings import Settings
+
+from .context import WorkflowFunction
+
+__all__ = ["ServedApp", "Workflow"]
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """One workflow of an app: its function and how it is started and retried."""
+
+    name: str
+    fn: WorkflowFunction
+    triggers: tuple[str, ...]
+    retries: RetryPolicy
+
+    def definition(self, project: str, app: str) -> WorkflowDefinition:
+        return WorkflowDefinition(
+            project=project,
+            app=app,
+            name=self.name,
+            triggers=list(self.triggers),
+            retries=self.retries,
+            ts=datetime.now(UTC),
+        )
+
+
+class ServedApp(Protocol):
+    """The app a worker serves: its name (the consumer group, what commands address), its
+    project, settings and workflows, and what the worker registers when it starts."""
+
+    name: str
+    project: str
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def workflows(self) -> Mapping[str, Workflow]: ...
+
+    def definitions(self) -> list[WorkflowDefinition]: ...
+
+    def trigger_registrations(self) -> list[TriggerRegistered]: ...

@@ -1,0 +1,75 @@
+"""`steplog broker ...` and `steplog topics ...`: the local Kafka broker and Steplog's topics."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from steplog.server.broker import LocalBroker, ensure_kafka_jars
+from steplog.server.cli_errors import reports_errors
+from steplog.settings import load_settings
+from steplog.topics import ensure_topics, topic_specs
+
+broker_app = typer.Typer(help="The local Apache Kafka broker (KRaft, one node, 127.0.0.1).")
+topics_app = typer.Typer(help="Steplog's Kafka topics.")
+
+PortOption = Annotated[
+    int | None, typer.Option("--port", help="Broker port (default: from STEPLOG_KAFKA_BOOTSTRAP).")
+]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Broker data dir (default: <STEPLOG_DATA_DIR>/kafka)."),
+]
+
+
+def _local_broker(port: int | None, data_dir: Path | None) -> LocalBroker:
+    return LocalBroker.from_settings(load_settings(), data_dir=data_dir, port=port)
+
+
+@broker_app.command("install")
+@reports_errors
+def broker_install() -> None:
+    """Resolve the broker's jars from Maven Central into the cache (reused afterwards)."""
+    settings = load_settings()
+    libs = ensure_kafka_jars(settings.kafka_version, settings.cache_dir)
+    typer.echo(f"Kafka {settings.kafka_version} jars ready in {libs}")
+
+
+@broker_app.command("start")
+@reports_errors
+def broker_start(port: PortOption = None, data_dir: DataDirOption = None) -> None:
+    """Start the broker in the background and wait until it answers."""
+    broker = _local_broker(port, data_dir)
+    broker.start()
+    typer.echo(f"Kafka broker running on {broker.bootstrap} (data in {broker.data_dir})")
+
+
+@broker_app.command("stop")
+@reports_errors
+def broker_stop(port: PortOption = None, data_dir: DataDirOption = None) -> None:
+    """Stop the broker started from this data dir."""
+    broker = _local_broker(port, data_dir)
+    broker.stop()
+    typer.echo("Kafka broker stopped")
+
+
+@broker_app.command("status")
+@reports_errors
+def broker_status(port: PortOption = None, data_dir: DataDirOption = None) -> None:
+    """Print the broker's status; exit 1 when it is not running."""
+    status = _local_broker(port, data_dir).status()
+    typer.echo(status.model_dump_json(indent=2))
+    if not status.running:
+        raise typer.Exit(1)
+
+
+@topics_app.command("ensure")
+@reports_errors
+def topics_ensure() -> None:
+    """Create the topics (idempotent) and align their configs with the settings."""
+    settings = load_settings()
+    for report in asyncio.run(ensure_topics(settings.kafka_bootstrap, topic_specs(settings))):
+        typer.echo(f"{report.name:<40} {report.partitions:>4} partitions  {report.outcome}")
