@@ -42,7 +42,8 @@ from typing import Any, Final
 
 from steplog.errors import EventTooLargeError, InvalidEventError, SendError
 from steplog.producers.control import ControlSender
-from steplog.producers.durations import Instant, instant
+from steplog.producers.control_messages import ControlMessages
+from steplog.producers.durations import Instant
 from steplog.producers.event_bytes import encode_name
 from steplog.producers.metadata import clean_metadata
 from steplog.producers.recorded_errors import cut_error_message
@@ -56,16 +57,8 @@ from steplog.producers.run_results import (
 from steplog.producers.sender import EventSender, SenderStats
 from steplog.producers.sink import EventSink
 from steplog.schemas.base import TriggerInfo, WireModel, new_event_id
-from steplog.schemas.codec import (
-    DEFAULT_MAX_BYTES,
-    encode,
-    validate_command,
-    validate_event,
-    validate_signal,
-)
-from steplog.schemas.commands import new_command_id
+from steplog.schemas.codec import DEFAULT_MAX_BYTES, encode, validate_event
 from steplog.schemas.limits import ERROR_TYPE_MAX_CHARS
-from steplog.schemas.signals import Signal
 from steplog.schemas.statuses import StepStatus, parse_step_status
 from steplog.settings import Settings, load_settings
 
@@ -268,7 +261,7 @@ class Client:
         """Send a signal `name` with `data`: it starts the workflows triggered by the name
         (only `app`'s, when given) and resumes the runs waiting for it. Returns its event id
         (pass `event_id` to make a retried send a duplicate the processors drop)."""
-        topic, message = self._signal(name, data, app, event_id)
+        topic, message = self._messages().signal(name, data, app, event_id)
         self._control_sender().send(topic, message.name, message)
         return message.event_id
 
@@ -276,7 +269,7 @@ class Client:
         self, name: str, data: object = None, *, app: str | None = None,
         event_id: str | None = None,
     ) -> str:
-        topic, message = self._signal(name, data, app, event_id)
+        topic, message = self._messages().signal(name, data, app, event_id)
         await self._control_sender().send_async(topic, message.name, message)
         return message.event_id
 
@@ -292,14 +285,14 @@ class Client:
         processors start it when due. Without `app`: a run.scheduled due now, and the
         processors resolve which app defines the workflow.
         """
-        topic, key, message = self._start(workflow, data, app, start_at, run_id, None, None)
+        topic, key, message = self._messages().start(workflow, data, app, start_at, run_id, None, None)
         return self._send_start(topic, key, message, workflow)
 
     async def start_async(
         self, workflow: str, data: object = None, *, app: str | None = None,
         start_at: Instant | None = None, run_id: str | None = None,
     ) -> RunHandle:
-        topic, key, message = self._start(workflow, data, app, start_at, run_id, None, None)
+        topic, key, message = self._messages().start(workflow, data, app, start_at, run_id, None, None)
         return await self._send_start_async(topic, key, message, workflow)
 
     def run_handle(
@@ -321,11 +314,11 @@ class Client:
         """Cancel a run of workflow `flow`: writes run.cancelled (the processors then stop
         its worker, its timers, its waits and its child runs). A run that ends before the
         cancel is seen keeps its ending."""
-        topic, key, message = self._cancel(run_id, flow, reason)
+        topic, key, message = self._messages().cancel(run_id, flow, reason)
         self._control_sender().send(topic, key, message)
 
     async def cancel_async(self, run_id: str, *, flow: str, reason: str | None = None) -> None:
-        topic, key, message = self._cancel(run_id, flow, reason)
+        topic, key, message = self._messages().cancel(run_id, flow, reason)
         await self._control_sender().send_async(topic, key, message)
 
     def retrigger(
@@ -335,14 +328,18 @@ class Client:
         """Run workflow `workflow` of `app` again from the start, with the input (`data`)
         and trigger of run `run_id`; the new run records `retrigger_of`. Returns the new
         run's RunHandle (its id)."""
-        topic, key, message = self._start(workflow, data, app, None, new_run_id, run_id, trigger)
+        topic, key, message = self._messages().start(
+            workflow, data, app, None, new_run_id, run_id, trigger
+        )
         return self._send_start(topic, key, message, workflow)
 
     async def retrigger_async(
         self, run_id: str, *, workflow: str, app: str, data: object = None,
         trigger: TriggerInfo | None = None, new_run_id: str | None = None,
     ) -> RunHandle:
-        topic, key, message = self._start(workflow, data, app, None, new_run_id, run_id, trigger)
+        topic, key, message = self._messages().start(
+            workflow, data, app, None, new_run_id, run_id, trigger
+        )
         return await self._send_start_async(topic, key, message, workflow)
 
     def _send_start(
@@ -391,87 +388,10 @@ class Client:
             self._settings = load_settings()
         return self._settings
 
-    def _signal(
-        self, name: str, data: object, app: str | None, event_id: str | None
-    ) -> tuple[str, Signal]:
-        message = validate_signal(
-            {
-                "event_id": event_id or new_event_id(),
-                "project": self.project,
-                "name": name,
-                "data": data,
-                "app": app,
-                "ts": datetime.now(UTC),
-            },
-            max_bytes=self.max_event_bytes,
-        )
-        return self._control_settings().topics.signals, message
-
-    def _start(
-        self,
-        workflow: str,
-        data: object,
-        app: str | None,
-        start_at: Instant | None,
-        run_id: str | None,
-        retrigger_of: str | None,
-        trigger: TriggerInfo | None,
-    ) -> tuple[str, str, WireModel]:
-        run_id = run_id if run_id is not None else uuid.uuid4().hex
-        now = datetime.now(UTC)
-        topics = self._control_settings().topics
-        if app is not None and start_at is None:
-            command = validate_command(
-                {
-                    "command_id": new_command_id(),
-                    "type": "command.start_run",
-                    "project": self.project,
-                    "run_id": run_id,
-                    "ts": now,
-                    "workflow": workflow,
-                    "app": app,
-                    "input": data,
-                    "trigger": trigger.model_dump() if trigger is not None else None,
-                    "retrigger_of": retrigger_of,
-                },
-                max_bytes=self.max_event_bytes,
-            )
-            return topics.commands, run_id, command
-        due = now if start_at is None else instant(start_at, field="start_at")
-        event = validate_event(
-            {
-                "event_id": new_event_id(),
-                "type": "run.scheduled",
-                "project": self.project,
-                "flow": workflow,
-                "run_id": run_id,
-                "ts": now,
-                "seq": 0,
-                "payload": {"start_at": due, "app": app, "input": data},
-            },
-            max_bytes=self.max_event_bytes,
-        )
-        return self._events_topic or topics.events, run_id, event
-
-    def _cancel(
-        self, run_id: str, flow: str, reason: str | None
-    ) -> tuple[str, str, WireModel]:
-        # seq 0: a run.completed or run.failed its worker wrote (any seq above 0) outranks the
-        # cancel in the fold, so a run that ended before the cancel was seen keeps its ending.
-        event = validate_event(
-            {
-                "event_id": new_event_id(),
-                "type": "run.cancelled",
-                "project": self.project,
-                "flow": flow,
-                "run_id": run_id,
-                "ts": datetime.now(UTC),
-                "seq": 0,
-                "payload": {"reason": reason},
-            },
-            max_bytes=self.max_event_bytes,
-        )
-        return self._events_topic or self._control_settings().topics.events, run_id, event
+    def _messages(self) -> ControlMessages:
+        settings = self._control_settings()
+        return ControlMessages(self.project, settings.topics,
+                               self._events_topic or settings.topics.events, self.max_event_bytes)
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until every event sent so far is delivered; False on timeout. With

@@ -171,6 +171,10 @@ class RunPass:
         cut_short = branches.held > 0 or branches.executing > 0 or branches.parked == 0
         branches.ended = True
         await branches.cancel_all()
+        if main.done() and not main.cancelled():
+            # Retrieved here: the paths of _finish that do not use it (a fatal error of the
+            # journal, a cancel) would leave asyncio to log it as never retrieved.
+            main.exception()
         return await self._finish(main if returned else None, cut_short)
 
     async def _call_function(self) -> Any:
