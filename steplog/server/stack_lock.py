@@ -5,8 +5,8 @@ chDB lets one process own a path (projections/clickhouse.py locks it when it ope
 lock is taken late: `steplog dev` starts the broker, then the processors, whose store process
 opens the path seconds later. A `steplog sql` run meanwhile used to find the path free, open it
 itself, and so make the stack's store process fail. Hence a second, earlier lock, the *stack
-lock* (`steplog.server.stack` in the chDB directory), whose file says who holds it and where they serve
-SQL:
+lock* (the file `steplog.stack` in the chDB directory), which says who holds it and where
+they serve SQL:
 
 - the stack (`steplog dev` before anything else, `steplog processors` when it runs alone) takes
   it for its life (`claim_for_stack`), waiting a bounded time while a command holds it;
@@ -35,7 +35,7 @@ from steplog.errors import ClickHousePathLockedError
 
 __all__ = ["EngineUser", "claim_for_command", "claim_for_stack"]
 
-STACK_FILE: Final = "steplog.server.stack"
+STACK_FILE: Final = "steplog.stack"
 _POLL_S: Final = 0.2
 
 

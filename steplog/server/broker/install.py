@@ -93,7 +93,9 @@ def ensure_kafka_jars(version: str, cache_dir: Path, *, maven_repo: Path | None 
 def _run_maven(
     mvn: str, version: str, staging: Path, target: Path, maven_repo: Path | None
 ) -> None:
-    template = resources.files("steplog.server.broker").joinpath("pom.xml").read_text(encoding="utf-8")
+    template = (
+        resources.files("steplog.server.broker").joinpath("pom.xml").read_text(encoding="utf-8")
+    )
     pom = staging / "pom.xml"
     pom.write_text(template.replace(_POM_PLACEHOLDER, version), encoding="utf-8")
     command = [
