@@ -55,7 +55,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -412,6 +411,8 @@ main()
 def start_processors(settings: Any, log_path: Path, timing_path: Path) -> ChildProcess:
     """`steplog processors` as a child (timed per batch, above); returns when its SQL
     endpoint answers."""
+    from steplog.server.sql_http import sql_endpoint_answers
+
     child = spawn(
         "processors",
         [sys.executable, "-c", PROCESSORS_WITH_TIMING],
@@ -421,11 +422,7 @@ def start_processors(settings: Any, log_path: Path, timing_path: Path) -> ChildP
 
     def answers() -> bool:
         child.check_alive()
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{settings.sql_port}/ping", timeout=5):
-                return True
-        except OSError:
-            return False
+        return sql_endpoint_answers(settings.sql_port, timeout=5)
 
     try:
         wait_until(answers, timeout=120, what="the processors' SQL endpoint")

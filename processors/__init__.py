@@ -7,6 +7,9 @@
   it folds the run events; `fold/steps.py` folds the step events (precedence, status,
   deadlines, missing steps); `fold/workflow.py` decides the engine effects of a workflow
   run's event, the timers a run wants and the history a `resume_run` carries.
+- `fold/transition.py`: what one new event changed (a step's winner before and after, a run's
+  first start or end, newly missing steps, the timers wanted before and after), handed to the
+  rows and the engine effects: the fold is one pass per event.
 - `fold/run_rows.py`: the rows a state projects (`take_rows`, `current_rows`);
   `fold/rows.py`: `RunRow` and `StepRow`, one field per column of the `runs` and `steps`
   tables; `fold/graph.py`: a flow definition as the fold reads it.

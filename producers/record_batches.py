@@ -11,6 +11,7 @@ it to a batch, not a coroutine and a future.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -29,10 +30,13 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from steplog.errors import SendError
 
+from .producer_watch import DeliveryProgress
+
 __all__ = [
     "PRODUCER_LOST",
     "Acknowledged",
     "ChunkOutcome",
+    "ChunkSender",
     "KeyPartitions",
     "Message",
     "PartitionOutcome",
@@ -144,6 +148,53 @@ Acknowledged = Callable[[int], None]
 """Told how many events Kafka acknowledged."""
 Refused = Callable[[int, BaseException], None]
 """Told how many events Kafka refused for good, and why."""
+
+
+class ChunkSender:
+    """Sends chunks to one topic, each partition's events as record batches (`send_partition`),
+    the partitions side by side; tells what Kafka acknowledged and what it refused for good."""
+
+    def __init__(self, topic: str, acknowledged: Acknowledged, refused: Refused) -> None:
+        self.topic = topic
+        self._acknowledged = acknowledged
+        self._refused = refused
+        self._key_partitions = KeyPartitions()
+        self.progress = DeliveryProgress()
+        """Where the chunk being sent goes, and when Kafka last acknowledged anything."""
+
+    async def send(
+        self, producer: AIOKafkaProducer, chunk: list[Message], alone: dict[int, int]
+    ) -> ChunkOutcome:
+        """Send a chunk once; returns what should be tried again. `alone` (by partition) is
+        the outcome of the previous attempt: events to send one per batch."""
+        try:
+            partitions = sorted(await producer.partitions_for(self.topic))
+            groups = self._key_partitions.group(partitions, chunk)
+        except Exception as exc:  # no metadata for the topic: nothing was sent
+            if is_retriable(exc):
+                return ChunkOutcome(chunk, alone, exc, False)
+            self._refused(len(chunk), exc)
+            return ChunkOutcome([], {}, None, False)
+        self.progress.sending_to = list(groups)
+        outcomes: list[PartitionOutcome] = await asyncio.gather(
+            *[
+                send_partition(
+                    producer, self.topic, partition, messages, alone.get(partition, 0),
+                    self._acknowledge, self._refused,
+                )
+                for partition, messages in groups.items()
+            ]
+        )
+        return ChunkOutcome(
+            [message for outcome in outcomes for message in outcome.retry],
+            {partition: o.alone for partition, o in zip(groups, outcomes) if o.alone},
+            next((o.cause for o in outcomes if o.cause is not None), None),
+            any(o.spoiled for o in outcomes),
+        )
+
+    def _acknowledge(self, count: int) -> None:
+        self._acknowledged(count)
+        self.progress.acknowledged_at = time.monotonic()
 
 
 async def send_partition(

@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from clickhouse_connect.driver.client import Client
 from steplog.server.broker import LocalBroker
 from steplog.projections.clickhouse import open_clickhouse
 from steplog.projections.migrations import migrate
+from steplog.server.sql_http import sql_endpoint_answers
 from steplog.settings import Settings, child_environment, load_settings
 from steplog.topics import ensure_topics, topic_specs
 
@@ -179,11 +179,7 @@ def start_processors(settings: Settings, log_path: Path) -> RunningProcessors:
         if process.poll() is not None:
             raise AssertionError(f"processors exited with {process.returncode}: "
                                  f"{log_path.read_text(errors='replace')[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{settings.sql_port}/ping", timeout=5):
-                return True
-        except OSError:
-            return False
+        return sql_endpoint_answers(settings.sql_port, timeout=5)
 
     try:
         wait_for(answers, timeout=120, what="the processors' SQL endpoint")

@@ -78,11 +78,17 @@ version would depend on how its events interleaved with other steps'.
 current rows of its run and step (and the run's missing steps) again, which repairs a host that
 died after saving the state and before writing the rows. It has no engine effect.
 
-**Engine effects.** After the rows of an event not seen before, `workflow.step_event_effects` /
-`run_event_effects` add what the event asks of the engine (commands, timers, events for other
-runs; see processors/fold/workflow.py). Timer effects follow from the state (the difference between
-the timers the run wants before and after the event), so they converge like the rows; the
-others follow the log's order.
+**One pass per event.** An event not seen before is folded once: the state update
+(`steps.apply_step_event`, `_apply_run_event` below) changes the state and returns what changed,
+a `transition.Transition` (the step's winner before and after, the run's first start or end,
+the steps that became missing, the timers wanted before and after). Its rows
+(`run_rows.transition_rows`) and engine effects (`workflow.engine_effects`) are read from it
+and from the state after the event; nothing else of the state before it is kept.
+
+**Engine effects.** After the rows of an event not seen before come what the event asks of the
+engine (commands, timers, events for other runs; see processors/fold/workflow.py). Timer
+effects follow from the state (the difference between the timers the run wants before and
+after the event), so they converge like the rows; the others follow the log's order.
 
 **Kind.** A step's kind is its latest step.started's, else the kind of its highest parking
 event (step.sleeping, whose payload says sleep or sleep_until; step.waiting; step.invoked), kept
@@ -119,7 +125,7 @@ from steplog.schemas.flows import FlowDefinition
 from .effects import Effect
 from .graph import FlowGraph, graph_for
 from .rows import json_text
-from .run_rows import OPEN_STEP_STATUSES, run_changed, step_changed
+from .run_rows import run_changed, step_changed, transition_rows
 from .state import (
     PauseFact,
     RunEndFact,
@@ -129,7 +135,8 @@ from .state import (
     ScheduledFact,
 )
 from .steps import adopt_graph, apply_step_event, declare_missing, utc
-from .workflow import run_event_effects, step_event_effects, step_timers, wanted_timers
+from .transition import RunTransition, Transition
+from .workflow import engine_effects, wanted_timers
 
 __all__ = ["apply_event", "fold_events"]
 
@@ -192,20 +199,13 @@ def apply_event(
     ts = utc(event.ts)
     if ts > state.updated_at:
         state.updated_at = ts
-    if isinstance(event, StepEventEnvelope):
-        key = event.step_key
-        before = state.steps.get(key)
-        old_winner = None if before is None else before.winner
-        timers_before = step_timers(state, key)
-        apply_step_event(state, event, ts, graph, effects)
-        run_changed(state, graph, effects)
-        effects.extend(step_event_effects(state, event, old_winner, timers_before))
-    else:
-        was_started, was_ended = state.started is not None, state.ended is not None
-        timers_before = wanted_timers(state)
-        _apply_run_event(state, event, ts, graph, effects)
-        run_changed(state, graph, effects)
-        effects.extend(run_event_effects(state, event, was_started, was_ended, timers_before))
+    change: Transition = (
+        apply_step_event(state, event, ts, graph)
+        if isinstance(event, StepEventEnvelope)
+        else _apply_run_event(state, event, ts, graph)
+    )
+    transition_rows(state, change, graph, effects)
+    engine_effects(state, change, effects)
     return state, effects
 
 
@@ -229,8 +229,11 @@ def _apply_run_event(
     event: RunEvent,
     ts: datetime,
     graph: FlowGraph | None,
-    effects: list[Effect],
-) -> None:
+) -> RunTransition:
+    """Fold a run event not seen before into the state; what it changed."""
+    timers_before = wanted_timers(state)
+    first_start = first_end = False
+    missing: list[str] = []
     if isinstance(event, RunScheduled):
         scheduled = event.payload
         order = (event.seq, ts, event.event_id)
@@ -247,6 +250,7 @@ def _apply_run_event(
     elif isinstance(event, RunStarted):
         started = event.payload
         run_order = (event.attempt, event.seq, ts, event.event_id)
+        first_start = state.started is None
         if state.started is None or run_order > state.started.order:
             trigger = started.trigger
             state.started = RunStartFact(
@@ -278,13 +282,11 @@ def _apply_run_event(
             else:
                 state.ended = RunEndFact(run_order, event.type)
         if first_end and not state.final_failure_seen and graph is not None:
-            declare_missing(state, graph.keys, effects)
-        if first_end:
-            for key, step in sorted(state.steps.items()):
-                if step.status in OPEN_STEP_STATUSES:
-                    step_changed(state, key, effects)
+            declare_missing(state, graph.keys, missing)
     else:
         order = (event.seq, ts, event.event_id)
         if state.paused is None or order > state.paused.order:
             state.paused = PauseFact(order, isinstance(event, RunInterrupted))
+    timers_after = wanted_timers(state)
+    return RunTransition(missing, timers_before, timers_after, event, first_start, first_end)
 

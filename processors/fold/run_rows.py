@@ -1,7 +1,7 @@
 """The rows a run's state projects: its `runs` row and one `steps` row per reported or missing
 step (the columns are described in processors/fold/run.py: run status, versions, steps left
-open), and the bookkeeping of which rows changed (`step_changed`, `run_changed`: at once, or
-deferred to `take_rows`)."""
+open), the rows an event's transition changed (`transition_rows`), and the bookkeeping of which
+rows changed (`step_changed`, `run_changed`: at once, or deferred to `take_rows`)."""
 
 from __future__ import annotations
 
@@ -17,15 +17,15 @@ from .effects import Effect, RunRowChanged, StepRowChanged
 from .graph import FlowGraph, graph_for
 from .rows import RunRow, StepRow, json_text
 from .state import Meta, RunMismatchError, RunState, StepState
+from .transition import RunTransition, Transition
 
 __all__ = [
-    "OPEN_STEP_STATUSES", "current_rows", "failure_order", "run_changed", "step_changed",
-    "take_rows",
+    "current_rows", "failure_order", "run_changed", "step_changed", "take_rows", "transition_rows",
 ]
 
 _INSTRUMENTED: Final = StepKind.INSTRUMENTED.value
 _MISSING: Final = StepStatus.MISSING.value
-OPEN_STEP_STATUSES: Final = frozenset(
+_OPEN_STEP_STATUSES: Final = frozenset(
     {StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.SCHEDULED}
 )
 """A step in one of these when its run ends is closed as interrupted."""
@@ -55,6 +55,23 @@ def take_rows(state: RunState, flow: FlowDefinition | None = None) -> list[Effec
         rows.append(RunRowChanged(_run_row(state, graph_for(state, flow))))
     return rows
 
+
+
+def transition_rows(
+    state: RunState, change: Transition, graph: FlowGraph | None, effects: list[Effect]
+) -> None:
+    """The rows an event not seen before changed, in order: the steps that became missing, the
+    event's step (or, at the run's first end, the steps it closed), the run."""
+    for key in change.missing:
+        step_changed(state, key, effects)
+    if isinstance(change, RunTransition):
+        if change.first_end:
+            for key, step in sorted(state.steps.items()):
+                if step.status in _OPEN_STEP_STATUSES:
+                    step_changed(state, key, effects)
+    else:
+        step_changed(state, change.event.step_key, effects)
+    run_changed(state, graph, effects)
 
 
 def step_changed(state: RunState, key: str, effects: list[Effect]) -> None:
@@ -222,7 +239,7 @@ def _step_row(state: RunState, key: str, step: StepState) -> StepRow:
     status = step.status
     # Closed by the run's end (see "Steps left open" above): its version sits between the
     # open row's and that of any row with one more event of the step (see "Versions").
-    closed = state.ended is not None and status in OPEN_STEP_STATUSES
+    closed = state.ended is not None and status in _OPEN_STEP_STATUSES
     if closed:
         status = StepStatus.INTERRUPTED
     started_at = None if started is None else started.ts

@@ -273,7 +273,7 @@ class RunState:
     final_failure_seen: bool = False
     """A step.failed with no retry has been folded, whether or not it still wins its step.
     Unlike the run's status this only ever goes from False to True, which is what lets a
-    `missing` row, once written, stay right (see fold._declare_missing)."""
+    `missing` row, once written, stay right (see steps.declare_missing)."""
 
     # From the flow definition, when there is one.
     flow_tag: bytes | None = None

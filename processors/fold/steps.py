@@ -1,7 +1,7 @@
 """A step event folded into its run's state: the step's winning event (precedence), its status
 and deadline, the run's counters kept in step, and the steps that became missing (the rules are
-in processors/fold/run.py's docstring). `adopt_graph` recomputes what depends on the flow graph
-when a run gets another one."""
+in processors/fold/run.py's docstring), returned as a `StepTransition`. `adopt_graph`
+recomputes what depends on the flow graph when a run gets another one."""
 
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ from .state import (
     StepState,
     WaitInfo,
 )
+from .transition import StepTransition
+from .workflow import step_timers
 
 __all__ = ["adopt_graph", "apply_step_event", "declare_missing", "utc"]
 
@@ -66,9 +68,11 @@ def apply_step_event(
     event: StepEvent,
     ts: datetime,
     graph: FlowGraph | None,
-    effects: list[Effect],
-) -> None:
+) -> StepTransition:
+    """Fold a step event not seen before into the state; what it changed."""
     key = event.step_key
+    timers_before = step_timers(state, key)
+    missing: list[str] = []
     attempt = event.attempt
     order: StepOrder = (
         attempt,
@@ -96,6 +100,7 @@ def apply_step_event(
         _step_fact(event, order) if isinstance(event, StepSleeping | StepWaiting | StepInvoked)
         else None
     )
+    old_winner = None if step is None else step.winner
     if step is None:
         winner = parking if parking is not None else _step_fact(event, order)
         step = StepState(1, ts, winner, _status_of(winner), start, start, parked=parking)
@@ -135,7 +140,7 @@ def apply_step_event(
             # above those was declared when they reported (or became missing), so each step
             # is visited O(1) times over the run instead of once per report below it.
             settled = _Settled(state)
-            declare_missing(state, graph.upstream((key,), stop=settled), effects)
+            declare_missing(state, graph.upstream((key,), stop=settled), missing)
     if (
         isinstance(event, StepFailed)
         and (event.payload.retry_at is None or event.payload.non_retriable)
@@ -144,8 +149,9 @@ def apply_step_event(
         # Even if this failure never wins its step (a later attempt exists): see _run_has_ended.
         state.final_failure_seen = True
         if graph is not None and state.ended is None:
-            declare_missing(state, graph.keys, effects)
-    step_changed(state, key, effects)
+            declare_missing(state, graph.keys, missing)
+    timers_after = step_timers(state, key)
+    return StepTransition(missing, timers_before, timers_after, event, old_winner, step.winner)
 
 
 def _step_fact(event: StepEvent, order: StepOrder) -> StepFact:
@@ -277,13 +283,13 @@ def _set_running_deadline(state: RunState, key: str, deadline: datetime | None) 
         heapq.heappush(heap, (deadline, key))
 
 
-def declare_missing(state: RunState, candidates: Iterable[str], effects: list[Effect]) -> None:
-    """Mark the candidates that never reported as missing, and emit their rows."""
+def declare_missing(state: RunState, candidates: Iterable[str], declared: list[str]) -> None:
+    """Mark the candidates that never reported as missing; add them to `declared`."""
     steps, missing = state.steps, state.missing
     for key in sorted(candidates):
         if key not in steps and key not in missing:
             missing.add(key)
-            step_changed(state, key, effects)
+            declared.append(key)
 
 
 class _Settled:

@@ -1,9 +1,10 @@
 """The workflow half of the fold: what a workflow run's events ask of the engine.
 
-`fold.apply_event` decides the rows; for every event it has not seen before it also calls
-`step_event_effects` or `run_event_effects` here, which read the state before and after the
-event and return engine effects (`effects.SendCommand`, `SetTimer`, ...). Pure, like the rest
-of the fold: no clock (a command's `ts` is the causing event's), no I/O; every id is derived.
+`run.apply_event` decides the rows; for every event it has not seen before it also calls
+`engine_effects` here with the event's `Transition` (what the event changed: the step's winner
+before and after it, the run's first start or end, the timers wanted before and after it),
+which adds the engine effects (`effects.SendCommand`, `SetTimer`, ...). Pure, like the rest of
+the fold: no clock (a command's `ts` is the causing event's), no I/O; every id is derived.
 
 A **workflow run** is a run whose `run.started` names an app (workers write it that way).
 Instrumented runs never have one, so nothing here ever sends them a command or sets them a
@@ -29,8 +30,8 @@ exception is `run.scheduled`: a scheduled run gets its start timer whoever sched
 Timers are not decided event by event but from the state: `wanted_timers(state)` is every due
 time the run wants now (the timer service rebuilds its heap from it at start-up, and checks it
 again when a timer is due); an event's timer effects are the difference between what the run
-wanted before and after it. So a timer effect never contradicts the state, whatever the order
-of events.
+wanted before and after it (`Transition.timers_before` / `timers_after`). So a timer effect
+never contradicts the state, whatever the order of events.
 
 Commands and events depend on arrival order (the first run.started, the step's previous winner):
 they follow the log's order, which is fixed, and a re-delivered event (already in `seen`) gives
@@ -49,7 +50,6 @@ none. Ids, so that a batch carried out twice after a crash only makes duplicates
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from datetime import datetime
 
 from pydantic import JsonValue
@@ -62,7 +62,6 @@ from steplog.schemas.events import (
     RunCompleted,
     RunEvent,
     RunFailed,
-    RunStarted,
     StepCompleted,
     StepEvent,
     StepInvoked,
@@ -85,22 +84,18 @@ from .effects import (
     WriteSignalsMessage,
 )
 from .state import InvokeInfo, RunState, SleepInfo, StepFact, StepState, WaitInfo
+from .transition import RunTransition, StepTransition, Timers, Transition
 
 __all__ = [
-    "Timers",
+    "engine_effects",
     "history",
     "is_workflow_run",
     "resume_command",
-    "run_event_effects",
     "start_timer",
-    "step_event_effects",
     "step_timer",
     "step_timers",
     "wanted_timers",
 ]
-
-Timers = Mapping[tuple[TimerKind, str], SetTimer]
-"""Timers by (kind, step_key): a run holds at most one of each."""
 
 _NO_TIMERS: Timers = {}
 _RUNNING = StepStatus.RUNNING
@@ -246,20 +241,25 @@ def _timer_changes(before: Timers, after: Timers, effects: list[Effect]) -> None
 # --- effects of one event ---------------------------------------------------------------------
 
 
-def step_event_effects(
-    state: RunState, event: StepEvent, old_winner: StepFact | None, timers_before: Timers
-) -> list[Effect]:
-    """The engine effects of a step event just folded (not a duplicate). `old_winner` is the
-    step's winner before it; `timers_before` the step's `step_timers` before it."""
-    effects: list[Effect] = []
-    key = event.step_key
-    _timer_changes(timers_before, step_timers(state, key), effects)
+def engine_effects(state: RunState, change: Transition, effects: list[Effect]) -> None:
+    """Add the engine effects of an event just folded (not a duplicate), from what it changed."""
+    if change.timers_before or change.timers_after:  # most events touch no timer
+        _timer_changes(change.timers_before, change.timers_after, effects)
+    if isinstance(change, StepTransition):
+        _step_event_effects(state, change, effects)
+    else:
+        _run_event_effects(state, change, effects)
+
+
+def _step_event_effects(state: RunState, change: StepTransition, effects: list[Effect]) -> None:
     if state.ended is not None or not is_workflow_run(state):
-        return effects
-    step = state.steps[key]
-    winner = step.winner
+        return
+    winner, old_winner = change.winner, change.old_winner
     if winner is old_winner:  # an event that does not decide the step asks for nothing
-        return effects
+        return
+    event = change.event
+    key = event.step_key
+    step = state.steps[key]
     if isinstance(event, StepInvoked):
         effects.append(_start_child(state, event))
     elif (
@@ -271,28 +271,17 @@ def step_event_effects(
         reason = _resumed_because(key, old_winner, event)
         command_id = derived_id("resume", state.run_id, event.event_id)
         effects.append(SendCommand(resume_command(state, command_id, reason, event.ts)))
-    return effects
 
 
-def run_event_effects(
-    state: RunState,
-    event: RunEvent,
-    was_started: bool,
-    was_ended: bool,
-    timers_before: Timers,
-) -> list[Effect]:
-    """The engine effects of a run event just folded (not a duplicate); `was_started` /
-    `was_ended`: whether the run had a run.started / an end before it, `timers_before` its
-    `wanted_timers` before it."""
-    effects: list[Effect] = []
-    _timer_changes(timers_before, wanted_timers(state), effects)
+def _run_event_effects(state: RunState, change: RunTransition, effects: list[Effect]) -> None:
     if not is_workflow_run(state):
-        return effects
-    if isinstance(event, RunStarted):
-        if not was_started and state.ended is None:
+        return
+    event = change.event
+    if change.first_start:
+        if state.ended is None:
             command_id = derived_id("resume", state.run_id, event.event_id)
             effects.append(SendCommand(resume_command(state, command_id, "started", event.ts)))
-    elif isinstance(event, RunCompleted | RunFailed | RunCancelled) and not was_ended:
+    elif change.first_end:
         _release(state, event, effects)
         if isinstance(event, RunCancelled):
             started = state.started
@@ -310,7 +299,6 @@ def run_event_effects(
                 )
             )
         _report_to_parent(state, event, effects)
-    return effects
 
 
 def _start_child(state: RunState, event: StepInvoked) -> SendCommand:

@@ -18,6 +18,7 @@ import gzip
 import re
 import sys
 import threading
+import urllib.request
 import zlib
 from collections.abc import Callable, Mapping
 from typing import Protocol
@@ -306,3 +307,13 @@ async def serve_sql(
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
+
+
+def sql_endpoint_answers(port: int, timeout: float = 2.0) -> bool:
+    """Whether the SQL endpoint on 127.0.0.1:`port` answers `/ping` within `timeout` seconds:
+    what whoever starts the processors waits for (they serve it once they run)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=timeout):
+            return True
+    except OSError:
+        return False

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import threading
-import urllib.request
 from collections.abc import Callable
 from types import FrameType
 from typing import Final
@@ -27,6 +26,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exp
 
 from steplog.errors import SteplogError
 from steplog.projections.clickhouse import chdb_path
+from steplog.server.sql_http import sql_endpoint_answers
 from steplog.settings import Settings, child_environment
 
 __all__ = ["ProcessorsSupervisor"]
@@ -103,20 +103,11 @@ class ProcessorsSupervisor:
         """Call (and forget) the `ready` hook once the child serves SQL (or runs, without an
         SQL endpoint); a child that exits first leaves it to the next one."""
         if chdb_path(self.settings.clickhouse_dsn) is not None:
-            url = f"http://127.0.0.1:{self.sql_port}/ping"
-            while not _answers(url):
+            while not sql_endpoint_answers(self.sql_port):
                 if child.poll() is not None or self._stopping.wait(_READY_POLL_S):
                     return
         if ready:
             ready.pop()()
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 def _kill_after(child: subprocess.Popen[bytes]) -> None:

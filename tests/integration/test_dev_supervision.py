@@ -9,11 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 from steplog.server.broker import LocalBroker
 from steplog.settings import load_settings
+from steplog.server.sql_http import sql_endpoint_answers
 from steplog.server.stack_lock import STACK_FILE
 from tests.conftest import free_port, wait_for
 from tests.integration.test_cli import steplog
@@ -23,14 +23,6 @@ def processors_children(pid: int) -> list[int]:
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return [int(child) for child in children
             if b"processors" in Path(f"/proc/{child}/cmdline").read_bytes()]
-
-
-def answers(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 def test_dev_serves_commands_while_starting_and_restarts_killed_processors(tmp_path: Path) -> None:
@@ -53,7 +45,7 @@ def test_dev_serves_commands_while_starting_and_restarts_killed_processors(tmp_p
         lock = data_dir / "clickhouse" / STACK_FILE
         wait_for(lambda: lock.exists() and lock.read_text().startswith(f"{dev.pid}\n"),
                  timeout=30, what="dev to take the stack lock")
-        assert not answers(sql_port)  # still starting (the broker first)
+        assert not sql_endpoint_answers(sql_port)  # still starting (the broker first)
         during = steplog("sql", "SELECT 41 + 1 AS n", "-f", "csv",
                          env={"STEPLOG_DATA_DIR": str(data_dir)})
         assert during.returncode == 0, during.stdout + during.stderr
@@ -64,7 +56,7 @@ def test_dev_serves_commands_while_starting_and_restarts_killed_processors(tmp_p
                  what="dev's processors child")
         [first] = processors_children(dev.pid)
         os.kill(first, signal.SIGKILL)
-        wait_for(lambda: processors_children(dev.pid) not in ([], [first]) and answers(sql_port),
+        wait_for(lambda: processors_children(dev.pid) not in ([], [first]) and sql_endpoint_answers(sql_port),
                  timeout=90, what=f"a new processors child serving SQL: {output()[-2000:]}")
         assert f"the processors (pid {first}) were killed by SIGKILL: restarting them" in output()
         [second] = processors_children(dev.pid)

@@ -21,10 +21,11 @@ from aiokafka.errors import (
 from aiokafka.partitioner import DefaultPartitioner
 
 from steplog.errors import DeliveryFailing, DeliveryRecovered, SendError
+from steplog.producers.delivery_loop import DeliveryLoop
 from steplog.producers.kafka_logs import SenderThreadLogLimit
-from steplog.producers.record_batches import ChunkOutcome as _ChunkOutcome
-from steplog.producers.record_batches import Message
-from steplog.producers.record_batches import ProducerDiscarded as _ProducerDiscarded
+from steplog.producers.outage_report import OutageReport
+from steplog.producers.record_batches import ChunkOutcome, ChunkSender, Message, ProducerDiscarded
+from steplog.producers.send_buffer import DeliveryCounts, SendBuffer
 from steplog.producers.sender import EventSender
 
 
@@ -59,10 +60,11 @@ def test_sending_does_not_wait_for_an_unreachable_broker() -> None:
         # Generous bound: the point is that nothing waits on a connection attempt
         # (aiokafka's own connect timeout is seconds).
         assert time.perf_counter() - began < 2.0
-        # All kept: in the buffer, or taken by the delivery thread for its first attempt.
+        # All kept: in the buffer, or taken by the delivery thread for its first attempt (at
+        # most a chunk, fewer if it lingered less than the sends took).
         stats = sender.stats()
         assert (stats.sent, stats.dropped, stats.failed) == (0, 0, 0)
-        assert stats.buffered in (10_000, 10_000 - sender.chunk_size)
+        assert 10_000 - sender.chunk_size <= stats.buffered <= 10_000
     finally:
         sender.close(timeout=0.1)
 
@@ -98,8 +100,11 @@ def test_throw_on_send_error_raises_at_the_next_call() -> None:
     try:
         sender.send(b"run-1", b"{}")
         assert reported.wait(timeout=30)
-        with pytest.raises(SendError, match="send failure"):
+        with pytest.raises(SendError, match="send failure") as raised:
             sender.send(b"run-1", b"{}")
+        assert isinstance(raised.value.__cause__, DeliveryFailing)
+        # Raised once: the outage goes on, but is not told (nor raised) again.
+        assert sender.flush(timeout=0) is False
     finally:
         sender.close(timeout=0.1)
 
@@ -123,8 +128,9 @@ def test_closing_with_the_broker_down_waits_at_most_close_timeout_and_drops_the_
 
 
 # --- delivery in record batches, against a producer stand-in --------------------------------
-# The batch path's failure handling cannot be provoked on a healthy broker; these drive
-# EventSender._send_chunk (one attempt) with a stand-in that fails chosen events.
+# The batch path's failure handling cannot be provoked on a healthy broker; these drive one
+# attempt of ChunkSender.send with a stand-in that fails chosen events, counting into a
+# SendBuffer the chunk was taken from (what is neither acknowledged nor refused stays in flight).
 
 
 class _Batch:
@@ -143,125 +149,17 @@ class _Batch:
         self.closed = True
 
 
-class _Producer:
-    """Batches of 3 events on partitions 0-2. A batch holding a value in `refuse` is refused
-    (non-retriable), in `unavailable` fails retriably, in `expire` times out, in `out_of_order`
-    fails with OutOfOrderSequenceNumber."""
-
-    def __init__(self, *, refuse: frozenset[bytes] = frozenset(),
-                 unavailable: frozenset[bytes] = frozenset(),
-                 expire: frozenset[bytes] = frozenset(),
-                 out_of_order: frozenset[bytes] = frozenset()) -> None:
-        self.failures: list[tuple[frozenset[bytes], type[Exception]]] = [
-            (unavailable, NotLeaderForPartitionError),
-            (expire, KafkaTimeoutError),
-            (out_of_order, OutOfOrderSequenceNumber),
-            (refuse, CorruptRecordException),
-        ]
-        self.batches: list[tuple[int, list[bytes]]] = []
-
-    async def partitions_for(self, topic: str) -> set[int]:
-        return {0, 1, 2}
-
-    def create_batch(self) -> _Batch:
-        return _Batch(3)
-
-    async def send_batch(self, batch: _Batch, topic: str, *, partition: int) -> asyncio.Future[object]:
-        values = [value for _, value in batch.messages]
-        self.batches.append((partition, values))
-        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        error = next((kind for chosen, kind in self.failures if chosen & set(values)), None)
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error())
-        return future
-
-
-def _chunk(sender: EventSender, count: int, key: bytes = b"run-1") -> list[Message]:
-    chunk = [(key, b"e%d" % n) for n in range(count)]
-    sender._in_flight = len(chunk)  # as _take_chunk leaves it
-    return chunk
-
-
-def _values(messages: list[Message]) -> list[bytes]:
-    return [value for _, value in messages]
-
-
-def test_events_go_in_batches_to_the_default_partitioners_partition() -> None:
-    sender = EventSender(unreachable_bootstrap(), "events")
-    producer = _Producer()
-    chunk = _chunk(sender, 7, key=b"req_123") + [(b"req_456", b"other")]
-    sender._in_flight = len(chunk)
-    outcome = asyncio.run(sender._send_chunk(producer, chunk, {}))
-    expected = DefaultPartitioner()(b"req_123", [0, 1, 2], [0, 1, 2])
-    assert [b for b in producer.batches if b[0] == expected][:3] == [
-        (expected, [b"e0", b"e1", b"e2"]), (expected, [b"e3", b"e4", b"e5"]), (expected, [b"e6"])
-    ]
-    assert outcome.retry == [] and not outcome.spoiled
-    assert sender.stats().sent == 8 and sender._in_flight == 0
-
-
-def test_a_refused_batch_is_sent_again_one_per_batch_so_only_the_bad_event_fails() -> None:
-    errors: list[BaseException] = []
-    sender = EventSender(unreachable_bootstrap(), "events", on_error=errors.append)
-    producer = _Producer(refuse=frozenset({b"e4"}))
-    pending = _chunk(sender, 7)
-    alone: dict[int, int] = {}
-    attempts = 0
-    while pending:
-        outcome = asyncio.run(sender._send_chunk(producer, pending, alone))
-        # A failed batch took sequence numbers the broker never recorded: each attempt after
-        # one goes through a new producer (here: the same stand-in, which keeps no numbers).
-        assert outcome.cause is None  # a bad record is no outage
-        pending, alone, attempts = outcome.retry, outcome.alone, attempts + 1
-    assert [values for _, values in producer.batches][1:] == [
-        [b"e3", b"e4", b"e5"], [b"e3"], [b"e4"], [b"e5"], [b"e6"]
-    ]
-    stats = sender.stats()
-    assert (stats.sent, stats.failed, attempts) == (6, 1, 3)
-    assert len(errors) == 1 and isinstance(errors[0], CorruptRecordException)
-
-
-def test_a_retriable_batch_failure_holds_back_everything_behind_it_in_order() -> None:
-    sender = EventSender(unreachable_bootstrap(), "events", on_error=lambda _: None)
-    producer = _Producer(unavailable=frozenset({b"e4"}))
-    outcome = asyncio.run(sender._send_chunk(producer, _chunk(sender, 8), {}))
-    assert _values(outcome.retry) == [b"e3", b"e4", b"e5", b"e6", b"e7"]
-    assert [values for _, values in producer.batches] == [[b"e0", b"e1", b"e2"], [b"e3", b"e4", b"e5"]]
-    assert isinstance(outcome.cause, NotLeaderForPartitionError) and outcome.spoiled
-    assert sender.stats().sent == 3 and sender._in_flight == 5
-
-
-def test_a_batch_that_expired_without_a_broker_is_retried_not_counted_failed() -> None:
-    sender = EventSender(unreachable_bootstrap(), "events", on_error=lambda _: None)
-    producer = _Producer(expire=frozenset({b"e1"}))
-    outcome = asyncio.run(sender._send_chunk(producer, _chunk(sender, 4), {}))
-    assert _values(outcome.retry) == [b"e0", b"e1", b"e2", b"e3"]
-    assert outcome.spoiled  # it was numbered: this producer's next batch would be out of order
-    assert sender.stats().failed == 0
-
-
-def test_a_lost_sequence_is_retried_through_a_new_producer_never_counted_failed() -> None:
-    errors: list[BaseException] = []
-    sender = EventSender(unreachable_bootstrap(), "events", on_error=errors.append)
-    producer = _Producer(out_of_order=frozenset({b"e3"}))
-    outcome = asyncio.run(sender._send_chunk(producer, _chunk(sender, 6), {}))
-    assert _values(outcome.retry) == [b"e3", b"e4", b"e5"]
-    assert outcome.spoiled and isinstance(outcome.cause, OutOfOrderSequenceNumber)
-    assert (sender.stats().failed, errors) == (0, [])
-
-
-# --- the watchdog, the outage's reports and aiokafka's log lines -----------------------------
-
-
 class _Cluster:
+    def __init__(self, leader: int) -> None:
+        self.leader = leader
+
     def leader_for_partition(self, partition: object) -> int:
-        return -1  # what a broker's controlled shutdown leaves in the metadata
+        return self.leader
 
 
 class _Client:
-    cluster = _Cluster()
+    def __init__(self, leader: int) -> None:
+        self.cluster = _Cluster(leader)
 
     async def close(self) -> None:
         pass
@@ -283,66 +181,226 @@ class _Accumulator:
             future.set_exception(exc)
 
 
-class _LeaderlessProducer(_Producer):
-    """Takes batches and never delivers them, its partitions without a leader."""
+class _Producer:
+    """Batches of 3 events on partitions 0-2. A batch holding a value in `refuse` is refused
+    (non-retriable), in `unavailable` fails retriably, in `expire` times out, in `out_of_order`
+    fails with OutOfOrderSequenceNumber. Discardable as producers.producer_watch does it."""
 
-    client = _Client()
-
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, refuse: frozenset[bytes] = frozenset(),
+                 unavailable: frozenset[bytes] = frozenset(),
+                 expire: frozenset[bytes] = frozenset(),
+                 out_of_order: frozenset[bytes] = frozenset()) -> None:
+        self.failures: list[tuple[frozenset[bytes], type[Exception]]] = [
+            (unavailable, NotLeaderForPartitionError),
+            (expire, KafkaTimeoutError),
+            (out_of_order, OutOfOrderSequenceNumber),
+            (refuse, CorruptRecordException),
+        ]
+        self.batches: list[tuple[int, list[bytes]]] = []
+        self.client = _Client(leader=1)
         self._message_accumulator = _Accumulator()
         self._sender = _SenderTask()
         self.stopped = False
 
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2}
+
+    def create_batch(self) -> _Batch:
+        return _Batch(3)
+
     async def send_batch(self, batch: _Batch, topic: str, *, partition: int) -> asyncio.Future[object]:
+        values = [value for _, value in batch.messages]
+        self.batches.append((partition, values))
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self._message_accumulator.held.append(future)
+        error = next((kind for chosen, kind in self.failures if chosen & set(values)), None)
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error())
         return future
 
     async def stop(self) -> None:
         self.stopped = True
 
 
-def test_a_producer_whose_partitions_lost_their_leader_is_discarded_within_seconds() -> None:
-    sender = EventSender(unreachable_bootstrap(), "events")
-    producer = _LeaderlessProducer()
+class _Delivery:
+    """A chunk taken from a SendBuffer for delivery, its ChunkSender, and what was refused."""
 
-    async def attempt() -> tuple[_ChunkOutcome, float]:
-        sender._stopping = asyncio.Event()
-        sender._producer = producer
-        began = time.monotonic()
-        outcome = await sender._attempt(_chunk(sender, 4), {})
-        return outcome, time.monotonic() - began
+    def __init__(self, messages: list[Message]) -> None:
+        self.buffer = SendBuffer("events", max_bytes=1 << 30)
+        for key, value in messages:
+            self.buffer.append(key, value)
+        self.chunk = self.buffer.take(len(messages))
+        self.refused: list[BaseException] = []
+        self.chunks = ChunkSender("events", self.buffer.acknowledged, self._refuse)
 
-    outcome, took = asyncio.run(attempt())
-    assert producer.stopped and sender._producer is None
+    def _refuse(self, count: int, exc: BaseException) -> None:
+        self.buffer.refused(count)
+        self.refused.append(exc)
+
+    def attempt(
+        self, producer: _Producer, chunk: list[Message], alone: dict[int, int]
+    ) -> ChunkOutcome:
+        return asyncio.run(self.chunks.send(producer, chunk, alone))
+
+    def in_flight(self) -> int:
+        return self.buffer.counts().undelivered
+
+
+def _events(count: int, key: bytes = b"run-1") -> list[Message]:
+    return [(key, b"e%d" % n) for n in range(count)]
+
+
+def _values(messages: list[Message]) -> list[bytes]:
+    return [value for _, value in messages]
+
+
+def test_events_go_in_batches_to_the_default_partitioners_partition() -> None:
+    delivery = _Delivery(_events(7, key=b"req_123") + [(b"req_456", b"other")])
+    producer = _Producer()
+    outcome = delivery.attempt(producer, delivery.chunk, {})
+    expected = DefaultPartitioner()(b"req_123", [0, 1, 2], [0, 1, 2])
+    assert [b for b in producer.batches if b[0] == expected][:3] == [
+        (expected, [b"e0", b"e1", b"e2"]), (expected, [b"e3", b"e4", b"e5"]), (expected, [b"e6"])
+    ]
+    assert outcome.retry == [] and not outcome.spoiled
+    assert delivery.buffer.stats().sent == 8 and delivery.in_flight() == 0
+
+
+def test_a_refused_batch_is_sent_again_one_per_batch_so_only_the_bad_event_fails() -> None:
+    delivery = _Delivery(_events(7))
+    producer = _Producer(refuse=frozenset({b"e4"}))
+    pending, attempts = delivery.chunk, 0
+    alone: dict[int, int] = {}
+    while pending:
+        outcome = delivery.attempt(producer, pending, alone)
+        # A failed batch took sequence numbers the broker never recorded: each attempt after
+        # one goes through a new producer (here: the same stand-in, which keeps no numbers).
+        assert outcome.cause is None  # a bad record is no outage
+        pending, alone, attempts = outcome.retry, outcome.alone, attempts + 1
+    assert [values for _, values in producer.batches][1:] == [
+        [b"e3", b"e4", b"e5"], [b"e3"], [b"e4"], [b"e5"], [b"e6"]
+    ]
+    stats = delivery.buffer.stats()
+    assert (stats.sent, stats.failed, attempts, delivery.in_flight()) == (6, 1, 3, 0)
+    assert len(delivery.refused) == 1 and isinstance(delivery.refused[0], CorruptRecordException)
+
+
+def test_a_retriable_batch_failure_holds_back_everything_behind_it_in_order() -> None:
+    delivery = _Delivery(_events(8))
+    producer = _Producer(unavailable=frozenset({b"e4"}))
+    outcome = delivery.attempt(producer, delivery.chunk, {})
+    assert _values(outcome.retry) == [b"e3", b"e4", b"e5", b"e6", b"e7"]
+    assert [values for _, values in producer.batches] == [[b"e0", b"e1", b"e2"], [b"e3", b"e4", b"e5"]]
+    assert isinstance(outcome.cause, NotLeaderForPartitionError) and outcome.spoiled
+    assert delivery.buffer.stats().sent == 3 and delivery.in_flight() == 5
+
+
+def test_a_batch_that_expired_without_a_broker_is_retried_not_counted_failed() -> None:
+    delivery = _Delivery(_events(4))
+    producer = _Producer(expire=frozenset({b"e1"}))
+    outcome = delivery.attempt(producer, delivery.chunk, {})
     assert _values(outcome.retry) == [b"e0", b"e1", b"e2", b"e3"]
-    assert isinstance(outcome.cause, _ProducerDiscarded)
-    assert "no leader" in str(outcome.cause)
-    assert 1.0 <= took < 3.0
+    assert outcome.spoiled  # it was numbered: this producer's next batch would be out of order
+    assert delivery.buffer.stats().failed == 0 and delivery.in_flight() == 4
+
+
+def test_a_lost_sequence_is_retried_through_a_new_producer_never_counted_failed() -> None:
+    delivery = _Delivery(_events(6))
+    producer = _Producer(out_of_order=frozenset({b"e3"}))
+    outcome = delivery.attempt(producer, delivery.chunk, {})
+    assert _values(outcome.retry) == [b"e3", b"e4", b"e5"]
+    assert outcome.spoiled and isinstance(outcome.cause, OutOfOrderSequenceNumber)
+    assert (delivery.buffer.stats().failed, delivery.refused) == (0, [])
+
+
+# --- the watchdog, the outage's reports and aiokafka's log lines -----------------------------
+
+
+class _LeaderlessProducer(_Producer):
+    """Takes batches and never delivers them, its partitions without a leader (what a broker's
+    controlled shutdown leaves in the metadata)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client = _Client(leader=-1)
+
+    async def send_batch(self, batch: _Batch, topic: str, *, partition: int) -> asyncio.Future[object]:
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._message_accumulator.held.append(future)
+        return future
+
+
+def test_a_producer_whose_partitions_lost_their_leader_is_discarded_for_a_new_one() -> None:
+    buffer = SendBuffer("events", max_bytes=1 << 30)
+    for _, value in _events(4):
+        buffer.append(b"run-1", value)
+    leaderless, healthy = _LeaderlessProducer(), _Producer()
+    connected: list[float] = []
+    reported: list[tuple[float, BaseException]] = []
+    told: list[BaseException] = []
+
+    async def connect() -> _Producer:
+        connected.append(time.monotonic())
+        return [leaderless, healthy][len(connected) - 1]
+
+    async def deliver() -> None:
+        recovered = asyncio.Event()
+
+        def tell(exc: BaseException) -> None:
+            told.append(exc)
+            recovered.set()
+
+        delivery = DeliveryLoop(
+            buffer, "events", unreachable_bootstrap(), chunk_size=100, linger_ms=0,
+            max_event_bytes=1 << 20,
+            report=lambda exc: reported.append((time.monotonic(), exc)),
+            tell=tell,
+            connect=connect,
+        )
+        running = asyncio.ensure_future(delivery.run())
+        try:
+            await asyncio.wait_for(recovered.wait(), timeout=30)
+        finally:
+            buffer.close()
+            delivery.stop()
+            await asyncio.wait_for(running, timeout=10)
+
+    asyncio.run(deliver())
+    # The first producer: cut off within seconds, its events re-sent through the second.
+    assert leaderless.stopped and len(connected) == 2
+    [(reported_at, failing)] = reported
+    assert isinstance(failing, DeliveryFailing) and isinstance(failing.cause, ProducerDiscarded)
+    assert "no leader" in str(failing.cause)
+    assert 1.0 <= reported_at - connected[0] < 3.0
+    assert [value for _, values in healthy.batches for value in values] == _values(_events(4))
+    # Recovering is told, never reported as a failure.
+    assert len(told) == 1 and isinstance(told[0], DeliveryRecovered)
+    stats = buffer.stats()
+    assert (stats.sent, stats.retried, stats.failed, buffer.counts().undelivered) == (4, 4, 0, 0)
+    assert healthy.stopped  # closing discards the producer
 
 
 def test_an_outage_is_told_once_when_it_starts_and_once_when_it_ends(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    told: list[BaseException] = []
-    sender = EventSender(
-        unreachable_bootstrap(), "events", on_error=told.append, throw_on_send_error=True
-    )
+    now = [100.0]
+    counts = [DeliveryCounts(undelivered=7, dropped=2, failed=1)]
+    report = OutageReport("events", lambda: counts[0], clock=lambda: now[0])
     with caplog.at_level(logging.INFO, logger="steplog.producers.sender"):
-        for _ in range(100):  # every failed attempt of one outage
-            sender._note_failing(ConnectionRefusedError("refused"))
-        sender._note_delivering()
-        sender._note_delivering()  # delivering while nothing failed tells nothing
-    failing, recovered = told
+        assert report.delivering() is None  # delivering while nothing failed tells nothing
+        # every failed attempt of one outage
+        told = [report.failing(ConnectionRefusedError("refused")) for _ in range(100)]
+        now[0] += 12.5
+        counts[0] = DeliveryCounts(undelivered=0, dropped=5, failed=1)
+        recovered, again = report.delivering(), report.delivering()
+    failing = told[0]
     assert isinstance(failing, DeliveryFailing) and "refused" in str(failing)
-    assert isinstance(recovered, DeliveryRecovered) and recovered.duration_s >= 0
+    assert failing.buffered == 7 and told[1:] == [None] * 99
+    assert isinstance(recovered, DeliveryRecovered) and again is None
+    assert (recovered.duration_s, recovered.dropped, recovered.failed) == (12.5, 3, 0)
     assert len(caplog.records) == 2
-    # Failing is a failure the caller asked to see raised; recovering is not.
-    with pytest.raises(SendError) as raised:
-        sender._raise_pending_errors()
-    assert raised.value.__cause__ is failing
-    sender._raise_pending_errors()
+    assert report.failing(ConnectionRefusedError("refused")) is not None  # the next outage
 
 
 def test_aiokafka_lines_from_the_sender_thread_are_limited_and_others_pass() -> None:
