@@ -59,7 +59,11 @@ class ProjectionWrites:
         ):
             with attempt:
                 # A thread: the insert blocks, and the loop must keep heartbeating meanwhile.
-                result = await loop.run_in_executor(None, self.writer.write, rows)
+                started = self.health.began()
+                try:
+                    result = await loop.run_in_executor(None, self.writer.write, rows)
+                finally:
+                    self.health.ended(started)
         self.health.succeeded(len(result.refused))
         return result.refused
 

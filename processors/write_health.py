@@ -3,7 +3,10 @@
 A write that fails for a transient reason (the engine away, a timeout) is retried until it
 succeeds and the consumer commits nothing meanwhile; lag grows, but nothing is lost. Such a
 stall must still be visible: `failing_for` is how long writes have failed without a success in
-between, which the health endpoint compares with its bound.
+between, and `under_way_for` how long the oldest write still running has taken (an engine that
+does not answer at all never fails a write). The health endpoint compares both with its bound.
+
+Updated from the processors' event loop only (`ProjectionWrites`, around each write's thread).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ __all__ = ["WriteHealth"]
 
 @dataclass
 class WriteHealth:
-    """The outcome of the latest projection writes (one per process, updated by the fold host)."""
+    """The outcome of the latest projection writes, and the writes under way (one per
+    process: the fold's and the flows' writes alike)."""
 
     clock: Callable[[], float] = time.monotonic
     failing_since: float | None = None
@@ -26,8 +30,19 @@ class WriteHealth:
     """The newest failure's message, kept after a success for the record."""
     failures: int = 0
     """Failed attempts since the last success."""
-    refused_rows: int = field(default=0)
+    refused_rows: int = 0
     """Rows the engine refused for good since start (dead-lettered, not retried)."""
+    _under_way: list[float] = field(default_factory=list)
+    """When each write still running began."""
+
+    def began(self) -> float:
+        """A write begins; returns the token `ended` takes."""
+        started = self.clock()
+        self._under_way.append(started)
+        return started
+
+    def ended(self, started: float) -> None:
+        self._under_way.remove(started)
 
     def failed(self, error: BaseException | str) -> None:
         if self.failing_since is None:
@@ -45,3 +60,9 @@ class WriteHealth:
         if self.failing_since is None:
             return 0.0
         return self.clock() - self.failing_since
+
+    def under_way_for(self) -> float:
+        """Seconds the oldest write still running has taken; 0 when none is."""
+        if not self._under_way:
+            return 0.0
+        return self.clock() - min(self._under_way)

@@ -54,8 +54,6 @@ class CoroutineRunner(Protocol):
     def submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]: ...
 
 
-
-
 @dataclass(eq=False)
 class _Waiter:
     key: bytes

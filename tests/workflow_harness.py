@@ -211,8 +211,6 @@ class Counter:
         return fn
 
 
-
-
 CRASHY_APP = '''
 import os, time
 import steplog

@@ -89,7 +89,6 @@ def flow_graph(flow: FlowDefinition) -> FlowGraph:
     return graph
 
 
-
 def graph_for(state: RunState, flow: FlowDefinition | None) -> FlowGraph | None:
     """The graph of `flow` for the run of `state` (None without a definition);
     RunMismatchError if the definition is another flow's."""

@@ -209,7 +209,6 @@ def apply_event(
     return state, effects
 
 
-
 def fold_events(
     events: Iterable[Event], flow: FlowDefinition | None = None, state: RunState | None = None
 ) -> tuple[RunState, list[Effect]]:
@@ -221,7 +220,6 @@ def fold_events(
     if state is None:
         raise ValueError("fold_events: no events (a run's state begins with its first event)")
     return state, effects
-
 
 
 def _apply_run_event(

@@ -56,7 +56,6 @@ def take_rows(state: RunState, flow: FlowDefinition | None = None) -> list[Effec
     return rows
 
 
-
 def transition_rows(
     state: RunState, change: Transition, graph: FlowGraph | None, effects: list[Effect]
 ) -> None:
@@ -92,7 +91,6 @@ def run_changed(state: RunState, graph: FlowGraph | None, effects: list[Effect])
         effects.append(RunRowChanged(_run_row(state, graph)))
 
 
-
 def current_rows(
     state: RunState, flow: FlowDefinition | None = None
 ) -> tuple[RunRow, list[StepRow]]:
@@ -111,12 +109,10 @@ def current_rows(
     return _run_row(state, graph), steps
 
 
-
 def _ms(delta: timedelta) -> float:
     # Clocks of different processes disagree (record_step from another service); a negative
     # duration would only poison the duration quantiles.
     return max(delta / _ONE_MS, 0.0)
-
 
 
 def _run_row(state: RunState, graph: FlowGraph | None) -> RunRow:

@@ -140,32 +140,32 @@ async def events_backlog(
     seconds: those whose committed offset is below the first offset appended within the window
     (the events before it are still pending, so the lag never reached 0 meanwhile). One look
     at the log, no history: it holds when the processors cannot answer for themselves."""
-    assigned = await _partitions(admin, topic)
-    if not assigned:
+    positions = await _group_positions(admin, consumer, topic)
+    if not positions:
         return Backlog(0, ())
-    ends = await consumer.end_offsets(assigned)
     since = int((time.time() - window) * 1000)
-    firsts = await consumer.offsets_for_times({tp: since for tp in assigned})
-    lag, stale = 0, []
-    for tp in assigned:
-        committed = await consumer.committed(tp) or 0
-        lag += ends[tp] - committed
+    firsts = await consumer.offsets_for_times({tp: since for tp in positions})
+    stale = []
+    for tp, (committed, end) in positions.items():
         first = firsts.get(tp)
-        window_start = first.offset if first is not None else ends[tp]
-        if committed < window_start:
+        if committed < (first.offset if first is not None else end):
             stale.append(tp.partition)
-    return Backlog(lag, tuple(stale))
+    return Backlog(sum(end - committed for committed, end in positions.values()), tuple(stale))
 
 
 async def events_lag(admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, topic: str) -> int:
     """Events of the topic past the group's committed offsets (`consumer`: of the group)."""
+    positions = await _group_positions(admin, consumer, topic)
+    return sum(end - committed for committed, end in positions.values())
+
+
+async def _group_positions(
+    admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, topic: str
+) -> dict[TopicPartition, tuple[int, int]]:
+    """Each partition's committed offset of the group (`consumer`'s) and its end offset."""
     assigned = await _partitions(admin, topic)
     ends = await consumer.end_offsets(assigned) if assigned else {}
-    lag = 0
-    for tp in assigned:
-        committed = await consumer.committed(tp)
-        lag += ends[tp] - (committed or 0)
-    return lag
+    return {tp: (await consumer.committed(tp) or 0, ends[tp]) for tp in assigned}
 
 
 async def _partitions(admin: AIOKafkaAdminClient, topic: str) -> list[TopicPartition]:

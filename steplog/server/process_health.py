@@ -3,9 +3,9 @@
 200 when every check passes, 503 otherwise; the body is JSON either way:
 `{"healthy": bool, "checks": [{"name", "healthy", "detail"}, ...]}`. Checks:
 
-- `projection writes`: writes have failed without a success in between (the fold host's
-  `WriteHealth`), or one write has been under way (`WriteWatch`: an engine that does not answer
-  at all never fails a write), for longer than STEPLOG_WRITE_STALL_S;
+- `projection writes`: writes have failed without a success in between, or one write has been
+  under way (an engine that does not answer at all never fails a write), for longer than
+  STEPLOG_WRITE_STALL_S (the processors' `WriteHealth`);
 - `lag`: the events topic's lag of the processors' group, sampled every STEPLOG_LAG_SAMPLE_S,
   has not been 0 and has grown over STEPLOG_LAG_GROWTH_S (steplog/server/lag_trend.py), or could not
   be read for that long.
@@ -21,9 +21,8 @@ import asyncio
 import errno
 import logging
 import socket
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from aiohttp import web
@@ -32,40 +31,11 @@ import steplog.kafka as kafka
 from steplog.server.health import Check, events_lag
 from steplog.server.lag_trend import LagTrend
 from steplog.processors.write_health import WriteHealth
-from steplog.projections.writer import BatchWriter, TableRows, WriteResult
 from steplog.settings import Settings
 
-__all__ = ["ProcessHealth", "WriteWatch", "bind_health_socket"]
+__all__ = ["ProcessHealth", "bind_health_socket"]
 
 log = logging.getLogger("steplog.server.health")
-
-
-class WriteWatch:
-    """A `BatchWriter` that remembers since when its writes have been under way (they run in
-    executor threads, hence the lock)."""
-
-    def __init__(self, writer: BatchWriter, clock: Callable[[], float] = time.monotonic) -> None:
-        self.writer = writer
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._started: dict[int, float] = {}
-        self._next = 0
-
-    def write(self, batch: Mapping[str, TableRows]) -> WriteResult:
-        with self._lock:
-            token, self._next = self._next, self._next + 1
-            self._started[token] = self.clock()
-        try:
-            return self.writer.write(batch)
-        finally:
-            with self._lock:
-                del self._started[token]
-
-    def under_way_for(self) -> float:
-        """Seconds the oldest write still under way has taken; 0 when none is."""
-        with self._lock:
-            oldest = min(self._started.values(), default=None)
-        return 0.0 if oldest is None else self.clock() - oldest
 
 
 @dataclass
@@ -74,7 +44,6 @@ class ProcessHealth:
 
     settings: Settings
     writes: WriteHealth
-    watch: WriteWatch
     clock: Callable[[], float] = time.monotonic
     trend: LagTrend = field(init=False)
     _last_read: float = field(init=False)
@@ -89,7 +58,7 @@ class ProcessHealth:
 
     def _writes_check(self) -> Check:
         bound = self.settings.write_stall_s
-        failing, under_way = self.writes.failing_for(), self.watch.under_way_for()
+        failing, under_way = self.writes.failing_for(), self.writes.under_way_for()
         if failing > bound:
             return Check("projection writes", False,
                          f"failing for {failing:.0f}s (bound {bound:.0f}s, "

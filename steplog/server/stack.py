@@ -32,7 +32,7 @@ import faust
 
 from steplog.server.broker import LocalBroker
 from steplog.server.gc_tuning import tune_gc_for_batches
-from steplog.server.process_health import ProcessHealth, WriteWatch, bind_health_socket
+from steplog.server.process_health import ProcessHealth, bind_health_socket
 from steplog.processors.app import create_processor_app
 from steplog.processors.config import ProcessorConfig
 from steplog.processors.membership import claim_membership
@@ -130,10 +130,9 @@ def run_processors(
         flows = load_flows(client, settings.clickhouse_database)
         writer = ProjectionWriter(client, settings.clickhouse_database)
     try:
-        watch = WriteWatch(writer)
-        app, host = create_processor_app(config, watch, flows)
+        app, host = create_processor_app(config, writer, flows)
         if health_socket is not None:
-            _serve_health_from(app, ProcessHealth(settings, host.write_health, watch),
+            _serve_health_from(app, ProcessHealth(settings, host.write_health),
                                health_socket)
         ready = hooks.on_ready if hooks is not None else None
         if store is not None:
