@@ -6,6 +6,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
+# The dashboard (frontend/): `npm ci` only when package-lock.json changed (the stamp lives in
+# node_modules, so deleting that directory reinstalls), `vite build` only when a source did.
+# npm's own cache (~/.npm) makes a reinstall offline-fast.
+FRONTEND := frontend
+NPM_STAMP := $(FRONTEND)/node_modules/.installed
+DASHBOARD := steplog/server/dashboard/index.html
+FRONTEND_SOURCES := $(shell find $(FRONTEND)/src -type f 2>/dev/null) \
+	$(FRONTEND)/index.html $(FRONTEND)/vite.config.ts $(FRONTEND)/tsconfig.json
+
 .PHONY: demo test setup bench clean
 
 ## Set up and run the local stack with the demo, on the embedded defaults.
@@ -15,10 +24,11 @@ demo: setup
 ## Set up and run the whole test suite (real Kafka broker, real ClickHouse engine), then
 ## mypy --strict over the package, tests and benchmarks.
 test: setup
+	cd $(FRONTEND) && npm test && npm run typecheck
 	$(BIN)/pytest
 	bash scripts/typecheck.sh
 
-setup: $(INSTALLED)
+setup: $(INSTALLED) $(DASHBOARD)
 	@bash scripts/install-system-packages.sh
 	@$(BIN)/steplog broker install
 
@@ -28,6 +38,14 @@ $(INSTALLED): pyproject.toml
 	@echo "installing Python packages into $(VENV) (log: $(VENV)/pip.log)"
 	@$(BIN)/pip install --upgrade pip > $(VENV)/pip.log 2>&1 || (cat $(VENV)/pip.log; exit 1)
 	@$(BIN)/pip install -e ".[dev]" >> $(VENV)/pip.log 2>&1 || (cat $(VENV)/pip.log; exit 1)
+	@touch $@
+
+$(NPM_STAMP): $(FRONTEND)/package-lock.json
+	cd $(FRONTEND) && npm ci --no-audit --no-fund
+	@touch $@
+
+$(DASHBOARD): $(NPM_STAMP) $(FRONTEND_SOURCES) $(FRONTEND)/package-lock.json
+	cd $(FRONTEND) && npm run build
 	@touch $@
 
 ## Benchmarks print figures; they are not tests.

@@ -15,7 +15,10 @@ Consumers and tasks (see docs/processors.md for the whole protocol):
   registry, flow definitions to the `flows` table, unusable messages to the dead letters
   (processors/flows_host.py);
 - `fire_timers` (a task): the timer service (processors/timer_service.py), rebuilt from the
-  run states each time the run store has recovered partitions.
+  run states each time the run store has recovered partitions;
+- `mirror_dead_letters` (a task: a consumer of the DLQ topic, group `dead_letters_group`):
+  each dead letter as a row of the `dead_letters` table, which the dashboard reads
+  (processors/dead_letters_host.py).
 
 The faust app hosts them all: its worker runs the tasks, and stops them on SIGINT/SIGTERM; its
 producer sends every message. Nothing is consumed through faust (docs/processors.md says why).
@@ -36,6 +39,7 @@ from steplog.projections.writer import BatchWriter
 from steplog.schemas.flows import FlowDefinition
 
 from .config import ProcessorConfig
+from .dead_letters_host import DeadLettersHost
 from .definitions import DefinitionsFollower
 from .dispatch import Dispatcher, SendFunction
 from .flows_host import FlowsHost
@@ -128,5 +132,9 @@ def create_processor_app(
     async def fire_timers() -> None:
         await definitions_known.wait()
         await host.timers.run()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def mirror_dead_letters() -> None:
+        await DeadLettersHost(config, writes).run()
 
     return app, host

@@ -7,7 +7,10 @@ two processes migrating at once both succeed.
 Design in one paragraph: `events` mirrors the log (one row per event; ReplacingMergeTree on
 event_id, so a re-delivered event collapses); `runs` and `steps` hold the folded state, one row
 per change, with a `version` that counts the events folded into the run, so ReplacingMergeTree
-keeps the newest row; `flows` holds the latest definition of each flow. Analysts read the views:
+keeps the newest row; `run_list` holds the columns of `runs` a run list shows, sorted newest
+first within a project (the dashboard's and `GET /v1/runs`' reads, projections/run_reads.py);
+`flows` holds the latest definition of each flow; `dead_letters` the messages the processors
+refused (filled from the DLQ topic, not rebuilt by replay). Analysts read the views:
 `runs_current` / `steps_current` give exactly one row per run / step with the derived statuses
 (`stuck`, `overdue`) and are correct before any merge (FINAL), `runs_overdue` lists the
 scheduled runs due in the past with how late they are, and the `*_minutely` views aggregate
@@ -25,10 +28,23 @@ from clickhouse_connect.driver.client import Client
 
 from steplog.errors import ClickHouseError
 
+from .created_at import EARLIEST_KNOWN_SQL
+
 log = logging.getLogger("steplog.migrations")
 
 TS = "DateTime64(6, 'UTC')"
-PROJECTION_TABLES = ("events", "runs", "steps", "flows")
+PROJECTION_TABLES = ("events", "runs", "steps", "flows", "run_list")
+"""The tables replay rebuilds. `run_list` is last: the writer derives its rows from the runs rows
+of the same write (`RUN_LIST_COLUMNS`), so a run listed has its steps written already."""
+
+RUN_LIST_COLUMNS = (
+    "project", "created_at", "run_id", "flow", "app", "status", "scheduled_for", "started_at",
+    "finished_at", "duration_ms", "error_type", "error_message", "parent_run_id",
+    "trigger_event", "trigger_event_id", "retrigger_of", "stuck_after", "step_count",
+    "failed_step_count", "version", "updated_at",
+)
+"""`run_list`'s columns: those of `runs` a run list shows (not its input, output, error stack:
+the detail reads them from `runs`, by key), under the same names."""
 
 
 def table_ddl(table: str, qualified_name: str) -> str:
@@ -65,6 +81,8 @@ _TABLES = {
             flow LowCardinality(String),
             run_id String,
             app String,
+            created_at {TS} DEFAULT {EARLIEST_KNOWN_SQL}
+                COMMENT 'the first event''s time; rows older than migration 4 read a stand-in',
             status LowCardinality(String),
             scheduled_for Nullable({TS}),
             started_at Nullable({TS}),
@@ -126,6 +144,43 @@ _TABLES = {
         )
         ENGINE = ReplacingMergeTree(defined_at)
         ORDER BY (project, slug)
+    """,
+    # The run list: newest first, one project or all, within a time range, read in the order of
+    # the key (created_at never changes for a run, so a run keeps one key). A run found by id
+    # alone (links, search, the detail page) is found by the bloom filters: a few granules
+    # instead of the table. Partitions by month bound what a time range reads and what FINAL
+    # merges (it never merges across partitions: the partition key is in the sorting key).
+    "run_list": f"""
+        CREATE TABLE IF NOT EXISTS {{name}} (
+            project LowCardinality(String),
+            created_at {TS} COMMENT 'the first event''s time (never changes for a run)',
+            run_id String,
+            flow LowCardinality(String),
+            app LowCardinality(String),
+            status LowCardinality(String),
+            scheduled_for Nullable({TS}),
+            started_at Nullable({TS}),
+            finished_at Nullable({TS}),
+            duration_ms Nullable(Float64),
+            error_type String,
+            error_message String,
+            parent_run_id String,
+            trigger_event String,
+            trigger_event_id String,
+            retrigger_of String,
+            stuck_after Nullable({TS}),
+            step_count UInt32,
+            failed_step_count UInt32,
+            version UInt64 COMMENT 'as in runs',
+            updated_at {TS},
+            INDEX run_id_bloom run_id TYPE bloom_filter(0.01) GRANULARITY 1,
+            INDEX parent_bloom parent_run_id TYPE bloom_filter(0.01) GRANULARITY 1,
+            INDEX retrigger_bloom retrigger_of TYPE bloom_filter(0.01) GRANULARITY 1,
+            INDEX trigger_id_bloom trigger_event_id TYPE bloom_filter(0.01) GRANULARITY 1
+        )
+        ENGINE = ReplacingMergeTree(version)
+        PARTITION BY toYYYYMM(created_at)
+        ORDER BY (project, created_at, run_id)
     """,
 }
 
@@ -214,6 +269,41 @@ _RUNS_OVERDUE = """
 starting them, e.g. no worker defines their workflow yet, or the processors were down)."""
 
 
+_RUNS_CURRENT_WITH_CREATED_AT = _RUNS_CURRENT.replace(
+    "r.status AS recorded_status,", "r.status AS recorded_status, created_at,"
+)
+"""runs_current as of migration 4: with the run's created_at (migration 1's text stays as it
+was applied)."""
+
+_RUNS_CREATED_AT = f"""
+    ALTER TABLE {{db}}.runs ADD COLUMN IF NOT EXISTS created_at {TS}
+    DEFAULT {EARLIEST_KNOWN_SQL}
+    COMMENT 'the first event''s time; rows older than migration 4 read a stand-in'
+    AFTER app
+"""
+"""Rows written before it read created_at as the stand-in the fold gives a state stored before
+format 4 (projections/created_at.py): the same run, the same value, wherever it comes from."""
+
+_RUN_LIST_BACKFILL = (
+    f"INSERT INTO {{db}}.run_list ({', '.join(RUN_LIST_COLUMNS)}) "
+    f"SELECT {', '.join(RUN_LIST_COLUMNS)} FROM {{db}}.runs FINAL"
+)
+"""Fills run_list from runs. Idempotent: a run's row inserted twice has the same key and
+version, so ReplacingMergeTree keeps one, and a newer row the writer added since wins by its
+version."""
+
+DEAD_LETTERS_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.dead_letters (
+  ts DateTime64(6,'UTC') COMMENT 'when the message was refused',
+  reason String, field String,
+  source_topic LowCardinality(String), source_partition UInt32, source_offset UInt64,
+  key_b64 Nullable(String), value_b64 String, value_bytes UInt64, value_truncated Bool,
+  dlq_partition UInt32, dlq_offset UInt64
+) ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(ts) ORDER BY (ts, dlq_partition, dlq_offset)
+"""
+"""The messages the processors refused (read back from the DLQ topic); not a projection: replay
+does not rebuild it, the DLQ topic is its source."""
+
 _STEPS_VERSION_COMMENT = """
     ALTER TABLE {db}.steps COMMENT COLUMN version
     '2 x events of this step folded so far, +1 once closed by the run''s end (0: missing)'
@@ -232,13 +322,25 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
         "events, runs, steps, flows and their views",
-        tuple(table_ddl(table, "{db}." + table) for table in PROJECTION_TABLES) + _VIEWS,
+        tuple(table_ddl(table, "{db}." + table) for table in ("events", "runs", "steps", "flows"))
+        + _VIEWS,
     ),
     Migration(2, "runs_overdue view", (_RUNS_OVERDUE,)),
     Migration(
         3,
         "recorded_status is the stored status in runs_current and steps_current; steps.version",
         (_RUNS_CURRENT, _STEPS_CURRENT, _STEPS_VERSION_COMMENT),
+    ),
+    Migration(
+        4,
+        "runs.created_at; run_list (the run list's table) filled from runs; dead_letters",
+        (
+            _RUNS_CREATED_AT,
+            _RUNS_CURRENT_WITH_CREATED_AT,
+            table_ddl("run_list", "{db}.run_list"),
+            _RUN_LIST_BACKFILL,
+            DEAD_LETTERS_DDL,
+        ),
     ),
 )
 
@@ -329,12 +431,22 @@ def verify_tables(client: Client, database: str) -> list[str]:
     for table in PROJECTION_TABLES:
         if table not in present:
             _run(client, database, table_ddl(table, "{db}." + table), f"recreating {table}")
+            if table == "run_list":  # runs holds every row it needs
+                _run(client, database, _RUN_LIST_BACKFILL, "refilling run_list from runs")
+                repairs.append(f"table {database}.run_list was missing: recreated from runs")
+                continue
             repairs.append(
                 f"table {database}.{table} was missing: recreated empty; run `steplog replay` "
                 "(processors stopped) to rebuild its rows from the log"
             )
         else:
             _compare_columns(client, database, table)
+    if "dead_letters" not in present and 4 in applied_versions(client, database):
+        _run(client, database, DEAD_LETTERS_DDL, "recreating dead_letters")
+        repairs.append(
+            f"table {database}.dead_letters was missing: recreated empty (the DLQ topic still "
+            "holds what it listed)"
+        )
     for view, statement in _view_statements().items():
         if view not in present:
             _run(client, database, statement, f"recreating view {view}")

@@ -1,7 +1,9 @@
 """Batched inserts into the projection tables.
 
-One `write` is one insert per table that has rows, in a fixed order (events first, runs last),
-so a reader that sees a run's newest row also finds the steps and events it was folded from.
+One `write` is one insert per table that has rows, in `PROJECTION_TABLES` order (events first,
+run_list last), so a reader that finds a run in the run list also finds the steps and events it
+was folded from. `run_list` is not in the batch: its rows are the batch's `runs` rows, cut to
+`RUN_LIST_COLUMNS` (those the engine refused for `runs` are left out of it too).
 
 Two kinds of failure, told apart by `refuses_rows` (projections/refusals.py):
 - transient (the engine away, a timeout, a table missing: it is recreated empty first, so the
@@ -21,16 +23,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, Protocol
 
 from clickhouse_connect.driver.client import Client
 
 from steplog.errors import ClickHouseError
 
-from .migrations import PROJECTION_TABLES, verify_tables
+from .migrations import PROJECTION_TABLES, RUN_LIST_COLUMNS, verify_tables
 from .refusals import names_missing_table, refused_column, refuses_rows
 
 log = logging.getLogger("steplog.projections")
+
+WRITTEN_TABLES = (*PROJECTION_TABLES, "dead_letters")
+"""What a write inserts into, in order: the projection tables, then the processors' mirror of
+the DLQ topic (processors/dead_letters_host.py), which replay does not rebuild."""
 
 
 @dataclass
@@ -72,7 +79,7 @@ class RefusedRow:
 @dataclass
 class WriteResult:
     written: int = 0
-    """Rows inserted."""
+    """Rows inserted (a run's row counts twice: in runs and in run_list)."""
     refused: list[RefusedRow] = field(default_factory=list)
 
 
@@ -105,14 +112,25 @@ class ProjectionWriter:
     def write(self, batch: Mapping[str, TableRows]) -> WriteResult:
         """Insert every table's rows (module docstring: refused rows are left out and
         returned, any other failure raises)."""
-        unknown = set(batch) - set(PROJECTION_TABLES)
+        unknown = set(batch) - (set(WRITTEN_TABLES) - {"run_list"})
         if unknown:
-            raise ValueError(f"not projection tables: {sorted(unknown)}")
+            raise ValueError(
+                f"not projection tables a batch holds: {sorted(unknown)} (run_list's rows are "
+                "derived from the runs rows)"
+            )
         result = WriteResult()
-        for table in PROJECTION_TABLES:
-            rows = batch.get(table)
-            if rows is not None and rows.rows:
-                self._insert(table, rows.columns, rows.rows, result)
+        refused_runs: set[tuple[Any, ...]] = set()
+        for table in WRITTEN_TABLES:
+            rows = batch.get(table if table != "run_list" else "runs")
+            if rows is None or not rows.rows:
+                continue
+            if table == "run_list":
+                self._insert(table, RUN_LIST_COLUMNS, _run_list_rows(rows, refused_runs), result)
+                continue
+            before = len(result.refused)
+            self._insert(table, rows.columns, rows.rows, result)
+            if table == "runs":
+                refused_runs = {_run_version(row.values) for row in result.refused[before:]}
         return result
 
     def _insert(
@@ -141,3 +159,21 @@ class ProjectionWriter:
             self._insert(table, columns, rows[half:], result)
             return
         result.written += len(rows)
+
+
+_RUN_VERSION = ("project", "flow", "run_id", "version")
+"""What tells a refused runs row from the other rows of its batch."""
+
+
+def _run_version(values: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple(values[column] for column in _RUN_VERSION)
+
+
+def _run_list_rows(runs: TableRows, refused: set[tuple[Any, ...]]) -> list[Sequence[Any]]:
+    """The run_list rows of `runs`' rows: each cut to RUN_LIST_COLUMNS, the refused ones left
+    out (a run list must not show a run whose row in `runs` is not there)."""
+    pick = itemgetter(*(runs.columns.index(column) for column in RUN_LIST_COLUMNS))
+    if not refused:
+        return [pick(row) for row in runs.rows]
+    version = itemgetter(*(runs.columns.index(column) for column in _RUN_VERSION))
+    return [pick(row) for row in runs.rows if version(row) not in refused]

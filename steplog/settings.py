@@ -70,6 +70,11 @@ class Settings(BaseSettings):
         8123, ge=1, le=65535,
         description="Port of the stack's SQL endpoint (ClickHouse HTTP) on 127.0.0.1.",
     )
+    api_port: int = Field(
+        8000, ge=1, le=65535,
+        description="Port of `steplog dev`'s web service (dashboard, JSON API, ingestion) on "
+        "127.0.0.1.",
+    )
     max_event_bytes: int = Field(
         1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest encoded event accepted."
     )

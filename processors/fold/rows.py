@@ -42,6 +42,9 @@ class RunRow:
     flow: str
     run_id: str
     app: str
+    created_at: datetime
+    """When the run's first event happened (RunState.created_at): never changes, so it can
+    sort the run list (`run_list`'s key)."""
     status: str
     """A stored RunStatus; `overdue` and `stuck` are left to the views."""
     scheduled_for: datetime | None

@@ -7,7 +7,10 @@ from offset 0, so the two end with identical rows.
 **Convergence.** The state after folding a run's events is a function of the *set* of events
 (and of the flow definition): any order, any re-delivery, same state, same last row per key.
 Every choice below is therefore made by a total order over events that arrival cannot change,
-and everything else is a min, a max, a union, or derived from those.
+and everything else is a min, a max, a union, or derived from those. One deliberate exception:
+`created_at`, the ts of the run's *first* event folded, which must never change once written
+(it sorts the run list; see RunState.created_at). Live and replay still agree on it: both fold
+a run's events in the log's order.
 
 **Step precedence.** A step shows its *winning* event, the highest by
 `(attempt, is_terminal, seq, ts, event_id)`: a later attempt beats an earlier one, and within
@@ -168,8 +171,13 @@ def apply_event(
     RunMismatchError if the state or flow belongs to another run than the event.
     """
     if state is None:
+        first_ts = utc(event.ts)
         state = RunState(
-            project=event.project, flow=event.flow, run_id=event.run_id, updated_at=utc(event.ts)
+            project=event.project,
+            flow=event.flow,
+            run_id=event.run_id,
+            updated_at=first_ts,
+            created_at=first_ts,
         )
     elif (state.run_id, state.flow, state.project) != (event.run_id, event.flow, event.project):
         raise RunMismatchError(

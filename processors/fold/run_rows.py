@@ -132,6 +132,7 @@ def _run_row(state: RunState, graph: FlowGraph | None) -> RunRow:
             if started is not None
             else ("" if scheduled is None else scheduled.app)
         ),
+        created_at=state.created_at,
         status=status._value_,
         scheduled_for=None if scheduled is None else scheduled.start_at,
         started_at=started_at,

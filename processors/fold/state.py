@@ -3,7 +3,8 @@
 The state is a *function of the set of events folded into it* (and of the flow definition):
 every field is either a set-level fact (the ids seen, min and max timestamps), a winner chosen
 by a total order that does not depend on arrival (see `fold`), or something derived from those.
-That is what makes live processing, re-delivery and replay from offset 0 agree.
+That is what makes live processing, re-delivery and replay from offset 0 agree. The exception
+is `created_at`, the first event's ts (its docstring says why, and why live and replay agree).
 
 Events are not stored. Each winning event is reduced to a small immutable fact (a NamedTuple of
 plain values: strings, numbers, UTC datetimes) holding its place in the order and the payload
@@ -247,6 +248,13 @@ class RunState:
     run_id: str
     updated_at: datetime
     """Latest event ts folded into the run: the rows' updated_at (never a wall clock)."""
+    created_at: datetime
+    """The ts of the first event folded into the run, set with the state and never changed.
+    The one field that depends on the order of the events rather than on their set: it is in
+    `run_list`'s sorting key, where a value that moved would leave the run listed twice (a
+    later event with an earlier ts, from another process's clock, would move a minimum). Live
+    processing and replay agree all the same: both fold a run's events in the log's order (one
+    partition per run), and a re-delivery continues from a state that already has it."""
     seen: set[str] = field(default_factory=set)
     """Ids of the events folded so far, to drop re-deliveries. Costs about 100 bytes per event
     (a 32-character id plus its set slot) for as long as the run's state is kept: a run of
@@ -316,6 +324,7 @@ class RunState:
             flow=self.flow,
             run_id=self.run_id,
             updated_at=self.updated_at,
+            created_at=self.created_at,
             seen=set(self.seen),
             steps={key: step.copy() for key, step in self.steps.items()},
             first_step_at=self.first_step_at,

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from steplog.errors import SteplogError
+from steplog.projections.created_at import earliest_known
 from steplog.schemas.statuses import StepStatus
 
 from .state import (
@@ -34,12 +35,14 @@ from .state import (
 
 __all__ = ["STATE_FORMAT", "StateFormatError", "state_from_bytes", "state_to_bytes"]
 
-STATE_FORMAT: Final = 3
+STATE_FORMAT: Final = 4
 """Version of the `RunState.to_bytes` layout. Bump it whenever a field of the state (or of a
 fact) changes meaning or shape: bytes of an unknown format are refused instead of being misread.
-Older formats are still read: format 2 (no parent flow and step attempt in the start fact,
-which then take their defaults), format 1 (before durable workflows: no parked fact per step,
-no scheduled app, no sleep kind, no position), with what they lack left empty."""
+Older formats are still read: format 3 (no created_at: it reads as the earliest time the run
+row knows, projections/created_at.py, the same stand-in as the `runs` rows written before it),
+format 2 (also no parent flow and step attempt in the start fact, which then take their
+defaults), format 1 (also before durable workflows: no parked fact per step, no scheduled app,
+no sleep kind, no position), with what they lack left empty."""
 
 _MAGIC: Final = b"SLRS"
 
@@ -62,15 +65,18 @@ def state_from_bytes(data: bytes) -> RunState:
                 f"RunState bytes: expected the {_MAGIC!r} header, got {bytes(data[:8])!r}"
             )
         found = data[len(_MAGIC)]
-        if found not in (1, 2, STATE_FORMAT):
+        if found not in (1, 2, 3, STATE_FORMAT):
             raise StateFormatError(
-                f"RunState bytes: format {found}, expected {STATE_FORMAT} (STATE_FORMAT), 2 or 1; "
-                "state written by another build cannot be read, rebuild it by replaying the log"
+                f"RunState bytes: format {found}, expected {STATE_FORMAT} (STATE_FORMAT), 3, 2 "
+                "or 1; state written by another build cannot be read, rebuild it by replaying "
+                "the log"
             )
         try:
             values = pickle.loads(data[len(_MAGIC) + 1 :])
             if found == 1:
                 values = _upgrade_from_format_1(values)
+            if found < 4:
+                values = _upgrade_from_format_3(values)
             return _state_from_builtins(values)
         except Exception as exc:
             raise StateFormatError(f"RunState bytes: format {found} but unreadable: {exc}") from exc
@@ -142,6 +148,7 @@ def _state_to_builtins(state: RunState) -> tuple[Any, ...]:
         state.incomplete_graph_steps,
         state.missing,
         state.position,
+        state.created_at,
     )
 
 
@@ -167,12 +174,14 @@ def _state_from_builtins(values: tuple[Any, ...]) -> RunState:
         incomplete_graph_steps,
         missing,
         position,
+        created_at,
     ) = values
     return RunState(
         project=project,
         flow=flow,
         run_id=run_id,
         updated_at=updated_at,
+        created_at=created_at,
         seen=seen,
         steps={
             key: StepState(
@@ -237,3 +246,17 @@ def _upgrade_from_format_1(values: tuple[Any, ...]) -> tuple[Any, ...]:
         *values[8:],
         None,
     )
+
+
+def _upgrade_from_format_3(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Format 3's builtins (or an upgraded 2's or 1's) in format 4's layout: created_at, which
+    they lack, is the stand-in the run row's values give (projections/created_at.py): its
+    scheduled_for (the scheduled fact's start_at), its started_at (the first run.started, else
+    the first step event: as the run row has it) and updated_at."""
+    updated_at, first_step_at, scheduled, first_started_at = (
+        values[3], values[6], values[7], values[9]
+    )
+    created_at = earliest_known(
+        None if scheduled is None else scheduled[1], first_started_at or first_step_at, updated_at
+    )
+    return (*values, created_at)

@@ -97,9 +97,10 @@ def api(
         int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")
     ] = 8000,
 ) -> None:
-    """Serve the ingest API (foreground): POST /v1/events, /v1/signals, /v1/flows; GET /healthz.
+    """Serve the web service (foreground): the dashboard, the JSON API (/v1/runs, /v1/ops, ...,
+    /v1/openapi.json) and ingestion (POST /v1/events, /v1/signals, /v1/flows; GET /healthz).
 
-    For services that cannot run the Python SDK; SIGINT/SIGTERM flush what was accepted, then stop.
+    SIGINT/SIGTERM let requests finish and flush what was accepted, then stop.
     """
     serve_api(load_settings(), host=host, port=port)
 
@@ -114,6 +115,12 @@ def dev(
         int | None, typer.Option("--kafka-port", help="Broker port on 127.0.0.1.")
     ] = None,
     sql_port: SqlPortOption = None,
+    api_port: Annotated[
+        int | None,
+        typer.Option("--api-port", min=1, max=65535,
+                     help="Serve the dashboard, the JSON API and ingestion here, on 127.0.0.1 "
+                     "(default: STEPLOG_API_PORT, 8000)."),
+    ] = None,
     demo: Annotated[
         bool, typer.Option("--demo", help="Run the example checkout service and print queries.")
     ] = False,
@@ -121,7 +128,8 @@ def dev(
         bool, typer.Option("--exit-after-demo", help="Stop the stack once the demo has printed.")
     ] = False,
 ) -> None:
-    """The whole local stack in the foreground: broker, topics, tables, processors, SQL.
+    """The whole local stack in the foreground: broker, topics, tables, processors, SQL, and
+    the web service (dashboard, JSON API, ingestion).
 
     Ctrl-C stops everything it started.
     """
@@ -132,6 +140,8 @@ def dev(
         overrides["kafka_bootstrap"] = f"127.0.0.1:{kafka_port}"
     if sql_port is not None:
         overrides["sql_port"] = sql_port
+    if api_port is not None:
+        overrides["api_port"] = api_port
     settings = load_settings(**overrides)
     hooks = demo_hooks(settings, exit_after=exit_after_demo) if demo else None
     run_dev(settings, sql_port=settings.sql_port, hooks=hooks)

@@ -22,19 +22,73 @@ from steplog.errors import (
 from steplog.producers.client import Client
 from steplog.producers.run_end_lookup import RunEndLookup
 from steplog.projections.queries import RUN_END_SQL, RunEnd, RunSummary, find_run_query
-from steplog.schemas.base import TriggerInfo
-from steplog.schemas.statuses import ENDED_RUN_STATUSES
+from steplog.projections.cursors import CursorError
+from steplog.projections.run_reads import list_runs, run_detail
 from steplog.server.cli_errors import reports_errors
+from steplog.server.read_routes import DEFAULT_LIMIT, MAX_LIMIT, run_filter
+from steplog.server.run_terminal import render_run, render_run_list
+from steplog.server.web_errors import BadRequest
+from steplog.server.run_actions import check_cancellable, check_retriggerable, trigger_of
 from steplog.server.sql_client import analyst_client
 from steplog.settings import Settings, load_settings
 
-runs_app = typer.Typer(help="Runs of durable workflows: wait for one's result, cancel or "
-                       "re-trigger one.")
+runs_app = typer.Typer(help="Runs: list them, show one's steps, wait for a workflow run's "
+                       "result, cancel or re-trigger one.")
 
 RunProjectOption = Annotated[
     str | None,
     typer.Option("--project", help="The run's project, when the id is used in several."),
 ]
+
+
+@runs_app.command("list")
+@reports_errors
+def runs_list(
+    flow: Annotated[str | None, typer.Option("--flow", help="Only runs of this flow.")] = None,
+    status: Annotated[
+        str | None,
+        typer.Option("--status", help="Only runs in these statuses (comma-separated; overdue "
+                     "and stuck too)."),
+    ] = None,
+    project: Annotated[str | None, typer.Option("--project", help="Only this project.")] = None,
+    search: Annotated[
+        str | None, typer.Option("--search", help="A run id, its prefix, or a trigger event.")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: Annotated[
+        str | None, typer.Option("--cursor", help="Older runs: the cursor the last page printed.")
+    ] = None,
+) -> None:
+    """The newest runs, with their status, flow, trigger and duration, and counts by status."""
+    query = {name: value for name, value in
+             (("flow", flow), ("status", status), ("project", project), ("q", search))
+             if value is not None}
+    try:
+        chosen = run_filter(query)
+    except BadRequest as exc:
+        raise WorkflowError(exc.message.replace("query parameter ", "--")) from None
+    settings = load_settings()
+    client = analyst_client(settings)
+    try:
+        page = list_runs(client, settings.clickhouse_database, chosen, cursor=cursor, limit=limit)
+    except CursorError as exc:
+        raise WorkflowError(str(exc).replace("cursor", "--cursor", 1)) from None
+    typer.echo(render_run_list(page))
+
+
+@runs_app.command("show")
+@reports_errors
+def runs_show(run_id: Annotated[str, typer.Argument(help="The run to show.")]) -> None:
+    """One run as a timeline: each step with its glyph, duration, attempts, return value and
+    error, in the order they ran."""
+    settings = load_settings()
+    detail = run_detail(analyst_client(settings), settings.clickhouse_database, run_id)
+    if detail is None:
+        raise RunNotFoundError(
+            f"run {run_id!r} is not in database {settings.clickhouse_database!r} (are the "
+            "processors running?)"
+        )
+    typer.echo(render_run(detail))
 
 
 @runs_app.command("cancel")
@@ -50,9 +104,7 @@ def runs_cancel(
     """
     settings = load_settings()
     run = find_run(settings, run_id, project)
-    if run.status in ENDED_RUN_STATUSES:
-        raise WorkflowError(f"run {run_id} of {run.flow!r} already ended ({run.status}); "
-                            "nothing to cancel")
+    check_cancellable(run_id, run)
     client = Client(project=run.project, settings=settings)
     try:
         client.cancel(run_id, flow=run.flow, reason=reason)
@@ -73,20 +125,11 @@ def runs_retrigger(
     """
     settings = load_settings()
     run = find_run(settings, run_id, project)
-    if not run.app:
-        raise WorkflowError(
-            f"run {run_id} of {run.flow!r} is not a workflow run (no app recorded); only "
-            "runs of durable workflows can be re-triggered"
-        )
-    trigger = (
-        TriggerInfo(name=run.trigger_event, event_id=run.trigger_event_id)
-        if run.trigger_event and run.trigger_event_id
-        else None
-    )
+    check_retriggerable(run_id, run)
     client = Client(project=run.project, settings=settings)
     try:
         new_run_id = client.retrigger(
-            run_id, workflow=run.flow, app=run.app, data=run.input, trigger=trigger
+            run_id, workflow=run.flow, app=run.app, data=run.input, trigger=trigger_of(run)
         )
     finally:
         client.close()

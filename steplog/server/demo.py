@@ -134,9 +134,9 @@ def demo_hooks(settings: Settings, *, exit_after: bool, out: TextIO | None = Non
         if exit_after:
             os.kill(os.getpid(), signal.SIGTERM)  # the worker stops as on Ctrl-C
         else:
-            say(f"\nThe stack keeps running: SQL on http://127.0.0.1:{settings.sql_port} "
-                "(try `steplog sql \"SELECT status, count() FROM runs_current GROUP BY status\"`)."
-                " Ctrl-C stops it.")
+            say(f"\nThe stack keeps running. Dashboard: http://127.0.0.1:{settings.api_port}/runs"
+                f"\nSQL on http://127.0.0.1:{settings.sql_port} (try `steplog sql \"SELECT status, "
+                "count() FROM runs_current GROUP BY status\"`). Ctrl-C stops it.")
 
     return StackHooks(on_ready=lambda: threading.Thread(target=demo, daemon=True).start())
 

@@ -140,7 +140,7 @@ async def events_backlog(
     seconds: those whose committed offset is below the first offset appended within the window
     (the events before it are still pending, so the lag never reached 0 meanwhile). One look
     at the log, no history: it holds when the processors cannot answer for themselves."""
-    positions = await _group_positions(admin, consumer, topic)
+    positions = await group_positions(admin, consumer, topic)
     if not positions:
         return Backlog(0, ())
     since = int((time.time() - window) * 1000)
@@ -155,11 +155,11 @@ async def events_backlog(
 
 async def events_lag(admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, topic: str) -> int:
     """Events of the topic past the group's committed offsets (`consumer`: of the group)."""
-    positions = await _group_positions(admin, consumer, topic)
+    positions = await group_positions(admin, consumer, topic)
     return sum(end - committed for committed, end in positions.values())
 
 
-async def _group_positions(
+async def group_positions(
     admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, topic: str
 ) -> dict[TopicPartition, tuple[int, int]]:
     """Each partition's committed offset of the group (`consumer`'s) and its end offset."""

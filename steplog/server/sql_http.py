@@ -155,10 +155,24 @@ def _run_query(client: Client, query: str, request: SqlRequest) -> bytes:
     output = None if request.format_in_query or _IS_INSERT.match(query) else request.format
     return client.raw_query(
         query,
-        parameters=request.parameters or None,
+        parameters={name: Verbatim(text) for name, text in request.parameters.items()} or None,
         settings=request.settings or None,
         fmt=output,
     )
+
+
+class Verbatim:
+    """A `param_<name>` value as the client sent it. ClickHouse reads the text itself (an
+    array as `['a','b']`, a string with its escapes); clickhouse-connect would escape a str once
+    more, but passes any other object through as its str()."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
 
 
 ClientFactory = Callable[[str], Client]

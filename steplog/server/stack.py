@@ -30,6 +30,7 @@ from pathlib import Path
 
 import faust
 
+from steplog.server.api import WebServiceThread
 from steplog.server.broker import LocalBroker
 from steplog.server.gc_tuning import tune_gc_for_batches
 from steplog.server.process_health import ProcessHealth, bind_health_socket
@@ -219,7 +220,9 @@ def _run_store_from(
 
 def run_dev(settings: Settings, *, sql_port: int, hooks: StackHooks | None = None) -> None:
     """The whole local stack in the foreground; Ctrl-C stops everything it started. The
-    processors run in a child process, restarted when they die (steplog/server/supervisor.py)."""
+    processors run in a child process, restarted when they die (steplog/server/supervisor.py);
+    the web service (dashboard, API, ingestion) on a thread of this one, on
+    STEPLOG_API_PORT."""
     path = chdb_path(settings.clickhouse_dsn)
     if path is not None:
         # First of all: a command run while the stack starts waits for its SQL endpoint.
@@ -230,9 +233,16 @@ def run_dev(settings: Settings, *, sql_port: int, hooks: StackHooks | None = Non
     log.warning("Kafka on %s", broker.bootstrap)
     try:
         asyncio.run(ensure_topics(settings.kafka_bootstrap, topic_specs(settings)))
-        ProcessorsSupervisor(settings, sql_port=sql_port).run(
-            hooks.on_ready if hooks is not None else None
-        )
+        web = WebServiceThread(settings, host="127.0.0.1", port=settings.api_port,
+                               sql_port=sql_port)
+        web.start()
+        log.warning("dashboard and API on %s", web.url)
+        try:
+            ProcessorsSupervisor(settings, sql_port=sql_port).run(
+                hooks.on_ready if hooks is not None else None
+            )
+        finally:
+            web.stop()
     finally:
         if started_here:
             broker.stop()

@@ -48,8 +48,9 @@ def new_name_stores(
 
 
 def new_state(run_id: str, *seen: str) -> RunState:
-    return RunState(project="p", flow="f", run_id=run_id,
-                    updated_at=datetime(2026, 1, 1, tzinfo=UTC), seen=set(seen))
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    return RunState(project="p", flow="f", run_id=run_id, updated_at=at, created_at=at,
+                    seen=set(seen))
 
 
 async def create_changelog(settings: Settings) -> None:

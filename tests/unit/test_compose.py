@@ -5,13 +5,10 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-import typer
-import typer.core
-import typer.main
 import yaml
 
-import steplog.server.cli
 from steplog.settings import Settings, env_name
+from tests.cli_commands import assert_steplog_command
 
 COMPOSE = Path(__file__).parents[2] / "docker-compose.yml"
 
@@ -88,24 +85,4 @@ def test_every_compose_command_is_a_real_steplog_command() -> None:
     invocations = _steplog_invocations()
     assert {name for name, _ in invocations} >= {"setup", "processors", "api"}
     for service, arguments in invocations:
-        # typer's click objects (typer vendors click since 0.24: not the `click` package's).
-        command = typer.main.get_command(steplog.server.cli.app)
-        path = ["steplog"]
-        remaining = list(arguments)
-        while isinstance(command, typer.core.TyperGroup):
-            assert remaining, f"{service}: `{' '.join(path)}` needs a subcommand"
-            name = remaining.pop(0)
-            context = typer.Context(command)
-            subcommand = command.get_command(context, name)
-            assert subcommand is not None, (
-                f"{service}: `{' '.join(path)} {name}` is not a command; "
-                f"expected one of {sorted(command.list_commands(context))}"
-            )
-            command, path = subcommand, [*path, name]
-        # Parsing (without running) checks the options and their values too.
-        try:
-            command.make_context(" ".join(path), list(remaining))
-        except Exception as exc:  # a usage error: unknown option, bad value, extra argument
-            raise AssertionError(
-                f"{service}: `{' '.join(path)}` cannot take {remaining}: {exc}"
-            ) from None
+        assert_steplog_command(arguments, service)

@@ -747,7 +747,11 @@ def test_final_failure_declares_missing_steps_even_when_a_later_event_supersedes
         assert run.status == "running"
         assert steps["validate-cart"].status == "completed"
         assert steps["send-receipt"].status == "missing"
-    assert results[0] == results[1]
+    # Equal but for created_at: the ts of whichever event came first (RunState.created_at).
+    (state_a, run_a, steps_a), (state_b, run_b, steps_b) = results
+    assert (state_a.created_at, state_b.created_at) == (failed.ts, completed.ts)
+    assert dataclasses.replace(state_b, created_at=state_a.created_at) == state_a
+    assert (dataclasses.replace(run_b, created_at=run_a.created_at), steps_b) == (run_a, steps_a)
 
 
 def test_flow_definition_arriving_mid_run_is_adopted() -> None:
@@ -916,7 +920,9 @@ def test_state_round_trips_through_bytes() -> None:
 
 
 def test_state_bytes_of_another_format_are_refused() -> None:
-    data = bytearray(RunState(project="p", flow="f", run_id="r", updated_at=T0).to_bytes())
+    data = bytearray(RunState(
+        project="p", flow="f", run_id="r", updated_at=T0, created_at=T0
+    ).to_bytes())
     data[4] = STATE_FORMAT + 1
     expected = f"format {STATE_FORMAT + 1}, expected {STATE_FORMAT}"
     with pytest.raises(StateFormatError, match=expected):

@@ -1,9 +1,12 @@
 """The README is part of the interface: its queries and settings must be the real ones."""
 
+import shlex
 from pathlib import Path
 
 from steplog.projections.queries import ANALYST_QUERIES
 from steplog.settings import Settings, env_name
+from tests.cli_commands import assert_steplog_command
+from tests.readme import readme_blocks
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
 
@@ -24,3 +27,16 @@ def test_the_first_commands_are_the_two_make_targets() -> None:
         "make demo",
         "make test",
     ]
+
+
+def test_every_steplog_command_in_the_readme_is_a_real_command() -> None:
+    lines = [
+        line.split(" #")[0].strip()
+        for block in readme_blocks("sh")
+        for line in block.splitlines()
+    ]
+    commands = [shlex.split(line) for line in lines
+                if line.startswith((".venv/bin/steplog ", "steplog "))]
+    assert len(commands) > 10
+    for words in commands:
+        assert_steplog_command(words[1:], f"README: {' '.join(words)}")
