@@ -72,6 +72,8 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client as SqlClient
 
 from steplog import Client
+from steplog.credentials import client_key
+from steplog.server.admin_key import ensure_admin_key
 from steplog.server.broker import LocalBroker
 from steplog.server.health import read_group_members
 from steplog.settings import Settings, child_environment, load_settings
@@ -144,7 +146,9 @@ PROCESSORS_COMMAND = [sys.executable, "-c", "from steplog.server.entry import ma
 def start_processors(
     settings: Settings, log_path: Path, command: list[str] | None = None
 ) -> Processors:
-    """Start the processors and wait (with a deadline) until their SQL endpoint answers."""
+    """Start the processors and wait (with a deadline) until their SQL endpoint answers, which
+    it does to keys only: the admin key `steplog dev` would make, made here once."""
+    ensure_admin_key(settings)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             command or PROCESSORS_COMMAND,
@@ -157,7 +161,8 @@ def start_processors(
                                f"{log_path.read_text(errors='replace')[-3000:]}")
         try:
             sql = clickhouse_connect.get_client(
-                host="127.0.0.1", port=settings.sql_port, database=settings.clickhouse_database
+                host="127.0.0.1", port=settings.sql_port, database=settings.clickhouse_database,
+                password=client_key(settings) or "",
             )
             return Processors(process, sql, log_path)
         except Exception:
@@ -173,7 +178,7 @@ def start_another_processors(
     """One more `steplog processors` in the group, writing through the first one's SQL
     endpoint; `wait_group_spread` tells when it holds partitions."""
     own = settings.model_copy(update={
-        "clickhouse_dsn": f"http://127.0.0.1:{settings.sql_port}",
+        "clickhouse_dsn": f"http://default:{client_key(settings)}@127.0.0.1:{settings.sql_port}",
         "data_dir": scratch / f"steplog-{number}", "sql_port": _free_port(),
     })
     with open(scratch / f"processors-{number}.log", "ab") as log:
@@ -392,7 +397,8 @@ def measure_lag(settings: Settings, processors: Processors, rate: float, seconds
     sent_count = 0
     done_sending = threading.Event()
     sql = clickhouse_connect.get_client(
-        host="127.0.0.1", port=settings.sql_port, database=settings.clickhouse_database
+        host="127.0.0.1", port=settings.sql_port, database=settings.clickhouse_database,
+        password=client_key(settings) or "",
     )
 
     def poll() -> None:

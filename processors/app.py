@@ -34,7 +34,9 @@ import asyncio
 from typing import Any, cast
 
 import faust
+from faust.types.auth import CredentialsT
 
+from steplog.kafka import KafkaSecurity, resolve
 from steplog.projections.writer import BatchWriter
 from steplog.schemas.flows import FlowDefinition
 
@@ -51,7 +53,7 @@ from .registry import WorkflowRegistry
 from .signals_host import SignalsHost
 from .stateful_consumer import StatefulConsumer
 
-__all__ = ["create_processor_app"]
+__all__ = ["create_processor_app", "faust_credentials"]
 
 
 def create_processor_app(
@@ -62,6 +64,8 @@ def create_processor_app(
     app = faust.App(
         config.faust_app_id,
         broker=f"kafka://{config.bootstrap}",
+        # Faust makes its consumer and producer itself, with its own names for the security.
+        broker_credentials=faust_credentials(resolve(config.bootstrap).security),
         store="memory://",
         datadir=str(config.data_dir),
         topic_partitions=config.events_partitions,
@@ -138,3 +142,18 @@ def create_processor_app(
         await DeadLettersHost(config, writes).run()
 
     return app, host
+
+
+def faust_credentials(security: KafkaSecurity) -> CredentialsT | None:
+    """The faust credentials of what steplog.kafka gives every aiokafka client."""
+    context = security.ssl_context()
+    if security.sasl_mechanism is not None:
+        # SASL over TLS when there is a context (faust picks SASL_SSL from it), else plaintext.
+        password = security.password.get_secret_value() if security.password else None
+        return faust.SASLCredentials(
+            username=security.username, password=password, ssl_context=context,
+            mechanism=security.sasl_mechanism,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None

@@ -36,10 +36,12 @@ import asyncio
 import threading
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final
 
+import steplog.kafka as kafka
 from steplog.errors import EventTooLargeError, InvalidEventError, SendError
 from steplog.producers.control import ControlSender
 from steplog.producers.control_messages import ControlMessages
@@ -56,6 +58,7 @@ from steplog.producers.run_results import (
 )
 from steplog.producers.sender import EventSender, SenderStats
 from steplog.producers.sink import EventSink
+from steplog.redaction import BUILT_IN_RULES, SecretRules, secret_rules
 from steplog.schemas.base import TriggerInfo, WireModel, new_event_id
 from steplog.schemas.codec import DEFAULT_MAX_BYTES, encode, validate_event
 from steplog.schemas.limits import ERROR_TYPE_MAX_CHARS
@@ -82,7 +85,13 @@ class Client:
     """Sends the step events of one project; one per process is enough (it is thread-safe).
 
     Arguments not given come from the STEPLOG_* settings (`load_settings()`): the project, the
-    Kafka bootstrap servers and the events topic.
+    Kafka bootstrap servers (and the STEPLOG_KAFKA_* security settings: SASL, TLS), the events
+    topic and the project key.
+
+    - project_key: the project's key (STEPLOG_PROJECT_KEY; `steplog keys create`), sent where
+      the SDK speaks HTTP: the run-result lookup on the stack's SQL endpoint (`X-ClickHouse-Key`;
+      a DSN with a password of its own keeps it). Events go to Kafka, where the STEPLOG_KAFKA_*
+      credentials are what counts.
 
     - on_error: called (from any thread) with each send failure; exceptions it raises are
       ignored. A broker outage is told twice, not per attempt: `DeliveryFailing` when delivery
@@ -95,8 +104,9 @@ class Client:
     - capture_stack: put the formatted traceback of a failed step on `step.failed`.
     - record_output: put a step's return value on `step.completed`. Off by default, because
       the return values of arbitrary application functions are where customer data, tokens and
-      whole documents live (metadata is redacted; outputs cannot be, they have no keys to go
-      by), and because encoding them costs time on every call. Turn it on per step
+      whole documents live (recorded outputs are redacted like metadata, steplog.redaction,
+      but only what a key or a card number gives away is caught), and because encoding them
+      costs time on every call. Turn it on per step
       (`run.step(..., record_output=True)`) where the value is a small, safe summary. Values
       that are not JSON or longer than max_output_chars are recorded as null.
     - sink: where encoded events go instead of Kafka (a MemorySink in tests).
@@ -111,6 +121,7 @@ class Client:
         self,
         project: str | None = None,
         *,
+        project_key: str | None = None,
         on_error: ErrorCallback | None = None,
         throw_on_send_error: bool = False,
         capture_stack: bool = False,
@@ -141,9 +152,17 @@ class Client:
         if max_event_bytes is None:
             max_event_bytes = settings.max_event_bytes if settings else DEFAULT_MAX_BYTES
         self.max_event_bytes: int = max_event_bytes
+        # What every path of this client into the log redacts (steplog.redaction): the
+        # built-in rules, plus STEPLOG_REDACT_KEYS when the client has settings.
+        self.secrets: SecretRules = (
+            secret_rules(settings.redact_keys) if settings is not None else BUILT_IN_RULES
+        )
+        if project_key is None and settings is not None and settings.project_key is not None:
+            project_key = settings.project_key.get_secret_value()
+        self._project_key = project_key
         if sink is None:
             sink = EventSender(
-                bootstrap or _loaded(settings).kafka_bootstrap,
+                _kafka_target(bootstrap, settings),
                 topic or _loaded(settings).topics.events,
                 max_buffer_bytes=max_buffer_bytes,
                 max_event_bytes=max_event_bytes,
@@ -214,7 +233,8 @@ class Client:
         _refuse_unused(
             event_type, error=error, output=output, duration_ms=duration_ms, reason=reason
         )
-        clean = clean_metadata(metadata)
+        clean = clean_metadata(metadata, self.secrets)
+        output = self.secrets.redact_json(output)
         payload: dict[str, Any]
         match event_type:
             case "step.started":
@@ -365,11 +385,12 @@ class Client:
                 settings = self._control_settings()
                 self._run_ends = RunEndTail(
                     sender,
-                    self._bootstrap or settings.kafka_bootstrap,
+                    _kafka_target(self._bootstrap, settings),
                     self._events_topic or settings.topics.events,
                     processors_group=settings.processors_group,
                     max_event_bytes=self.max_event_bytes,
-                    lookup=self._run_end_lookup or clickhouse_http_lookup(settings),
+                    lookup=self._run_end_lookup
+                    or clickhouse_http_lookup(settings, project_key=self._project_key),
                 )
             return self._run_ends
 
@@ -378,7 +399,7 @@ class Client:
             if self._control is None:
                 settings = self._control_settings()
                 self._control = ControlSender(
-                    self._bootstrap or settings.kafka_bootstrap,
+                    _kafka_target(self._bootstrap, settings),
                     max_event_bytes=self.max_event_bytes,
                 )
             return self._control
@@ -489,6 +510,16 @@ class Client:
 def _loaded(settings: Settings | None) -> Settings:
     assert settings is not None, "settings are loaded whenever an argument is missing"
     return settings
+
+
+def _kafka_target(bootstrap: str | None, settings: Settings | None) -> kafka.Kafka:
+    """The cluster to send to: `bootstrap` when given, with the settings' security when there
+    are settings (else this process's, steplog.kafka.resolve)."""
+    if settings is None:
+        assert bootstrap is not None, "settings are loaded whenever an argument is missing"
+        return bootstrap
+    target = kafka.access(settings)
+    return target if bootstrap is None else replace(target, bootstrap=bootstrap)
 
 
 def _error_info(error: str | BaseException | None) -> dict[str, Any]:

@@ -36,7 +36,9 @@ T = TypeVar("T")
 class ControlSender:
     """Sends one message at a time and waits for its acknowledgement."""
 
-    def __init__(self, bootstrap: str, *, max_event_bytes: int, timeout: float = 30.0) -> None:
+    def __init__(
+        self, bootstrap: kafka.Kafka, *, max_event_bytes: int, timeout: float = 30.0
+    ) -> None:
         self.bootstrap = bootstrap
         self.max_event_bytes = max_event_bytes
         self.timeout = timeout
@@ -174,7 +176,7 @@ class ControlSender:
                 max_request_size=self.max_event_bytes + 64 * 1024,
             )
             try:
-                await producer.start()
+                await kafka.start(producer, self.bootstrap)
             except BaseException:
                 await producer.stop()
                 raise

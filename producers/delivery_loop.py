@@ -64,7 +64,7 @@ class DeliveryLoop:
         self,
         buffer: SendBuffer,
         topic: str,
-        bootstrap: str,
+        bootstrap: kafka.Kafka,
         *,
         chunk_size: int,
         linger_ms: int,
@@ -190,7 +190,7 @@ class DeliveryLoop:
             max_request_size=self.max_event_bytes + _REQUEST_HEADROOM_BYTES,
         )
         try:
-            await asyncio.wait_for(producer.start(), _START_TIMEOUT_S)
+            await asyncio.wait_for(kafka.start(producer, self.bootstrap), _START_TIMEOUT_S)
         except BaseException:
             await stop_producer(producer)  # releases the half-opened client
             raise

@@ -92,14 +92,15 @@ def push_flows(settings: Settings, definitions: Sequence[FlowDefinition]) -> Non
 
 async def push_flows_async(settings: Settings, definitions: Sequence[FlowDefinition]) -> None:
     topic = settings.topics.flows
+    target = kafka.access(settings)
     producer = kafka.producer(
-        settings.kafka_bootstrap,
+        target,
         client_id="steplog-flows",
         acks="all",
         enable_idempotence=True,
     )
     try:
-        await producer.start()
+        await kafka.start(producer, target)
         for definition in definitions:
             await producer.send_and_wait(
                 topic,

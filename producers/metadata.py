@@ -2,12 +2,8 @@
 
 Metadata is shown on the dashboard and stored in ClickHouse for as long as the log is kept, so
 what must never be in it (credentials, payment card data) is removed here, in the process that
-produced it, not downstream where it would already sit in Kafka:
-
-- a key that names a secret (authorization, password, token, api key, cookie, session id,
-  private key, card number, cvv, ...) keeps the key and gets the value "[REDACTED]";
-- a string value that contains a payment card number (13 to 19 digits, optionally grouped by
-  spaces or dashes, passing the Luhn check) is replaced by "[REDACTED]" whatever its key.
+produced it, not downstream where it would already sit in Kafka, by the rules every path into
+the log shares (`steplog.redaction`: secret-naming keys, card numbers, STEPLOG_REDACT_KEYS).
 
 Limits are refused, not truncated: metadata is written by the programmer at the call site, so a
 key too many or a 5 kB value is a programming error that should surface in development, where
@@ -19,11 +15,16 @@ it is raised (MetadataError naming the key, its size and the limit) before the s
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
-from typing import Final
 
 from steplog.errors import MetadataError
+from steplog.redaction import (
+    BUILT_IN_RULES,
+    REDACTED,
+    SecretRules,
+    contains_card_number,
+    is_secret_key,
+)
 from steplog.schemas.limits import METADATA_MAX_KEY_CHARS as MAX_KEY_CHARS
 from steplog.schemas.limits import METADATA_MAX_KEYS as MAX_KEYS
 from steplog.schemas.limits import METADATA_MAX_STRING_CHARS as MAX_STRING_CHARS
@@ -43,44 +44,15 @@ MetadataValue = str | int | float | bool | None
 
 # MAX_KEYS, MAX_KEY_CHARS and MAX_STRING_CHARS are the wire's limits (`schemas.limits`), which
 # the processors enforce too: checked here so that the caller hears of them, not a dead letter.
-REDACTED: Final = "[REDACTED]"
-
-# Phrases matched anywhere inside the key with case and separators removed ("X-Api-Key" ->
-# "xapikey"), so that every spelling of a multi-word name is caught. Only long, distinctive
-# phrases: a false match costs a redacted diagnostic, a missed one leaks a credential.
-_SECRET_PHRASES: Final = (
-    "authorization",
-    "password",
-    "passwd",
-    "passphrase",
-    "secret",
-    "credential",
-    "apikey",
-    "accesskey",
-    "privatekey",
-    "cookie",
-    "sessionid",
-    "sessionkey",
-    "cardnumber",
-    "cardnum",
-    "creditcard",
-    "ccnumber",
-)
-# Short names match whole words, or adjacent words run together ("card_no", "sess-id"): as
-# phrases, "cvc" would catch "svc_vcs" and "cardno" would catch "card_notes".
-_SECRET_WORDS: Final = frozenset(
-    {"auth", "bearer", "jwt", "pin", "cvv", "cvv2", "cvc", "cvc2", "csc", "cardno", "sessid", "sid"}
-)
-_WORDS = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
-# Candidate card numbers: 13-19 digits, single spaces or dashes allowed between them, not part
-# of a longer run of digits. The Luhn check then sorts out most ids and timestamps.
-_CARD_CANDIDATE = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
-_KEY_VERDICTS_MAX: Final = 4096
-_key_verdicts: dict[str, bool] = {}
+# REDACTED, is_secret_key and contains_card_number are steplog.redaction's, named here too
+# because this module is where the SDK's users have always found them.
 
 
-def clean_metadata(metadata: Mapping[str, object] | None) -> dict[str, MetadataValue]:
-    """A copy of `metadata` that is safe to send, or MetadataError naming what is wrong.
+def clean_metadata(
+    metadata: Mapping[str, object] | None, rules: SecretRules = BUILT_IN_RULES
+) -> dict[str, MetadataValue]:
+    """A copy of `metadata` that is safe to send (redacted by `rules`), or MetadataError naming
+    what is wrong.
 
     Values must be str, int, float, bool or None (flat diagnostics: ids, counts, status codes).
     NaN and infinities are refused: JSON has neither, and writing null would record a value
@@ -102,7 +74,7 @@ def clean_metadata(metadata: Mapping[str, object] | None) -> dict[str, MetadataV
             raise MetadataError(
                 key[:40] + "...", f"key is {len(key)} characters, over the limit of {MAX_KEY_CHARS}"
             )
-        if is_secret_key(key):
+        if rules.is_secret_key(key):
             # Before the value's own checks: a long bearer token is not a size problem, the
             # value is dropped anyway.
             cleaned[key] = REDACTED
@@ -141,54 +113,3 @@ def _clean_value(key: str, value: object) -> MetadataValue:
         f"value of type {type(value).__name__} is not allowed; expected str, int, float, bool "
         "or None (send ids, counts and status codes, not objects)",
     )
-
-
-def is_secret_key(key: str) -> bool:
-    """Whether a metadata key names something secret; case- and separator-insensitive."""
-    verdict = _key_verdicts.get(key)
-    if verdict is None:
-        verdict = _judge_key(key)
-        # Keys are usually literals at the call sites, so a small cache makes the check free
-        # after the first call; bounded, because a key built from data would grow it forever.
-        if len(_key_verdicts) < _KEY_VERDICTS_MAX:
-            _key_verdicts[key] = verdict
-    return verdict
-
-
-def _judge_key(key: str) -> bool:
-    words = [word.lower() for word in _WORDS.findall(key)]
-    joined = "".join(words)
-    if any(phrase in joined for phrase in _SECRET_PHRASES):
-        return True
-    for start, word in enumerate(words):
-        # token, access_token, refreshToken, x-auth-token, idtoken; but not prompt_tokens (a
-        # count, and common metadata in LLM services).
-        if word.endswith("token"):
-            return True
-        for end in range(start + 1, min(start + 3, len(words)) + 1):
-            if "".join(words[start:end]) in _SECRET_WORDS:
-                return True
-    return False
-
-
-def contains_card_number(text: str) -> bool:
-    """Whether `text` contains a payment card number (13-19 digits passing the Luhn check)."""
-    if len(text) < 13:
-        return False
-    for match in _CARD_CANDIDATE.finditer(text):
-        # The whole candidate only: trying every 13-19 digit window inside a longer number
-        # would redact most long ids (each window passes Luhn one time in ten).
-        if _luhn_valid([int(c) for c in match.group() if c != " " and c != "-"]):
-            return True
-    return False
-
-
-def _luhn_valid(digits: list[int]) -> bool:
-    total = 0
-    for index, digit in enumerate(reversed(digits)):
-        if index % 2:
-            digit *= 2
-            if digit > 9:
-                digit -= 9
-        total += digit
-    return total % 10 == 0

@@ -144,7 +144,9 @@ class Run:
             key_json = self._keys[key]
         except (KeyError, TypeError):
             key_json = self._encode_key(key)
-        metadata_json = _EMPTY if not metadata else encode_metadata(clean_metadata(metadata))
+        metadata_json = _EMPTY if not metadata else encode_metadata(
+            clean_metadata(metadata, self.client.secrets)
+        )
         if fn is None:
             return StepScope(self, key, key_json, metadata_json)
         if (
@@ -182,7 +184,9 @@ class Run:
                     "reason",
                     f"is {len(reason)} characters, over the limit of {REASON_MAX_CHARS}",
                 )
-        metadata_json = _EMPTY if not metadata else encode_metadata(clean_metadata(metadata))
+        metadata_json = _EMPTY if not metadata else encode_metadata(
+            clean_metadata(metadata, self.client.secrets)
+        )
         value = self._events.step_skipped(
             self._last_attempt.get(key, 1), next(self._seq), key_json, reason, metadata_json
         )
@@ -235,7 +239,9 @@ class Run:
         try:
             output = "null"
             if client.record_output if record is None else record:
-                output = encode_output(result, client.max_output_chars)
+                output = encode_output(
+                    client.secrets.redact_json(result), client.max_output_chars
+                )
             value = self._events.step_completed(
                 attempt, next(self._seq), key_json, elapsed_ns / 1e6, output, _EMPTY
             )

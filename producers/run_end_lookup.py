@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from steplog.errors import ClickHouseError
 from steplog.projections.queries import RUN_END_SQL, RunEnd
+from steplog.credentials import client_key
 from steplog.settings import Settings
 
 __all__ = ["RunEndLookup", "clickhouse_http_endpoint", "clickhouse_http_lookup"]
@@ -23,11 +24,24 @@ RunEndLookup = Callable[[str, str], RunEnd | None]
 in a worker thread); raises ClickHouseError when ClickHouse cannot be asked."""
 
 
-def clickhouse_http_lookup(settings: Settings, *, timeout: float = 10.0) -> RunEndLookup:
+def clickhouse_http_lookup(
+    settings: Settings, *, timeout: float = 10.0, project_key: str | None = None
+) -> RunEndLookup:
     """A RunEndLookup over ClickHouse's HTTP interface, with the standard library only (the
     SDK does not depend on clickhouse-connect): the server of STEPLOG_CLICKHOUSE_DSN, or, for
-    the embedded engine, the stack's SQL endpoint on 127.0.0.1:STEPLOG_SQL_PORT."""
-    url, headers = clickhouse_http_endpoint(settings.clickhouse_dsn, settings.sql_port)
+    the embedded engine, the stack's SQL endpoint on 127.0.0.1:STEPLOG_SQL_PORT, logged in
+    with `project_key` (default STEPLOG_PROJECT_KEY, else the key Steplog's own clients send:
+    STEPLOG_API_KEY or the local admin key). SQL needs a read key of every project (the
+    embedded engine cannot confine SQL to a project), so a project-scoped ingest key gets 403
+    here: give a service that waits for results an all-projects read key."""
+    if project_key is None:
+        project_key = (
+            settings.project_key.get_secret_value() if settings.project_key is not None
+            else client_key(settings)
+        )
+    url, headers = clickhouse_http_endpoint(
+        settings.clickhouse_dsn, settings.sql_port, key=project_key
+    )
     database = settings.clickhouse_database
 
     def lookup(run_id: str, project: str) -> RunEnd | None:
@@ -65,15 +79,22 @@ def clickhouse_http_lookup(settings: Settings, *, timeout: float = 10.0) -> RunE
     return lookup
 
 
-def clickhouse_http_endpoint(dsn: str, sql_port: int) -> tuple[str, dict[str, str]]:
-    """The URL of ClickHouse's HTTP interface for a DSN, and the headers that log in."""
+def clickhouse_http_endpoint(
+    dsn: str, sql_port: int, *, key: str | None = None
+) -> tuple[str, dict[str, str]]:
+    """The URL of ClickHouse's HTTP interface for a DSN, and the headers that log in: the
+    DSN's user and password, else a Steplog key (`key`) as ClickHouse's password header, which
+    the stack's SQL endpoint checks (steplog/server/sql_http.py)."""
     parsed = urllib.parse.urlparse(dsn)
+    keyed = {"X-ClickHouse-Key": key} if key else {}
     if parsed.scheme not in ("http", "https"):  # the embedded engine: the stack serves it
-        return f"http://127.0.0.1:{sql_port}/", {}
+        return f"http://127.0.0.1:{sql_port}/", keyed
     port = parsed.port or (8443 if parsed.scheme == "https" else 8123)
     headers = {}
     if parsed.username:
         headers["X-ClickHouse-User"] = urllib.parse.unquote(parsed.username)
     if parsed.password:
         headers["X-ClickHouse-Key"] = urllib.parse.unquote(parsed.password)
+    else:
+        headers.update(keyed)
     return f"{parsed.scheme}://{parsed.hostname}:{port}/", headers

@@ -21,6 +21,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 if TYPE_CHECKING:
     from aiokafka.admin import AIOKafkaAdminClient
 
+    from steplog.kafka import Kafka
+
 __all__ = ["RunEndOffsets"]
 
 _END_CACHE_S: Final = 1.0
@@ -32,7 +34,7 @@ class RunEndOffsets:
     the tail's loop, as long as its consumer."""
 
     def __init__(
-        self, consumer: AIOKafkaConsumer, bootstrap: str, topic: str, processors_group: str
+        self, consumer: AIOKafkaConsumer, bootstrap: Kafka, topic: str, processors_group: str
     ) -> None:
         self._consumer = consumer
         self._bootstrap = bootstrap

@@ -24,7 +24,7 @@ import time
 from collections.abc import Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -35,6 +35,9 @@ from steplog.producers.run_end_offsets import RunEndOffsets
 from steplog.producers.run_end_records import PartitionEnds, decode_run_end, is_run_end
 from steplog.producers.sender import key_partition
 from steplog.projections.queries import RunEnd
+
+if TYPE_CHECKING:
+    from steplog.kafka import Kafka
 
 __all__ = ["CoroutineRunner", "RunEndTail"]
 
@@ -80,7 +83,7 @@ class RunEndTail:
     def __init__(
         self,
         runner: CoroutineRunner,
-        bootstrap: str,
+        bootstrap: Kafka,
         topic: str,
         *,
         processors_group: str,
@@ -212,6 +215,7 @@ class RunEndTail:
         # Imported here: they load aiokafka's admin client, which the SDK's import does not pay
         # for until a handle waits.
         from steplog.kafka import consumer as kafka_consumer
+        from steplog.kafka import start as kafka_start
         from steplog.topics import topic_partitions
 
         partitions = await topic_partitions(self.bootstrap, self.topic)
@@ -223,7 +227,7 @@ class RunEndTail:
             fetch_max_wait_ms=_FETCH_MAX_WAIT_MS,
             max_partition_fetch_bytes=max(self.max_event_bytes, 1024 * 1024),
         )
-        await consumer.start()
+        await kafka_start(consumer, self.bootstrap)
         try:
             assigned = [TopicPartition(self.topic, p) for p in partitions]
             consumer.assign(assigned)

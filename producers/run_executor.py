@@ -51,6 +51,7 @@ from steplog.schemas.events import (
     new_event_id,
 )
 from steplog.schemas.ids import derived_id
+from steplog.redaction import secret_rules
 from steplog.settings import Settings
 
 from .command_commits import CommandCommits, CommandToken
@@ -396,6 +397,7 @@ class RunExecutor:
             sink=sink,
             retries=workflow.retries,
             max_event_bytes=self.settings.max_event_bytes,
+            secrets=secret_rules(self.settings.redact_keys),
         )
         handle.run_pass = run_pass
         try:

@@ -54,7 +54,7 @@ class _Read:
 class RunLogReader:
     """Reads the events of one run (key = run id) from a range of its partition."""
 
-    def __init__(self, bootstrap: str, topic: str, *, max_event_bytes: int) -> None:
+    def __init__(self, bootstrap: kafka.Kafka, topic: str, *, max_event_bytes: int) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.max_event_bytes = max_event_bytes
@@ -74,7 +74,7 @@ class RunLogReader:
             fetch_max_wait_ms=5,
             max_partition_fetch_bytes=max(self.max_event_bytes, 1024 * 1024),
         )
-        await consumer.start()
+        await kafka.start(consumer, self.bootstrap)
         assigned = [TopicPartition(self.topic, p) for p in self._partitions]
         consumer.assign(assigned)
         consumer.pause(*assigned)

@@ -55,6 +55,7 @@ from typing import Any
 from pydantic import JsonValue
 
 from steplog.errors import EventTooLargeError, StepOutputError
+from steplog.redaction import BUILT_IN_RULES, SecretRules
 from steplog.schemas.codec import DEFAULT_MAX_BYTES
 from steplog.schemas.commands import StepRecord
 from steplog.schemas.events import (
@@ -115,6 +116,7 @@ class RunPass:
         retry_skew: float = RETRY_CLOCK_SKEW,
         started_delay: float = STARTED_DELAY,
         max_event_bytes: int = DEFAULT_MAX_BYTES,
+        secrets: SecretRules = BUILT_IN_RULES,
     ) -> None:
         self.fn = fn
         self.workflow = workflow
@@ -129,6 +131,8 @@ class RunPass:
         self.retry_skew = retry_skew
         self.started_delay = started_delay
         self.max_event_bytes = max_event_bytes
+        self.secrets = secrets
+        """What is redacted from step inputs and outputs before they are written."""
         self._resuming = history.interrupted
         self.branches = PassBranches()
         self.journal = RunJournal(history, run_id)

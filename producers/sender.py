@@ -50,11 +50,15 @@ import os
 import threading
 import time
 import weakref
+from typing import TYPE_CHECKING
 
 from steplog.errors import EventTooLargeError, SendError
 from steplog.producers.kafka_logs import SENDER_THREAD_PREFIX, limit_sender_thread_logs
 from steplog.schemas.codec import DEFAULT_MAX_BYTES, encode
 from steplog.schemas.events import Event
+
+if TYPE_CHECKING:
+    from steplog.kafka import Kafka
 
 from .delivery_loop import DeliveryLoop, ErrorCallback
 from .send_buffer import SendBuffer
@@ -92,7 +96,7 @@ class EventSender:
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: Kafka,
         topic: str,
         *,
         max_buffer_bytes: int = 64 * 1024 * 1024,

@@ -10,12 +10,19 @@
 A step's exception is written as `step.failed` with `retry_at` while the retry policy has
 attempts left (the branch parks); the last attempt, or a NonRetriableError, writes the final
 `step.failed` and raises StepFailedError in the workflow code.
+
+Secrets (steplog.redaction) are redacted from the input and output written to the log; this
+pass goes on with the values as they were. A later pass of the run (after a sleep, a wait, a
+retry, a worker restart) replays the output as the log has it, secrets redacted, so a step
+that returns a secret is warned about: return a reference to it (a vault path), or fetch it
+inside the step that uses it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from time import perf_counter
@@ -53,6 +60,8 @@ if TYPE_CHECKING:
     from .run_pass import RunPass
 
 __all__ = ["NO_INPUT", "RETRY_CLOCK_SKEW", "STARTED_DELAY", "run_step"]
+
+log = logging.getLogger("steplog.worker")
 
 RETRY_CLOCK_SKEW: Final = 2.0
 """Seconds a retry may be early by the worker's clock and still run (after waiting out the
@@ -124,7 +133,7 @@ async def _execute(
     writes = run.writes
     started = writes.step_event(
         StepStarted, step_id, attempt,
-        StepStartedPayload(kind=StepKind.RUN, input=recorded_input),
+        StepStartedPayload(kind=StepKind.RUN, input=run.secrets.redact_json(recorded_input)),
     )
     if recorded_input is not None:
         try:
@@ -155,9 +164,16 @@ async def _execute(
     elapsed_ms = (perf_counter() - began) * 1000
     try:
         output = to_json_value(result, f"step {step_id!r} returned")
+        recorded = run.secrets.redact_json(output)
+        if recorded is not output:
+            log.warning(
+                "step %r of run %s returned secrets, written to the log as [REDACTED]: a later "
+                "pass of the run will replay them as such; return a reference to a secret, not "
+                "the secret", step_id, run.run_id,
+            )
         completed = writes.step_event(
             StepCompleted, step_id, attempt,
-            StepCompletedPayload(output=output, duration_ms=elapsed_ms),
+            StepCompletedPayload(output=recorded, duration_ms=elapsed_ms),
         )
         completed_ack = await writes.enqueue(completed)
     except (StepOutputError, EventTooLargeError) as exc:

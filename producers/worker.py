@@ -122,28 +122,29 @@ class Worker:
         self._started = True
         settings = self.settings
         client_id = f"steplog-worker-{self.app.name}"
+        target = kafka.access(settings)
         producer = kafka.producer(
-            settings.kafka_bootstrap,
+            target,
             client_id=client_id,
             acks="all",
             enable_idempotence=True,
             linger_ms=self.linger_ms,
             max_request_size=settings.max_event_bytes + 64 * 1024,
         )
-        await producer.start()
+        await kafka.start(producer, target)
         self._producer = producer
         self._sink = KafkaRunSink(producer, settings, lambda: self._stopping)
         self._executor.sink = self._sink
         try:
             await self._register()
             self._reader = RunLogReader(
-                settings.kafka_bootstrap, settings.topics.events,
+                target, settings.topics.events,
                 max_event_bytes=settings.max_event_bytes,
             )
             await self._reader.start()
             self._executor.reader = self._reader
             consumer = kafka.consumer(
-                settings.kafka_bootstrap,
+                target,
                 client_id=client_id,
                 group_id=self.group_id,
                 enable_auto_commit=False,
@@ -157,7 +158,7 @@ class Worker:
                 [settings.topics.commands],
                 listener=self._intake.listener(consumer, self._hand_over),
             )
-            await consumer.start()
+            await kafka.start(consumer, target)
             self._consumer = consumer
             self._commits.consumer = consumer
         except BaseException:

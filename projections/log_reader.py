@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
+from steplog import kafka
 from steplog.topics import topic_partitions
 
 
@@ -26,11 +27,11 @@ class LogRecord:
     timestamp_ms: int
 
 
-async def topic_end_offsets(bootstrap: str, topic: str) -> list[int]:
+async def topic_end_offsets(bootstrap: kafka.Kafka, topic: str) -> list[int]:
     """The end offset (next offset to be written) of every partition of a topic."""
     partitions = await topic_partitions(bootstrap, topic)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
+    consumer = kafka.consumer(bootstrap, enable_auto_commit=False)
+    await kafka.start(consumer, bootstrap)
     try:
         assigned = [TopicPartition(topic, p) for p in partitions]
         ends = await consumer.end_offsets(assigned)
@@ -40,7 +41,7 @@ async def topic_end_offsets(bootstrap: str, topic: str) -> list[int]:
 
 
 async def read_log(
-    bootstrap: str,
+    bootstrap: kafka.Kafka,
     topic: str,
     *,
     partitions: Collection[int] | None = None,
@@ -48,8 +49,8 @@ async def read_log(
 ) -> AsyncIterator[LogRecord]:
     """Yield every record of `topic` (of `partitions` only, if given) up to its current end,
     partition by partition in offset order (records of different partitions interleave)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+    consumer = kafka.consumer(
+        bootstrap,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         fetch_max_bytes=fetch_max_bytes,
@@ -57,7 +58,7 @@ async def read_log(
     )
     if partitions is None:
         partitions = await topic_partitions(bootstrap, topic)
-    await consumer.start()
+    await kafka.start(consumer, bootstrap)
     try:
         assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(assigned)

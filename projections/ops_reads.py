@@ -23,7 +23,7 @@ from typing import Any, Final
 from clickhouse_connect.driver.client import Client
 
 from .read_models import FailureBucket, LagView, OpsSummary, OverduePoint, SpikeView
-from .run_reads import LIST_SELECT, as_utc, list_item, micros
+from .run_reads import LIST_SELECT, PROJECTS_CONDITION, as_utc, list_item, micros
 
 __all__ = [
     "FAILURE_CREATED_MARGIN",
@@ -60,11 +60,14 @@ def ops_summary(
     database: str,
     *,
     lag: LagView,
+    projects: tuple[str, ...] | None = None,
     now: datetime | None = None,
     window: timedelta = timedelta(hours=24),
     bucket_minutes: int = 5,
 ) -> OpsSummary:
-    """The operations page as of `now` (default: the clock) over the `window` before it."""
+    """The operations page as of `now` (default: the clock) over the `window` before it, of
+    the runs of `projects` (None: every project). Dead letters carry no project: counted for
+    every project only, 0 otherwise."""
     if bucket_minutes < 1 or window < timedelta(minutes=bucket_minutes):
         raise ValueError(
             f"bucket_minutes={bucket_minutes}, window={window}: expected at least 1 minute "
@@ -75,20 +78,26 @@ def ops_summary(
     # Buckets aligned on the epoch (as toStartOfInterval), the last one holding `end`.
     first = _floor(end - window, bucket)
     start = end - window
-    parameters = {
+    parameters: dict[str, Any] = {
         "start_us": micros(start), "end_us": micros(end), "first_us": micros(first),
         "created_from_us": micros(start - FAILURE_CREATED_MARGIN),
         "recent_us": micros(end - timedelta(minutes=SPIKE_RECENT_MINUTES)),
         "bucket_minutes": bucket_minutes, "now_us": micros(end),
     }
-    failures, spike = _failures(client, database, parameters, window)
+    # Every run condition below is ANDed with `scope`: true, or the caller's projects.
+    scope = "1"
+    if projects is not None:
+        scope, parameters["projects"] = PROJECTS_CONDITION, list(projects)
+    failures, spike = _failures(client, database, parameters, window, scope)
     overdue_count, overdue_oldest_ms, trend = _overdue(client, database, parameters, first,
-                                                       end, bucket)
-    stuck_count, stuck = _stuck(client, database, parameters)
-    day, total = client.query(
-        f"SELECT countIf(ts >= {_at('day_us')}), count() FROM {database}.dead_letters FINAL",
-        parameters={"day_us": micros(end - timedelta(hours=24))},
-    ).result_rows[0]
+                                                       end, bucket, scope)
+    stuck_count, stuck = _stuck(client, database, parameters, scope)
+    day, total = 0, 0
+    if projects is None:
+        day, total = client.query(
+            f"SELECT countIf(ts >= {_at('day_us')}), count() FROM {database}.dead_letters FINAL",
+            parameters={"day_us": micros(end - timedelta(hours=24))},
+        ).result_rows[0]
     return OpsSummary(
         window_start=start, window_end=end, bucket_minutes=bucket_minutes, failures=failures,
         spike=spike, overdue_count=overdue_count, overdue_oldest_ms=overdue_oldest_ms,
@@ -103,7 +112,7 @@ def _floor(at: datetime, bucket: timedelta) -> datetime:
 
 
 def _failures(
-    client: Client, database: str, parameters: dict[str, Any], window: timedelta
+    client: Client, database: str, parameters: dict[str, Any], window: timedelta, scope: str
 ) -> tuple[list[FailureBucket], SpikeView]:
     rows = client.query(
         "SELECT flow, toStartOfInterval(finished_at, toIntervalMinute({bucket_minutes:UInt32})) "
@@ -111,7 +120,7 @@ def _failures(
         "countIf(status = 'failed') AS failed, count() AS finished "
         f"FROM {database}.run_list FINAL "
         f"WHERE created_at >= {_at('created_from_us')} AND finished_at >= {_at('start_us')} "
-        f"AND finished_at < {_at('end_us')} "
+        f"AND finished_at < {_at('end_us')} AND {scope} "
         "GROUP BY flow, bucket, recent",
         parameters=parameters,
     ).result_rows
@@ -196,10 +205,12 @@ def _overdue(
     first: datetime,
     end: datetime,
     bucket: timedelta,
+    scope: str,
 ) -> tuple[int, int | None, list[OverduePoint]]:
     count, oldest = client.query(
         "SELECT count(), toInt64(dateDiff('millisecond', min(scheduled_for), "
-        + _at("now_us") + ")) " + _newest_rows_where(database, _OVERDUE_NOW, _OVERDUE_COLUMNS),
+        + _at("now_us") + ")) "
+        + _newest_rows_where(database, f"{_OVERDUE_NOW} AND {scope}", _OVERDUE_COLUMNS),
         parameters=parameters,
     ).result_rows[0]
     ends = []
@@ -211,7 +222,9 @@ def _overdue(
     rows = client.query(
         "SELECT t, countIf(scheduled_for < t AND (started_at IS NULL OR started_at > t) "
         "AND (finished_at IS NULL OR finished_at > t)) FROM (SELECT scheduled_for, started_at, "
-        "finished_at " + _newest_rows_where(database, _OVERDUE_IN_WINDOW, _OVERDUE_COLUMNS) + ") "
+        "finished_at "
+        + _newest_rows_where(database, f"{_OVERDUE_IN_WINDOW} AND {scope}", _OVERDUE_COLUMNS)
+        + ") "
         # The bucket ends are made in SQL from three numbers: a list of 288 of them as a
         # parameter is long enough for clients to send it as a form, which not every
         # endpoint in front of the engine reads.
@@ -227,12 +240,13 @@ def _overdue(
 
 
 def _stuck(
-    client: Client, database: str, parameters: dict[str, Any]
+    client: Client, database: str, parameters: dict[str, Any], scope: str
 ) -> tuple[int, list[Any]]:
     """How many runs are stuck, and the STUCK_SHOWN oldest (by deadline): their keys first
     (a few columns of every candidate row), then the list columns of those shown only."""
     condition = (
         "status = 'running' AND stuck_after IS NOT NULL AND stuck_after < " + _at("now_us")
+        + f" AND {scope}"
     )
     keys = client.query(
         f"SELECT project, run_id, count() OVER () "

@@ -63,6 +63,11 @@ class RunFilter(ReadModel):
         description="A run id (or its prefix, at least 4 characters), a trigger event's name "
         "or a trigger event's id.",
     )
+    projects: tuple[str, ...] | None = Field(
+        default=None,
+        description="Only runs of these projects: the projects the caller's key covers, set "
+        "by the web service, never by the query string; None: every project.",
+    )
 
 
 class ErrorView(ReadModel):

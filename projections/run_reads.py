@@ -47,6 +47,7 @@ __all__ = [
     "MAX_ATTEMPTS_PER_STEP",
     "MAX_LINKS",
     "MAX_STEPS",
+    "PROJECTS_CONDITION",
     "CursorError",
     "RunFilterError",
     "list_flows",
@@ -97,6 +98,8 @@ _LIST_COLUMNS: Final = (
     "failed_step_count, error_type, error_message, stuck_after, version, updated_at"
 )
 LIST_SELECT: Final = f"{_DERIVED_STATUS} AS derived_status, {_LIST_COLUMNS}"
+PROJECTS_CONDITION: Final = "project IN {projects:Array(String)}"
+"""The runs of the caller's projects only (RunFilter.projects), bound as `projects`."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,9 @@ def _filter_where(run_filter: RunFilter) -> _Where:
     if run_filter.project is not None:
         conditions.append("project = {project:String}")
         parameters["project"] = run_filter.project
+    if run_filter.projects is not None:
+        conditions.append(PROJECTS_CONDITION)
+        parameters["projects"] = list(run_filter.projects)
     if run_filter.flow is not None:
         conditions.append("flow = {flow:String}")
         parameters["flow"] = run_filter.flow
@@ -353,12 +359,17 @@ def _newest_version(client: Client, database: str, where: _Where) -> str:
     return f"{count}-{updated_at}-{version}"
 
 
-def list_flows(client: Client, database: str) -> list[tuple[str, str]]:
-    """Every (project, flow) that has runs or a definition, sorted: the list's filter choices.
-    Reads two LowCardinality columns of run_list (no FINAL: a run's rows agree on both)."""
+def list_flows(
+    client: Client, database: str, *, projects: tuple[str, ...] | None = None
+) -> list[tuple[str, str]]:
+    """Every (project, flow) that has runs or a definition (of `projects`, if given), sorted:
+    the list's filter choices. Reads two LowCardinality columns of run_list (no FINAL: a run's
+    rows agree on both)."""
+    where = "" if projects is None else f" WHERE {PROJECTS_CONDITION}"
     rows = client.query(
-        f"SELECT DISTINCT project, flow FROM {database}.run_list UNION DISTINCT "
-        f"SELECT DISTINCT project, slug FROM {database}.flows"
+        f"SELECT DISTINCT project, flow FROM {database}.run_list{where} UNION DISTINCT "
+        f"SELECT DISTINCT project, slug FROM {database}.flows{where}",
+        parameters={} if projects is None else {"projects": list(projects)},
     ).result_rows
     return sorted((str(project), str(flow)) for project, flow in rows)
 
@@ -395,18 +406,22 @@ def run_detail(
     run_id: str,
     *,
     project: str | None = None,
+    projects: tuple[str, ...] | None = None,
     now: datetime | None = None,
 ) -> RunDetail | None:
-    """Run `run_id` (in `project`, if named; else the most recently written run of that id)
-    with its steps, each with its attempts, its flow graph and its links; None if no run has the
-    id. At most MAX_STEPS steps, MAX_ATTEMPTS_PER_STEP attempts per step, MAX_LINKS children and
-    retriggers."""
+    """Run `run_id` (in `project`, if named; else the most recently written run of that id;
+    among `projects` only, if given) with its steps, each with its attempts, its flow graph and
+    its links; None if no run has the id. At most MAX_STEPS steps, MAX_ATTEMPTS_PER_STEP
+    attempts per step, MAX_LINKS children and retriggers."""
     now_us = _now_us(now)
     parameters: dict[str, Any] = {"run_id": run_id, "now_us": now_us}
     project_condition = ""
     if project is not None:
         project_condition = " AND project = {project:String}"
         parameters["project"] = project
+    if projects is not None:
+        project_condition += f" AND {PROJECTS_CONDITION}"
+        parameters["projects"] = list(projects)
     # By the bloom filter, without FINAL: the engine keeps each project's newest row.
     rows = client.query(
         f"SELECT {LIST_SELECT} FROM {database}.run_list "

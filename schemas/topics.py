@@ -23,6 +23,8 @@ class TopicNames:
     """Dead letters: messages a processor could not use, with the reason; key = source key."""
     flows: str
     """Flow definitions (compacted: the latest per key); key = "<project>/<slug>"."""
+    keys: str
+    """API keys (compacted: the newest record per key, revoked ones too); key = key_id."""
 
     @classmethod
     def with_prefix(cls, prefix: str) -> TopicNames:
@@ -32,4 +34,5 @@ class TopicNames:
             commands=f"{prefix}commands",
             dlq=f"{prefix}dlq",
             flows=f"{prefix}flows",
+            keys=f"{prefix}keys",
         )

@@ -24,7 +24,14 @@ sys.path.insert(0, str(ROOT))
 
 from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright  # noqa: E402
 
-from tests.browser.stack import LAPTOP, PHONE, DemoRuns, demo_stack, launch_chromium  # noqa: E402
+from tests.browser.stack import (  # noqa: E402
+    LAPTOP,
+    PHONE,
+    DemoRuns,
+    demo_stack,
+    launch_chromium,
+    log_in,
+)
 
 OUT: Final = ROOT / "docs" / "screenshots"
 Shot = Callable[[Page, DemoRuns], None]
@@ -90,12 +97,13 @@ SHOTS: Final[list[tuple[str, ViewportSize, Shot]]] = [
 ]
 
 
-def photograph(browser: Browser, base_url: str, runs: DemoRuns) -> None:
+def photograph(browser: Browser, base_url: str, runs: DemoRuns, key: str) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     for name, viewport, shot in SHOTS:
         context = browser.new_context(base_url=base_url, viewport=viewport)
         try:
             page = context.new_page()
+            log_in(page, key)
             shot(page, runs)
             # Charts and the graph's layout draw after their data: let the page go quiet.
             page.wait_for_load_state("networkidle")
@@ -115,7 +123,7 @@ def main() -> None:
                   f"{stack.base_url}", flush=True)
             browser = launch_chromium(playwright)
             try:
-                photograph(browser, stack.base_url, stack.demo_runs())
+                photograph(browser, stack.base_url, stack.demo_runs(), stack.admin_key)
             finally:
                 browser.close()
 

@@ -9,14 +9,23 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeAlias
 from urllib.parse import urlparse
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from steplog.errors import SettingsError
+from steplog.redaction import parse_key_patterns
 from steplog.schemas.topics import TopicNames
 
 ENV_PREFIX = "STEPLOG_"
@@ -24,6 +33,11 @@ ENV_PREFIX = "STEPLOG_"
 _NOT_SETTINGS_PREFIX = "STEPLOG_TEST_"
 _TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]{0,200}$")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+
+SecurityProtocol: TypeAlias = Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"]
+SaslMechanism: TypeAlias = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+_SASL_FIELDS = ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
+_TLS_FIELDS = ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
 
 
 class Settings(BaseSettings):
@@ -74,6 +88,12 @@ class Settings(BaseSettings):
         8000, ge=1, le=65535,
         description="Port of `steplog dev`'s web service (dashboard, JSON API, ingestion) on "
         "127.0.0.1.",
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="The key Steplog's commands (`steplog sql`, `steplog runs`, the demo) send "
+        "to its HTTP surfaces; unset: the local admin key `steplog dev` keeps in "
+        "<data dir>/admin.key.",
     )
     max_event_bytes: int = Field(
         1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest encoded event accepted."
@@ -126,9 +146,65 @@ class Settings(BaseSettings):
         description="How long a command waits for a stack that is starting on the data dir "
         "(its SQL endpoint) before giving up, rather than opening the engine's files itself.",
     )
+    sql_max_execution_s: float = Field(
+        60.0, gt=0, le=86_400,
+        description="Longest a query on the SQL endpoint runs before the engine stops it "
+        "(TIMEOUT_EXCEEDED); a request may only lower it (max_execution_time).",
+    )
+    sql_max_memory_mb: int = Field(
+        2048, ge=16, le=1024 * 1024,
+        description="Most memory one query on the SQL endpoint may use (MEMORY_LIMIT_EXCEEDED).",
+    )
+    sql_max_result_rows: int = Field(
+        100_000_000, ge=1,
+        description="Most rows a query on the SQL endpoint may return, subqueries included "
+        "(TOO_MANY_ROWS_OR_BYTES).",
+    )
+    sql_max_result_bytes: int = Field(
+        1024 * 1024 * 1024, ge=1024,
+        description="Most bytes (uncompressed, in memory) a query on the SQL endpoint may "
+        "return: results are held whole until streaming comes (TOO_MANY_ROWS_OR_BYTES).",
+    )
 
     kafka_version: str = Field("4.2.0", description="Apache Kafka version the local broker runs.")
     broker_heap: str = Field("512m", description="Java heap (-Xmx) of the local broker.")
+
+    # Kafka security, for every Kafka client of Steplog (steplog/kafka.py): the protocol is
+    # checked last, together with the SASL and TLS settings before it.
+    kafka_sasl_mechanism: SaslMechanism | None = Field(
+        None, description="SASL mechanism of the SASL_* protocols: PLAIN, SCRAM-SHA-256 or "
+        "SCRAM-SHA-512.",
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password.")
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="CA bundle the brokers' certificates are checked against (SSL and "
+        "SASL_SSL; default: the system's).",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="Client certificate for mutual TLS (with STEPLOG_KAFKA_SSL_KEYFILE)."
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        None, description="Private key of the client certificate."
+    )
+    kafka_security_protocol: SecurityProtocol = Field(
+        "PLAINTEXT", description="How Kafka clients connect: PLAINTEXT, SASL_PLAINTEXT, "
+        "SASL_SSL or SSL.",
+    )
+    broker_secure: bool = Field(
+        False, description="The local broker (`steplog broker start`) runs with SASL/SCRAM and "
+        "ACLs; its admin's credentials are in <data dir>/kafka/admin.credentials.",
+    )
+    redact_keys: str = Field(
+        "", description="Extra metadata, input and output keys whose values are redacted "
+        "before they reach the log, comma-separated, matched as whole words whatever the case "
+        "and separators (e.g. ssn,date_of_birth); added to the built-in ones (password, token, "
+        "api key, card number, ...).",
+    )
+    project_key: SecretStr | None = Field(
+        None, description="The SDK's key for the project (`Client(project_key=...)`), sent "
+        "wherever the SDK speaks HTTP: the run-result lookup on the SQL endpoint.",
+    )
 
     @field_validator("kafka_bootstrap")
     @classmethod
@@ -175,6 +251,42 @@ class Settings(BaseSettings):
             raise ValueError("expected a JVM size such as 512m or 1g")
         return value
 
+    @field_validator("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+    @classmethod
+    def _tls_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @field_validator("kafka_security_protocol")
+    @classmethod
+    def _kafka_security_is_complete(cls, protocol: str, info: ValidationInfo) -> str:
+        # On the protocol, declared after the SASL and TLS fields, so that they are read by
+        # now: a model validator's error would name no variable.
+        given = {name for name in (*_SASL_FIELDS, *_TLS_FIELDS) if _is_set(info.data.get(name))}
+        if protocol.startswith("SASL_"):
+            missing = [name for name in _SASL_FIELDS if name not in given]
+            if missing:
+                raise ValueError(f"{protocol} needs {_variables(missing)} (mechanism PLAIN, "
+                                 "SCRAM-SHA-256 or SCRAM-SHA-512)")
+        elif extra := [name for name in _SASL_FIELDS if name in given]:
+            raise ValueError(f"{_variables(extra)} given, but {protocol} uses no SASL; set "
+                             "STEPLOG_KAFKA_SECURITY_PROTOCOL to SASL_PLAINTEXT or SASL_SSL")
+        if protocol not in ("SSL", "SASL_SSL"):
+            if extra := [name for name in _TLS_FIELDS if name in given]:
+                raise ValueError(f"{_variables(extra)} given, but {protocol} uses no TLS; set "
+                                 "STEPLOG_KAFKA_SECURITY_PROTOCOL to SSL or SASL_SSL")
+        elif ("kafka_ssl_certfile" in given) != ("kafka_ssl_keyfile" in given):
+            raise ValueError(f"{_variables(_TLS_FIELDS[1:])} go together: the client certificate "
+                             "and its private key")
+        return protocol
+
+    @field_validator("redact_keys")
+    @classmethod
+    def _redact_keys_are_patterns(cls, value: str) -> str:
+        parse_key_patterns(value)
+        return value
+
     @model_validator(mode="after")
     def _default_dsn_under_data_dir(self) -> Settings:
         if not self.clickhouse_dsn:
@@ -202,7 +314,7 @@ _PLACING_FIELDS = (
     "kafka_bootstrap", "clickhouse_dsn", "clickhouse_database", "topic_prefix", "data_dir",
     "events_partitions", "commands_partitions", "signals_partitions", "sql_port", "project",
     "state_memory_mb", "health_port", "health_host", "write_stall_s", "lag_growth_s",
-    "lag_sample_s",
+    "lag_sample_s", "kafka_security_protocol", *_SASL_FIELDS, *_TLS_FIELDS,
 )
 
 
@@ -214,8 +326,29 @@ def child_environment(settings: Settings, *, every_setting: bool = False) -> dic
     fields = Settings.model_fields if every_setting else _PLACING_FIELDS
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)},
-        **{env_name(name): str(getattr(settings, name)) for name in fields},
+        **{env_name(name): text for name in fields
+           if (text := _env_text(getattr(settings, name))) is not None},
     }
+
+
+def _env_text(value: object) -> str | None:
+    """A setting's value as its variable holds it (a secret in clear: the child needs it);
+    None for an optional setting not given, which the child then does not get either."""
+    if value is None:
+        return None
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return str(value)
+
+
+def _variables(fields: Sequence[str]) -> str:
+    return ", ".join(env_name(field) for field in fields)
+
+
+def _is_set(value: object) -> bool:
+    if isinstance(value, SecretStr):
+        return bool(value.get_secret_value())
+    return value is not None and value != ""
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -24,7 +24,7 @@ from tenacity import (
 )
 
 from steplog.errors import TopicError
-from steplog.kafka import admin_client
+from steplog.kafka import Kafka, admin_client, start
 from steplog.settings import Settings, env_name
 
 _TOPIC_ALREADY_EXISTS = 36
@@ -38,8 +38,9 @@ _BATCH_HEADROOM_BYTES = 64 * 1024
 class TopicSpec:
     name: str
     partitions: int
-    partitions_setting: str
-    """The settings field that chooses the partition count (for error messages)."""
+    partitions_setting: str | None
+    """The settings field that chooses the partition count (for error messages); None: the
+    count is Steplog's own."""
     replication_factor: int
     configs: dict[str, str] = field(default_factory=dict)
 
@@ -83,16 +84,24 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         spec(names.dlq, "dlq_partitions", settings.dlq_retention_ms),
         # Compacted: only the latest definition of each flow matters, forever.
         spec(names.flows, "flows_partitions", -1, cleanup="compact"),
+        # Compacted, forever: a key's newest record (revoked or not) is all that counts. One
+        # partition: every process reads the whole topic (steplog/server/key_ring.py).
+        TopicSpec(
+            name=names.keys, partitions=1, partitions_setting=None,
+            replication_factor=settings.replication_factor,
+            configs={"cleanup.policy": "compact", "retention.ms": "-1",
+                     "max.message.bytes": message_bytes},
+        ),
     ]
 
 
 async def ensure_topics(
-    bootstrap: str, specs: list[TopicSpec], *, timeout: float = 30.0
+    bootstrap: Kafka, specs: list[TopicSpec], *, timeout: float = 30.0
 ) -> list[TopicReport]:
     """Create missing topics and align configs of existing ones; raise TopicError on a
     partition-count mismatch or a broker refusal. Returns once every topic is usable."""
     admin = admin_client(bootstrap, client_id="steplog-topics")
-    await admin.start()
+    await start(admin, bootstrap)
     try:
         response = await admin.create_topics(
             [NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.configs)
@@ -171,14 +180,21 @@ async def _align_existing(
 ) -> list[TopicReport]:
     for spec in specs:
         actual = partitions[spec.name]
-        if actual != spec.partitions:
+        if actual == spec.partitions:
+            continue
+        if spec.partitions_setting is None:
             raise TopicError(
-                f"topic {spec.name!r} has {actual} partitions but "
-                f"{env_name(spec.partitions_setting)} asks for {spec.partitions}. Steplog does "
-                "not change partition counts (keys would move and per-run order break): set "
-                f"{env_name(spec.partitions_setting)}={actual}, or use a new "
-                "STEPLOG_TOPIC_PREFIX and replay into it"
+                f"topic {spec.name!r} has {actual} partitions but Steplog makes it with "
+                f"{spec.partitions}: use a new STEPLOG_TOPIC_PREFIX, or delete the topic and "
+                "run `steplog topics ensure` again"
             )
+        setting = env_name(spec.partitions_setting)
+        raise TopicError(
+            f"topic {spec.name!r} has {actual} partitions but {setting} asks for "
+            f"{spec.partitions}. Steplog does not change partition counts (keys would move "
+            f"and per-run order break): set {setting}={actual}, or use a new "
+            "STEPLOG_TOPIC_PREFIX and replay into it"
+        )
     current = await _dynamic_configs(admin, [s.name for s in specs])
     stale = _differing(specs, current)
     if stale:
@@ -248,10 +264,10 @@ async def _dynamic_configs(admin: AIOKafkaAdminClient, names: list[str]) -> dict
     return configs
 
 
-async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
+async def topic_partitions(bootstrap: Kafka, topic: str) -> list[int]:
     """The partition numbers of a topic; TopicError when it does not exist."""
     admin = admin_client(bootstrap)
-    await admin.start()
+    await start(admin, bootstrap)
     try:
         (described,) = await admin.describe_topics([topic])
     finally:

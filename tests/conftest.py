@@ -31,6 +31,8 @@ from steplog.server.broker import LocalBroker
 from steplog.projections.clickhouse import open_clickhouse
 from steplog.projections.migrations import migrate
 from steplog.server.sql_http import sql_endpoint_answers
+from steplog.credentials import local_admin_key
+from steplog.server.admin_key import ensure_admin_key
 from steplog.settings import Settings, child_environment, load_settings
 from steplog.topics import ensure_topics, topic_specs
 
@@ -166,7 +168,10 @@ class RunningProcessors:
 
 
 def start_processors(settings: Settings, log_path: Path) -> RunningProcessors:
-    """Start the processors and wait (with a deadline) until their SQL endpoint answers."""
+    """Start the processors and wait (with a deadline) until their SQL endpoint answers; its
+    client logs in with the admin key `steplog dev` would make (`<data dir>/admin.key`, which
+    the CLI run by `run_cli` finds too)."""
+    key = ensure_admin_key(settings) or local_admin_key(settings)
     log = open(log_path, "ab")
     process = subprocess.Popen(
         [sys.executable, "-c", "from steplog.server.entry import main; main()", "processors"],
@@ -188,7 +193,8 @@ def start_processors(settings: Settings, log_path: Path) -> RunningProcessors:
         process.wait(timeout=30)
         raise
     sql = clickhouse_connect.get_client(
-        host="127.0.0.1", port=settings.sql_port, database=settings.clickhouse_database
+        host="127.0.0.1", port=settings.sql_port, database=settings.clickhouse_database,
+        password=key or "",
     )
     return RunningProcessors(settings, process, sql)
 

@@ -3,6 +3,11 @@
 // These types mirror projections/read_models.py field by field (RunListItem, RunPage, RunDetail,
 // StepView, AttemptView, OpsSummary, DeadLetterPage, ...): change one, change the other. Times
 // are ISO 8601 strings in UTC, durations milliseconds; JSON the runs carried is passed through.
+//
+// Every call carries the session cookie (steplog/server/web_auth.py); POSTs add the CSRF header,
+// and a 401 sends the browser to the login page (src/auth.ts).
+
+import { CSRF_HEADER, csrfToken, type Me, toLogin } from "./auth";
 
 export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
 
@@ -250,6 +255,7 @@ async function request<T>(path: string, init: RequestInit = {}): Promise<T> {
     throw new ApiError(0, `The Steplog service could not be reached (${String(error)}).`);
   }
   if (!response.ok) {
+    if (response.status === 401) toLogin();
     const text = await errorText(response);
     const prefix = response.status === 503 ? "Service unavailable: " : "";
     throw new ApiError(response.status, prefix + text);
@@ -272,13 +278,14 @@ export const api = {
   action: (runId: string, action: ActionName, reason?: string) =>
     request<ActionResult>(`/v1/runs/${encodeURIComponent(runId)}/${action}`, {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: { "Content-Type": "application/json", [CSRF_HEADER]: csrfToken() },
       body: JSON.stringify(reason ? { reason } : {}),
     }),
   ops: (signal?: AbortSignal) => request<OpsSummary>("/v1/ops", { signal }),
   deadLetters: (params: URLSearchParams, signal?: AbortSignal) =>
     request<DeadLetterPage>(withQuery("/v1/dead-letters", params), { signal }),
   flows: (signal?: AbortSignal) => request<FlowList>("/v1/flows", { signal }),
+  me: (signal?: AbortSignal) => request<Me>("/v1/me", { signal }),
 };
 
 export function isAbort(error: unknown): boolean {

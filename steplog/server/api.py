@@ -7,6 +7,12 @@
 - the dashboard (steplog/server/dashboard_routes.py): /, /runs, /runs/{id}, /ops,
   /dead-letters; and the interface as OpenAPI at /v1/openapi.json.
 
+Every request but /healthz, the OpenAPI document, the login page and the dashboard's assets
+needs a key (steplog/server/web_auth.py: Bearer for clients, a session cookie for the
+dashboard, /login, /logout, /v1/me), checked against the deployment's keys as the keys topic
+has them: `web_service` follows it (steplog/server/key_ring.py) and serves no request before it
+has read every key there was, so that a valid key is never refused for being new to it.
+
 Errors are JSON everywhere (steplog/server/web_errors.py). `steplog dev` runs the same app in
 a thread of its own process (`WebServiceThread`); `steplog api` in the foreground, where
 SIGINT/SIGTERM let in-flight requests finish and the senders flush what they accepted.
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Final
 
@@ -26,11 +33,14 @@ from steplog.errors import SteplogError, TopicError
 from steplog.producers.sender import EventSender
 from steplog.server.dashboard_routes import DASHBOARD_DIR, DashboardRoutes
 from steplog.server.ingest import MAX_BODY_BYTES, STALL_AFTER_S, WAIT_TIMEOUT_S, IngestRoutes
+from steplog.server.key_ring import KeyRingFollower
 from steplog.server.lag_reader import LagReader
 from steplog.server.openapi import openapi_document
+from steplog.server.principals import KeyVerifier
 from steplog.server.read_routes import ReadRoutes
 from steplog.server.read_store import ReadStore
 from steplog.server.run_actions import RunActions
+from steplog.server.web_auth import OPEN, Rule, WebAuth
 from steplog.server.web_errors import json_errors, json_response
 from steplog.settings import Settings
 from steplog.topics import topic_partitions
@@ -42,6 +52,7 @@ __all__ = [
 log = logging.getLogger("steplog.server.api")
 
 _STARTUP_CHECK_S: Final = 15.0
+_KEYS_CAUGHT_UP_S: Final = 30.0
 
 
 def api_app(
@@ -49,6 +60,7 @@ def api_app(
     events: EventSender,
     signals: EventSender,
     *,
+    keys: KeyVerifier,
     reads: ReadRoutes | None = None,
     dashboard_dir: Path = DASHBOARD_DIR,
     max_body_bytes: int = MAX_BODY_BYTES,
@@ -57,24 +69,29 @@ def api_app(
 ) -> web.Application:
     """The web service over two senders (events, signals), which it owns from now on (its
     cleanup closes them, flushing what they hold); with `reads`, the read API and the
-    dashboard too."""
+    dashboard too. `keys` decides whose requests are answered."""
     body_limit = max(max_body_bytes, settings.max_event_bytes + 64 * 1024)
     app = web.Application(client_max_size=body_limit, middlewares=[json_errors(body_limit)])
-    IngestRoutes(settings, events, signals, body_limit, wait_timeout, stall_after).add_to(app)
+    auth = WebAuth(keys)
+    auth.add_to(app)  # inside json_errors: what it refuses is answered as JSON as well
+    IngestRoutes(settings, events, signals, body_limit, wait_timeout, stall_after).add_to(
+        app, auth
+    )
     if reads is not None:
-        reads.add_to(app)
-        DashboardRoutes(reads, dashboard_dir).add_to(app)
+        reads.add_to(app, auth)
+        DashboardRoutes(reads, dashboard_dir).add_to(app, auth)
 
     async def openapi(request: web.Request) -> web.StreamResponse:
         return json_response(200, openapi_document())
 
-    app.router.add_get("/v1/openapi.json", openapi)
+    auth.allow(app.router.add_get("/v1/openapi.json", openapi), Rule(OPEN))
     return app
 
 
 def web_service(settings: Settings, *, sql_port: int | None = None) -> web.Application:
     """The whole web service for these settings: senders to Kafka, reads from ClickHouse (the
-    stack's SQL endpoint on `sql_port` for the embedded engine)."""
+    stack's SQL endpoint on `sql_port` for the embedded engine), the keys from the keys topic
+    (followed from the app's startup, which waits until every key is read, to its cleanup)."""
 
     def report(exc: BaseException) -> None:
         log.warning("sending to Kafka at %s failed (retried when retriable): %r",
@@ -89,9 +106,29 @@ def web_service(settings: Settings, *, sql_port: int | None = None) -> web.Appli
     reads = ReadRoutes(
         ReadStore(settings, sql_port=sql_port), LagReader(settings), RunActions(settings)
     )
-    return api_app(
-        settings, sender(settings.topics.events), sender(settings.topics.signals), reads=reads
+    follower = KeyRingFollower(settings)
+    app = api_app(
+        settings, sender(settings.topics.events), sender(settings.topics.signals),
+        keys=follower.ring, reads=reads,
     )
+    app.cleanup_ctx.append(_following(follower))
+    return app
+
+
+def _following(
+    follower: KeyRingFollower,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def follow(_: web.Application) -> AsyncIterator[None]:
+        follower.start()
+        try:
+            # KeysError (a SteplogError saying what is in the way) when the keys topic cannot
+            # be read in time: the service does not start rather than refuse valid keys.
+            await asyncio.to_thread(follower.wait_caught_up, _KEYS_CAUGHT_UP_S)
+            yield
+        finally:
+            await asyncio.to_thread(follower.stop)
+
+    return follow
 
 
 def serve_api(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000) -> None:
@@ -137,6 +174,9 @@ class WebServiceThread:
                 f"cannot listen on {self.host}:{self.port} for the web service "
                 f"(--api-port): {exc.strerror or exc}"
             ) from None
+        except SteplogError:  # the keys could not be read
+            self._halt()
+            raise
 
     async def _start(self) -> None:
         self._runner = web.AppRunner(
@@ -165,7 +205,7 @@ async def require_topics(settings: Settings) -> None:
     """Refuse to start without the topics: a missing one would otherwise mean silent retries,
     or a broker that auto-creates it with the wrong partition count."""
     names = settings.topics
-    for topic in (names.events, names.signals, names.flows):
+    for topic in (names.events, names.signals, names.flows, names.keys):
         try:
             await asyncio.wait_for(
                 topic_partitions(settings.kafka_bootstrap, topic), _STARTUP_CHECK_S

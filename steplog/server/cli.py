@@ -23,6 +23,7 @@ from steplog.server.api import serve_api
 from steplog.server.child_process import settle_child
 from steplog.server.cli_broker import broker_app, topics_app
 from steplog.server.cli_errors import reports_errors
+from steplog.server.cli_keys import keys_app
 from steplog.server.cli_runs import runs_app
 from steplog.server.cli_sql import replay, sql
 from steplog.server.demo import demo_hooks
@@ -41,6 +42,7 @@ app.add_typer(topics_app, name="topics")
 flows_app = typer.Typer(help="Flow definitions (.steplog/flows.json).")
 app.add_typer(flows_app, name="flows")
 app.add_typer(runs_app, name="runs")
+app.add_typer(keys_app, name="keys")
 
 
 @app.command("migrate")

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from steplog.server.broker import LocalBroker, ensure_kafka_jars
+from steplog.server.broker.security import consume_acls, produce_acls
 from steplog.server.cli_errors import reports_errors
 from steplog.settings import load_settings
 from steplog.topics import ensure_topics, topic_specs
 
 broker_app = typer.Typer(help="The local Apache Kafka broker (KRaft, one node, 127.0.0.1).")
+user_app = typer.Typer(help="Users of the secured local broker (SASL/SCRAM, ACLs).")
+broker_app.add_typer(user_app, name="user")
 topics_app = typer.Typer(help="Steplog's Kafka topics.")
 
 PortOption = Annotated[
@@ -25,8 +29,18 @@ DataDirOption = Annotated[
 ]
 
 
-def _local_broker(port: int | None, data_dir: Path | None) -> LocalBroker:
-    return LocalBroker.from_settings(load_settings(), data_dir=data_dir, port=port)
+SecureOption = Annotated[
+    bool,
+    typer.Option("--secure", help="SASL/SCRAM-SHA-512 and ACLs (as STEPLOG_BROKER_SECURE=true); "
+                 "the admin's credentials go to <data dir>/admin.credentials, mode 0600."),
+]
+
+
+def _local_broker(
+    port: int | None, data_dir: Path | None, *, secure: bool = False
+) -> LocalBroker:
+    settings = load_settings(**({"broker_secure": True} if secure else {}))
+    return LocalBroker.from_settings(settings, data_dir=data_dir, port=port)
 
 
 @broker_app.command("install")
@@ -40,11 +54,39 @@ def broker_install() -> None:
 
 @broker_app.command("start")
 @reports_errors
-def broker_start(port: PortOption = None, data_dir: DataDirOption = None) -> None:
+def broker_start(
+    port: PortOption = None, data_dir: DataDirOption = None, secure: SecureOption = False
+) -> None:
     """Start the broker in the background and wait until it answers."""
-    broker = _local_broker(port, data_dir)
+    broker = _local_broker(port, data_dir, secure=secure)
     broker.start()
-    typer.echo(f"Kafka broker running on {broker.bootstrap} (data in {broker.data_dir})")
+    how = " with SASL/SCRAM and ACLs" if broker.secure else ""
+    typer.echo(f"Kafka broker running on {broker.bootstrap}{how} (data in {broker.data_dir})")
+
+
+@user_app.command("add")
+@reports_errors
+def broker_user_add(
+    name: Annotated[str, typer.Argument(help="The SCRAM user to create (or give a new password).")],
+    produce: Annotated[
+        list[str] | None, typer.Option("--produce", help="A topic it may write to (repeatable).")
+    ] = None,
+    consume: Annotated[
+        list[str] | None, typer.Option("--consume", help="A topic it may read (repeatable).")
+    ] = None,
+    group: Annotated[
+        str | None, typer.Option("--group", help="The consumer group it reads in.")
+    ] = None,
+    port: PortOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Create a user of the secured local broker with only the ACLs given; prints its password
+    once (set it as STEPLOG_KAFKA_SASL_USERNAME / STEPLOG_KAFKA_SASL_PASSWORD)."""
+    acls = [acl for topic in produce or [] for acl in produce_acls(topic)]
+    acls += [acl for topic in consume or [] for acl in consume_acls(topic, group)]
+    password = secrets.token_urlsafe(24)
+    _local_broker(port, data_dir, secure=True).add_user(name, password, acls)
+    typer.echo(f"user {name}: password (shown once) {password}")
 
 
 @broker_app.command("stop")

@@ -4,8 +4,13 @@ steplog/server/dashboard/ (shipped in the wheel, so serving it needs no Node).
 Every page route answers the app's index.html, which reads the URL and the JSON API itself;
 the URL holds every filter and view, so a link can be shared. `/runs/{run_id}` of an unknown run
 answers the same page with status 404 (the page says the run was not found), so a link checker
-or a script sees the 404 too. Assets have content hashes in their names: cached for a year;
-index.html is never cached, so a new build is seen at the next load.
+or a script sees the 404 too (a run of a project the key does not cover is not found alike).
+Assets have content hashes in their names: cached for a year; index.html is never cached, so a
+new build is seen at the next load.
+
+Who may (steplog/server/web_auth.py): the pages need role read, and a browser without a
+session is sent to `/login?next=<the page>`; the login page and the assets (the app's code, no
+data) are open.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from typing import Final
 
 from aiohttp import web
 
+from steplog.server.principals import Role
 from steplog.server.read_routes import ReadRoutes
+from steplog.server.web_auth import LOGIN_PATH, OPEN, Rule, WebAuth, principal_of, project_scope
 from steplog.server.web_errors import NotFound, Unavailable
 
 __all__ = ["DASHBOARD_DIR", "PAGES", "DashboardRoutes"]
@@ -30,13 +37,16 @@ class DashboardRoutes:
         self.reads = reads
         self.directory = directory
 
-    def add_to(self, app: web.Application) -> None:
-        for page in PAGES:
-            app.router.add_get(page, self._page)
-        app.router.add_get("/runs/{run_id}", self._run_page)
+    def add_to(self, app: web.Application, auth: WebAuth) -> None:
+        page = Rule(Role.READ, page=True)
+        for path in PAGES:
+            auth.allow(app.router.add_get(path, self._page), page)
+        auth.allow(app.router.add_get("/runs/{run_id}", self._run_page), page)
+        auth.allow(app.router.add_get(LOGIN_PATH, self._page), Rule(OPEN))
         assets = self.directory / "assets"
         if assets.is_dir():
-            app.router.add_static("/assets", assets, append_version=False)
+            auth.allow(app.router.add_static("/assets", assets, append_version=False),
+                       Rule(OPEN))
         app.on_response_prepare.append(_cache_assets)
 
     def _index(self, status: int = 200) -> web.Response:
@@ -57,7 +67,8 @@ class DashboardRoutes:
 
     async def _run_page(self, request: web.Request) -> web.StreamResponse:
         try:
-            await self.reads.detail(request.match_info["run_id"])
+            await self.reads.detail(request.match_info["run_id"],
+                                    project_scope(principal_of(request)))
         except NotFound:
             return self._index(404)
         except Unavailable:

@@ -22,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 import steplog.kafka as kafka
+from steplog.credentials import client_key
 from steplog.processors.membership import health_port_of
 from steplog.projections.clickhouse import chdb_path
 from steplog.settings import Settings
@@ -243,6 +244,9 @@ async def _check_clickhouse(settings: Settings) -> Check:
     auth = None
     if chdb_path(settings.clickhouse_dsn) is not None:
         base, name = f"http://127.0.0.1:{settings.sql_port}", "sql endpoint"
+        key = client_key(settings)
+        if key is not None:
+            auth = aiohttp.BasicAuth("default", key)
     else:
         dsn = urlparse(settings.clickhouse_dsn)
         base, name = f"{dsn.scheme}://{dsn.hostname}:{dsn.port or 8123}", "clickhouse"

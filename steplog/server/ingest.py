@@ -30,6 +30,11 @@ Rules, and why:
 - Health, judged per sender from its counters at each GET /healthz: failing when events were
   refused by Kafka or dropped since the last acknowledged delivery, or when events handed to it
   have waited `stall_after` seconds with nothing acknowledged (Kafka away, topic unwritable).
+- Who may (steplog/server/web_auth.py): the three POSTs need role ingest (or admin), and every
+  item's `project` (the flows' `?project=`) must be one the key covers: one item of another
+  project and the answer is 403 naming its index and project, and nothing is sent. That check
+  follows validation (a malformed body is 400 whoever sends it), and answers a project that
+  does not exist as one that does. /healthz is open: probes carry no key.
 - Shutdown: in-flight requests finish, then the senders flush what they hold (up to their
   close_timeout) in the app's cleanup.
 """
@@ -37,12 +42,13 @@ Rules, and why:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
@@ -50,9 +56,12 @@ from pydantic import TypeAdapter, ValidationError
 from steplog.errors import FlowsFileError, InvalidEventError, SendError
 from steplog.producers.flows_file import push_flows_async, read_flows
 from steplog.producers.sender import EventSender, Message, SenderStats
+from steplog.redaction import BUILT_IN_RULES, SecretRules, secret_rules
 from steplog.schemas.base import Name
 from steplog.schemas.codec import encode, json_kind, validate_event, validate_signal
 from steplog.schemas.limits import NAME_MAX_CHARS, control_character_problem
+from steplog.server.principals import Principal, Role
+from steplog.server.web_auth import OPEN, Rule, WebAuth, principal_of
 from steplog.server.web_errors import (
     BadRequest,
     check_query,
@@ -62,7 +71,9 @@ from steplog.server.web_errors import (
 )
 from steplog.settings import Settings
 
-__all__ = ["MAX_BODY_BYTES", "STALL_AFTER_S", "DeliveryWatch", "IngestRoutes", "read_messages"]
+__all__ = [
+    "MAX_BODY_BYTES", "STALL_AFTER_S", "DeliveryWatch", "Encoded", "IngestRoutes", "read_messages",
+]
 
 log = logging.getLogger("steplog.server.api")
 
@@ -157,23 +168,34 @@ class ItemError:
         return shown
 
 
-ToMessage = Callable[[Any, int], Message]
+class Encoded(NamedTuple):
+    """One item of a request, validated: its project (whose key may send it) and its message."""
+
+    project: str
+    message: Message
+
+
+ToMessage = Callable[[Any, int], Encoded]
 """Validates one parsed item against a limit in bytes and encodes it as (key, value)."""
 
 
-def _event_message(item: Any, max_bytes: int) -> Message:
-    event = validate_event(item, max_bytes=max_bytes)
-    return event.run_id.encode(), encode(event, max_bytes=max_bytes)
+def _event_message(
+    item: Any, max_bytes: int, secrets: SecretRules = BUILT_IN_RULES
+) -> Encoded:
+    # Redacted as the SDK redacts (steplog/redaction.py): a service in another language
+    # leaks no more into the log than one using the Python SDK.
+    event = secrets.redact_event(validate_event(item, max_bytes=max_bytes))
+    return Encoded(event.project, (event.run_id.encode(), encode(event, max_bytes=max_bytes)))
 
 
-def _signal_message(item: Any, max_bytes: int) -> Message:
+def _signal_message(item: Any, max_bytes: int) -> Encoded:
     signal = validate_signal(item, max_bytes=max_bytes)
-    return signal.name.encode(), encode(signal, max_bytes=max_bytes)
+    return Encoded(signal.project, (signal.name.encode(), encode(signal, max_bytes=max_bytes)))
 
 
 def read_messages(
     body: bytes, *, ndjson: bool, noun: str, to_message: ToMessage, max_bytes: int
-) -> tuple[list[Message], list[ItemError]]:
+) -> tuple[list[Encoded], list[ItemError]]:
     """Every item of a body encoded for its topic, or every problem found (then no message).
 
     JSON bodies are an array of items or a single object; NDJSON bodies are one item per line
@@ -203,7 +225,7 @@ def read_messages(
                 f"{json_kind(document)} (NDJSON needs Content-Type application/x-ndjson)",
             )]
         items = [(index, None, item) for index, item in enumerate(document)]
-    messages: list[Message] = []
+    messages: list[Encoded] = []
     for index, line, item in items:
         if not isinstance(item, dict):
             errors.append(ItemError(
@@ -260,16 +282,20 @@ class IngestRoutes:
             "signals": DeliveryWatch(self.signals, self.stall_after),
         }
 
-    def add_to(self, app: web.Application) -> None:
+    def add_to(self, app: web.Application, auth: WebAuth) -> None:
         app.on_cleanup.append(self._close_senders)
-        app.router.add_post(
-            "/v1/events", self._ingest("event", self.watches["events"], _event_message)
-        )
-        app.router.add_post(
+        ingest, router = Rule(Role.INGEST), app.router
+        auth.allow(router.add_post(
+            "/v1/events", self._ingest(
+                "event", self.watches["events"],
+                functools.partial(_event_message, secrets=secret_rules(self.settings.redact_keys)),
+            )
+        ), ingest)
+        auth.allow(router.add_post(
             "/v1/signals", self._ingest("signal", self.watches["signals"], _signal_message)
-        )
-        app.router.add_post("/v1/flows", self._post_flows)
-        app.router.add_get("/healthz", self._healthz)
+        ), ingest)
+        auth.allow(router.add_post("/v1/flows", self._post_flows), ingest)
+        auth.allow(router.add_get("/healthz", self._healthz), Rule(OPEN))
 
     async def _read_body(self, request: web.Request) -> bytes:
         if request.content_length is not None and request.content_length > self.body_limit:
@@ -285,7 +311,7 @@ class IngestRoutes:
             check_query(request, ("wait",))
             wait = query_flag(request, "wait")
             body = await self._read_body(request)
-            messages, errors = await asyncio.to_thread(
+            encoded, errors = await asyncio.to_thread(
                 read_messages,
                 body,
                 ndjson=request.content_type in NDJSON_TYPES,
@@ -295,6 +321,10 @@ class IngestRoutes:
             )
             if errors:
                 return _invalid(noun, errors)
+            foreign = _foreign(principal_of(request), noun, encoded)
+            if foreign is not None:
+                return foreign
+            messages = [item.message for item in encoded]
             sender = watch.sender
             size = sum(len(key) + len(value) for key, value in messages)
             if sender.stats().buffered_bytes + size > sender.max_buffer_bytes:
@@ -341,6 +371,10 @@ class IngestRoutes:
                 f"expected 1 to {NAME_MAX_CHARS} characters"
             )
             raise BadRequest(f"query parameter project={project!r}: {wrong}") from None
+        principal = principal_of(request)
+        if not principal.covers(project):
+            return error_response(403, f"key {principal.key_id} does not cover project "
+                                  f"{project!r}; nothing was accepted")
         body = await self._read_body(request)
         try:
             text = body.decode("utf-8")
@@ -407,6 +441,25 @@ def _invalid(noun: str, errors: list[ItemError]) -> web.Response:
             "accepted": 0,
         },
     )
+
+
+def _foreign(principal: Principal, noun: str, encoded: list[Encoded]) -> web.Response | None:
+    """403 naming the items of projects the key does not cover; None when it covers all."""
+    errors = [
+        ItemError(index, "project", f"project {item.project!r} is not covered by key "
+                  f"{principal.key_id}")
+        for index, item in enumerate(encoded) if not principal.covers(item.project)
+    ]
+    if not errors:
+        return None
+    first = encoded[errors[0].index or 0].project
+    return json_response(403, {
+        "error": f"{len(errors)} {noun}(s) of projects key {principal.key_id} does not cover, "
+                 f"the first at index {errors[0].index} (project {first!r}); nothing was "
+                 "accepted",
+        "errors": [e.as_json() for e in errors[:_SHOWN_ERRORS]],
+        "accepted": 0,
+    })
 
 
 def _lost(stats: SenderStats) -> int:

@@ -18,6 +18,12 @@ the two actions on a run. What the dashboard shows, as JSON (projections/read_mo
 Everything is read from the ClickHouse projections (steplog/server/read_store.py); only the
 processors' lag comes from Kafka (steplog/server/lag_reader.py). A malformed parameter is 400
 naming it and what it expects.
+
+Who may (steplog/server/web_auth.py): reads need role read, actions operate. Every answer is
+limited to the projects the caller's key covers: a run of another project is 404 exactly as a
+run that does not exist, lists and counts leave other projects out (`?project=` of another
+project lists nothing), and dead letters, which carry no project, are read with a key of every
+project only (403 otherwise).
 """
 
 from __future__ import annotations
@@ -38,8 +44,10 @@ from steplog.projections.read_models import RUN_STATUS_FILTERS, RunDetail, RunFi
 from steplog.projections.run_reads import list_flows, list_runs, run_detail, runs_changed
 from steplog.schemas.limits import NAME_MAX_CHARS, control_character_problem
 from steplog.server.lag_reader import LagReader
+from steplog.server.principals import Role
 from steplog.server.read_store import ReadStore
 from steplog.server.run_actions import ActionDone, RunActions
+from steplog.server.web_auth import Rule, WebAuth, principal_of, project_scope
 from steplog.server.web_errors import (
     BadRequest,
     NotFound,
@@ -58,8 +66,9 @@ _SEARCH_MAX_CHARS: Final = 256
 _REASON_MAX_CHARS: Final = 4096
 
 
-def run_filter(query: Any) -> RunFilter:
-    """The run list's filters from a query string; BadRequest naming a malformed one."""
+def run_filter(query: Any, projects: tuple[str, ...] | None = None) -> RunFilter:
+    """The run list's filters from a query string, within `projects` (the caller's; None:
+    every project); BadRequest naming a malformed one."""
     statuses = tuple(s.strip() for s in query.get("status", "").split(",") if s.strip())
     for status in statuses:
         if status not in RUN_STATUS_FILTERS:
@@ -78,6 +87,7 @@ def run_filter(query: Any) -> RunFilter:
         since=_instant(query, "since"),
         until=_instant(query, "until"),
         search=search,
+        projects=projects,
     )
 
 
@@ -144,27 +154,32 @@ class ReadRoutes:
         self.lag = lag
         self.actions = actions
 
-    def add_to(self, app: web.Application) -> None:
-        app.router.add_get("/v1/runs", self._runs)
-        app.router.add_get("/v1/runs/changed", self._changed)
-        app.router.add_get("/v1/runs/{run_id}", self._run)
-        app.router.add_post("/v1/runs/{run_id}/cancel", self._cancel)
-        app.router.add_post("/v1/runs/{run_id}/retrigger", self._retrigger)
-        app.router.add_get("/v1/ops", self._ops)
-        app.router.add_get("/v1/dead-letters", self._dead_letters)
-        app.router.add_get("/v1/flows", self._flows)
+    def add_to(self, app: web.Application, auth: WebAuth) -> None:
+        read, operate = Rule(Role.READ), Rule(Role.OPERATE)
+        router = app.router
+        auth.allow(router.add_get("/v1/runs", self._runs), read)
+        auth.allow(router.add_get("/v1/runs/changed", self._changed), read)
+        auth.allow(router.add_get("/v1/runs/{run_id}", self._run), read)
+        auth.allow(router.add_post("/v1/runs/{run_id}/cancel", self._cancel), operate)
+        auth.allow(router.add_post("/v1/runs/{run_id}/retrigger", self._retrigger), operate)
+        auth.allow(router.add_get("/v1/ops", self._ops), read)
+        auth.allow(router.add_get("/v1/dead-letters", self._dead_letters), read)
+        auth.allow(router.add_get("/v1/flows", self._flows), read)
         app.on_cleanup.append(self._close)
 
-    async def detail(self, run_id: str) -> RunDetail:
-        """The run, or NotFound."""
-        found = await self.store.read(lambda client, db: run_detail(client, db, run_id))
+    async def detail(self, run_id: str, projects: tuple[str, ...] | None) -> RunDetail:
+        """The run, if of one of `projects` (None: any); else NotFound, the same whether the
+        run is of another project or does not exist."""
+        found = await self.store.read(
+            lambda client, db: run_detail(client, db, run_id, projects=projects)
+        )
         if found is None:
             raise NotFound(f"run {run_id!r} not found in database {self.store.database!r}")
         return found
 
     async def _runs(self, request: web.Request) -> web.StreamResponse:
         check_query(request, (*_FILTERS, "cursor", "limit"))
-        chosen, limit = run_filter(request.query), _limit(request.query)
+        chosen, limit = run_filter(request.query, _scope(request)), _limit(request.query)
         cursor = request.query.get("cursor") or None
         try:
             page = await self.store.read(
@@ -176,13 +191,13 @@ class ReadRoutes:
 
     async def _changed(self, request: web.Request) -> web.StreamResponse:
         check_query(request, _FILTERS)
-        chosen = run_filter(request.query)
+        chosen = run_filter(request.query, _scope(request))
         version = await self.store.read(lambda client, db: runs_changed(client, db, chosen))
         return json_response(200, {"newest_version": version})
 
     async def _run(self, request: web.Request) -> web.StreamResponse:
         check_query(request, ())
-        return _model(200, await self.detail(request.match_info["run_id"]))
+        return _model(200, await self.detail(request.match_info["run_id"], _scope(request)))
 
     async def _cancel(self, request: web.Request) -> web.StreamResponse:
         reason = await _reason(request)
@@ -198,7 +213,7 @@ class ReadRoutes:
         if self.actions is None:
             raise Unavailable("this web service has no Kafka producer for actions")
         run_id = request.match_info["run_id"]
-        run = run_summary(await self.detail(run_id))
+        run = run_summary(await self.detail(run_id, _scope(request)))
         try:
             done: ActionDone = await action(self.actions, run_id, run)
         except WorkflowError as exc:
@@ -209,12 +224,17 @@ class ReadRoutes:
 
     async def _ops(self, request: web.Request) -> web.StreamResponse:
         check_query(request, ())
-        lag = await self.lag.lag()
-        summary = await self.store.read(lambda client, db: ops_summary(client, db, lag=lag))
+        lag, projects = await self.lag.lag(), _scope(request)
+        summary = await self.store.read(
+            lambda client, db: ops_summary(client, db, lag=lag, projects=projects)
+        )
         return _model(200, summary)
 
     async def _dead_letters(self, request: web.Request) -> web.StreamResponse:
         check_query(request, ("cursor", "limit"))
+        if _scope(request) is not None:
+            return error_response(403, "dead letters carry no project: reading them needs a "
+                                  "key of every project")
         limit, cursor = _limit(request.query), request.query.get("cursor") or None
         try:
             page = await self.store.read(
@@ -226,7 +246,10 @@ class ReadRoutes:
 
     async def _flows(self, request: web.Request) -> web.StreamResponse:
         check_query(request, ())
-        flows = await self.store.read(list_flows)
+        projects = _scope(request)
+        flows = await self.store.read(
+            lambda client, db: list_flows(client, db, projects=projects)
+        )
         return json_response(
             200, {"flows": [{"project": project, "flow": flow} for project, flow in flows]}
         )
@@ -235,6 +258,11 @@ class ReadRoutes:
         await self.lag.close()
         if self.actions is not None:
             self.actions.close()
+
+
+def _scope(request: web.Request) -> tuple[str, ...] | None:
+    """The projects the caller's key covers (None: every project)."""
+    return project_scope(principal_of(request))
 
 
 async def _reason(request: web.Request) -> str | None:

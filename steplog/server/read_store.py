@@ -21,6 +21,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
+from steplog.credentials import client_key
 from steplog.errors import ClickHouseError
 from steplog.projections.clickhouse import chdb_path, open_clickhouse
 from steplog.server.web_errors import Unavailable
@@ -42,6 +43,9 @@ class ReadStore:
         self._dsn = settings.clickhouse_dsn
         self._sql_port = sql_port or settings.sql_port
         self._embedded = chdb_path(settings.clickhouse_dsn) is not None
+        # The web service reads every project's rows (it filters by the asking key's projects
+        # itself), so it logs in to the SQL endpoint with Steplog's own client key.
+        self._key = client_key(settings)
         self._local = threading.local()
 
     @property
@@ -80,6 +84,7 @@ class ReadStore:
             if self._embedded:
                 client = clickhouse_connect.get_client(
                     host="127.0.0.1", port=self._sql_port, compress=False,
+                    password=self._key or "",
                     connect_timeout=_CONNECT_TIMEOUT_S, send_receive_timeout=_QUERY_TIMEOUT_S,
                 )
             else:

@@ -22,10 +22,12 @@ from uuid import UUID
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from steplog.credentials import client_key
 from steplog.errors import ClickHouseError, ClickHousePathLockedError
 from steplog.projections.clickhouse import chdb_path, open_clickhouse
 from steplog.settings import Settings
@@ -71,7 +73,7 @@ def engine_client(
 
     while (holder := claim_for_command(path)) is not None:
         if holder.is_stack:
-            client = _stack_endpoint(holder.sql_port, database)
+            client = _stack_endpoint(holder.sql_port, database, client_key(settings))
             if client is not None:
                 return client
             tell(f"waiting up to {wait:g}s (STEPLOG_STACK_WAIT_S) for the stack starting on "
@@ -92,7 +94,7 @@ def engine_client(
     except ClickHousePathLockedError:
         # Held by a process that takes no stack lock (the processors of an earlier version):
         # its endpoint, if it serves one where the settings say.
-        client = _stack_endpoint(settings.sql_port, database)
+        client = _stack_endpoint(settings.sql_port, database, client_key(settings))
         if client is None:
             raise ClickHouseError(
                 f"the embedded ClickHouse files are owned by another process, and its SQL "
@@ -102,13 +104,22 @@ def engine_client(
         return client
 
 
-def _stack_endpoint(port: int, database: str | None) -> Client | None:
-    """A client on the SQL endpoint at 127.0.0.1:port, or None while it does not answer."""
+def _stack_endpoint(port: int, database: str | None, key: str | None) -> Client | None:
+    """A client on the SQL endpoint at 127.0.0.1:port logged in with `key` (as ClickHouse
+    clients send a password), or None while it does not answer."""
     try:
         return clickhouse_connect.get_client(
-            host="127.0.0.1", port=port, database=database, compress=False,
+            host="127.0.0.1", port=port, database=database, compress=False, password=key or "",
             connect_timeout=2,
         )
+    except DatabaseError as exc:
+        if "AUTHENTICATION_FAILED" in str(exc) or "REQUIRED_PASSWORD" in str(exc):
+            raise ClickHouseError(
+                f"the SQL endpoint on 127.0.0.1:{port} refused "
+                + ("the key sent" if key else "a request without a key")
+                + " (STEPLOG_API_KEY, else <data dir>/admin.key): " + str(exc).splitlines()[0]
+            ) from None
+        return None
     except Exception:
         return None
 

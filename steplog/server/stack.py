@@ -30,6 +30,8 @@ from pathlib import Path
 
 import faust
 
+from steplog.credentials import admin_key_path
+from steplog.server.admin_key import ensure_admin_key
 from steplog.server.api import WebServiceThread
 from steplog.server.broker import LocalBroker
 from steplog.server.gc_tuning import tune_gc_for_batches
@@ -138,7 +140,7 @@ def run_processors(
         ready = hooks.on_ready if hooks is not None else None
         if store is not None:
             # Ready once the store's SQL endpoint answers: the demo queries it at once.
-            _run_store_from(app, store, sql_port, ready)
+            _run_store_from(app, store, settings, sql_port, ready)
         elif ready is not None:
             announce = ready
 
@@ -189,7 +191,8 @@ def _drop_startup_noise(record: logging.LogRecord) -> bool:
 
 
 def _run_store_from(
-    app: faust.App, store: StoreProcess, sql_port: int | None, ready: Callable[[], None] | None
+    app: faust.App, store: StoreProcess, settings: Settings, sql_port: int | None,
+    ready: Callable[[], None] | None,
 ) -> None:
     # A dead store takes the SQL endpoint with it and fails every write: the task's error
     # crashes the app, and the processors exit saying so rather than retry forever.
@@ -212,7 +215,9 @@ def _run_store_from(
     # use is an error of the task, which stops the processors saying so.
     @app.task  # type: ignore[untyped-decorator]
     async def serve_sql() -> None:
-        await asyncio.get_running_loop().run_in_executor(None, store.serve_sql, sql_port)
+        await asyncio.get_running_loop().run_in_executor(
+            None, store.serve_sql, sql_port, settings
+        )
         log.warning("SQL endpoint on http://127.0.0.1:%d (ClickHouse HTTP interface)", sql_port)
         if ready is not None:
             ready()
@@ -233,6 +238,7 @@ def run_dev(settings: Settings, *, sql_port: int, hooks: StackHooks | None = Non
     log.warning("Kafka on %s", broker.bootstrap)
     try:
         asyncio.run(ensure_topics(settings.kafka_bootstrap, topic_specs(settings)))
+        _ensure_admin_key(settings)
         web = WebServiceThread(settings, host="127.0.0.1", port=settings.api_port,
                                sql_port=sql_port)
         web.start()
@@ -246,3 +252,15 @@ def run_dev(settings: Settings, *, sql_port: int, hooks: StackHooks | None = Non
     finally:
         if started_here:
             broker.stop()
+
+
+def _ensure_admin_key(settings: Settings) -> None:
+    """Nothing is open without a key: make sure the local admin key exists (in the data dir,
+    for the CLI and the demo), and show a new one once."""
+    secret = ensure_admin_key(settings)
+    path = admin_key_path(settings)
+    if secret is None:
+        log.warning("admin key in %s", path)
+    else:
+        # Printed, not logged: shown this once (log handlers may ship their records elsewhere).
+        print(f"new admin key (shown once; saved in {path}, mode 0600): {secret}", flush=True)

@@ -31,13 +31,16 @@ from multiprocessing.connection import Connection
 from typing import Any, Final, NoReturn
 
 from steplog.errors import ClickHouseError, StoreProcessGoneError
-from steplog.projections.clickhouse import open_clickhouse
+from steplog.projections.clickhouse import chdb_path, open_clickhouse
 from steplog.projections.flows_table import load_flows
 from steplog.projections.migrations import migrate
 from steplog.projections.writer import ProjectionWriter, TableRows, WriteResult
 from steplog.schemas.flows import FlowDefinition
 from steplog.server.child_process import settle_child
+from steplog.server.key_ring import KeyRingFollower
 from steplog.server.sql_http import serve_sql
+from steplog.server.sql_settings import SqlLimits
+from steplog.settings import Settings
 
 __all__ = ["StoreProcess"]
 
@@ -45,14 +48,16 @@ log = logging.getLogger("steplog.store")
 
 _POLL_S: Final = 0.5
 _STOP_TIMEOUT_S: Final = 30.0
+_KEYS_TIMEOUT_S: Final = 30.0
 
 
 class StoreProcess:
     """The child process of the module docstring, seen from the parent.
 
     `start()` returns once the child has migrated the database, with the flow definitions the
-    database holds; `serve_sql(port)` returns once the child serves SQL on 127.0.0.1:port (the
-    processors ask for it once their worker runs: the endpoint answering means they are up).
+    database holds; `serve_sql(port, settings)` returns once the child serves SQL on
+    127.0.0.1:port (the processors ask for it once their worker runs: the endpoint answering
+    means they are up).
     `write()` and `serve_sql()` are blocking and thread-safe (one request on the pipe at a
     time); call them from a thread.
     """
@@ -92,9 +97,11 @@ class StoreProcess:
         result: WriteResult = self._request("write", dict(batch), None)
         return result
 
-    def serve_sql(self, port: int) -> None:
-        """Serve the SQL endpoint on 127.0.0.1:port from the child, until it stops."""
-        self._request("serve_sql", port, 60.0)
+    def serve_sql(self, port: int, settings: Settings) -> None:
+        """Serve the SQL endpoint on 127.0.0.1:port from the child, until it stops: with
+        `settings`' limits (STEPLOG_SQL_MAX_*) and the keys of its keys topic, which the child
+        follows itself (a revoked key is refused within about a second)."""
+        self._request("serve_sql", (port, settings), 60.0 + _KEYS_TIMEOUT_S)
 
     def _request(self, request: str, payload: Any, timeout: float | None) -> Any:
         with self._lock:
@@ -200,7 +207,7 @@ def _serve(conn: Connection, dsn: str, database: str, parent: int) -> None:
                 return
             try:
                 if request == "serve_sql":
-                    sql = sql or _SqlThread(dsn, database, payload)
+                    sql = sql or _SqlThread(dsn, database, *payload)
                     conn.send(("ok", None))
                 else:
                     conn.send(("ok", writer.write(payload)))
@@ -212,17 +219,31 @@ def _serve(conn: Connection, dsn: str, database: str, parent: int) -> None:
 
 
 class _SqlThread:
-    """The SQL endpoint (steplog.server.sql_http) on an event loop of its own thread."""
+    """The SQL endpoint (steplog.server.sql_http) on an event loop of its own thread, with
+    the keys of the keys topic (followed on a thread of their own). It answers nothing before
+    the ring has every key that existed when it started: until then it would refuse keys."""
 
-    def __init__(self, dsn: str, database: str, port: int) -> None:
+    def __init__(self, dsn: str, database: str, port: int, settings: Settings) -> None:
+        path = chdb_path(dsn)
+        if path is None:
+            raise ClickHouseError(f"the SQL endpoint serves the embedded engine, not {dsn!r}")
+        self._keys = KeyRingFollower(settings).start()
+        try:
+            self._keys.wait_caught_up(_KEYS_TIMEOUT_S)
+        except BaseException:
+            self._keys.stop()
+            raise
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self._runner = asyncio.run_coroutine_threadsafe(
-            serve_sql(lambda db: open_clickhouse(dsn, db), database, port=port), self._loop
+            serve_sql(path, database, self._keys.ring, SqlLimits.from_settings(settings),
+                      port=port),
+            self._loop,
         ).result(60)
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._keys.stop()

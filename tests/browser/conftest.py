@@ -2,7 +2,8 @@
 started once for the module, Chromium through Playwright, a fresh browser context a test.
 
 Chromium missing is a failure, never a skip. A page that throws (an uncaught error in the
-app) fails the test that opened it.
+app) fails the test that opened it. A page opens logged in (the login page, with the stack's
+admin key) unless the test asks otherwise.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from tests.browser.stack import LAPTOP, DemoRuns, DemoStack, demo_stack, launch_chromium
+from tests.browser.stack import (
+    LAPTOP,
+    DemoRuns,
+    DemoStack,
+    demo_stack,
+    launch_chromium,
+    log_in,
+)
 from tests.conftest import announce
 
 # Pages fetch from the API and ClickHouse behind it: a few seconds is normal under the suite.
@@ -60,11 +68,13 @@ class Pages:
         self.errors: list[Error] = []
         self._contexts: list[BrowserContext] = []
 
-    def open(self, viewport: ViewportSize = LAPTOP) -> Page:
+    def open(self, viewport: ViewportSize = LAPTOP, *, logged_in: bool = True) -> Page:
         context = self.browser.new_context(base_url=self.stack.base_url, viewport=viewport)
         self._contexts.append(context)
         page = context.new_page()
         page.on("pageerror", lambda error: self.errors.append(error))
+        if logged_in:
+            log_in(page, self.stack.admin_key)
         return page
 
     def close(self) -> None:

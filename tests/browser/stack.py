@@ -4,12 +4,14 @@ screenshots (scripts/screenshots.py) both start.
 
 The stack is the real one the README starts (broker, processors, chDB, the web service with
 the built dashboard); the demo fills it with the checkout runs and the durable workflows, and
-says "The stack keeps running" once everything it sent has been projected.
+says "The stack keeps running" once everything it sent has been projected. Nothing of it is
+open without a key: the tests use the admin key `steplog dev` made in its data dir.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -23,8 +25,9 @@ from typing import Any, Final
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client as SqlClient
-from playwright.sync_api import Browser, Playwright, ViewportSize
+from playwright.sync_api import Browser, Page, Playwright, ViewportSize, expect
 
+from steplog.credentials import admin_key_path, local_admin_key
 from steplog.server.broker import LocalBroker
 from steplog.settings import Settings, child_environment, env_name, load_settings
 from tests.conftest import free_port, wait_for
@@ -71,16 +74,27 @@ class DemoStack:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    @property
+    def admin_key(self) -> str:
+        """The admin key `steplog dev` made on its first start (<data dir>/admin.key)."""
+        key = local_admin_key(self.settings)
+        assert key is not None, f"`steplog dev` wrote no {admin_key_path(self.settings)}"
+        return key
+
     def api(self, path: str) -> Any:
-        """GET `path` of the JSON API, decoded."""
-        with urllib.request.urlopen(self.base_url + path, timeout=30) as response:
+        """GET `path` of the JSON API with the admin key, decoded."""
+        request = urllib.request.Request(
+            self.base_url + path, headers={"Authorization": f"Bearer {self.admin_key}"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
             return json.load(response)
 
     def sql(self) -> SqlClient:
-        """clickhouse-connect on the stack's SQL endpoint (its chDB files are the stack's)."""
+        """clickhouse-connect on the stack's SQL endpoint (its chDB files are the stack's), with
+        the admin key as the password, as an analyst's client logs in."""
         return clickhouse_connect.get_client(
             host="127.0.0.1", port=self.settings.sql_port,
-            database=self.settings.clickhouse_database,
+            database=self.settings.clickhouse_database, password=self.admin_key,
         )
 
     def demo_runs(self) -> DemoRuns:
@@ -172,3 +186,11 @@ def launch_chromium(playwright: Playwright) -> Browser:
         raise AssertionError(f"{CHROMIUM} is missing: run `bash scripts/install-system-packages.sh` "
                              "(or `make setup`), which installs Debian's chromium")
     return playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+
+
+def log_in(page: Page, key: str) -> None:
+    """Log in as a person does: the login page, the key, the button; then the run list."""
+    page.goto("/login")
+    page.get_by_test_id("login-key").fill(key)
+    page.get_by_test_id("login-submit").click()
+    expect(page).to_have_url(re.compile(r"/runs$"))

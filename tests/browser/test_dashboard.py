@@ -218,3 +218,28 @@ def test_tab_reaches_the_status_chips_and_enter_applies_one(page: Page) -> None:
     page.keyboard.press("Enter")
     expect(page).to_have_url(re.compile(r"[?&]status=failed(&|$)"))
     expect(page.locator('[data-testid="run-row"]:not([data-status="failed"])')).to_have_count(0)
+
+
+def test_a_browser_without_a_session_logs_in_and_returns_to_the_page_it_asked_for(
+    pages: Pages, stack: DemoStack
+) -> None:
+    page = pages.open(logged_in=False)
+    page.goto("/runs?status=failed")
+    expect(page).to_have_url(re.compile(r"/login\?next=%2Fruns%3Fstatus%3Dfailed$"))
+
+    page.get_by_test_id("login-key").fill("slk_sk_000000000000_" + "x" * 43)
+    page.get_by_test_id("login-submit").click()
+    expect(page.get_by_test_id("login-error")).to_contain_text("unknown or revoked key")
+
+    page.get_by_test_id("login-key").fill(stack.admin_key)
+    page.get_by_test_id("login-submit").click()
+    expect(page).to_have_url(re.compile(r"/runs\?status=failed$"))
+    expect(rows(page).first).to_be_visible()
+    me = stack.api("/v1/me")
+    expect(page.get_by_test_id("whoami")).to_have_text(
+        re.compile(rf"{re.escape(me['key_id'])}.*\badmin\b"))
+
+    page.get_by_test_id("logout").click()
+    expect(page).to_have_url(re.compile(r"/login$"))
+    page.goto("/ops")
+    expect(page).to_have_url(re.compile(r"/login\?next=%2Fops$"))

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,8 +26,11 @@ from steplog.producers.sender import EventSender
 from steplog.projections.log_reader import LogRecord, read_log, topic_end_offsets
 from steplog.schemas.codec import decode_event, decode_flow, decode_signal
 from steplog.schemas.events import EVENT_TYPES
+from steplog.server.key_ring import mint_key, publish_key
+from steplog.server.principals import Role
 from steplog.settings import Settings, child_environment
 from tests.conftest import free_port, wait_for
+from tests.integration.web_keys import admin_ring, bearer
 
 EXAMPLES = Path(steplog.schemas.__file__).parent / "examples"
 Client = TestClient[web.Request, web.Application]
@@ -46,16 +50,17 @@ def golden_events() -> list[dict[str, Any]]:
 async def running_api(
     settings: Settings, *, events: EventSender | None = None, stall_after: float = STALL_AFTER_S
 ) -> AsyncIterator[Client]:
-    """The app on a loopback port of its own; leaving the block stops it and closes (flushes)
-    its senders."""
+    """The app on a loopback port of its own, every request with an admin key; leaving the
+    block stops it and closes (flushes) its senders."""
     events = events or EventSender(
         settings.kafka_bootstrap, settings.topics.events, max_event_bytes=settings.max_event_bytes
     )
     signals = EventSender(
         settings.kafka_bootstrap, settings.topics.signals, max_event_bytes=settings.max_event_bytes
     )
-    app = api_app(settings, events, signals, stall_after=stall_after)
-    async with TestClient(TestServer(app)) as client:
+    keys, secret = admin_ring()
+    app = api_app(settings, events, signals, keys=keys, stall_after=stall_after)
+    async with TestClient(TestServer(app), headers=bearer(secret)) as client:
         yield client
 
 
@@ -348,6 +353,8 @@ def test_api_help_lists_its_options() -> None:
 
 
 def test_steplog_api_serves_until_sigterm_then_exits_0(topics: Settings, tmp_path: Path) -> None:
+    secret, record = mint_key(Role.INGEST, ["acme"], "test_api")  # the golden events' project
+    publish_key(topics, record)
     port = free_port()
     env = child_environment(topics)
     log_path = tmp_path / "api.log"
@@ -366,12 +373,20 @@ def test_steplog_api_serves_until_sigterm_then_exits_0(topics: Settings, tmp_pat
                 return False
 
         wait_for(healthy, timeout=60, what="steplog api's /healthz")
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/v1/events", data=json.dumps(golden_events()).encode(),
-            headers={"Content-Type": "application/json"}, method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            assert response.status == 202
+
+        def post_events(headers: dict[str, str]) -> int:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/events", data=json.dumps(golden_events()).encode(),
+                headers={"Content-Type": "application/json", **headers}, method="POST",
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    return int(response.status)
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert post_events({}) == 401  # served with its keys: nothing is open but /healthz
+        assert post_events(bearer(secret)) == 202
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0, log_path.read_text(errors="replace")
     finally:

@@ -55,6 +55,7 @@ def test_dev_serves_commands_while_starting_and_restarts_killed_processors(tmp_p
         wait_for(lambda: len(processors_children(dev.pid)) == 1, timeout=30,
                  what="dev's processors child")
         [first] = processors_children(dev.pid)
+        assert (data_dir / "admin.key").stat().st_mode & 0o777 == 0o600  # made on first start
         os.kill(first, signal.SIGKILL)
         wait_for(lambda: processors_children(dev.pid) not in ([], [first]) and sql_endpoint_answers(sql_port),
                  timeout=90, what=f"a new processors child serving SQL: {output()[-2000:]}")

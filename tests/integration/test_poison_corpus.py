@@ -49,6 +49,7 @@ from tests.conftest import (
     wait_for,
     with_own_engine,
 )
+from tests.integration.web_keys import admin_ring, bearer
 
 FLOW = "poison"
 LARGEST_FLOAT = "1.7976931348623157e308"
@@ -295,7 +296,9 @@ def test_the_api_refuses_each_case_outside_with_400_naming_field_and_limit(
             max_event_bytes=settings.max_event_bytes,
         )
         headers = {"Content-Type": "application/json"}
-        async with TestClient(TestServer(api_app(settings, events, signals))) as client:
+        keys, secret = admin_ring()
+        app = api_app(settings, events, signals, keys=keys)
+        async with TestClient(TestServer(app), headers=bearer(secret)) as client:
             for case in cases:
                 if case.inside:
                     continue

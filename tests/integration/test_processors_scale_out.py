@@ -28,6 +28,7 @@ from steplog.producers.flows_file import push_flows
 from steplog.producers.sender import key_partition
 from steplog.schemas.flows import FlowDefinition, FlowEdge, FlowStep
 from steplog.schemas.ids import child_run_id
+from steplog.credentials import local_admin_key
 from steplog.settings import Settings, child_environment
 from tests.conftest import (
     RunningProcessors,
@@ -68,7 +69,9 @@ def pair(stack_settings: Settings, tmp_path: Path) -> Iterator[Pair]:
     first_log = tmp_path / "first.log"
     first = start_processors(stack_settings, first_log)
     second_settings = stack_settings.model_copy(update={
-        "clickhouse_dsn": f"http://127.0.0.1:{stack_settings.sql_port}",
+        # It writes through the first one's SQL endpoint: as admin, the only writer.
+        "clickhouse_dsn": f"http://default:{local_admin_key(stack_settings)}@127.0.0.1:"
+        f"{stack_settings.sql_port}",
         "data_dir": tmp_path / "second",
         "sql_port": free_port(),
     })

@@ -1,7 +1,8 @@
 """The dashboard's reads (projections/run_reads.py, ops_reads.py) on the real engine, over rows
 the real fold made and the real writer inserted: the run list's order, paging, filters, derived
 statuses, counts and search; a run's detail with its attempts, missing steps, graph and links;
-the operations summary; and migration 4 on a database that predates it."""
+the operations summary; every read limited to a key's projects; and migration 4 on a database
+that predates it."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from steplog.projections.read_models import LagView, RunFilter, RunListItem
 from steplog.projections.run_reads import (
     CursorError,
     RunFilterError,
+    list_flows,
     list_runs,
     run_detail,
     runs_changed,
@@ -369,6 +371,44 @@ def test_ops_lists_stuck_runs_oldest_deadline_first_and_no_spike_below_the_minim
     ops = ops_summary(client, database, lag=LAG, now=NOW)
     assert ops.stuck_count == 3 and ids(ops.stuck_runs) == ["s0", "s1", "s2"]
     assert not ops.spike.flagged and ops.spike.recent_failed == 1
+
+
+# --------------------------------------------------------------------------- a key's projects
+
+
+def test_reads_for_a_key_of_some_projects_leave_every_other_project_out(
+    db: tuple[Client, str],
+) -> None:
+    client, database = db
+    slow = FlowDefinition(project="beta", slug="slow", steps=[FlowStep(
+        sdk_step_key="wait", deadline_ms=60_000)], ts=NOW - timedelta(days=1))
+    mine = Run("a1")  # project acme
+    stuck, failed, late = Run("b1", "slow", "beta"), Run("b2", project="beta"), Run(
+        "b3", "nightly", "beta")
+    write(db, [mine.started(-10), mine.completed(-9)], [stuck.step_started("wait", -30)],
+          [failed.step_started("a", -3), failed.failed(-2)], [late.scheduled(-90, due=-30)],
+          flows=(slow,))
+    acme = ("acme",)
+
+    page = list_runs(client, database, RunFilter(projects=acme), now=NOW)
+    assert ids(page.runs) == ["a1"] and page.counts == {"completed": 1}
+    assert list_runs(client, database, RunFilter(projects=acme, project="beta"), now=NOW).runs == []
+    assert list_runs(client, database, RunFilter(projects=acme, search="b1"), now=NOW).runs == []
+    assert list_runs(client, database, RunFilter(projects=()), now=NOW).runs == []
+    assert len(list_runs(client, database, RunFilter(), now=NOW).runs) == 4
+    assert run_detail(client, database, "b1", projects=acme, now=NOW) is None
+    assert run_detail(client, database, "a1", projects=acme, now=NOW) is not None
+    assert runs_changed(client, database, RunFilter(projects=acme)) == runs_changed(
+        client, database, RunFilter(project="acme"))
+    assert list_flows(client, database, projects=acme) == [("acme", "checkout")]
+    assert ("beta", "slow") in list_flows(client, database)
+
+    theirs = ops_summary(client, database, lag=LAG, now=NOW)
+    assert (theirs.stuck_count, theirs.overdue_count) == (1, 1)
+    assert sum(bucket.failed for bucket in theirs.failures) == 1
+    ops = ops_summary(client, database, lag=LAG, projects=acme, now=NOW)
+    assert (ops.failures, ops.stuck_count, ops.stuck_runs, ops.overdue_count) == ([], 0, [], 0)
+    assert all(point.count == 0 for point in ops.overdue_trend)
 
 
 # --------------------------------------------------------------------------- migration 4

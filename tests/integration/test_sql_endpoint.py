@@ -1,67 +1,25 @@
 """The SQL endpoint (ClickHouse's HTTP interface over the embedded engine), in this process.
 
-The endpoint serves the session's chDB engine, which this pytest process owns, on a free port
-from a thread with its own event loop. It is spoken to the way analysts do: with plain HTTP
-(what curl sends) and with clickhouse-connect's own HTTP client.
+The endpoint serves the session's chDB engine, which this pytest process owns
+(tests/integration/sql_endpoint_server.py). It is spoken to the way analysts do: with plain
+HTTP (what curl sends) and with clickhouse-connect's own HTTP client, logged in with a key
+(the admin key where the test writes). Its refusals: test_sql_security.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import gzip
 import io
 import json
-import threading
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import clickhouse_connect
 import pytest
-from aiohttp import web
 from clickhouse_connect.driver.client import Client
 
-from steplog.projections.clickhouse import open_clickhouse
 from steplog.settings import Settings
-from steplog.server.sql_http import serve_sql
-from tests.conftest import free_port
-
-
-@dataclass
-class Endpoint:
-    url: str
-    port: int
-    database: str
-
-
-class _ServerThread:
-    """serve_sql on a loop of its own in a daemon thread; stop() cleans up and joins."""
-
-    def __init__(self, dsn: str, database: str, port: int) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="sql-endpoint", daemon=True)
-        self.thread.start()
-        self.runner: web.AppRunner | None = None
-        try:
-            self.runner = asyncio.run_coroutine_threadsafe(
-                serve_sql(lambda db: open_clickhouse(dsn, db), database, port=port), self.loop
-            ).result(timeout=60)
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        try:
-            if self.runner is not None:
-                asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(60)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(timeout=60)
-            assert not self.thread.is_alive(), "the endpoint's event loop did not stop"
-            self.loop.close()
+from tests.integration.sql_endpoint_server import Endpoint, http, serving
 
 
 @pytest.fixture
@@ -71,41 +29,12 @@ def endpoint(settings: Settings, clickhouse: Client) -> Iterator[Endpoint]:
         f"CREATE TABLE {database}.pets (id Int32, name String) ENGINE = MergeTree ORDER BY id"
     )
     clickhouse.command(f"INSERT INTO {database}.pets VALUES (1, 'ada'), (2, 'bob')")
-    port = free_port()
-    server = _ServerThread(settings.clickhouse_dsn, database, port)
-    try:
-        yield Endpoint(f"http://127.0.0.1:{port}", port, database)
-    finally:
-        server.stop()
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: str
-
-
-def http(
-    url: str,
-    *,
-    params: dict[str, str] | None = None,
-    body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-    path: str = "/",
-) -> Answer:
-    """One plain HTTP exchange, as curl makes it (POST when there is a body)."""
-    query = f"?{urllib.parse.urlencode(params)}" if params else ""
-    request = urllib.request.Request(f"{url}{path}{query}", data=body, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return Answer(response.status, dict(response.headers), response.read().decode())
-    except urllib.error.HTTPError as error:
-        return Answer(error.code, dict(error.headers), error.read().decode())
+    with serving(settings) as served:
+        yield served
 
 
 def select_pets(endpoint: Endpoint) -> list[tuple[int, str]]:
-    answer = http(endpoint.url, params={
+    answer = http(endpoint.url, key=endpoint.keys.admin, params={
         "query": f"SELECT id, name FROM {endpoint.database}.pets ORDER BY id FORMAT JSONEachRow"
     })
     assert answer.status == 200, answer.body
@@ -113,46 +42,48 @@ def select_pets(endpoint: Endpoint) -> list[tuple[int, str]]:
 
 
 def test_queries_over_plain_http(endpoint: Endpoint) -> None:
-    got = http(endpoint.url, params={"query": "SELECT 1"})
+    got = http(endpoint.url, key=endpoint.keys.admin, params={"query": "SELECT 1"})
     assert (got.status, got.body) == (200, "1\n")
     assert got.headers["X-ClickHouse-Format"] == "TabSeparated"
 
-    posted = http(endpoint.url, body=b"SELECT 2 + 3")
+    posted = http(endpoint.url, key=endpoint.keys.admin, body=b"SELECT 2 + 3")
     assert (posted.status, posted.body) == (200, "5\n")
 
-    each_row = http(endpoint.url, body=b"SELECT 7 AS n, 'x' AS s FORMAT JSONEachRow")
+    each_row = http(endpoint.url, key=endpoint.keys.admin,
+                    body=b"SELECT 7 AS n, 'x' AS s FORMAT JSONEachRow")
     assert each_row.status == 200, each_row.body
     assert json.loads(each_row.body) == {"n": 7, "s": "x"}
 
-    as_csv = http(endpoint.url, params={"default_format": "CSV"},
+    as_csv = http(endpoint.url, key=endpoint.keys.admin, params={"default_format": "CSV"},
                   body=b"SELECT number AS a, repeat('x', number) AS b FROM numbers(1, 2)")
     assert as_csv.status == 200, as_csv.body
     assert list(csv.reader(io.StringIO(as_csv.body))) == [["1", "x"], ["2", "xx"]]
     assert as_csv.headers["Content-Type"].startswith("text/csv")
 
-    unqualified = http(endpoint.url, params={
+    unqualified = http(endpoint.url, key=endpoint.keys.admin, params={
         "database": endpoint.database, "query": "SELECT name FROM pets ORDER BY id"
     })
     assert (unqualified.status, unqualified.body) == (200, "ada\nbob\n")
 
-    bound = http(endpoint.url, params={
+    bound = http(endpoint.url, key=endpoint.keys.admin, params={
         "query": "SELECT {x:Int32} * 2, {s:String}", "param_x": "21", "param_s": "it's"
     })
     assert (bound.status, bound.body) == (200, "42\tit\\'s\n")
 
-    with_setting = http(endpoint.url, params={
+    with_setting = http(endpoint.url, key=endpoint.keys.admin, params={
         "query": "SELECT value FROM system.settings WHERE name = 'max_threads'",
-        "max_threads": "3",
+        "max_threads": "1",  # lowered: a request may not raise a max_* setting
     })
-    assert (with_setting.status, with_setting.body) == (200, "3\n")
+    assert (with_setting.status, with_setting.body) == (200, "1\n")
 
-    ping = http(endpoint.url, path="/ping")
+    ping = http(endpoint.url, key=endpoint.keys.admin, path="/ping")
     assert (ping.status, ping.body) == (200, "Ok.\n")
 
 
 def test_inserts_over_plain_http(endpoint: Endpoint) -> None:
     in_body = http(
         endpoint.url,
+        key=endpoint.keys.admin,
         params={"query": f"INSERT INTO {endpoint.database}.pets FORMAT TabSeparated"},
         body=b"3\tcid\n4\tdot\n",
     )
@@ -160,6 +91,7 @@ def test_inserts_over_plain_http(endpoint: Endpoint) -> None:
 
     after_query = http(
         endpoint.url,
+        key=endpoint.keys.admin,
         params={"database": endpoint.database},
         body=b'INSERT INTO pets (id, name) FORMAT JSONEachRow\n{"id": 5, "name": "eve"}\n',
     )
@@ -167,6 +99,7 @@ def test_inserts_over_plain_http(endpoint: Endpoint) -> None:
 
     compressed = http(
         endpoint.url,
+        key=endpoint.keys.admin,
         params={"database": endpoint.database},
         body=gzip.compress(b"INSERT INTO pets FORMAT CSV\n6,\"fay\"\n"),
         headers={"Content-Encoding": "gzip"},
@@ -175,16 +108,19 @@ def test_inserts_over_plain_http(endpoint: Endpoint) -> None:
 
     values_continued = http(
         endpoint.url,
+        key=endpoint.keys.admin,
         params={"query": f"INSERT INTO {endpoint.database}.pets VALUES"},
         body=b"(7, 'gus')",
     )
     assert values_continued.status == 200, values_continued.body
-    values_inline = http(endpoint.url, params={"database": endpoint.database},
+    values_inline = http(endpoint.url, key=endpoint.keys.admin,
+                         params={"database": endpoint.database},
                          body=b"INSERT INTO pets VALUES (8, 'hal')")
     assert values_inline.status == 200, values_inline.body
 
     gzip_query = http(
         endpoint.url,
+        key=endpoint.keys.admin,
         body=gzip.compress(f"SELECT count() FROM {endpoint.database}.pets".encode()),
         headers={"Content-Encoding": "gzip"},
     )
@@ -197,33 +133,37 @@ def test_inserts_over_plain_http(endpoint: Endpoint) -> None:
 
 
 def test_errors_look_like_clickhouse(endpoint: Endpoint) -> None:
-    syntax = http(endpoint.url, body=b"SELEKT 1")
+    syntax = http(endpoint.url, key=endpoint.keys.admin, body=b"SELEKT 1")
     assert syntax.status == 400, syntax.body
     assert syntax.headers["X-ClickHouse-Exception-Code"] == "62"
     assert syntax.body.startswith("Code: 62. DB::Exception"), syntax.body
 
-    unknown_identifier = http(endpoint.url, body=b"SELECT nope")
+    unknown_identifier = http(endpoint.url, key=endpoint.keys.admin, body=b"SELECT nope")
     assert unknown_identifier.status == 404, unknown_identifier.body
     assert unknown_identifier.headers["X-ClickHouse-Exception-Code"] == "47"
 
-    missing = http(endpoint.url, params={"query": f"SELECT * FROM {endpoint.database}.nope"})
+    missing = http(endpoint.url, key=endpoint.keys.admin,
+                   params={"query": f"SELECT * FROM {endpoint.database}.nope"})
     assert missing.status == 404, missing.body
     assert missing.headers["X-ClickHouse-Exception-Code"] == "60"
     assert missing.body.startswith("Code: 60. DB::Exception"), missing.body
 
     bad_data = http(
         endpoint.url,
+        key=endpoint.keys.admin,
         params={"query": f"INSERT INTO {endpoint.database}.pets FORMAT TabSeparated"},
         body=b"not-a-number\tzed\n",
     )
     assert bad_data.status >= 400 and bad_data.body.startswith("Code: "), bad_data.body
     assert bad_data.headers["X-ClickHouse-Exception-Code"] == bad_data.body.split(".")[0][6:]
 
-    bad_encoding = http(endpoint.url, body=b"SELECT 1", headers={"Content-Encoding": "gzip"})
-    assert bad_encoding.status == 500 and bad_encoding.body.startswith("Code: 432."), bad_encoding.body
+    bad_encoding = http(endpoint.url, key=endpoint.keys.admin, body=b"SELECT 1",
+                        headers={"Content-Encoding": "gzip"})
+    assert bad_encoding.status == 400, bad_encoding.body
+    assert bad_encoding.body.startswith("Code: 432."), bad_encoding.body
 
     # The endpoint keeps serving after errors.
-    assert http(endpoint.url, params={"query": "SELECT 1"}).body == "1\n"
+    assert http(endpoint.url, key=endpoint.keys.admin, params={"query": "SELECT 1"}).body == "1\n"
 
 
 @pytest.mark.parametrize("compress", [True, "zstd", "gzip", False])
@@ -232,7 +172,8 @@ def test_clickhouse_connect_inserts_however_it_compresses(
 ) -> None:
     # True is clickhouse-connect's default: lz4.
     client = clickhouse_connect.get_client(
-        host="127.0.0.1", port=endpoint.port, database=endpoint.database, compress=compress
+        host="127.0.0.1", port=endpoint.port, database=endpoint.database,
+        password=endpoint.keys.admin, compress=compress
     )
     # Rows enough for several blocks: clickhouse-connect compresses each block apart (with lz4,
     # a frame each), and every one of them must arrive.
@@ -248,7 +189,8 @@ def test_clickhouse_connect_inserts_however_it_compresses(
 
 def test_clickhouse_connect_http_client(endpoint: Endpoint) -> None:
     client = clickhouse_connect.get_client(
-        host="127.0.0.1", port=endpoint.port, database=endpoint.database
+        host="127.0.0.1", port=endpoint.port, database=endpoint.database,
+        password=endpoint.keys.admin
     )
     try:
         rows = client.query(

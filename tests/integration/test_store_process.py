@@ -14,7 +14,9 @@ import clickhouse_connect
 import pytest
 
 from steplog.errors import ClickHouseError
+from steplog.server.admin_key import ensure_admin_key
 from steplog.server.store_process import StoreProcess
+from steplog.settings import Settings
 from steplog.projections.writer import TableRows
 from tests.conftest import free_port
 
@@ -38,14 +40,19 @@ def store(tmp_path: Path) -> StoreProcess:
     return StoreProcess(f"chdb://{tmp_path / 'store'}", f"test_{uuid.uuid4().hex[:10]}")
 
 
-def test_it_migrates_writes_and_serves_what_it_wrote_over_sql(store: StoreProcess) -> None:
+def test_it_migrates_writes_and_serves_what_it_wrote_over_sql(
+    store: StoreProcess, topics: Settings
+) -> None:
     assert store.start() == []
     port = free_port()
+    key = ensure_admin_key(topics)  # the endpoint answers keys of the settings' keys topic
     try:
         assert store.pid is not None and store.pid != os.getpid()
         assert store.write(flow_rows("checkout", "refund")).written == 2
-        store.serve_sql(port)
-        sql = clickhouse_connect.get_client(host="127.0.0.1", port=port, database=store.database)
+        store.serve_sql(port, topics)
+        sql = clickhouse_connect.get_client(
+            host="127.0.0.1", port=port, database=store.database, password=key or ""
+        )
         slugs = sql.query("SELECT slug FROM flows FINAL ORDER BY slug").result_rows
         assert slugs == [("checkout",), ("refund",)]
     finally:

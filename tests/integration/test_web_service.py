@@ -18,13 +18,17 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from pydantic import SecretStr
 
 from steplog.producers.client import Client
 from steplog.producers.flows_file import push_flows
 from steplog.schemas.flows import FlowDefinition, FlowEdge, FlowStep
 from steplog.server.api import web_service
+from steplog.server.key_ring import mint_key, publish_key_async
+from steplog.server.principals import Role
 from steplog.settings import Settings
 from tests.conftest import RunningProcessors, start_processors, wait_for
+from tests.integration.web_keys import bearer
 
 WebClient = TestClient[web.Request, web.Application]
 STEPS = ("validate", "charge", "ship")
@@ -32,7 +36,14 @@ STEPS = ("validate", "charge", "ship")
 
 @asynccontextmanager
 async def running_web(settings: Settings) -> AsyncIterator[WebClient]:
-    async with TestClient(TestServer(web_service(settings, sql_port=settings.sql_port))) as client:
+    """The whole web service, its key ring following the keys topic, every request with an
+    admin key published there before the service starts (so its ring has it once serving),
+    the key it also reads the SQL endpoint with (STEPLOG_API_KEY)."""
+    secret, record = mint_key(Role.ADMIN, None, "test_web_service")
+    await publish_key_async(settings, record)
+    own = settings.model_copy(update={"api_key": SecretStr(secret)})
+    app = web_service(own, sql_port=settings.sql_port)
+    async with TestClient(TestServer(app), headers=bearer(secret)) as client:
         yield client
 
 
@@ -148,6 +159,9 @@ def test_runs_detail_filters_and_errors_through_the_web_service(
             document = await get_json(web_client, "/v1/openapi.json")
             assert {"/v1/runs", "/v1/runs/{run_id}", "/v1/ops"} <= set(document["paths"])
             assert "RunDetail" in document["components"]["schemas"]
+            assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+            assert document["paths"]["/healthz"]["get"]["security"] == []
+            assert "401" in document["paths"]["/v1/runs"]["get"]["responses"]
 
     asyncio.run(scenario())
 

@@ -9,6 +9,7 @@ import { api, type OpsSummary } from "../api";
 import { UPlotChart } from "../charts/UPlotChart";
 import { StatusGlyph } from "../components/StatusGlyph";
 import { TimeText } from "../components/TimeText";
+import { useMe } from "../hooks/useMe";
 import { useNow, usePolling } from "../hooks/usePolling";
 import { bucketRunsLink } from "../logic/filters";
 import { bucketSummary, failureSeries, flowAt, snapToBar, stackCounts } from "../logic/ops";
@@ -23,6 +24,7 @@ const PALETTE = ["#4f6bed", "#e0823d", "#2a9d8f", "#c2417a", "#8a6fd1", "#6b8e23
 
 export function OpsPage() {
   const [ops, setOps] = useState<OpsSummary | null>(null);
+  const me = useMe();
   const now = useNow(10_000);
   usePolling(async (signal) => setOps(await api.ops(signal)), REFRESH_MS, []);
 
@@ -64,10 +66,13 @@ export function OpsPage() {
         <Card title="Stuck" href="/runs?status=stuck&range=all">
           <span className="big" data-testid="stuck-count">{ops.stuck_count}</span>
         </Card>
-        <Card title="Dead letters" href="/dead-letters">
-          <span className="big" data-testid="dead-letter-count">{ops.dead_letters_24h}</span>
-          <span className="muted small">in 24 h · {ops.dead_letters_total} in all</span>
-        </Card>
+        {/* Dead letters carry no project: counted for keys of every project only. */}
+        {(me === null || me.projects === null) && (
+          <Card title="Dead letters" href="/dead-letters">
+            <span className="big" data-testid="dead-letter-count">{ops.dead_letters_24h}</span>
+            <span className="muted small">in 24 h · {ops.dead_letters_total} in all</span>
+          </Card>
+        )}
         <Card title="Processor lag">
           <span className="big" data-testid="lag-total">{lagTotal === null ? "unknown" : lagTotal}</span>
           <span className="muted small">{ops.lag.error ?? "events not folded yet"}</span>

@@ -9,6 +9,9 @@ Everything the node owns lives in its data dir:
     broker.out          the JVM's stdout/stderr of the latest start: WARN and above, crashes
     broker.pid          {"pid", "port", "controller_port"} of the running broker
     broker.lock         serialises start/stop of this data dir across processes
+    admin.credentials   the admin's SCRAM user and password, when secured (security.py)
+
+Every file is written 0600: a secured broker's server.properties holds the admin's password.
 
 The pid file is a hint, never trusted alone: a pid counts as this data dir's broker only while
 /proc shows a live `kafka.Kafka` process started with this data dir's server.properties, so a
@@ -37,9 +40,20 @@ from typing import Any, TypeVar
 from aiokafka.client import AIOKafkaClient
 from pydantic import BaseModel, ConfigDict
 
+from steplog.errors import BrokerError
+from steplog.kafka import PLAINTEXT, KafkaAccess, KafkaSecurity
 from steplog.server.broker.install import ensure_kafka_jars, require_executables
 from steplog.server.broker.locking import exclusive_lock
-from steplog.errors import BrokerError
+from steplog.server.broker.security import (
+    CREDENTIALS_FILE,
+    Acl,
+    BrokerCredentials,
+    add_user,
+    load_or_create_admin,
+    scram_format_arguments,
+    secure_properties,
+    write_private,
+)
 from steplog.settings import Settings
 
 LOOPBACK = "127.0.0.1"
@@ -76,6 +90,10 @@ class LocalBroker:
     detached and returns once the broker answers a Kafka request; `stop()` shuts it down. Both
     are idempotent, and the broker outlives the Python process that started it (a later
     `LocalBroker` over the same data dir finds it through the pid file and can stop it).
+
+    `secure`: SASL/SCRAM and ACLs (security.py). A data dir is secured or not from its first
+    start (the admin's credential is created with the storage): starting it the other way is
+    refused, rather than opening a secured log or locking out a plain one's clients.
     """
 
     def __init__(
@@ -87,6 +105,7 @@ class LocalBroker:
         heap: str = DEFAULT_HEAP,
         version: str = DEFAULT_VERSION,
         cache_dir: Path,
+        secure: bool = False,
     ) -> None:
         for name, value in (("port", port), ("controller_port", controller_port)):
             if value is not None and not 0 < value < 65536:
@@ -102,6 +121,7 @@ class LocalBroker:
         self.heap = heap
         self.version = version
         self.cache_dir = cache_dir
+        self.secure = secure
         self._process: subprocess.Popen[bytes] | None = None
 
     @classmethod
@@ -127,12 +147,33 @@ class LocalBroker:
             heap=settings.broker_heap,
             version=settings.kafka_version,
             cache_dir=settings.cache_dir,
+            secure=settings.broker_secure,
         )
 
     @property
     def bootstrap(self) -> str:
         """The bootstrap servers clients use: "127.0.0.1:<port>"."""
         return f"{LOOPBACK}:{self.port}"
+
+    def admin_credentials(self) -> BrokerCredentials:
+        """The admin's SCRAM credentials of a secured broker (written at its first start)."""
+        path = self._path(CREDENTIALS_FILE)
+        if not self.secure or not path.is_file():
+            raise BrokerError(f"the Kafka broker of {self.data_dir} is not secured: no {path}")
+        return load_or_create_admin(self.data_dir)
+
+    def admin_access(self) -> KafkaAccess:
+        """How a client connects as the admin (the super user) of a secured broker."""
+        return self.admin_credentials().access(self.bootstrap)
+
+    def add_user(self, username: str, password: str, acls: list[Acl]) -> BrokerCredentials:
+        """Create SCRAM user `username` (or give it a new password) on this running, secured
+        broker and grant it `acls` (security.produce_acls, consume_acls); returns how it logs
+        in. The password is the caller's to keep: the broker stores only a salted hash."""
+        return _run_blocking(add_user(self.admin_access(), username, password, acls))
+
+    def _security(self) -> KafkaSecurity:
+        return self.admin_access().security if self.secure else PLAINTEXT
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -159,16 +200,19 @@ class LocalBroker:
             (java,) = require_executables("java")
             libs = ensure_kafka_jars(self.version, self.cache_dir)
             deadline = time.monotonic() + timeout  # the download is not the broker's start-up
-            self._write_config(controller_port)
-            if not self._path("data", "meta.properties").is_file():
-                self._format_storage(java, libs, deadline)
+            formatted = self._path("data", "meta.properties").is_file()
+            admin = self._admin_for_start(formatted)
+            self._write_config(controller_port, admin)
+            if not formatted:
+                self._format_storage(java, libs, deadline, admin)
             process = self._spawn(java, libs)
             record = _PidRecord(pid=process.pid, port=self.port, controller_port=controller_port)
             self._write_pid_file(record)
             try:
                 _run_blocking(
                     _wait_until_answering(
-                        self.bootstrap, deadline, lambda: process.poll() is not None
+                        self.bootstrap, deadline, lambda: process.poll() is not None,
+                        self._security(),
                     )
                 )
             except _BrokerExited:
@@ -239,7 +283,8 @@ class LocalBroker:
         try:
             _run_blocking(
                 _wait_until_answering(
-                    self.bootstrap, deadline, lambda: not self._is_our_broker(record.pid)
+                    self.bootstrap, deadline, lambda: not self._is_our_broker(record.pid),
+                    self._security(),
                 )
             )
         except (_BrokerExited, _BrokerSilent):
@@ -268,7 +313,23 @@ class LocalBroker:
                 f"whatever holds {port})"
             )
 
-    def _write_config(self, controller_port: int) -> None:
+    def _admin_for_start(self, formatted: bool) -> BrokerCredentials | None:
+        """The admin of a secured start (drawn before the first format), or None; BrokerError
+        when the data dir was formatted the other way."""
+        has_admin = self._path(CREDENTIALS_FILE).is_file()
+        if formatted and has_admin and not self.secure:
+            raise BrokerError(
+                f"the Kafka broker of {self.data_dir} was formatted with security (SASL/SCRAM, "
+                f"ACLs); start it secured (STEPLOG_BROKER_SECURE=true)"
+            )
+        if formatted and not has_admin and self.secure:
+            raise BrokerError(
+                f"the Kafka broker of {self.data_dir} was formatted without security, so it has "
+                f"no admin user; start it without STEPLOG_BROKER_SECURE, or secure a new data dir"
+            )
+        return load_or_create_admin(self.data_dir) if self.secure else None
+
+    def _write_config(self, controller_port: int, admin: BrokerCredentials | None) -> None:
         properties = {
             # One JVM is both the KRaft controller and the broker: a one-node cluster.
             "process.roles": "broker,controller",
@@ -292,12 +353,16 @@ class LocalBroker:
             # The 3 s default waits for more consumers to join; tests and dev want it now.
             "group.initial.rebalance.delay.ms": "0",
         }
+        if admin is not None:
+            properties.update(secure_properties(self.port, controller_port, LOOPBACK, admin))
         text = "".join(f"{key}={value}\n" for key, value in properties.items())
         _write_atomically(self._path("server.properties"), text)
         log4j = resources.files("steplog.server.broker").joinpath("log4j2.yaml").read_text("utf-8")
         _write_atomically(self._path("log4j2.yaml"), log4j)
 
-    def _format_storage(self, java: str, libs: Path, deadline: float) -> None:
+    def _format_storage(
+        self, java: str, libs: Path, deadline: float, admin: BrokerCredentials | None
+    ) -> None:
         """Format `data/` once; a restart must reuse it, since formatting again means a new
         cluster id and so an empty cluster (and Kafka refuses to format a formatted dir).
 
@@ -332,6 +397,8 @@ class LocalBroker:
             str(properties),
             # A dynamic quorum of one voter: this node, at the controller listener.
             "--standalone",
+            # SCRAM credentials live in the metadata log: the admin's is in it from the start.
+            *(scram_format_arguments(admin) if admin is not None else []),
         ]
         try:
             result = subprocess.run(
@@ -486,7 +553,7 @@ class _BrokerSilent(Exception):
 
 
 async def _wait_until_answering(
-    bootstrap: str, deadline: float, exited: Callable[[], bool]
+    bootstrap: str, deadline: float, exited: Callable[[], bool], security: KafkaSecurity
 ) -> None:
     """Return once the broker at `bootstrap` answers a metadata request listing a broker.
 
@@ -507,7 +574,7 @@ async def _wait_until_answering(
         attempt = min(remaining, 5.0)
         if not port_open:
             port_open = await _accepts_connections(host, int(port), attempt)
-        if port_open and await _answers_metadata(bootstrap, attempt):
+        if port_open and await _answers_metadata(bootstrap, attempt, security):
             return
         await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
         delay = min(delay * 2, 0.2)
@@ -523,11 +590,12 @@ async def _accepts_connections(host: str, port: int, timeout: float) -> bool:
     return True
 
 
-async def _answers_metadata(bootstrap: str, timeout: float) -> bool:
+async def _answers_metadata(bootstrap: str, timeout: float, security: KafkaSecurity) -> bool:
     client = AIOKafkaClient(
         bootstrap_servers=bootstrap,
         client_id="steplog-broker-probe",
         request_timeout_ms=max(int(timeout * 1000), 100),
+        **security.client_options(),
     )
     try:
         await asyncio.wait_for(client.bootstrap(), timeout)
@@ -611,9 +679,11 @@ def _pid_exists(pid: int) -> bool:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a reader never sees a half-written file."""
+    """Write via a temporary file (0600) and rename, so a reader never sees a half-written
+    file, and nobody else a password."""
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
+    temporary.unlink(missing_ok=True)  # left by a crash, maybe with another mode
+    write_private(temporary, text)
     os.replace(temporary, path)
 
 
