@@ -32,7 +32,8 @@ from steplog.projections.clickhouse import open_clickhouse
 from steplog.projections.migrations import RUN_LIST_COLUMNS, migrate
 from steplog.projections.ops_reads import ops_summary
 from steplog.projections.read_models import LagView, RunFilter
-from steplog.projections.run_reads import list_runs, run_detail, runs_changed
+from steplog.projections.run_detail_reads import run_detail
+from steplog.projections.run_reads import list_runs, runs_changed
 
 DB = "bench"
 DAYS = 30

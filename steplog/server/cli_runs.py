@@ -23,7 +23,8 @@ from steplog.producers.client import Client
 from steplog.producers.run_end_lookup import RunEndLookup
 from steplog.projections.queries import RUN_END_SQL, RunEnd, RunSummary, find_run_query
 from steplog.projections.cursors import CursorError
-from steplog.projections.run_reads import list_runs, run_detail
+from steplog.projections.run_detail_reads import run_detail
+from steplog.projections.run_reads import list_runs
 from steplog.server.cli_errors import reports_errors
 from steplog.server.read_routes import DEFAULT_LIMIT, MAX_LIMIT, run_filter
 from steplog.server.run_terminal import render_run, render_run_list

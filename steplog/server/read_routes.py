@@ -41,7 +41,8 @@ from steplog.projections.dead_letter_reads import dead_letter_page
 from steplog.projections.ops_reads import ops_summary
 from steplog.projections.queries import RunSummary
 from steplog.projections.read_models import RUN_STATUS_FILTERS, RunDetail, RunFilter
-from steplog.projections.run_reads import list_flows, list_runs, run_detail, runs_changed
+from steplog.projections.run_detail_reads import run_detail
+from steplog.projections.run_reads import list_flows, list_runs, runs_changed
 from steplog.schemas.limits import NAME_MAX_CHARS, control_character_problem
 from steplog.server.lag_reader import LagReader
 from steplog.server.principals import Role

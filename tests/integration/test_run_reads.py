@@ -22,12 +22,12 @@ from steplog.projections.created_at import earliest_known
 from steplog.projections.migrations import MIGRATIONS, migrate
 from steplog.projections.ops_reads import ops_summary
 from steplog.projections.read_models import LagView, RunFilter, RunListItem
+from steplog.projections.run_detail_reads import run_detail
 from steplog.projections.run_reads import (
     CursorError,
     RunFilterError,
     list_flows,
     list_runs,
-    run_detail,
     runs_changed,
 )
 from steplog.projections.writer import ProjectionWriter
