@@ -232,3 +232,44 @@ def run_cli(settings: Settings, *args: str, timeout: float = 600) -> subprocess.
         env={**os.environ, **child_environment(settings)},
         capture_output=True, text=True, timeout=timeout,
     )
+
+
+@dataclass
+class DevProcess:
+    """`steplog dev` in a child process: its own data dir, broker, SQL, web and health ports."""
+
+    process: subprocess.Popen[bytes]
+    data_dir: Path
+    kafka_port: int
+    sql_port: int
+    log_path: Path
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """Kill it if it still runs, and stop the broker it started if it could not."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        base = load_settings()
+        LocalBroker(self.data_dir / "kafka", self.kafka_port, heap=base.broker_heap,
+                    version=base.kafka_version, cache_dir=base.cache_dir).stop()
+
+
+def start_dev(directory: Path, **environment: str) -> DevProcess:
+    """Start `steplog dev` (not waiting for it) with `environment`'s STEPLOG_ variables over a
+    clean environment."""
+    data_dir, kafka_port, sql_port = directory / "data", free_port(), free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")}
+    clean |= {"STEPLOG_HEALTH_PORT": str(free_port()), "STEPLOG_API_PORT": str(free_port()),
+              **environment}
+    log_path = directory / "dev.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from steplog.server.entry import main; main()", "dev",
+             "--data-dir", str(data_dir), "--kafka-port", str(kafka_port),
+             "--sql-port", str(sql_port)],
+            env=clean, stdout=log, stderr=subprocess.STDOUT,
+        )
+    return DevProcess(process, data_dir, kafka_port, sql_port, log_path)

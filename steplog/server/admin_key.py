@@ -9,12 +9,10 @@ whose data dir is not at hand, or a key of another role).
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from steplog.credentials import admin_key_path, local_admin_key
 from steplog.server.key_ring import load_key_ring, mint_key, publish_key
 from steplog.server.principals import Role
+from steplog.server.private_files import write_private
 from steplog.settings import Settings
 
 __all__ = ["ensure_admin_key"]
@@ -34,22 +32,5 @@ def ensure_admin_key(settings: Settings, *, timeout: float = 30.0) -> str | None
             return None
     secret, record = mint_key(Role.ADMIN, None, "steplog dev's local admin key")
     publish_key(settings, record)
-    _write_private(admin_key_path(settings), secret + "\n")
+    write_private(admin_key_path(settings), secret + "\n")
     return secret
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write `text` to `path` readable by its owner only, from the first byte (a file created
-    and then chmod-ed would be readable by others in between); replaced atomically, so a
-    reader never sees half a key."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        # O_CREAT's mode is filtered by the umask (and ignored for an existing file).
-        os.fchmod(descriptor, 0o600)
-        os.write(descriptor, text.encode())
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    os.replace(temporary, path)

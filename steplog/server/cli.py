@@ -29,7 +29,7 @@ from steplog.server.cli_sql import replay, sql
 from steplog.server.demo import demo_hooks
 from steplog.server.health import check_stack
 from steplog.server.sql_client import engine_client
-from steplog.server.stack import run_dev, run_processors
+from steplog.server.stack import logged_in_to_local_broker, run_dev, run_processors
 from steplog.settings import env_name, load_settings
 
 app = typer.Typer(
@@ -144,7 +144,7 @@ def dev(
         overrides["sql_port"] = sql_port
     if api_port is not None:
         overrides["api_port"] = api_port
-    settings = load_settings(**overrides)
+    settings = logged_in_to_local_broker(load_settings(**overrides))
     hooks = demo_hooks(settings, exit_after=exit_after_demo) if demo else None
     run_dev(settings, sql_port=settings.sql_port, hooks=hooks)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from steplog.credentials import admin_key_path
 from steplog.server.admin_key import ensure_admin_key
 from steplog.server.api import WebServiceThread
 from steplog.server.broker import LocalBroker
+from steplog.server.broker.security import MECHANISM, load_or_create_admin
 from steplog.server.gc_tuning import tune_gc_for_batches
 from steplog.server.process_health import ProcessHealth, bind_health_socket
 from steplog.processors.app import create_processor_app
@@ -44,7 +46,7 @@ from steplog.projections.flows_table import load_flows
 from steplog.projections.migrations import migrate
 from steplog.server.store_process import StoreProcess
 from steplog.projections.writer import BatchWriter, ProjectionWriter
-from steplog.settings import Settings
+from steplog.settings import Settings, child_environment
 from steplog.server.stack_lock import claim_for_stack
 from steplog.server.supervisor import ProcessorsSupervisor
 from steplog.topics import TopicSpec, ensure_topics, topic_specs
@@ -221,6 +223,27 @@ def _run_store_from(
         log.warning("SQL endpoint on http://127.0.0.1:%d (ClickHouse HTTP interface)", sql_port)
         if ready is not None:
             ready()
+
+
+def logged_in_to_local_broker(settings: Settings) -> Settings:
+    """The settings of `steplog dev` on a secured local broker (STEPLOG_BROKER_SECURE) that
+    configure no Kafka login: every client of the stack (processors, web service, demo, the
+    children it starts) logs in as the broker's admin, whose credentials the broker keeps in
+    its data dir (drawn here before its first start when there are none yet, as it would)."""
+    if not settings.broker_secure or settings.kafka_security_protocol != "PLAINTEXT":
+        return settings
+    data_dir = LocalBroker.from_settings(settings).data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    admin = load_or_create_admin(data_dir)
+    secured = settings.model_copy(update={
+        "kafka_security_protocol": "SASL_PLAINTEXT", "kafka_sasl_mechanism": MECHANISM,
+        "kafka_sasl_username": admin.username, "kafka_sasl_password": admin.password,
+    })
+    # A client made from a bare bootstrap address takes this process's STEPLOG_KAFKA_*
+    # environment (steplog/kafka.py `resolve`): the same login for those.
+    os.environ.update({name: value for name, value in child_environment(secured).items()
+                       if name.startswith("STEPLOG_KAFKA_")})
+    return secured
 
 
 def run_dev(settings: Settings, *, sql_port: int, hooks: StackHooks | None = None) -> None:

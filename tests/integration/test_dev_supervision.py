@@ -7,15 +7,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
-from steplog.server.broker import LocalBroker
-from steplog.settings import load_settings
 from steplog.server.sql_http import sql_endpoint_answers
 from steplog.server.stack_lock import STACK_FILE
-from tests.conftest import free_port, wait_for
+from tests.conftest import start_dev, wait_for
 from tests.integration.test_cli import steplog
 
 
@@ -26,20 +22,11 @@ def processors_children(pid: int) -> list[int]:
 
 
 def test_dev_serves_commands_while_starting_and_restarts_killed_processors(tmp_path: Path) -> None:
-    data_dir, kafka_port, sql_port = tmp_path / "data", free_port(), free_port()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("STEPLOG_")}
-    environment["STEPLOG_HEALTH_PORT"] = str(free_port())
-    log_path = tmp_path / "dev.log"
-    with open(log_path, "ab") as log:
-        dev = subprocess.Popen(
-            [sys.executable, "-c", "from steplog.server.entry import main; main()", "dev",
-             "--data-dir", str(data_dir), "--kafka-port", str(kafka_port),
-             "--sql-port", str(sql_port)],
-            env=environment, stdout=log, stderr=subprocess.STDOUT,
-        )
-
-    def output() -> str:
-        return log_path.read_text(errors="replace")
+    started = start_dev(tmp_path)
+    dev, data_dir, kafka_port, sql_port = (
+        started.process, started.data_dir, started.kafka_port, started.sql_port
+    )
+    output = started.output
 
     try:
         lock = data_dir / "clickhouse" / STACK_FILE
@@ -76,9 +63,4 @@ def test_dev_serves_commands_while_starting_and_restarts_killed_processors(tmp_p
             f"/proc/{second}/stat").read_bytes()
         assert "ClickHousePathLockedError" not in output() and "Traceback" not in output()
     finally:
-        if dev.poll() is None:
-            dev.kill()
-            dev.wait(timeout=30)
-        base = load_settings()
-        LocalBroker(data_dir / "kafka", kafka_port, heap=base.broker_heap,
-                    version=base.kafka_version, cache_dir=base.cache_dir).stop()
+        started.stop()

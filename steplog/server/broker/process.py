@@ -52,8 +52,8 @@ from steplog.server.broker.security import (
     load_or_create_admin,
     scram_format_arguments,
     secure_properties,
-    write_private,
 )
+from steplog.server.private_files import write_private
 from steplog.settings import Settings
 
 LOOPBACK = "127.0.0.1"
@@ -356,9 +356,9 @@ class LocalBroker:
         if admin is not None:
             properties.update(secure_properties(self.port, controller_port, LOOPBACK, admin))
         text = "".join(f"{key}={value}\n" for key, value in properties.items())
-        _write_atomically(self._path("server.properties"), text)
+        write_private(self._path("server.properties"), text)
         log4j = resources.files("steplog.server.broker").joinpath("log4j2.yaml").read_text("utf-8")
-        _write_atomically(self._path("log4j2.yaml"), log4j)
+        write_private(self._path("log4j2.yaml"), log4j)
 
     def _format_storage(
         self, java: str, libs: Path, deadline: float, admin: BrokerCredentials | None
@@ -380,7 +380,7 @@ class LocalBroker:
         shutil.rmtree(scratch, ignore_errors=True)  # left by a format that was killed
         properties = self._path("format.properties")
         config = self._path("server.properties").read_text("utf-8")
-        _write_atomically(
+        write_private(
             properties, config.replace(f"log.dirs={data}\n", f"log.dirs={scratch}\n")
         )
         command = [
@@ -528,7 +528,7 @@ class LocalBroker:
             return None  # unreadable: treated as stale, rewritten by the next start
 
     def _write_pid_file(self, record: _PidRecord) -> None:
-        _write_atomically(self._path("broker.pid"), record.model_dump_json() + "\n")
+        write_private(self._path("broker.pid"), record.model_dump_json() + "\n")
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -676,15 +676,6 @@ def _pid_exists(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write via a temporary file (0600) and rename, so a reader never sees a half-written
-    file, and nobody else a password."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.unlink(missing_ok=True)  # left by a crash, maybe with another mode
-    write_private(temporary, text)
-    os.replace(temporary, path)
 
 
 def _tail_lines(path: Path, count: int) -> list[str]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import secrets
 from collections.abc import Sequence
@@ -48,10 +47,12 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 
 from steplog.errors import BrokerError
 from steplog.kafka import KafkaAccess, KafkaSecurity
+from steplog.server.private_files import write_private
 
 __all__ = [
     "ADMIN_USER",
     "CREDENTIALS_FILE",
+    "MECHANISM",
     "Acl",
     "BrokerCredentials",
     "add_user",
@@ -286,12 +287,3 @@ async def _create_acl(
                 f"the broker at {bootstrap} refused ACL {acl} for user {username!r}: error "
                 f"{error_code} {message or ''}".rstrip()
             )
-
-
-def write_private(path: Path, text: str, *, exclusive: bool = False) -> None:
-    """Write `text` to a file only its owner may read (0600 from the start, not chmod-ed
-    after: there is no moment at which another user could open it)."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
-    descriptor = os.open(path, flags, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(text)
