@@ -92,17 +92,20 @@ def ops_summary(
     overdue_count, overdue_oldest_ms, trend = _overdue(client, database, parameters, first,
                                                        end, bucket, scope)
     stuck_count, stuck = _stuck(client, database, parameters, scope)
-    day, total = 0, 0
+    # Dead letters carry no trustworthy project (what could not be read has none): only a
+    # reader of every project is told about them; for the others the counts are unknown.
+    day: int | None = None
+    total: int | None = None
     if projects is None:
-        day, total = client.query(
+        day, total = (int(value) for value in client.query(
             f"SELECT countIf(ts >= {_at('day_us')}), count() FROM {database}.dead_letters FINAL",
             parameters={"day_us": micros(end - timedelta(hours=24))},
-        ).result_rows[0]
+        ).result_rows[0])
     return OpsSummary(
         window_start=start, window_end=end, bucket_minutes=bucket_minutes, failures=failures,
         spike=spike, overdue_count=overdue_count, overdue_oldest_ms=overdue_oldest_ms,
         overdue_trend=trend, stuck_count=stuck_count, stuck_runs=stuck,
-        dead_letters_24h=int(day), dead_letters_total=int(total), lag=lag,
+        dead_letters_24h=day, dead_letters_total=total, lag=lag,
     )
 
 

@@ -246,8 +246,10 @@ class OpsSummary(ReadModel):
     overdue_trend: list[OverduePoint] = Field(description="Overdue runs at each bucket's end.")
     stuck_count: int
     stuck_runs: list[RunListItem] = Field(description="The oldest stuck runs, at most 20.")
-    dead_letters_24h: int
-    dead_letters_total: int
+    dead_letters_24h: int | None = Field(
+        description="Null for a key that does not cover every project (dead letters have none)."
+    )
+    dead_letters_total: int | None
     lag: LagView
 
 

@@ -173,8 +173,9 @@ export interface OpsSummary {
   overdue_trend: OverduePoint[];
   stuck_count: number;
   stuck_runs: RunListItem[];
-  dead_letters_24h: number;
-  dead_letters_total: number;
+  /** Null for a key that does not cover every project (dead letters have none). */
+  dead_letters_24h: number | null;
+  dead_letters_total: number | null;
   lag: LagView;
 }
 

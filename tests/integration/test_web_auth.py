@@ -277,7 +277,7 @@ def test_every_route_answers_each_key_as_its_rule_says(processors: RunningProces
             mine = await (await client.get("/v1/flows", headers=keys.headers("read"))).json()
             assert {"project": project, "flow": FLOW} in mine["flows"], mine
             ops = await (await client.get("/v1/ops", headers=other)).json()
-            assert ops["failures"] == [] and ops["dead_letters_total"] == 0, ops
+            assert ops["failures"] == [] and ops["dead_letters_total"] is None, ops
             # A run of another project is answered as a run that does not exist.
             foreign = await client.get(f"/v1/runs/{run_id}", headers=other)
             absent = await client.get(f"/v1/runs/{run_id}-nope", headers=other)
