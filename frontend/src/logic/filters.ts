@@ -43,38 +43,43 @@ export function parseFilter(params: URLSearchParams): RunListFilter {
 }
 
 /**
+ * The filter as query parameters, the same for the page and the API but for a preset range,
+ * which `presetRange` writes (a custom range is always its `since` and `until`).
+ */
+function filterParams(
+  filter: RunListFilter, presetRange: (params: URLSearchParams) => void,
+): URLSearchParams {
+  const params = new URLSearchParams();
+  if (filter.project) params.set("project", filter.project);
+  if (filter.flow) params.set("flow", filter.flow);
+  if (filter.statuses.length > 0) params.set("status", filter.statuses.join(","));
+  if (filter.range === "custom") {
+    if (filter.since) params.set("since", filter.since);
+    if (filter.until) params.set("until", filter.until);
+  } else {
+    presetRange(params);
+  }
+  if (filter.q) params.set("q", filter.q);
+  return params;
+}
+
+/**
  * The page's own query string: only what differs from the defaults, so links stay short, and
  * the statuses' commas left readable (`status=failed,stuck`).
  */
 export function filterToSearch(filter: RunListFilter): string {
-  const params = new URLSearchParams();
-  if (filter.project) params.set("project", filter.project);
-  if (filter.flow) params.set("flow", filter.flow);
-  if (filter.statuses.length > 0) params.set("status", filter.statuses.join(","));
-  if (filter.range === "custom") {
-    if (filter.since) params.set("since", filter.since);
-    if (filter.until) params.set("until", filter.until);
-  } else if (filter.range !== DEFAULT_RANGE) {
-    params.set("range", filter.range);
-  }
-  if (filter.q) params.set("q", filter.q);
-  return params.toString().replaceAll("%2C", ",");
+  return filterParams(filter, (params) => {
+    if (filter.range !== DEFAULT_RANGE) params.set("range", filter.range);
+  }).toString().replaceAll("%2C", ",");
 }
 
 /** `GET /v1/runs`'s parameters; a preset range becomes `since` counted back from `nowMs`. */
 export function filterToApi(filter: RunListFilter, nowMs: number): URLSearchParams {
-  const params = new URLSearchParams();
-  if (filter.project) params.set("project", filter.project);
-  if (filter.flow) params.set("flow", filter.flow);
-  if (filter.statuses.length > 0) params.set("status", filter.statuses.join(","));
-  if (filter.range === "custom") {
-    if (filter.since) params.set("since", filter.since);
-    if (filter.until) params.set("until", filter.until);
-  } else if (filter.range !== "all") {
-    params.set("since", new Date(nowMs - RANGE_MS[filter.range]).toISOString());
-  }
-  if (filter.q) params.set("q", filter.q);
-  return params;
+  return filterParams(filter, (params) => {
+    if (filter.range !== "all" && filter.range !== "custom") {
+      params.set("since", new Date(nowMs - RANGE_MS[filter.range]).toISOString());
+    }
+  });
 }
 
 /** A chip click: `all` clears the statuses, any other toggles its own. */
