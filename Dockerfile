@@ -18,5 +18,5 @@ COPY producers ./producers
 COPY processors ./processors
 COPY projections ./projections
 COPY --from=dashboard /app/steplog/server/dashboard ./steplog/server/dashboard
-RUN pip install --no-cache-dir ".[server]"
+RUN pip install --no-cache-dir ".[server,otel]"
 ENTRYPOINT ["steplog"]

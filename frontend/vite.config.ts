@@ -21,7 +21,7 @@ export default defineConfig({
     proxy: { "/v1": process.env.STEPLOG_API ?? "http://127.0.0.1:8000" },
   },
   test: {
-    include: ["src/**/*.test.ts"],
+    include: ["src/**/*.test.ts", "src/**/*.test.tsx"],
     environment: "node",
   },
 });

@@ -20,6 +20,7 @@
   `WriteSignalsMessage`, `EndParentStep`); `latest_rows` keeps the last row per key.
 - `fold/timers.py`: the timer heap, and what a due timer writes; `fold/signals.py`: each event
   name's waits and triggers, and what a signals message does to them.
+- `fold/state_retention.py`: when an ended run leaves the state, on the log's time.
 
 The hosts carry it, one job per module: `app` (the faust app hosting the tasks), `config`
 (`ProcessorConfig`), `stateful_consumer` (the events' and signals' consumers: batches, commits,
@@ -29,7 +30,9 @@ rebalances), `fold_host` (a batch of events: decode, fold, carry out, keep), `si
 decoded and folded, rows included: the processors' and replay's alike), `projection_batch`
 (effects into inserts), `projection_writes` (inserts retried, refused rows dead-lettered),
 `dead_letters`, `dispatch` (sending engine effects and waiting for Kafka's
-acknowledgements), `registry` (which apps define which workflows), `state_store` (run and name
+acknowledgements), `record_checks` (signed records: who may write a project),
+`run_retention` (events for runs that left the state: `run closed`), `batch_metrics` (a
+batch's counts for the Prometheus metrics), `registry` (which apps define which workflows), `state_store` (run and name
 states and their changelogs), `held_states` and `cold_states` (states in memory up to a
 budget, the rest on disk), `membership` (static group membership), `write_health`.
 

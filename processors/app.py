@@ -37,8 +37,10 @@ import faust
 from faust.types.auth import CredentialsT
 
 from steplog.kafka import KafkaSecurity, resolve
+from steplog.metrics import metrics
 from steplog.projections.writer import BatchWriter
 from steplog.schemas.flows import FlowDefinition
+from steplog.schemas.record_signing import RecordSigner, signature_headers
 
 from .config import ProcessorConfig
 from .dead_letters_host import DeadLettersHost
@@ -46,9 +48,9 @@ from .definitions import DefinitionsFollower
 from .dispatch import Dispatcher, SendFunction
 from .flows_host import FlowsHost
 from .fold.signals import NameTriggers, NameWaits
-from .fold.state import RunState
 from .fold_host import FoldHost
 from .projection_writes import ProjectionWrites
+from .record_checks import KeyLookup, RecordChecks
 from .registry import WorkflowRegistry
 from .signals_host import SignalsHost
 from .stateful_consumer import StatefulConsumer
@@ -57,10 +59,19 @@ __all__ = ["create_processor_app", "faust_credentials"]
 
 
 def create_processor_app(
-    config: ProcessorConfig, writer: BatchWriter, flows: list[FlowDefinition]
+    config: ProcessorConfig,
+    writer: BatchWriter,
+    flows: list[FlowDefinition],
+    *,
+    keys: KeyLookup | None = None,
+    signer: RecordSigner | None = None,
 ) -> tuple[faust.App, FoldHost]:
     """The faust app with its tasks; `flows` are the flow definitions of the `flows` table (the
-    fold also waits until it has followed the flows topic to its end: `follow_flows`)."""
+    fold also waits until it has followed the flows topic to its end: `follow_flows`).
+
+    `keys`: check the records of the events, signals and flows topics against them before
+    anything folds them (processors/record_checks.py; None: not enforced). `signer`: the
+    process's own key, which signs what it writes to those topics (None: unsigned)."""
     app = faust.App(
         config.faust_app_id,
         broker=f"kafka://{config.bootstrap}",
@@ -82,23 +93,27 @@ def create_processor_app(
         consumer_group_instance_id=config.membership.instance_id,
     )
 
+    signed_topics = {config.topics.events, config.topics.signals, config.topics.flows}
+
     async def send(topic: str, key: bytes | None, value: bytes) -> Any:
         # Straight to the producer: faust's topic.send would attach the message to the current
         # stream event and send it only when that event is acknowledged, after the batch.
-        return await app.producer.send(topic, key, value, None, None, None)
+        headers = signature_headers(signer, topic, value) if topic in signed_topics else None
+        return await app.producer.send(topic, key, value, None, None, headers)
 
     dispatcher = Dispatcher(
         config.topics, cast(SendFunction, send), WorkflowRegistry(),
         max_bytes=config.max_event_bytes,
     )
     writes = ProjectionWrites(writer, dispatcher, config.topics.dlq)
-    runs = config.state_store(config.runs_changelog, RunState.from_bytes)
-    host = FoldHost(config, writes, runs, dispatcher)
+    runs = config.run_store()
+    checks = RecordChecks(keys) if keys is not None else None
+    host = FoldHost(config, writes, runs, dispatcher, checks=checks)
     host.learn(flows)
     # Set once the definitions the flows topic held at start-up are learned: the fold and the
     # timers wait for it (processors/definitions.py).
     definitions_known = asyncio.Event()
-    flows_host = FlowsHost(config, writes, host.learn, definitions_known)
+    flows_host = FlowsHost(config, writes, host.learn, definitions_known, checks)
     events = StatefulConsumer(
         bootstrap=config.bootstrap, group_id=config.app_id, topic=config.topics.events,
         stores=[runs], process=host.process_events, write=host.write_rows,
@@ -107,8 +122,10 @@ def create_processor_app(
         membership=config.membership,
     )
     waits = config.state_store(config.waits_changelog, NameWaits.from_bytes)
+    # Counted at each scrape, on the loop between batches: a decode per event name held.
+    metrics().runs_waiting.set_function(lambda: sum(len(held.waits) for _, held in waits.items()))
     triggers = config.state_store(config.triggers_changelog, NameTriggers.from_bytes)
-    signals_host = SignalsHost(config, waits, triggers, dispatcher)
+    signals_host = SignalsHost(config, waits, triggers, dispatcher, checks=checks)
     signals = StatefulConsumer(
         bootstrap=config.bootstrap, group_id=config.signals_group, topic=config.topics.signals,
         stores=[waits, triggers], process=signals_host.process_signals,

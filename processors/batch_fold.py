@@ -8,6 +8,11 @@ touched run's changed rows, built once per run rather than after every event (th
 deferred rows). What the caller does besides is its own: the processors dead-letter what does
 not decode, carry out the fold's effects and keep the log position in the state; replay counts
 what does not decode and drops the effects (a rebuild must never start, resume or cancel).
+
+Where signatures are enforced, both refuse an event that fails the record checks
+(processors/record_checks.py) as they refuse one that does not decode: the processors through
+the fold host, right after it decodes each event, and replay with the same checks over a
+snapshot of the keys.
 """
 
 from __future__ import annotations
@@ -23,11 +28,15 @@ from steplog.schemas.flows import FlowDefinition, flow_definition_key
 from .fold.effects import Effect
 from .fold.run import apply_event
 from .fold.run_rows import take_rows
-from .held_states import HeldStates
+from .held_states import HeldStates, marked_end
 from .projection_batch import ProjectionBatch
 from .fold.state import RunState
+from .fold.state_retention import run_end_ms
+from .run_retention import RunAdmission, admission_of
 
-__all__ = ["FoldedBatch", "HeldRunStates", "decode_run_event", "run_state_key"]
+__all__ = [
+    "FoldedBatch", "HeldRunStates", "decode_run_event", "run_state_key",
+]
 
 
 def decode_run_event(key: bytes | None, value: bytes | None, max_bytes: int) -> Event:
@@ -59,17 +68,26 @@ class FoldedBatch:
     projection: ProjectionBatch = field(default_factory=ProjectionBatch)
     touched: dict[bytes, tuple[RunState, int]] = field(default_factory=dict)
     """Each touched run's state (an object, changed in place by the fold) and partition."""
+    admission: RunAdmission | None = None
+    """The `run closed` rule (STEPLOG_STATE_RETENTION; processors/run_retention.py), if any."""
 
     def fold(
-        self, event: Event, partition: int, offset: int
+        self, event: Event, partition: int, offset: int, timestamp_ms: int = 0
     ) -> tuple[bytes, RunState, list[Effect]]:
-        """Fold `event` (at `partition`@`offset`) onto its run: the run's state key, its new
-        state and the fold's effects."""
+        """Fold `event` (at `partition`@`offset`, its record's broker timestamp `timestamp_ms`)
+        onto its run: the run's state key, its new state and the fold's effects.
+        RunClosedError (an InvalidEventError) if its run left the state."""
         state_key = run_state_key(event)
         in_hand = self.touched.get(state_key)
         state = in_hand[0] if in_hand else self.load(partition, state_key)
         flow = self.flows.get(flow_definition_key(event.project, event.flow))
+        if self.admission is not None:
+            state = self.admission.admit(
+                partition, timestamp_ms, state_key, state, in_hand=in_hand is not None
+            )
         state, effects = apply_event(state, event, flow, defer_rows=True)
+        if self.admission is not None:
+            state.ended_ms = run_end_ms(state, flow)
         self.touched[state_key] = (state, partition)
         self.projection.add_event(event, partition, offset)
         return state_key, state, effects
@@ -91,12 +109,21 @@ class HeldRunStates:
         self.held = held
 
     def get(self, partition: int, state_key: bytes) -> RunState | None:
-        """`FoldedBatch.load`."""
+        """`FoldedBatch.load` (None for a closed run's marker, as the processors' store)."""
         value = self.held.get(partition, state_key)
-        return None if value is None else RunState.from_bytes(value)
+        if value is None or marked_end(value) is not None:
+            return None
+        return RunState.from_bytes(value)
+
+    @property
+    def admission(self) -> RunAdmission | None:
+        """`FoldedBatch.admission` over these states, with the held states' retention."""
+        return admission_of(self.held)
 
     def keep(self, folded: FoldedBatch) -> None:
-        """Keep a batch's states (once it is folded), then bring memory under its budget."""
+        """Keep a batch's states (once it is folded), let finished runs go as the processors
+        do (`HeldStates.expire`), then bring memory under its budget."""
         for state_key, (state, partition) in folded.touched.items():
-            self.held.put(partition, state_key, state.to_bytes())
+            self.held.put(partition, state_key, state.to_bytes(), state.ended_ms)
+        self.held.expire()
         self.held.spill()

@@ -2,7 +2,8 @@
 
 `held_states.HeldStates` keeps the states it was given most recently in memory and moves the
 others here, so that the processors' memory stays flat however many runs they have seen (a
-finished run's state is kept forever: a late or duplicated event must still fold onto it).
+finished run's state is kept, without a retention forever: a late or duplicated event must
+still fold onto it).
 
 The file is scratch, never the truth: the changelog topic is (it is read back whenever a
 partition is assigned). So it is SQLite's private temporary database (`connect("")`), which

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from steplog.schemas.topics import TopicNames
 
+from .fold.state import RunState
+from .fold.state_retention import StateRetention
 from .membership import GroupMembership
 from .state_store import S, StateStore
 
@@ -40,6 +42,8 @@ class ProcessorConfig:
     membership: GroupMembership = GroupMembership()
     """This process's client id and static member id in every group it joins
     (processors/membership.py)."""
+    state_retention: StateRetention | None = None
+    """How long finished runs stay in the run store (STEPLOG_STATE_RETENTION; None: forever)."""
 
     @property
     def signals_group(self) -> str:
@@ -81,3 +85,14 @@ class ProcessorConfig:
         return StateStore(self.bootstrap, changelog, decode,
                           max_message_bytes=self.max_fetch_bytes,
                           memory_bytes=self.state_memory_bytes)
+
+    def run_store(self) -> StateStore[RunState]:
+        """The runs' state store, which finished runs leave after `state_retention`."""
+        return StateStore(self.bootstrap, self.runs_changelog, RunState.from_bytes,
+                          max_message_bytes=self.max_fetch_bytes,
+                          memory_bytes=self.state_memory_bytes,
+                          retention=self.state_retention, ended=_run_end)
+
+
+def _run_end(state: RunState) -> int | None:
+    return state.ended_ms

@@ -10,12 +10,16 @@ only when it arrives after the start-up read (`caught_up`): the messages the top
 were dead-lettered when they arrived, so a restart does not write them to the dead letters
 again. Each processors process follows the topic, so with N of them an unusable message has N
 dead letters (same source offset; the dead letters are at-least-once anyway).
+
+Where signatures are enforced (`checks`), a definition that fails the record checks
+(processors/record_checks.py) is unusable alike: neither learned nor written.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import cast
 
 from steplog.errors import InvalidEventError
 from steplog.projections.writer import TableRows
@@ -27,6 +31,7 @@ from .dead_letters import RowSource, add_dead_letter
 from .dispatch import Outbox
 from .projection_batch import ProjectionBatch
 from .projection_writes import ProjectionWrites
+from .record_checks import RecordChecks, SignedRecord
 from .stateful_consumer import Record
 
 __all__ = ["FlowsHost"]
@@ -41,6 +46,7 @@ class FlowsHost:
         writes: ProjectionWrites,
         learn: Callable[[Iterable[FlowsMessage]], None],
         caught_up: asyncio.Event,
+        checks: RecordChecks | None = None,
     ) -> None:
         self.config = config
         self.writes = writes
@@ -48,6 +54,8 @@ class FlowsHost:
         """Where the definitions go (`FoldHost.learn`)."""
         self.caught_up = caught_up
         """Set once the start-up read is done (`DefinitionsFollower.caught_up`)."""
+        self.checks = checks
+        """The record checks; None: not enforced."""
         self._writing: asyncio.Task[None] | None = None
         """The last batch's write and dead letters, under way in the background."""
 
@@ -61,11 +69,17 @@ class FlowsHost:
         outbox = self.writes.dispatcher.outbox()
         sources: dict[tuple[str, str], RowSource] = {}
         arrived_since_start = self.caught_up.is_set()
-        for message in batch:
+        # The follower's records are aiokafka's ConsumerRecords: headers and log time too.
+        records = cast(Sequence[SignedRecord], batch)
+        if self.checks is not None:
+            await self.checks.prepare(records)
+        for message in records:
             try:
                 definition = decode_flows_message(
                     message.value, max_bytes=self.config.max_event_bytes
                 )
+                if self.checks is not None:
+                    self.checks.check(message, definition.project)
             except InvalidEventError as exc:
                 if arrived_since_start:
                     add_dead_letter(self.config.topics.dlq, outbox, exc, message, message.value)

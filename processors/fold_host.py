@@ -4,7 +4,8 @@ consumer (`FoldHost.write_rows`, step 5).
 
 Per batch (whatever the consumer's `getmany` returned, up to `batch_size`):
 
-1. decode each event; one that cannot be used goes to the dead-letter list with the reason;
+1. decode each event, and check its signature where signatures are enforced
+   (record_checks.py); one that cannot be used goes to the dead-letter list with the reason;
 2. fold it into its run's state (from the run store, keyed by run): the fold hands back one
    result for the batch (`batch_fold.FoldedBatch`: the touched states and their rows);
 3. send the dead letters and the fold's messages (commands, events for other runs, signals
@@ -24,18 +25,24 @@ ids (duplicates, dropped by their consumers); docs/processors.md has the table.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import cast
 
 from steplog.errors import InvalidEventError
+from steplog.metrics import metrics
 from steplog.projections.writer import RefusedRow, TableRows
 from steplog.schemas.flows import FlowDefinition, FlowsMessage, WorkflowDefinition
 
 from .batch_fold import FoldedBatch, decode_run_event
+from .batch_metrics import BatchMetrics, RunLabels
 from .config import ProcessorConfig
 from .dead_letters import RowSource, add_dead_letter
 from .dispatch import Dispatcher, Planned
 from .fold.state import RunState
 from .projection_writes import ProjectionWrites
+from .record_checks import RecordChecks, SignedRecord
+from .run_retention import admission_of
 from .state_store import StateStore
 from .stateful_consumer import Record
 from .timer_service import TimerService
@@ -53,6 +60,7 @@ class FoldHost:
         runs: StateStore[RunState],
         dispatcher: Dispatcher,
         timers: TimerService | None = None,
+        checks: RecordChecks | None = None,
     ) -> None:
         self.config = config
         self.writes = writes
@@ -63,25 +71,40 @@ class FoldHost:
         self.flows: dict[str, FlowDefinition] = {}
         self.write_health = writes.health
         """How the projection writes are going (the health endpoint reads it)."""
+        self.labels = RunLabels()
+        self.checks = checks
+        """The signed records' checks, where signatures are enforced (record_checks.py)."""
 
     async def process_events(self, batch: Sequence[Record]) -> Mapping[str, TableRows]:
         """Steps 1-4 of the module docstring; returns the batch's rows (step 5 is the
-        consumer's)."""
-        folded = FoldedBatch(self.flows, self.runs.get)
+        consumer's). Counted in the metrics here, not in batch_fold: replay shares that."""
+        began = time.perf_counter()
+        if self.checks is not None:
+            # The consumer's records are aiokafka's ConsumerRecords: headers and log time too.
+            await self.checks.prepare(cast(Sequence[SignedRecord], batch))
+        counts = BatchMetrics(self.runs.get, self.flows, self.labels)
+        folded = FoldedBatch(self.flows, counts.load, admission=admission_of(self.runs))
         outbox = self.dispatcher.outbox()
         planned: list[Planned] = []
         for message in batch:
             try:
                 event = decode_run_event(message.key, message.value, self.config.max_event_bytes)
+                if self.checks is not None:
+                    self.checks.check(cast(SignedRecord, message), event.project)
+                # RunClosedError too: an event for a run that left the state (run_retention).
+                state_key, state, effects = folded.fold(
+                    event, message.partition, message.offset, message.timestamp
+                )
             except InvalidEventError as exc:
                 add_dead_letter(self.config.topics.dlq, outbox, exc, message, message.value)
                 continue
-            state_key, state, effects = folded.fold(event, message.partition, message.offset)
+            counts.folded(state_key, state, event.type)
             position = (message.partition, message.offset)
             if state.position is None or state.position < position:
                 state.position = position
             planned.extend(Planned(effect, state_key, position) for effect in effects)
         folded.add_run_rows()
+        counts.count(folded)  # before step 4: the store still holds the states of before
         # Messages first: a resume must not wait for the ClickHouse insert, nor for the
         # previous batches', which may still be under way.
         result = await self.dispatcher.carry_out(planned, outbox)
@@ -90,6 +113,7 @@ class FoldHost:
         for state_key, (state, partition) in folded.touched.items():
             self.runs.put(partition, state_key, state)
         self.timers.apply(result.timers)
+        metrics().fold_batch_seconds.observe(time.perf_counter() - began)
         return folded.projection.table_rows()
 
     def learn(self, definitions: Iterable[FlowsMessage]) -> None:

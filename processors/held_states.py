@@ -2,7 +2,8 @@
 budget, the others in `cold_states.ColdStates` on disk.
 
 Every run ever seen keeps its state (a late or duplicated event must fold onto what the run
-was, or the rows would regress), so without a bound the processors' memory grows with every
+was, or the rows would regress; with a retention, until it has finished long enough: below),
+so without a bound the processors' memory grows with every
 run: 25-31 MiB per 10,000 runs in the benchmark (BENCHMARKS.md). Here memory holds at most
 `memory_bytes` of states (their bytes and keys, plus a fixed cost per entry); `spill` moves
 the least recently put ones out, and `get` brings one back when a batch touches its run again.
@@ -21,6 +22,14 @@ hash of the key is close to the oldest overall. It moves a tenth of the budget a
 (about 10 µs a state: 10,000 states, 0.1 s, at the default 128 MiB, which the holder's event
 loop waits for), so it runs once per tenth of the budget's worth of new states.
 
+With a retention (`fold.state_retention.StateRetention`, STEPLOG_STATE_RETENTION), a state put
+with its run's end (`put(..., ended_ms=...)`) is indexed by the log time at which it is due, and
+`expire` (once per batch) replaces the states due by a closed marker (the run's end in a dozen
+bytes: `marked_end`), then deletes the markers due, from memory and disk. The index holds the
+ended runs of the window (a key, two numbers and a heap entry each, about 150 bytes, outside the
+budget); each partition's log time (`advance_log_time`) is kept beside its states, and stored in
+the changelog under `LOG_TIME_KEY`.
+
 The budget counts the states' bytes; the process's RSS grows about twice as fast while states
 accumulate (the allocator's own overhead and fragmentation: 80,000 benchmark runs of 1.1 KB
 each, 95 MiB of states, took 190 MiB more RSS), and the disk's page cache adds 16 MiB.
@@ -28,6 +37,7 @@ each, 95 MiB of states, took 190 MiB more RSS), and the disk's page cache adds 1
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 from collections.abc import Collection, Iterable, Iterator
@@ -35,8 +45,31 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from .cold_states import ColdStates
+from .fold.state_retention import StateRetention
 
-__all__ = ["HeldStates"]
+__all__ = ["LOG_TIME_KEY", "HeldStates", "Loaded", "closed_marker", "marked_end"]
+
+_CLOSED: Final = b"\x00steplog-closed\x00"
+"""A closed marker's prefix: no state's bytes start with a NUL (a run state's start with its
+format's magic, the names' with pickle's protocol byte)."""
+LOG_TIME_KEY: Final = b"\x00steplog-log-time"
+"""The changelog key of a partition's log time (8 bytes, big-endian ms); no state key starts
+with a NUL (a run's starts with its project, never empty)."""
+
+Loaded = tuple[bytes, bytes | None] | tuple[bytes, bytes | None, int | None]
+"""A changelog record to `load`: key, value (None: a tombstone) and the run's end if known."""
+
+
+def closed_marker(ended: int) -> bytes:
+    """What stands for a run whose state left: its end (ms), for the `run closed` rule."""
+    return _CLOSED + ended.to_bytes(8, "big", signed=True)
+
+
+def marked_end(value: bytes) -> int | None:
+    """The end a closed marker holds; None for a state."""
+    if not value.startswith(_CLOSED):
+        return None
+    return int.from_bytes(value[len(_CLOSED):], "big", signed=True)
 
 ENTRY_BYTES: Final = 120
 """What an entry costs beyond its key's and value's bytes: two bytes objects' headers (33
@@ -62,15 +95,24 @@ class _Partition:
     """Rows on disk."""
     loading: bool = False
     spilled_while_loading: bool = False
+    log_ms: int = 0
+    """The newest broker timestamp of the partition's events folded so far (the log's time)."""
+    log_changed: bool = False
+    """`log_ms` moved since the last `take_log_time`."""
+    ends: dict[bytes, tuple[int, int]] = field(default_factory=dict)
+    """(end, due) of each ended run's state or marker (with a retention only)."""
+    due: list[tuple[int, bytes]] = field(default_factory=list)
+    """A min-heap of (due, key); an entry whose due is not its key's in `ends` is stale."""
 
 
 class HeldStates:
     """The states of some partitions, in memory up to `memory_bytes` (module docstring)."""
 
-    def __init__(self, memory_bytes: int) -> None:
+    def __init__(self, memory_bytes: int, retention: StateRetention | None = None) -> None:
         if memory_bytes <= 0:
             raise ValueError(f"memory_bytes={memory_bytes}: expected a positive number of bytes")
         self.memory_bytes = memory_bytes
+        self.retention = retention
         self._partitions: dict[int, _Partition] = {}
         self._bytes = 0
         self._cold = ColdStates()
@@ -117,8 +159,11 @@ class HeldStates:
                 return value
         return None
 
-    def put(self, partition: int, key: bytes, value: bytes) -> None:
+    def put(self, partition: int, key: bytes, value: bytes, ended_ms: int | None = None) -> None:
+        """Hold `value` for `key`; `ended_ms`: its run's end, if it has ended (the retention's
+        index)."""
         held = self._partitions[partition]
+        self._index(held, key, value, ended_ms)
         # Dropped first, so that the key moves to the end: the most recent.
         if self._drop(held, key) is None and (
             # A put not preceded by a get (the fold always gets first): is there a copy?
@@ -128,6 +173,84 @@ class HeldStates:
             held.copied.add(key)
         held.absent.discard(key)
         self._hold(held, key, value)
+
+    def _index(self, held: _Partition, key: bytes, value: bytes | None, ended: int | None) -> None:
+        """Note when `key`'s new value is due to go (with a retention)."""
+        retention = self.retention
+        if retention is None:
+            return
+        marked = None if value is None else marked_end(value)
+        end = marked if marked is not None else ended
+        if end is None or value is None:
+            held.ends.pop(key, None)
+            return
+        due = retention.due(end, marker=marked is not None)
+        if held.ends.get(key) != (end, due):
+            held.ends[key] = (end, due)
+            heapq.heappush(held.due, (due, key))
+
+    def ended_at(self, partition: int, key: bytes) -> int | None:
+        """The end of `key`'s run as held (its state's or its closed marker's); None if it
+        has not ended, is not held, or no retention is kept."""
+        found = self._partitions[partition].ends.get(key)
+        return None if found is None else found[0]
+
+    def advance_log_time(self, partition: int, timestamp_ms: int) -> int:
+        """The partition's log time once a record of `timestamp_ms` is read."""
+        held = self._partitions[partition]
+        if timestamp_ms > held.log_ms:
+            held.log_ms, held.log_changed = timestamp_ms, True
+        return held.log_ms
+
+    def take_log_times(self) -> dict[int, bytes]:
+        """The log time of each partition whose log time moved since the last take, as its
+        `LOG_TIME_KEY` value in the changelog."""
+        taken = {}
+        for partition, held in self._partitions.items():
+            if held.log_changed:
+                taken[partition] = held.log_ms.to_bytes(8, "big", signed=True)
+                held.log_changed = False
+        return taken
+
+    def expire(self) -> list[tuple[int, bytes, bytes | None]]:
+        """Replace each state due (its run ended more than the retention before the log's time)
+        by a closed marker, and delete each marker due (the horizon after that); what changed,
+        as (partition, key, new value or None), for the changelog."""
+        retention = self.retention
+        changed: list[tuple[int, bytes, bytes | None]] = []
+        if retention is None:
+            return changed
+        for partition, held in self._partitions.items():
+            if held.loading:
+                continue
+            gone: list[bytes] = []
+            while held.due and held.due[0][0] < held.log_ms:
+                due, key = heapq.heappop(held.due)
+                found = held.ends.get(key)
+                if found is None or found[1] != due:
+                    continue  # stale: the key changed since
+                value = self.get(partition, key)
+                if value is not None and marked_end(value) is None and retention.horizon_ms:
+                    marker = closed_marker(found[0])
+                    self.put(partition, key, marker)
+                    changed.append((partition, key, marker))
+                    continue
+                del held.ends[key]
+                self._forget(held, key)
+                gone.append(key)
+                changed.append((partition, key, None))
+            if gone:
+                self._cold.delete_many(partition, gone)
+        return changed
+
+    def _forget(self, held: _Partition, key: bytes) -> None:
+        """Take `key` out of memory and out of the disk's count (the caller deletes its rows);
+        called after a `get`, which brought any copy on disk into memory."""
+        self._drop(held, key)
+        if key in held.copied:
+            held.copied.remove(key)
+            held.on_disk -= 1
+        held.absent.add(key)
 
     def _hold(self, held: _Partition, key: bytes, value: bytes) -> None:
         held.memory[key] = value
@@ -191,11 +314,19 @@ class HeldStates:
         for partition in partitions:
             self._partitions[partition].loading = True
 
-    def load(self, partition: int, records: Iterable[tuple[bytes, bytes | None]]) -> None:
+    def load(self, partition: int, records: Iterable[Loaded]) -> None:
         """Hold a partition's states as its changelog's records say, in log order (a key's
-        last record wins, None deletes), spilling as memory fills."""
+        last record wins, None deletes; `LOG_TIME_KEY`'s is the log time), spilling as memory
+        fills."""
         held = self._partitions[partition]
-        for key, value in records:
+        for record in records:
+            key, value = record[0], record[1]
+            if key == LOG_TIME_KEY:
+                if value is not None:
+                    self.advance_log_time(partition, int.from_bytes(value, "big", signed=True))
+                    held.log_changed = False  # it is in the changelog already
+                continue
+            self._index(held, key, value, record[2] if len(record) > 2 else None)
             self._drop(held, key)
             if value is None:
                 if held.spilled_while_loading:

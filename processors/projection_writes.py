@@ -1,12 +1,20 @@
 """The processors' writes to the projection tables (docs/processors.md, step 5): retried with
-backoff until the engine takes them; rows it refuses for good go to the dead letters."""
+backoff until the engine takes them; rows it refuses for good go to the dead letters.
+
+A write inserts one table at a time, each retried on its own, in `_TABLE_ORDER` (runs, with its
+run_list, after events and steps: a run in the run list has its steps and events written, as in
+one `BatchWriter.write`), so that each insert is timed and its failures counted by table
+(`steplog_clickhouse_insert_seconds{table}`, `steplog_clickhouse_insert_failures_total{table}`),
+and a table that failed is inserted again without the ones already written."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Final
 
 from tenacity import (
     AsyncRetrying,
@@ -16,15 +24,19 @@ from tenacity import (
 )
 
 from steplog.errors import InvalidEventError, StoreProcessGoneError
-from steplog.projections.writer import BatchWriter, RefusedRow, TableRows
+from steplog.metrics import metrics
+from steplog.projections.writer import BatchWriter, RefusedRow, TableRows, WriteResult
 
-from .dead_letters import RowSource, add_dead_letter
+from .dead_letters import REFUSED_ROW, RowSource, add_dead_letter
 from .dispatch import Dispatcher
 from .write_health import WriteHealth
 
 __all__ = ["ProjectionWrites"]
 
 log = logging.getLogger("steplog.processors")
+
+_TABLE_ORDER: Final = ("events", "flows", "steps", "runs", "dead_letters")
+"""docs/processors.md, step 5 (the dead letters' mirror writes its table alone)."""
 
 
 class ProjectionWrites:
@@ -48,24 +60,42 @@ class ProjectionWrites:
             await self._dead_letter_rows(refused, locate)
 
     async def _write(self, rows: Mapping[str, TableRows]) -> list[RefusedRow]:
-        if not any(table.rows for table in rows.values()):
+        tables = sorted((table for table, held in rows.items() if held.rows),
+                        key=lambda table: _TABLE_ORDER.index(table) if table in _TABLE_ORDER
+                        else len(_TABLE_ORDER))
+        if not tables:
             return []
-        loop = asyncio.get_running_loop()
-        async for attempt in AsyncRetrying(
-            wait=wait_exponential_jitter(multiplier=0.2, max=30, jitter=0.5),
-            # A dead store process cannot come back: the error stops the processors.
-            retry=retry_if_not_exception_type(StoreProcessGoneError),
-            before_sleep=self._note_write_failure,
-        ):
-            with attempt:
-                # A thread: the insert blocks, and the loop must keep heartbeating meanwhile.
-                started = self.health.began()
-                try:
-                    result = await loop.run_in_executor(None, self.writer.write, rows)
-                finally:
-                    self.health.ended(started)
-        self.health.succeeded(len(result.refused))
-        return result.refused
+        refused: list[RefusedRow] = []
+        for table in tables:
+            async for attempt in AsyncRetrying(
+                wait=wait_exponential_jitter(multiplier=0.2, max=30, jitter=0.5),
+                # A dead store process cannot come back: the error stops the processors.
+                retry=retry_if_not_exception_type(StoreProcessGoneError),
+                before_sleep=self._note_write_failure,
+            ):
+                with attempt:
+                    result = await self._insert(table, rows[table])
+            refused.extend(result.refused)
+        self.health.succeeded(len(refused))
+        return refused
+
+    async def _insert(self, table: str, rows: TableRows) -> WriteResult:
+        """One attempt at one table's insert, timed (failures counted) for the metrics."""
+        m = metrics()
+        # A thread: the insert blocks, and the loop must keep heartbeating meanwhile.
+        started = self.health.began()
+        began = time.perf_counter()
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(
+                None, self.writer.write, {table: rows}
+            )
+        except Exception:
+            m.clickhouse_insert_failures.labels(table).inc()
+            raise
+        finally:
+            self.health.ended(started)
+            m.clickhouse_insert_seconds.labels(table).observe(time.perf_counter() - began)
+        return result
 
     def _note_write_failure(self, state: RetryCallState) -> None:
         outcome = state.outcome
@@ -85,6 +115,7 @@ class ProjectionWrites:
             value = json.dumps(row.values, default=str, sort_keys=True).encode()
             problem = f"ClickHouse refused its row in the {row.table} table: {row.reason}"
             add_dead_letter(
-                self.dlq_topic, outbox, InvalidEventError(row.column, problem), locate(row), value
+                self.dlq_topic, outbox, InvalidEventError(row.column, problem), locate(row), value,
+                category=REFUSED_ROW,
             )
         await outbox.flush()

@@ -6,11 +6,16 @@ commands, step.completed events) are acknowledged, then the names' states are pu
 stores; the consumer sends them to the changelogs and commits the offsets after that. A crash in
 between handles the batch again from the old states and writes the same messages with the same
 derived ids.
+
+Where signatures are enforced (`checks`), a message that fails the record checks
+(processors/record_checks.py) is dead-lettered with the rule it failed, like one that does not
+decode: a signal of project B from a key of project A starts and resumes nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 from steplog.errors import InvalidEventError
 from steplog.projections.writer import TableRows
@@ -20,6 +25,7 @@ from .config import ProcessorConfig
 from .dead_letters import add_dead_letter
 from .dispatch import Dispatcher, Planned
 from .fold.signals import NameTriggers, NameWaits, apply_signals_message
+from .record_checks import RecordChecks, SignedRecord
 from .state_store import StateStore
 from .stateful_consumer import Record
 from .timer_service import Clock, utc_now
@@ -37,12 +43,15 @@ class SignalsHost:
         triggers: StateStore[NameTriggers],
         dispatcher: Dispatcher,
         clock: Clock = utc_now,
+        checks: RecordChecks | None = None,
     ) -> None:
         self.config = config
         self.waits = waits
         self.triggers = triggers
         self.dispatcher = dispatcher
         self.clock = clock
+        self.checks = checks
+        """The record checks; None: not enforced."""
 
     async def process_signals(self, batch: Sequence[Record]) -> Mapping[str, TableRows]:
         """Handle a batch and keep the touched names' states (memory; the changelogs later);
@@ -53,7 +62,11 @@ class SignalsHost:
         touched_triggers: dict[bytes, tuple[NameTriggers, int]] = {}
         """The touched names' states and their partition, by name."""
         now = self.clock()
-        for message in batch:
+        # The consumer's records are aiokafka's ConsumerRecords: headers and log time too.
+        records = cast(Sequence[SignedRecord], batch)
+        if self.checks is not None:
+            await self.checks.prepare(records)
+        for message in records:
             try:
                 decoded = decode_signals_message(
                     message.value, max_bytes=self.config.max_event_bytes
@@ -64,6 +77,8 @@ class SignalsHost:
                     raise InvalidEventError(
                         "name", f"message key {message.key!r} is not the message's name"
                     )
+                if self.checks is not None:
+                    self.checks.check(message, decoded.project)
             except InvalidEventError as exc:
                 add_dead_letter(self.config.topics.dlq, outbox, exc, message, message.value)
                 continue

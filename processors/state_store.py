@@ -31,6 +31,14 @@ partition's recovery decodes nothing; the price is a decode (10-20 µs for a run
 batch that touches it. Memory holds at most `memory_bytes` of them (STEPLOG_STATE_MEMORY_MB):
 the least recently put go to a scratch file on disk and come back when a batch touches them
 (`held_states.HeldStates`), so memory stays flat however many runs the processors have seen.
+
+With a retention (the runs' store, STEPLOG_STATE_RETENTION; fold/state_retention.py) a state
+is put with its run's end (`ended`, None until the run ends), which goes to the changelog as the
+record's `steplog-ended` header (the state's bytes, and so their format, stay as they are), and
+`take_unsent` also takes what `HeldStates.expire` changed: a finished run's state replaced by its
+closed marker once the log's time passes its end + retention, the marker deleted (a tombstone,
+value None) after the horizon, and each partition's log time (`LOG_TIME_KEY`), so a restart goes
+on with the same log time and the same markers. Compaction then keeps only the window's runs.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Final, Generic, Protocol, TypeVar
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -46,9 +54,10 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 import steplog.kafka as kafka
 from steplog.errors import StateSpillError, SteplogError
 
-from .held_states import HeldStates
+from .fold.state_retention import StateRetention
+from .held_states import LOG_TIME_KEY, HeldStates, marked_end
 
-__all__ = ["StateStore", "StateTooLargeError", "Storable", "UnsentStates"]
+__all__ = ["StateStore", "StateTooLargeError", "Storable", "Stored", "UnsentStates"]
 
 log = logging.getLogger("steplog.processors")
 
@@ -56,10 +65,14 @@ _RETRY_FIRST_S: Final = 0.1
 _RETRY_MAX_S: Final = 5.0
 _RECOVER_POLL_MS: Final = 1000
 _RECORD_BATCH_BYTES: Final = 512 * 1024
+_ENDED_HEADER: Final = "steplog-ended"
+"""The changelog record's header holding its run's end (8 bytes, big-endian ms)."""
 
 
-UnsentStates = dict[int, dict[bytes, bytes]]
-"""States put and not sent yet, by partition and state key (changelog bytes)."""
+Stored = tuple[bytes | None, int | None]
+"""A changelog record's value (None: a tombstone) and its run's end, if it has ended."""
+UnsentStates = dict[int, dict[bytes, Stored]]
+"""States put and not sent yet, by partition and state key."""
 
 
 class StateTooLargeError(SteplogError):
@@ -86,15 +99,21 @@ class StateStore(Generic[S]):
         *,
         max_message_bytes: int,
         memory_bytes: int,
+        retention: StateRetention | None = None,
+        ended: Callable[[S], int | None] | None = None,
     ) -> None:
+        """`retention`: finished states leave after it (module docstring); `ended`: a state's
+        end for it (None: not ended)."""
         self.bootstrap = bootstrap
         self.changelog = changelog
         self.decode = decode
+        self.retention = retention
+        self._ended = ended if retention is not None else None
         self._max_message_bytes = max_message_bytes
-        self._states = HeldStates(memory_bytes)
+        self._states = HeldStates(memory_bytes, retention)
         self._spilled = False
         self._spill_failing = False
-        self._unsent: dict[int, dict[bytes, bytes]] = {}
+        self._unsent: UnsentStates = {}
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
@@ -129,33 +148,50 @@ class StateStore(Generic[S]):
         return len(self._states)
 
     def get(self, partition: int, state_key: bytes) -> S | None:
+        """The state of `state_key`; None if there is none (a closed run's marker included:
+        `ended_at` tells)."""
         held = self._states.get(partition, state_key)
-        return None if held is None else self.decode(held)
+        return None if held is None or marked_end(held) is not None else self.decode(held)
 
     def find(self, state_key: bytes) -> S | None:
         """A state whatever its partition (the timer service knows only the run)."""
         held = self._states.find(state_key)
-        return None if held is None else self.decode(held)
+        return None if held is None or marked_end(held) is not None else self.decode(held)
 
     def items(self) -> Iterator[tuple[bytes, S]]:
         """Every state held, decoded one at a time (memory stays flat). Nothing may be got,
         found or put until the iteration ends."""
         for _, state_key, value in self._states.items():
-            yield state_key, self.decode(value)
+            if marked_end(value) is None:
+                yield state_key, self.decode(value)
+
+    def ended_at(self, partition: int, state_key: bytes) -> int | None:
+        """The end of `state_key`'s run as held, state or closed marker (with a retention)."""
+        return self._states.ended_at(partition, state_key)
+
+    def advance_log_time(self, partition: int, timestamp_ms: int) -> int:
+        """The partition's log time once a record of `timestamp_ms` is read."""
+        return self._states.advance_log_time(partition, timestamp_ms)
 
     def put(self, partition: int, state_key: bytes, state: S) -> None:
         """Hold `state` now (later changes to the object are not kept); its changelog write
         goes out with the next `take_unsent` and `send`."""
         value = state.to_bytes()
-        self._states.put(partition, state_key, value)
-        self._unsent.setdefault(partition, {})[state_key] = value
+        ended = None if self._ended is None else self._ended(state)
+        self._states.put(partition, state_key, value, ended)
+        self._unsent.setdefault(partition, {})[state_key] = (value, ended)
 
     def take_unsent(self) -> UnsentStates:
         """The states put since the last take, for `send`: later puts do not go out with
         these (the stateful consumer sends batch by batch).
 
-        Also where memory is brought back under its budget: once per batch, after its states
-        are put."""
+        Also where finished runs leave (with a retention: `HeldStates.expire`, their closed
+        markers and tombstones go out with these) and memory is brought back under its budget:
+        once per batch, after its states are put."""
+        for partition, state_key, value in self._states.expire():
+            self._unsent.setdefault(partition, {})[state_key] = (value, None)
+        for partition, log_time in self._states.take_log_times().items():
+            self._unsent.setdefault(partition, {})[LOG_TIME_KEY] = (log_time, None)
         try:
             spilled = self._states.spill()
         except StateSpillError as exc:
@@ -191,7 +227,7 @@ class StateStore(Generic[S]):
             for partition, states in pending.items()
         ))
 
-    async def _send_partition(self, partition: int, states: list[tuple[bytes, bytes]]) -> None:
+    async def _send_partition(self, partition: int, states: list[tuple[bytes, Stored]]) -> None:
         producer = self._producer
         if producer is None:
             raise RuntimeError(f"StateStore.send: the store of {self.changelog} is not started")
@@ -201,15 +237,16 @@ class StateStore(Generic[S]):
             end = start
             # The first record of a batch always fits, however large (up to the request size).
             while end < len(states) and batch.append(
-                key=states[end][0], value=states[end][1], timestamp=None
+                key=states[end][0], value=states[end][1][0], timestamp=None,
+                headers=_ended_header(states[end][1][1]),
             ) is not None:
                 end += 1
             batch.close()
             if end == start:
                 # Sending it again would never succeed: stop rather than loop, and say why.
-                key, value = states[start]
+                key, (value, _) = states[start]
                 raise StateTooLargeError(
-                    f"state {key!r}: {len(value)} bytes, more than the changelog's "
+                    f"state {key!r}: {len(value or b'')} bytes, more than the changelog's "
                     f"{self._max_message_bytes} (max_message_bytes; raise "
                     "STEPLOG_MAX_EVENT_BYTES, which sets it)"
                 )
@@ -252,7 +289,9 @@ class StateStore(Generic[S]):
                 fetched = await reader.getmany(*remaining, timeout_ms=_RECOVER_POLL_MS)
                 for tp, records in fetched.items():
                     # A None value is a tombstone: the state was deleted.
-                    self._states.load(tp.partition, ((r.key, r.value) for r in records))
+                    self._states.load(
+                        tp.partition, ((r.key, r.value, _header_end(r.headers)) for r in records)
+                    )
                 remaining = {tp for tp in remaining if await reader.position(tp) < ends[tp]}
         except BaseException:
             self._states.release(partitions)  # half a partition's states are not its states
@@ -264,3 +303,15 @@ class StateStore(Generic[S]):
                  "memory)",
                  len(self._states), self.changelog, sorted(partitions),
                  self._states.bytes_in_memory >> 20)
+
+
+def _ended_header(ended: int | None) -> list[tuple[str, bytes]]:
+    return [] if ended is None else [(_ENDED_HEADER, ended.to_bytes(8, "big", signed=True))]
+
+
+def _header_end(headers: Sequence[tuple[str, bytes]]) -> int | None:
+    """The run's end a changelog record's headers carry (`_ended_header`), if any."""
+    for name, value in headers:
+        if name == _ENDED_HEADER:
+            return int.from_bytes(value, "big", signed=True)
+    return None

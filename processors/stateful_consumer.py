@@ -59,6 +59,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import InconsistentGroupProtocolError, KafkaError
 
 from steplog.kafka import consumer as kafka_consumer
+from steplog.metrics import metrics
 from steplog.projections.writer import TableRows, concat_rows
 
 from .membership import GroupMembership
@@ -91,6 +92,10 @@ class Record(RecordPosition, Protocol):
 
     @property
     def value(self) -> bytes | None: ...
+    @property
+    def timestamp(self) -> int:
+        """The broker timestamp (ms): the log's time the state retention goes by."""
+        ...
 
 
 ProcessBatch = Callable[[Sequence[Record]], Awaitable[Mapping[str, TableRows]]]
@@ -278,6 +283,7 @@ class StatefulConsumer:
                     consumer.seek(tp, records[0].offset)
             if not batch:
                 return
+            metrics().events_consumed.labels(self.topic).inc(len(batch))
             rows = await self.process(batch)  # its states are in the stores now
             completion = self._collecting(consumer)
             completion.add(

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+from steplog.metrics import metrics
+
 from .dispatch import Dispatcher, Planned
 from .fold.effects import ClearTimer, SetTimer, TimerKind
 from .fold.state import RunState
@@ -54,6 +56,8 @@ class TimerService:
         clock: Clock = utc_now,
     ) -> None:
         self.heap = TimerHeap()
+        # Read at each scrape: one timer service per processors process.
+        metrics().timers_pending.set_function(self.heap.__len__)
         self.load_state = load_state
         self.dispatcher = dispatcher
         self.clock = clock

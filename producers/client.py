@@ -37,18 +37,16 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Final
 
 import steplog.kafka as kafka
-from steplog.errors import EventTooLargeError, InvalidEventError, SendError
+from steplog.errors import EventTooLargeError, SendError
 from steplog.producers.control import ControlSender
 from steplog.producers.control_messages import ControlMessages
-from steplog.producers.durations import Instant
+from steplog.durations import Instant
 from steplog.producers.event_bytes import encode_name
-from steplog.producers.metadata import clean_metadata
-from steplog.producers.recorded_errors import cut_error_message
 from steplog.producers.run import Run
 from steplog.producers.run_results import (
     RunEndLookup,
@@ -56,13 +54,14 @@ from steplog.producers.run_results import (
     RunHandle,
     clickhouse_http_lookup,
 )
+from steplog.producers.recorded_steps import recorded_step
 from steplog.producers.sender import EventSender, SenderStats
 from steplog.producers.sink import EventSink
+from steplog.producers.spool import open_spool
+from steplog.record_signer import record_signer
 from steplog.redaction import BUILT_IN_RULES, SecretRules, secret_rules
-from steplog.schemas.base import TriggerInfo, WireModel, new_event_id
+from steplog.schemas.base import TriggerInfo, WireModel
 from steplog.schemas.codec import DEFAULT_MAX_BYTES, encode, validate_event
-from steplog.schemas.limits import ERROR_TYPE_MAX_CHARS
-from steplog.schemas.statuses import StepStatus, parse_step_status
 from steplog.settings import Settings, load_settings
 
 __all__ = ["Client", "ErrorCallback"]
@@ -70,15 +69,6 @@ __all__ = ["Client", "ErrorCallback"]
 ErrorCallback = Callable[[BaseException], None]
 
 DEFAULT_MAX_OUTPUT_CHARS: Final = 16 * 1024
-
-# What record_step can send, by status, and the words a caller may use for each.
-_RECORDABLE: Final = {
-    StepStatus.RUNNING: "step.started",
-    StepStatus.COMPLETED: "step.completed",
-    StepStatus.FAILED: "step.failed",
-    StepStatus.SKIPPED: "step.skipped",
-}
-_RECORDABLE_WORDS: Final = "running, success/succeeded/completed, error/failed, skipped"
 
 
 class Client:
@@ -115,6 +105,9 @@ class Client:
       STEPLOG_CLICKHOUSE_DSN or the stack's SQL endpoint.
     - max_buffer_bytes, linger_ms, chunk_size, close_timeout, max_event_bytes: passed to the
       EventSender (see producers.sender).
+    - spool_dir, spool_max_bytes: spool to disk what the full buffer would drop, and send it
+      first when Kafka is back, also after a restart (producers.spool; default
+      STEPLOG_SPOOL_DIR, STEPLOG_SPOOL_MAX_BYTES when the client reads its settings).
     """
 
     def __init__(
@@ -137,6 +130,8 @@ class Client:
         chunk_size: int = 5000,
         close_timeout: float = 10.0,
         run_end_lookup: RunEndLookup | None = None,
+        spool_dir: str | Path | None = None,
+        spool_max_bytes: int | None = None,
     ) -> None:
         if settings is None and (
             project is None or (sink is None and (bootstrap is None or topic is None))
@@ -160,6 +155,9 @@ class Client:
         if project_key is None and settings is not None and settings.project_key is not None:
             project_key = settings.project_key.get_secret_value()
         self._project_key = project_key
+        # Signed with the project key, else the settings' own; with neither, the sender's
+        # default: the environment's (steplog/record_signer.py).
+        self._signer = record_signer(settings, project_key)
         if sink is None:
             sink = EventSender(
                 _kafka_target(bootstrap, settings),
@@ -171,6 +169,8 @@ class Client:
                 on_error=on_error,
                 throw_on_send_error=throw_on_send_error,
                 close_timeout=close_timeout,
+                spool=open_spool(spool_dir, spool_max_bytes, settings),
+                signer=self._signer,
             )
         self.sink: EventSink = sink
         self._sink_send = sink.send  # bound once: it is called twice per step
@@ -221,43 +221,11 @@ class Client:
 
         Raises InvalidEventError naming the argument for anything that cannot be sent.
         """
-        event_type = _RECORDABLE.get(parse_step_status(status))
-        if event_type is None:
-            # pending/scheduled, retrying, interrupted: states the platform derives for
-            # durable workflows, not facts an instrumented service observes about a step.
-            raise InvalidEventError(
-                "status",
-                f"{status!r} cannot be recorded for an instrumented step; "
-                f"expected one of {_RECORDABLE_WORDS}",
-            )
-        _refuse_unused(
-            event_type, error=error, output=output, duration_ms=duration_ms, reason=reason
+        mapping = recorded_step(
+            self.project, self.secrets, flow_key=flow_key, run_id=run_id, step_key=step_key,
+            status=status, metadata=metadata, error=error, output=output,
+            duration_ms=duration_ms, reason=reason, attempt=attempt,
         )
-        clean = clean_metadata(metadata, self.secrets)
-        output = self.secrets.redact_json(output)
-        payload: dict[str, Any]
-        match event_type:
-            case "step.started":
-                payload = {"kind": "instrumented", "metadata": clean}
-            case "step.completed":
-                payload = {"output": output, "duration_ms": duration_ms, "metadata": clean}
-            case "step.failed":
-                error_info = _error_info(error)
-                payload = {"error": error_info, "duration_ms": duration_ms, "metadata": clean}
-            case _:
-                payload = {"reason": reason, "metadata": clean}
-        mapping = {
-            "event_id": new_event_id(),
-            "type": event_type,
-            "project": self.project,
-            "flow": flow_key,
-            "run_id": run_id,
-            "attempt": attempt,
-            "ts": datetime.now(UTC),
-            "seq": 0,
-            "step_key": step_key,
-            "payload": payload,
-        }
         # The slow path on purpose: record_step is rare, and the models' validation turns a
         # bad argument into an error naming it ("flow", "payload.duration_ms").
         try:
@@ -401,6 +369,7 @@ class Client:
                 self._control = ControlSender(
                     _kafka_target(self._bootstrap, settings),
                     max_event_bytes=self.max_event_bytes,
+                    signer=self._signer or record_signer(settings),
                 )
             return self._control
 
@@ -435,7 +404,7 @@ class Client:
             self._control.close()
 
     def stats(self) -> SenderStats:
-        """The sender's counters: sent, retried, dropped, failed, buffered."""
+        """The sender's counters: sent, retried, dropped, failed, buffered, spooled."""
         return self.sink.stats()
 
     def __enter__(self) -> Client:
@@ -520,40 +489,3 @@ def _kafka_target(bootstrap: str | None, settings: Settings | None) -> kafka.Kaf
         return bootstrap
     target = kafka.access(settings)
     return target if bootstrap is None else replace(target, bootstrap=bootstrap)
-
-
-def _error_info(error: str | BaseException | None) -> dict[str, Any]:
-    # Messages are cut as run.step cuts them: a long message is a diagnostic's problem, not a
-    # reason to lose the record of the failure.
-    if error is None:
-        return {"type": "Error", "message": ""}
-    if isinstance(error, BaseException):
-        return {
-            "type": type(error).__qualname__[:ERROR_TYPE_MAX_CHARS],
-            "message": cut_error_message(str(error)),
-        }
-    if isinstance(error, str):
-        return {"type": "Error", "message": cut_error_message(error)}
-    raise InvalidEventError(
-        "error", f"expected a message or an exception, got {type(error).__name__}"
-    )
-
-
-# The arguments of record_step that belong to one kind of event only.
-_ARGUMENT_EVENTS: Final = {
-    "output": ("step.completed",),
-    "duration_ms": ("step.completed", "step.failed"),
-    "error": ("step.failed",),
-    "reason": ("step.skipped",),
-}
-
-
-def _refuse_unused(event_type: str, **given: object) -> None:
-    # An argument the event has no place for would be silently dropped; say so instead.
-    for name, value in given.items():
-        if value is not None and event_type not in _ARGUMENT_EVENTS[name]:
-            raise InvalidEventError(
-                name,
-                f"has no place on {event_type}; it is recorded on "
-                f"{' and '.join(_ARGUMENT_EVENTS[name])} only",
-            )

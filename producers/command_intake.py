@@ -91,7 +91,12 @@ class CommandIntake:
             limit = max(self.settings.max_event_bytes, len(value))
             command = decode_command(value, max_bytes=limit)
         except InvalidEventError as exc:
-            log.warning("skipping an invalid command at %s offset %d: %s", tp, offset, exc)
+            # A command of another major version means the roll order was broken (schemas/
+            # COMPATIBILITY.md: readers first): louder than a malformed one, and the reason
+            # says to upgrade this worker. Skipped all the same: holding the partition for it
+            # would stop every other run on it.
+            level = logging.ERROR if exc.field == "schema_version" else logging.WARNING
+            log.log(level, "skipping an invalid command at %s offset %d: %s", tp, offset, exc)
             self._commits.done(token)
             return
         if not self._addressed_here(command):

@@ -17,7 +17,7 @@ from pydantic import JsonValue
 from steplog.schemas.events import StepKind
 from steplog.schemas.flows import RetryPolicy
 
-from .durations import Duration, Instant, duration_ms, instant
+from steplog.durations import Duration, Instant, duration_ms, instant
 from .parking_steps import emit_step, invoke_step, sleep_step, wait_step
 from .step_run import NO_INPUT, run_step
 

@@ -25,8 +25,10 @@ from aiokafka.errors import KafkaError
 
 import steplog.kafka as kafka
 from steplog.errors import SendError
+from steplog.record_signer import own_signer
 from steplog.schemas.base import WireModel
 from steplog.schemas.codec import encode
+from steplog.schemas.record_signing import RecordSigner, signature_headers
 
 __all__ = ["ControlSender"]
 
@@ -37,9 +39,16 @@ class ControlSender:
     """Sends one message at a time and waits for its acknowledgement."""
 
     def __init__(
-        self, bootstrap: kafka.Kafka, *, max_event_bytes: int, timeout: float = 30.0
+        self,
+        bootstrap: kafka.Kafka,
+        *,
+        max_event_bytes: int,
+        timeout: float = 30.0,
+        signer: RecordSigner | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        # Signed with this process's own key unless told which (README, Security).
+        self.signer = signer if signer is not None else own_signer()
         self.max_event_bytes = max_event_bytes
         self.timeout = timeout
         self._lock = threading.Lock()
@@ -150,7 +159,10 @@ class ControlSender:
             ) from exc
         try:
             producer = await self._started_producer()
-            await producer.send_and_wait(topic, value=value, key=key)
+            await producer.send_and_wait(
+                topic, value=value, key=key,
+                headers=signature_headers(self.signer, topic, value),
+            )
         except KafkaError as exc:
             raise SendError(
                 f"could not send to {topic!r} at {self.bootstrap}: {exc!r}"

@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from steplog.producers.durations import Instant, instant
+from steplog.durations import Instant, instant
 from steplog.schemas.base import TriggerInfo, WireModel, new_event_id
 from steplog.schemas.codec import validate_command, validate_event, validate_signal
 from steplog.schemas.commands import new_command_id

@@ -19,6 +19,7 @@ from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_excepti
 from tenacity import wait_exponential_jitter
 
 import steplog.kafka as kafka
+from steplog.schemas.record_signing import RecordSigner
 
 from .outage_report import OutageReport
 from .producer_watch import cut_off, discard, stop_producer
@@ -72,6 +73,7 @@ class DeliveryLoop:
         report: ErrorCallback,
         tell: ErrorCallback,
         connect: Connect | None = None,
+        signer: RecordSigner | None = None,
     ) -> None:
         self._buffer = buffer
         self.topic = topic
@@ -86,7 +88,7 @@ class DeliveryLoop:
         self._stopping = asyncio.Event()
         # The producer (None while the broker is away), the chunks' sender and the outage.
         self._producer: AIOKafkaProducer | None = None
-        self._chunks = ChunkSender(topic, buffer.acknowledged, self._refuse)
+        self._chunks = ChunkSender(topic, buffer.acknowledged, self._refuse, signer)
         self._outage = OutageReport(topic, buffer.counts)
 
     def wake(self) -> None:
@@ -140,9 +142,11 @@ class DeliveryLoop:
                     if outcome.retry:
                         pending, alone = outcome.retry, outcome.alone
                         self._buffer.retried(len(pending))
+                        if self._buffer.set_aside(pending):
+                            return  # to the spool's front, taken again before what it holds
                         raise _Retriable()
         except RetryError:
-            self._drop_undelivered()
+            self._drop_undelivered(pending)
             return
         recovered = self._outage.delivering()
         if recovered is not None:
@@ -215,9 +219,10 @@ class DeliveryLoop:
     def _stop_when_closing(self, _: RetryCallState) -> bool:
         return self._buffer.closed
 
-    def _drop_undelivered(self) -> None:
-        """Closed before Kafka acknowledged everything: what is left is dropped, and said."""
-        dropped = self._buffer.drop_undelivered()
+    def _drop_undelivered(self, pending: list[Message]) -> None:
+        """Closed before Kafka acknowledged everything: what is left is dropped, and said (or
+        kept in the spool, producers.spool)."""
+        dropped = self._buffer.drop_undelivered(pending)
         if dropped:
             log.warning(
                 "closing: %d events not acknowledged by Kafka within close_timeout are dropped "

@@ -34,8 +34,10 @@ from pydantic_core import ErrorDetails
 
 import steplog.kafka as kafka
 from steplog.errors import FlowsFileError, SendError
+from steplog.record_signer import record_signer
 from steplog.schemas.codec import encode
 from steplog.schemas.flows import FlowDefinition, FlowEdge, FlowStep
+from steplog.schemas.record_signing import signature_headers
 from steplog.settings import Settings
 
 __all__ = ["DEFAULT_FLOWS_FILE", "load_flows_file", "push_flows", "push_flows_async", "read_flows"]
@@ -93,6 +95,7 @@ def push_flows(settings: Settings, definitions: Sequence[FlowDefinition]) -> Non
 async def push_flows_async(settings: Settings, definitions: Sequence[FlowDefinition]) -> None:
     topic = settings.topics.flows
     target = kafka.access(settings)
+    signer = record_signer(settings)
     producer = kafka.producer(
         target,
         client_id="steplog-flows",
@@ -102,10 +105,10 @@ async def push_flows_async(settings: Settings, definitions: Sequence[FlowDefinit
     try:
         await kafka.start(producer, target)
         for definition in definitions:
+            value = encode(definition, max_bytes=settings.max_event_bytes)
             await producer.send_and_wait(
-                topic,
-                value=encode(definition, max_bytes=settings.max_event_bytes),
-                key=definition.key.encode(),
+                topic, value=value, key=definition.key.encode(),
+                headers=signature_headers(signer, topic, value),
             )
     except KafkaError as exc:
         raise SendError(

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from steplog.schemas.codec import encode
+from steplog.schemas.record_signing import RecordSigner, signature_headers
 from steplog.settings import Settings
 
 from .pass_writes import SignalsWrite, WorkflowEvent
@@ -37,9 +38,15 @@ class KafkaRunSink:
     the worker is stopping (a write retried until then gives up)."""
 
     def __init__(
-        self, producer: AIOKafkaProducer, settings: Settings, stopping: Callable[[], bool]
+        self,
+        producer: AIOKafkaProducer,
+        settings: Settings,
+        stopping: Callable[[], bool],
+        signer: RecordSigner | None = None,
     ) -> None:
         self._producer = producer
+        self._signer = signer
+        """The worker's own key, which signs every write (README, Security)."""
         self._events = settings.topics.events
         self._signals = settings.topics.signals
         self._max_bytes = settings.max_event_bytes
@@ -50,7 +57,8 @@ class KafkaRunSink:
     async def send_event(self, event: WorkflowEvent) -> Awaitable[object]:
         value = encode(event, max_bytes=self._max_bytes)
         future: asyncio.Future[Any] = await self._producer.send(
-            self._events, value=value, key=event.run_id.encode()
+            self._events, value=value, key=event.run_id.encode(),
+            headers=signature_headers(self._signer, self._events, value),
         )
         future.add_done_callback(partial(self._acknowledged, event.run_id))
         return future
@@ -63,7 +71,8 @@ class KafkaRunSink:
     async def send_signal(self, message: SignalsWrite) -> Awaitable[object]:
         value = encode(message, max_bytes=self._max_bytes)
         future: Awaitable[object] = await self._producer.send(
-            self._signals, value=value, key=message.name.encode()
+            self._signals, value=value, key=message.name.encode(),
+            headers=signature_headers(self._signer, self._signals, value),
         )
         return future
 

@@ -43,7 +43,7 @@ from steplog.schemas.ids import (
 from steplog.schemas.signals import Signal, WaitRegistered, resolve_match_path
 from steplog.schemas.statuses import StepStatus
 
-from .durations import Duration
+from steplog.durations import Duration
 from .json_values import input_value, shown
 from .run_journal import failed_error
 

@@ -6,6 +6,10 @@ partition's events go out as record batches (`send_batch`), one after the other,
 once the previous one was acknowledged: a failed batch is retried, with everything behind it,
 before anything else of its partition is sent (head-of-line). Per event, the cost is appending
 it to a batch, not a coroutine and a future.
+
+Records are signed (schemas/record_signing.py) as they are appended, with the sender's own
+key: the buffer before keeps (key, value) only, so an event waiting there costs no header bytes,
+and a retried one is signed again alike (the MAC depends only on the topic and the value).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from aiokafka.errors import (
 from aiokafka.partitioner import DefaultPartitioner
 
 from steplog.errors import SendError
+from steplog.schemas.record_signing import RecordSigner
 
 from .producer_watch import DeliveryProgress
 
@@ -154,8 +159,16 @@ class ChunkSender:
     """Sends chunks to one topic, each partition's events as record batches (`send_partition`),
     the partitions side by side; tells what Kafka acknowledged and what it refused for good."""
 
-    def __init__(self, topic: str, acknowledged: Acknowledged, refused: Refused) -> None:
+    def __init__(
+        self,
+        topic: str,
+        acknowledged: Acknowledged,
+        refused: Refused,
+        signer: RecordSigner | None = None,
+    ) -> None:
         self.topic = topic
+        self.signer = signer
+        """Signs every record (None: records go unsigned)."""
         self._acknowledged = acknowledged
         self._refused = refused
         self._key_partitions = KeyPartitions()
@@ -180,7 +193,7 @@ class ChunkSender:
             *[
                 send_partition(
                     producer, self.topic, partition, messages, alone.get(partition, 0),
-                    self._acknowledge, self._refused,
+                    self._acknowledge, self._refused, self.signer,
                 )
                 for partition, messages in groups.items()
             ]
@@ -205,6 +218,7 @@ async def send_partition(
     alone: int,
     acknowledged: Acknowledged,
     refused: Refused,
+    signer: RecordSigner | None = None,
 ) -> PartitionOutcome:
     """Send one partition's events in order, one record batch at a time, each batch after
     the previous one was acknowledged (so a failed batch is retried before anything behind
@@ -217,7 +231,13 @@ async def send_partition(
         end = start
         while end < limit:
             key, value = messages[end]
-            if batch.append(key=key, value=value, timestamp=None) is None:
+            if signer is None:
+                appended = batch.append(key=key, value=value, timestamp=None)
+            else:
+                appended = batch.append(
+                    key=key, value=value, timestamp=None, headers=signer.headers(topic, value)
+                )
+            if appended is None:
                 break  # full (the first event of a batch always fits, however large)
             end += 1
         batch.close()

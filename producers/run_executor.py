@@ -41,6 +41,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from steplog.errors import WorkflowNotFoundError
+from steplog.metrics import metrics
 from steplog.schemas.commands import CancelRun, ResumeRun, StartRun
 from steplog.schemas.events import (
     Event,
@@ -132,6 +133,9 @@ class RunExecutor:
         self._cancelled: OrderedDict[str, None] = OrderedDict()
         self._fast_started: OrderedDict[str, tuple[int, int]] = OrderedDict()
         """Runs started here at once, and where their run.started is."""
+        self._not_yet_passed: OrderedDict[str, datetime] = OrderedDict()
+        """Runs started here whose first pass has not begun: their start_run's ts (the
+        schedule-to-start histogram: from it to the first pass, whichever path it takes)."""
 
     # ------------------------------------------------------------ the commands, as they come
 
@@ -285,6 +289,7 @@ class RunExecutor:
             return _NOWHERE
         if written is not None and workflow is not None:
             remember(self._starts, run_id, RunStart.from_command(command), REMEMBERED_RUNS)
+            remember(self._not_yet_passed, run_id, command.ts, REMEMBERED_RUNS)
             self.stats.runs_started += 1
         return written
 
@@ -400,11 +405,19 @@ class RunExecutor:
             secrets=secret_rules(self.settings.redact_keys),
         )
         handle.run_pass = run_pass
+        commanded = self._not_yet_passed.pop(run_id, None)
+        if commanded is not None:
+            metrics().schedule_to_start_seconds.labels(name).observe(
+                max((_now() - commanded).total_seconds(), 0.0)
+            )
+        in_flight = metrics().worker_steps_in_flight.labels(self.app.name)
+        in_flight.inc()
         try:
             self.stats.passes += 1
             result = await run_pass.execute()
         finally:
             handle.run_pass = None
+            in_flight.dec()
         self._count(result)
         if result.outcome is PassOutcome.FAILED:
             log.info("run %s of %s failed: %r", run_id, name, result.error)

@@ -6,10 +6,15 @@ Both sides share one lock, held for a few deque and counter operations only. The
 carries the hand-off between the two sides: whether the delivery loop is idle (it must be woken
 for the next event; a busy loop takes it by itself) and whether the sender is closed (nothing
 more is appended; the loop delivers what is left and stops).
+
+With a spool (producers.spool), the oldest events past the bound go to disk instead of being
+dropped, and chunks are taken from the spool while it holds any: what it holds is older than
+anything in memory. The spool has its own lock; the buffer's is taken first where both are.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import deque
 from typing import NamedTuple
@@ -19,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from steplog.errors import SendError
 
 from .record_batches import Message
+from .spool import Spool
 
 __all__ = ["DeliveryCounts", "SendBuffer", "SenderStats"]
 
@@ -41,22 +47,25 @@ class SenderStats(BaseModel):
     buffered: int
     """Events waiting to be delivered now."""
     buffered_bytes: int
+    spooled: int = 0
+    """Events waiting in the spool on disk (Client(spool_dir=...)), not counted in buffered."""
+    spool_bytes: int = 0
 
 
 class DeliveryCounts(NamedTuple):
     """The counts an outage is told with (producers.outage_report)."""
 
     undelivered: int
-    """Events buffered or in flight."""
+    """Events buffered, spooled or in flight."""
     dropped: int
     failed: int
 
 
 class SendBuffer:
-    """The events of one sender not yet delivered, at most `max_bytes` of them (the oldest are
-    dropped beyond), and the counts of those that were."""
+    """The events of one sender not yet delivered, at most `max_bytes` of them in memory (the
+    oldest are spooled or dropped beyond), and the counts of those that were."""
 
-    def __init__(self, topic: str, max_bytes: int) -> None:
+    def __init__(self, topic: str, max_bytes: int, spool: Spool | None = None) -> None:
         self.topic = topic
         self.max_bytes = max_bytes
         self._messages: deque[Message] = deque()
@@ -68,6 +77,10 @@ class SendBuffer:
         self._sent = self._retried = self._dropped = self._failed = 0
         self._idle = False
         self._closed = False
+        self._spool = spool
+        self._spool_pid = os.getpid()
+        self._taken_from_spool = False
+        """Where the chunk in flight came from: it stays on disk until delivered whole."""
 
     # ----------------------------------------------------------------- caller side
 
@@ -81,24 +94,32 @@ class SendBuffer:
             self._messages.append((key, value))
             self._bytes += len(key) + len(value)
             if self._bytes > self.max_bytes:
-                self._drop_oldest()
+                self._spill_oldest()
             if not self._idle:
                 return False
             self._idle = False
             return True
 
-    def _drop_oldest(self) -> None:
-        """Over the bound: drop the oldest events (never the newest). Holding the lock."""
+    def _spill_oldest(self) -> None:
+        """Over the bound: the oldest events (never the newest) go to the spool (queued for
+        its writer thread: no disk on the caller's, producers.spool), or are dropped. Holding
+        the lock, so that spills reach the spool in their order."""
+        oldest: list[Message] = []
         while self._bytes > self.max_bytes and len(self._messages) > 1:
             old_key, old_value = self._messages.popleft()
             self._bytes -= len(old_key) + len(old_value)
-            self._dropped += 1
+            oldest.append((old_key, old_value))
+        if self._spool is None:
+            self._dropped += len(oldest)
+        else:
+            self._spool.append(oldest)
 
     def wait_drained(self, timeout: float | None) -> bool:
         """Wait until nothing is buffered or in flight; False on timeout."""
         with self._drained:
             return self._drained.wait_for(
-                lambda: not self._messages and not self._in_flight, timeout=timeout
+                lambda: not self._messages and not self._in_flight and not self._spooled(),
+                timeout=timeout,
             )
 
     def close(self) -> None:
@@ -112,64 +133,146 @@ class SendBuffer:
 
     def forget(self) -> None:
         """Empty the buffer without counting anything: in a forked child, the events copied
-        from the parent belong to the parent, which delivers them."""
+        from the parent belong to the parent, which delivers them. So does the spool: the
+        child spools nothing (its dir is the parent's, locked by it)."""
         with self._lock:
             self._messages.clear()
             self._bytes = 0
             self._in_flight = 0
+            if os.getpid() != self._spool_pid:
+                self._spool = None
+
+    def close_spool(self) -> None:
+        """Sync and release the spool, once the delivery thread has stopped (or never ran)."""
+        if self._spool is not None and os.getpid() == self._spool_pid:
+            self._spool.close()  # kept: stats() still counts what it dropped and holds
 
     def stats(self) -> SenderStats:
         with self._lock:
+            spool = self._spool
             return SenderStats(
                 sent=self._sent,
                 retried=self._retried,
-                dropped=self._dropped,
+                dropped=self._dropped + (spool.dropped if spool else 0),
                 failed=self._failed,
                 buffered=len(self._messages),
                 buffered_bytes=self._bytes,
+                spooled=spool.unread if spool else 0,
+                spool_bytes=spool.size if spool else 0,
             )
 
     def counts(self) -> DeliveryCounts:
         with self._lock:
+            spool = self._spool
             return DeliveryCounts(
-                len(self._messages) + self._in_flight, self._dropped, self._failed
+                len(self._messages) + self._in_flight + self._spooled(),
+                self._dropped + (spool.dropped if spool else 0),
+                self._failed,
             )
+
+    def _spooled(self) -> int:
+        """Events in the spool not taken yet (0 once closed: they stay for the next start)."""
+        spool = self._spool
+        return spool.unread if spool is not None and not self._closed else 0
 
     # ------------------------------------------------------------ delivery side
 
     def take(self, count: int) -> list[Message]:
-        """The next chunk of at most `count` events, now in flight. When there is none, the
-        delivery loop is idle from here, and whoever waits for the buffer to drain is woken."""
-        with self._lock:
-            count = min(count, len(self._messages))
-            chunk = [self._messages.popleft() for _ in range(count)]
-            self._bytes -= sum(len(k) + len(v) for k, v in chunk)
-            self._in_flight = count
-            if not count:
-                self._idle = True
-                self._drained.notify_all()
-            return chunk
+        """The next chunk of at most `count` events, now in flight: from the spool while it
+        holds any, else from memory. When there is none, the delivery loop is idle from here,
+        and whoever waits for the buffer to drain is woken. Once closed, what is left in
+        memory goes to the spool (for the next start), not to Kafka."""
+        while True:
+            chunk = self._take_spooled(count)
+            if chunk:
+                return chunk
+            with self._lock:
+                if self._spooled():
+                    continue  # spilled since the spool was read: older than what is in memory
+                if self._closed and self._spool is not None and self._messages:
+                    self._spool.append(list(self._messages))
+                    self._messages.clear()
+                    self._bytes = 0
+                self._taken_from_spool = False
+                count = min(count, len(self._messages))
+                chunk = [self._messages.popleft() for _ in range(count)]
+                self._bytes -= sum(len(k) + len(v) for k, v in chunk)
+                self._in_flight = count
+                if not count:
+                    self._idle = True
+                    self._drained.notify_all()
+                return chunk
+
+    def _take_spooled(self, count: int) -> list[Message]:
+        # Read without the buffer's lock (a disk read must not hold up send()); spills meanwhile
+        # only add newer events after these.
+        spool = self._spool
+        chunk = spool.read(count) if spool is not None and self._spooled() else []
+        if chunk:
+            with self._lock:
+                self._in_flight = len(chunk)
+                self._taken_from_spool = True
+        return chunk
 
     def acknowledged(self, count: int) -> None:
         """`count` events in flight were acknowledged by Kafka."""
         with self._lock:
             self._sent += count
             self._in_flight -= count
+        self._commit_spool()
 
     def refused(self, count: int) -> None:
         """`count` events in flight were refused by Kafka for good."""
         with self._lock:
             self._failed += count
             self._in_flight -= count
+        self._commit_spool()
+
+    def _commit_spool(self) -> None:
+        """A chunk read from the spool is delivered whole: it leaves the disk."""
+        with self._lock:
+            spool = self._spool if self._taken_from_spool and not self._in_flight else None
+            if spool is not None:
+                self._taken_from_spool = False
+        if spool is not None:
+            spool.commit()
 
     def retried(self, count: int) -> None:
-        """`count` events in flight failed and are tried again."""
+        """`count` events in flight failed and are tried again: a failed attempt, which is
+        when the delivery thread syncs the spool (producers.spool, the fsync policy)."""
         with self._lock:
             self._retried += count
+        if self._spool is not None:
+            self._spool.sync()
 
-    def drop_undelivered(self) -> int:
-        """Drop what is buffered or in flight (the sender closed before Kafka acknowledged
-        it); returns how many events that was."""
+    def set_aside(self, pending: list[Message]) -> bool:
+        """A chunk taken from memory failed, and newer events were spilled to the spool behind
+        it meanwhile: it goes to the spool's front, to be taken again before them (True). False
+        when the delivery loop keeps retrying it (no spool, or nothing spooled behind it)."""
+        spool = self._spool
+        if spool is None or self._taken_from_spool or not self._spooled():
+            return False
+        spool.prepend(pending)
+        with self._lock:
+            self._in_flight -= len(pending)
+        return True
+
+    def drop_undelivered(self, pending: list[Message]) -> int:
+        """The sender closed before Kafka acknowledged what is buffered or in flight
+        (`pending`, of the chunk in flight): drop it and return how many events that was; or,
+        with a spool, keep it there for the next start and return 0."""
+        spool = self._spool
+        if spool is not None:
+            if not self._taken_from_spool:  # from memory, older than the spool (take)
+                spool.prepend(pending)
+            with self._lock:
+                spool.append(list(self._messages))
+                self._messages.clear()
+                self._bytes = 0
+                self._in_flight = 0
+                self._taken_from_spool = False
+                self._drained.notify_all()
+            return 0
         with self._lock:
             dropped = len(self._messages) + self._in_flight
             self._dropped += dropped

@@ -15,7 +15,9 @@ Guarantees and their limits:
   before anything else of its partition is sent (head-of-line).
 - Memory is bounded: when the buffer holds more than `max_buffer_bytes`, the oldest events are
   dropped and counted (`stats().dropped`). An outage therefore loses the oldest telemetry, never
-  the process.
+  the process. With a spool (`spool=`, producers.spool) they go to disk instead, bounded in
+  bytes, and are sent first, in order, when Kafka is back, also by the next process to open
+  the spool dir after a restart.
 - Nothing buffered is lost to an outage the buffer can hold. The producer is idempotent, and an
   idempotent producer numbers each partition's batches; a batch that fails after it was
   numbered (aiokafka fails a batch that waited `request_timeout_ms` for a partition without a
@@ -54,14 +56,17 @@ from typing import TYPE_CHECKING
 
 from steplog.errors import EventTooLargeError, SendError
 from steplog.producers.kafka_logs import SENDER_THREAD_PREFIX, limit_sender_thread_logs
+from steplog.record_signer import own_signer
 from steplog.schemas.codec import DEFAULT_MAX_BYTES, encode
 from steplog.schemas.events import Event
+from steplog.schemas.record_signing import RecordSigner
 
 if TYPE_CHECKING:
     from steplog.kafka import Kafka
 
 from .delivery_loop import DeliveryLoop, ErrorCallback
 from .send_buffer import SendBuffer
+from .spool import Spool
 
 # Re-exported: callers of EventSender.send name its messages; run_log.py and run_end_tail.py
 # find a run's partition as the sender chose it; stats() answers a SenderStats.
@@ -106,9 +111,13 @@ class EventSender:
         on_error: ErrorCallback | None = None,
         throw_on_send_error: bool = False,
         close_timeout: float = 10.0,
+        signer: RecordSigner | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
+        # Each record signed with this process's own key unless told which (README, Security).
+        self.signer = signer if signer is not None else own_signer()
         self.max_buffer_bytes = max_buffer_bytes
         self.max_event_bytes = max_event_bytes
         self.chunk_size = chunk_size
@@ -117,13 +126,15 @@ class EventSender:
         self.throw_on_send_error = throw_on_send_error
         self.close_timeout = close_timeout
 
-        self._buffer = SendBuffer(topic, max_buffer_bytes)
+        self._buffer = SendBuffer(topic, max_buffer_bytes, spool)
         self._errors_lock = threading.Lock()
         self._pending_errors: list[BaseException] = []
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._delivery: DeliveryLoop | None = None
         self._owner_pid = 0
+        if spool is not None and spool.unread:
+            self._start()  # what an earlier process spooled goes first, new events or not
 
     def send_event(self, event: Event) -> None:
         """Encode and queue an event, keyed by its run id."""
@@ -173,6 +184,7 @@ class EventSender:
         (default close_timeout) in all. What Kafka has not acknowledged by then (it is
         unreachable, say) is dropped: counted in `stats().dropped` and logged in one line."""
         if self._thread is None or self._owner_pid != _pid:
+            self._buffer.close_spool()
             return
         budget = self.close_timeout if timeout is None else timeout
         deadline = time.monotonic() + budget
@@ -188,6 +200,8 @@ class EventSender:
             except RuntimeError:  # closed already: the delivery thread has ended by itself
                 pass
             self._thread.join(max(deadline - time.monotonic(), 0.0))
+            if not self._thread.is_alive():  # else the OS releases the spool at exit
+                self._buffer.close_spool()
             self._thread = None
 
     def stats(self) -> SenderStats:
@@ -244,6 +258,7 @@ class EventSender:
             max_event_bytes=self.max_event_bytes,
             report=self._report,
             tell=self._tell,
+            signer=self.signer,
         )
         ready.set()
         try:

@@ -32,7 +32,9 @@ from typing import Final
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 import steplog.kafka as kafka
+from steplog.record_signer import record_signer
 from steplog.schemas.codec import encode
+from steplog.schemas.record_signing import RecordSigner, signature_headers
 from steplog.settings import Settings
 
 from .command_commits import CommandCommits
@@ -101,6 +103,8 @@ class Worker:
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: RunLogReader | None = None
         self._sink: KafkaRunSink | None = None
+        self._signer: RecordSigner | None = None
+        """The worker's own key (`client_key`), which signs its writes (README, Security)."""
         self._fetcher: asyncio.Task[None] | None = None
         self._committer: asyncio.Task[None] | None = None
         self._started = False
@@ -133,7 +137,8 @@ class Worker:
         )
         await kafka.start(producer, target)
         self._producer = producer
-        self._sink = KafkaRunSink(producer, settings, lambda: self._stopping)
+        self._signer = record_signer(settings)
+        self._sink = KafkaRunSink(producer, settings, lambda: self._stopping, self._signer)
         self._executor.sink = self._sink
         try:
             await self._register()
@@ -258,14 +263,16 @@ class Worker:
         topics, max_bytes = self.settings.topics, self.settings.max_event_bytes
         acks = []
         for definition in self.app.definitions():
+            value = encode(definition, max_bytes=max_bytes)
             acks.append(await self._producer.send(
-                topics.flows, value=encode(definition, max_bytes=max_bytes),
-                key=definition.key.encode(),
+                topics.flows, value=value, key=definition.key.encode(),
+                headers=signature_headers(self._signer, topics.flows, value),
             ))
         for trigger in self.app.trigger_registrations():
+            value = encode(trigger, max_bytes=max_bytes)
             acks.append(await self._producer.send(
-                topics.signals, value=encode(trigger, max_bytes=max_bytes),
-                key=trigger.name.encode(),
+                topics.signals, value=value, key=trigger.name.encode(),
+                headers=signature_headers(self._signer, topics.signals, value),
             ))
         await asyncio.gather(*acks)
 

@@ -25,6 +25,8 @@ class LogRecord:
     value: bytes | None
     """None for a tombstone (a record with a null value)."""
     timestamp_ms: int
+    headers: tuple[tuple[str, bytes], ...] = ()
+    """The record's headers (a signed record's signature: schemas/record_signing.py)."""
 
 
 async def topic_end_offsets(bootstrap: kafka.Kafka, topic: str) -> list[int]:
@@ -77,6 +79,7 @@ async def read_log(
                         key=message.key,
                         value=message.value,
                         timestamp_ms=message.timestamp,
+                        headers=tuple(message.headers),
                     )
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)

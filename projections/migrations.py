@@ -23,10 +23,12 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from clickhouse_connect.driver.client import Client
 
 from steplog.errors import ClickHouseError
+from steplog.settings import load_settings
 
 from .created_at import EARLIEST_KNOWN_SQL
 
@@ -304,6 +306,18 @@ CREATE TABLE IF NOT EXISTS {db}.dead_letters (
 """The messages the processors refused (read back from the DLQ topic); not a projection: replay
 does not rebuild it, the DLQ topic is its source."""
 
+ALERTS_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.alerts (
+  alert_id String COMMENT 'one firing of one rule for one scope, resolved by the same id',
+  state LowCardinality(String) COMMENT 'firing or resolved',
+  rule LowCardinality(String), project String, flow String,
+  summary String, value Float64, threshold Float64,
+  fired_at DateTime64(6,'UTC'), at DateTime64(6,'UTC') COMMENT 'when this transition happened'
+) ENGINE = ReplacingMergeTree ORDER BY (alert_id, state)
+"""
+"""Firing and resolved alerts, one row per transition (steplog/server/alert_evaluator.py); a
+transition written twice keeps one row."""
+
 _STEPS_VERSION_COMMENT = """
     ALTER TABLE {db}.steps COMMENT COLUMN version
     '2 x events of this step folded so far, +1 once closed by the run''s end (0: missing)'
@@ -342,7 +356,55 @@ MIGRATIONS: tuple[Migration, ...] = (
             DEAD_LETTERS_DDL,
         ),
     ),
+    Migration(5, "alerts", (ALERTS_DDL,)),
+    Migration(
+        6,
+        "projection TTLs (STEPLOG_PROJECTION_TTL) count from these columns",
+        tuple(
+            f"ALTER TABLE {{db}}.{table} COMMENT COLUMN {column} "
+            f"'{comment}; the projection TTL counts from it (STEPLOG_PROJECTION_TTL)'"
+            for table, (column, comment) in {
+                "events": ("ts", "event time"),
+                "runs": ("updated_at", "newest event time folded in (not a wall clock)"),
+                "steps": ("updated_at", "newest event time of the step (null: missing)"),
+                "run_list": ("updated_at", "newest event time folded in"),
+            }.items()
+        ),
+    ),
 )
+
+TTL_COLUMNS = {
+    "events": "ts",
+    "runs": "updated_at",
+    "steps": "ifNull(updated_at, toDateTime64('2105-12-31 00:00:00', 6, 'UTC'))",
+    "run_list": "updated_at",
+}
+"""The tables a projection TTL applies to, and the time it counts from: the newest event time
+folded in (a `missing` step row has none: it is kept). The `*_minutely` aggregates are views
+over `runs` and `steps` and follow them; `flows` (one row per flow) and `dead_letters` (its
+source is the DLQ topic, with its own retention) are kept."""
+
+
+def apply_projection_ttl(client: Client, database: str, ttl_ms: int | None) -> list[str]:
+    """Give each table of `TTL_COLUMNS` the TTL `ttl_ms` (None: none), altering only those
+    whose TTL differs: a MODIFY TTL rewrites the table's parts. What was changed, a sentence
+    each. Run by `migrate` every time: a replay's swapped-in tables come without one."""
+    changed = []
+    for table, column in TTL_COLUMNS.items():
+        engine = str(client.command(
+            "SELECT engine_full FROM system.tables WHERE database = {db:String} "
+            "AND name = {t:String}", parameters={"db": database, "t": table},
+        ))
+        interval = None if ttl_ms is None else f"toIntervalSecond({max(ttl_ms // 1000, 1)})"
+        wanted = f"TTL toDateTime({column}) + {interval}"
+        if interval is None and " TTL " in engine:
+            _run(client, database, f"ALTER TABLE {{db}}.{table} REMOVE TTL", f"{table}'s TTL")
+            changed.append(f"table {database}.{table}: TTL removed")
+        # (The engine spells the column's expression its own way: the interval tells.)
+        elif interval is not None and f"+ {interval}" not in engine:
+            _run(client, database, f"ALTER TABLE {{db}}.{table} MODIFY {wanted}", f"{table}'s TTL")
+            changed.append(f"table {database}.{table}: {wanted}")
+    return changed
 
 
 def _create_version_table(client: Client, database: str) -> None:
@@ -373,9 +435,13 @@ def applied_versions(client: Client, database: str) -> set[int]:
     return {int(row[0]) for row in rows}
 
 
-def migrate(client: Client, database: str) -> list[Migration]:
-    """Apply the migrations the database lacks, in order, then `verify_tables`; return the
-    migrations applied now."""
+def migrate(
+    client: Client, database: str, *,
+    projection_ttl_ms: int | None | Literal["settings"] = "settings",
+) -> list[Migration]:
+    """Apply the migrations the database lacks, in order, then `verify_tables` and
+    `apply_projection_ttl` (`projection_ttl_ms`; "settings": STEPLOG_PROJECTION_TTL's);
+    return the migrations applied now."""
     _create_version_table(client, database)
     done = applied_versions(client, database)
     applied = []
@@ -398,6 +464,10 @@ def migrate(client: Client, database: str) -> list[Migration]:
         applied.append(migration)
     for repair in verify_tables(client, database):
         log.warning("%s", repair)
+    if isinstance(projection_ttl_ms, str):  # "settings"
+        projection_ttl_ms = load_settings().projection_ttl_ms
+    for change in apply_projection_ttl(client, database, projection_ttl_ms):
+        log.info("%s", change)
     return applied
 
 

@@ -275,3 +275,26 @@ class DeadLetterPage(ReadModel):
 
 
 ActionName = Literal["cancel", "retrigger"]
+
+
+class AlertView(ReadModel):
+    """One transition of an alert (`GET /v1/alerts`): a firing, or the resolution of one (the
+    same `alert_id`). `project` and `flow` are empty for a rule over the whole system."""
+
+    alert_id: str
+    state: Literal["firing", "resolved"]
+    rule: str
+    project: str
+    flow: str
+    summary: str
+    value: float
+    threshold: float
+    fired_at: datetime
+    at: datetime
+
+
+class AlertPage(ReadModel):
+    """The alerts firing now, and the newest transitions (firings and resolutions)."""
+
+    firing: list[AlertView]
+    recent: list[AlertView]

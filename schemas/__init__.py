@@ -19,6 +19,10 @@ every layer can share it.
 - `golden`, `export`: golden examples and JSON Schemas, written to `examples/` and `json/`.
 - `topics`: topic names and their keys.
 
+What may change in a minor version and what needs a major, and the order to upgrade writers
+and readers in: `COMPATIBILITY.md` in this folder (readers ignore unknown fields; another major
+`schema_version` is refused with the reason).
+
 Nothing is re-exported here on purpose: `steplog.settings` imports `topics`, and keeping this
 module empty keeps that import from pulling in pydantic models (and any import cycle with them).
 """

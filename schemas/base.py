@@ -2,7 +2,8 @@
 
 Wire models are what crosses a topic. They are strict on purpose: a producer in another language
 that writes `"attempt": "2"` has a bug, and coercing it here would hide the bug until a reader
-that is not Python trips on it.
+that is not Python trips on it. Strict about the fields a reader knows, and blind to those it
+does not: a field added in a later minor version is ignored (COMPATIBILITY.md, in this folder).
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ __all__ = [
 ]
 
 SCHEMA_VERSION: Final = 1
-"""The wire format version this build writes and reads."""
+"""The major version of the wire format this build writes and reads; a message of another
+major is refused with the reason (COMPATIBILITY.md). Minor versions are not numbered here: a
+minor only adds what readers may ignore."""
 
 _ALWAYS_WRITTEN = ("type", "schema_version")
 
@@ -66,15 +69,19 @@ def _require_tag_fields(schema: JsonDict, model: type[Any]) -> None:
 
 
 class WireModel(BaseModel):
-    """Base of every model that crosses a topic: unknown fields refused, immutable, no coercion,
+    """Base of every model that crosses a topic: unknown fields ignored, immutable, no coercion,
     no NaN or Infinity in a float field (JSON has neither; see `limits`).
+
+    Unknown fields are ignored (not kept) so that a writer of a later minor version can add an
+    optional field before or after its readers are upgraded (COMPATIBILITY.md). A reader that
+    passes a message on re-encodes only the fields it knows; the log keeps the original bytes.
 
     Strict mode still reads ISO 8601 strings into datetimes when decoding JSON (JSON has no
     datetime type); in Python, datetimes must be datetime objects and enums enum members.
     """
 
     model_config = ConfigDict(
-        extra="forbid",
+        extra="ignore",
         frozen=True,
         strict=True,
         allow_inf_nan=False,

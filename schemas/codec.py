@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, get_origin
+from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails, PydanticSerializationError, from_json, to_json
 
 from .errors import EventTooLargeError, InvalidEventError
@@ -232,7 +232,7 @@ def _diagnose(kind: _MessageKind[Any], data: bytes, exc: ValidationError) -> Inv
     problem = _envelope_problem(kind, document)
     if problem is not None:
         return problem
-    return _field_problem(kind, document, errors[0])
+    return _field_problem(kind, errors[0])
 
 
 def _undecodable(data: bytes, error: ErrorDetails) -> InvalidEventError:
@@ -259,20 +259,22 @@ def _envelope_problem(kind: _MessageKind[Any], document: Any) -> InvalidEventErr
         return InvalidEventError(
             "type", f"unknown {kind.noun} type {_shown(document['type'])}; expected one of {known}"
         )
-    # Before any other field: a message from a newer producer fails on many fields, and only
-    # this one says why. A missing version reads as 1 (the first version).
+    # Before any other field: a message of another major version may fail on many fields, and
+    # only this one says why. A missing version reads as 1 (the first version).
     version = document.get("schema_version", SCHEMA_VERSION)
     if type(version) is not int or version != SCHEMA_VERSION:
-        return InvalidEventError(
-            "schema_version",
-            f"unsupported version {_shown(version)}; this build reads version {SCHEMA_VERSION}",
+        problem = (
+            f"unsupported version {_shown(version)}; this build reads version {SCHEMA_VERSION}"
         )
+        if type(version) is int and version > SCHEMA_VERSION:
+            # The roll order was broken (COMPATIBILITY.md): a writer of the next major reached a
+            # reader that is not upgraded yet. Say what to do, not only what is wrong.
+            problem += " (a newer major: upgrade this reader, see schemas/COMPATIBILITY.md)"
+        return InvalidEventError("schema_version", problem)
     return None
 
 
-def _field_problem(
-    kind: _MessageKind[Any], document: Any, error: ErrorDetails
-) -> InvalidEventError:
+def _field_problem(kind: _MessageKind[Any], error: ErrorDetails) -> InvalidEventError:
     """The InvalidEventError for one pydantic error: the one place errors are worded."""
     location = list(error["loc"])
     if kind.tagged and location and location[0] in kind.models:
@@ -281,11 +283,6 @@ def _field_problem(
     match error["type"]:
         case "missing":
             problem = "required field is missing"
-        case "extra_forbidden":
-            problem = f"unknown field (value {_shown(error['input'])})"
-            allowed = _fields_at(kind, document, location[:-1])
-            if allowed:
-                problem += f"; expected one of {', '.join(allowed)}"
         case "value_error":
             # A model's own check (FlowDefinition's graph, RetryPolicy's delays) starts its
             # message with the path of the field it is about, relative to the model:
@@ -311,36 +308,6 @@ def _field_problem(
         case _:
             problem = f"{error['msg']}, got {_shown(error['input'])}"
     return InvalidEventError(field, problem)
-
-
-def _fields_at(kind: _MessageKind[Any], document: Any, location: list[Any]) -> list[str]:
-    """The field names of the model at `location` inside the message, or [] if not a model."""
-    model: type[BaseModel] | None = kind.models.get(document.get("type", ""))
-    in_container = False
-    for part in location:
-        if model is None:
-            return []
-        if in_container:
-            # The index into a list (steps[1]) or the key into a mapping (history["charge"])
-            # of models: the model stays the same.
-            in_container = False
-            continue
-        if part not in model.model_fields:
-            return []
-        annotation = model.model_fields[part].annotation
-        in_container = get_origin(annotation) in (list, dict)
-        model = _model_in(annotation)
-    return list(model.model_fields) if model is not None and not in_container else []
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    # A nested field is a model, `Model | None`, `list[Model]` or `dict[str, Model]`.
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for member in getattr(annotation, "__args__", ()):
-        if isinstance(member, type) and issubclass(member, BaseModel):
-            return member
-    return None
 
 
 def _shown(value: Any) -> str:

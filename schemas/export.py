@@ -1,6 +1,6 @@
 """Write the published contract: JSON Schema files and golden examples.
 
-    python -m steplog.schemas.export           # (re)write json/*.json and examples/*.json
+    python -m steplog.schemas.export           # (re)write json/, examples/, examples/next/
     python -m steplog.schemas.export --check   # exit 1 listing drifted files, write nothing
 
 The files are generated, never edited by hand: the models are the source of truth, and the
@@ -26,13 +26,13 @@ from .commands import Command
 from .dead_letters import DeadLetter
 from .events import Event
 from .flows import FlowDefinition, FlowsMessage
-from .golden import golden_flows_messages, golden_messages
+from .golden import golden_flows_messages, golden_messages, next_minor_document
 from .signals import Signal, SignalsMessage
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 """Where the committed files live: the `schemas/` folder (package data in a wheel)."""
 
-_OUTPUT_DIRS = ("json", "examples")
+_OUTPUT_DIRS = ("json", "examples", "examples/next")
 _EXPORT_COMMAND = "python -m steplog.schemas.export"
 
 # One schema per topic (what a consumer of it must read), and the single models that callers
@@ -65,10 +65,13 @@ def render_files() -> dict[str, str]:
     for type_tag, message in messages.items():
         # Field order, not sorted keys: an example reads like the envelope it illustrates.
         value = json.loads(encode(message))
-        files[f"examples/{type_tag}.json"] = (
-            json.dumps(value, indent=2, ensure_ascii=False) + "\n"
-        )
+        files[f"examples/{type_tag}.json"] = _example(value)
+        files[f"examples/next/{type_tag}.json"] = _example(next_minor_document(message))
     return files
+
+
+def _example(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False) + "\n"
 
 
 def find_drift(root: Path = PACKAGE_DIR) -> list[str]:

@@ -6,12 +6,18 @@ Ids and timestamps are fixed so that the files only change when the schema does.
 
 They tell one story: a run of the `checkout` workflow of the `shop` app, started by an
 `order.created` signal. Its steps run in parallel branches, which is why their times overlap.
+
+`next_minor_document` writes each of them as a writer of the next minor version would
+(`examples/next/<type>.json`): the same message with fields this build does not know, at the
+top and in every nested model. A reader passes when it reads each as the message it extends
+(schemas/COMPATIBILITY.md, "Testing the rules").
 """
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta, timezone
-from typing import TypedDict
+from typing import Any, Final, TypedDict
 from uuid import NAMESPACE_URL, uuid5
 
 from pydantic import JsonValue
@@ -381,6 +387,47 @@ def golden_flows_messages() -> dict[str, WireModel]:
         message.type: message
         for message in (golden_flow_definition(), golden_workflow_definition())
     }
+
+
+NEXT_MINOR: Final = 1
+"""The minor version the `examples/next` vectors claim: one this build does not know."""
+
+NEXT_FIELD: Final = "added_in_next"
+"""The optional field the next minor adds to every model (its value is a nested structure, so
+a reader must skip a whole unknown value, not only a scalar)."""
+
+_NEXT_VALUE: Final[JsonValue] = {"since": f"1.{NEXT_MINOR}", "values": [1, 2.5, None, True, "x"]}
+
+
+def next_minor_document(message: WireModel) -> dict[str, Any]:
+    """`message` as the next minor version writes it: `schema_minor` after `schema_version`
+    (the announced minor, which this build does not declare), and `NEXT_FIELD` in the message
+    and in each model nested in it. Free JSON (inputs, outputs, metadata, signal data) is left
+    as it is: a key added there would change the user's value, not the schema."""
+    document: dict[str, Any] = json.loads(encode(message))
+    _add_next_field(message, document)
+    ordered: dict[str, Any] = {}
+    for name, value in document.items():
+        ordered[name] = value
+        if name == "schema_version":
+            ordered["schema_minor"] = NEXT_MINOR
+    return ordered
+
+
+def _add_next_field(model: WireModel, document: dict[str, Any]) -> None:
+    for name, value in model:
+        written = document[name]
+        if isinstance(value, WireModel):
+            _add_next_field(value, written)
+        elif isinstance(value, list):
+            for item, item_written in zip(value, written, strict=True):
+                if isinstance(item, WireModel):
+                    _add_next_field(item, item_written)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, WireModel):
+                    _add_next_field(item, written[key])
+    document[NEXT_FIELD] = _NEXT_VALUE
 
 
 def golden_workflow_definition() -> WorkflowDefinition:

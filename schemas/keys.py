@@ -12,6 +12,12 @@ Hashing: SHA-256, not a slow password KDF (bcrypt, scrypt, argon2). A slow KDF p
 low-entropy secrets that people choose, where a stolen hash can be brute-forced word by word;
 these secrets are 32 bytes from the OS's CSPRNG (256 bits), which no amount of hashing speed
 makes guessable, and a fast hash keeps verifying every request cheap.
+
+Signing: a record also carries the key's *signing key* (schemas/record_signing.py: derived from
+the secret, what Kafka records are signed with), because the processors that check signed
+records never see secrets. So whoever reads the keys topic can sign records as any key: only
+service principals (the processors, the web service, the admin's CLI) may read it; grant no
+application principal a read ACL on it (README, "Security").
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ values these are (this layer imports nothing above it, and a test checks the two
 KEY_ROLES: Final[tuple[str, ...]] = get_args(KeyRole)
 
 SecretDigest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+SigningKey = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
 class KeyRecord(WireModel):
@@ -76,6 +83,11 @@ class KeyRecord(WireModel):
     created_at: Timestamp
     revoked_at: Timestamp | None = Field(None, description="Null while the key is valid.")
     description: Label | None = None
+    signing_key: SigningKey | None = Field(
+        None,
+        description="Hex of the key's record signing key (schemas/record_signing.py); null for "
+        "keys made before records were signed: their records are refused (make a new key).",
+    )
 
     def revoked(self, at: datetime) -> KeyRecord:
         """This record as revoked at `at` (a revoked key stays revoked at its first time)."""

@@ -79,6 +79,14 @@ class DeliveryRecovered(SendError):
         )
 
 
+class SpoolError(SendError):
+    """The SDK's spool dir cannot be used (STEPLOG_SPOOL_DIR, Client(spool_dir=...))."""
+
+
+class SpoolLockedError(SpoolError):
+    """The spool dir is in use by another process (or another client of this one)."""
+
+
 class MetadataError(SteplogError):
     """Step metadata that cannot be sent: too many keys, a key or value too long, a value that
     is not a flat scalar. Raised where the step is called, before the step's code runs.

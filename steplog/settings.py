@@ -24,7 +24,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from steplog.errors import SettingsError
+from steplog import durations
+from steplog.errors import InvalidDurationError, SettingsError
 from steplog.redaction import parse_key_patterns
 from steplog.schemas.topics import TopicNames
 
@@ -98,12 +99,39 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(
         1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest encoded event accepted."
     )
+    spool_dir: Path | None = Field(
+        None, description="The SDK spools events to this directory when its memory buffer is "
+        "full (a broker outage), and sends them first when Kafka is back, also after a "
+        "restart; one process per directory. Unset: no spool (the oldest events are dropped).",
+    )
+    spool_max_bytes: int = Field(
+        1024 * 1024 * 1024, ge=1024 * 1024,
+        description="Most bytes the SDK's spool holds; past it the oldest spooled are dropped.",
+    )
     state_memory_mb: int = Field(
         128, ge=1, le=1024 * 1024,
         description="Memory for the states each of the processors' state stores holds (the "
         "runs' is the one that grows) and each replay fold process's: beyond it the least "
         "recently changed go to a scratch file in TMPDIR and come back when their run gets an "
         "event. RSS grows about twice as fast as the states' bytes.",
+    )
+    state_retention: str = Field(
+        "",
+        description="How long a finished run stays in the processors' state after its end, "
+        "on the log's time (e.g. 7d; units ms, s, m, h, d): then it leaves memory, disk and "
+        "the changelog, and later events for it are dead-lettered `run closed`. Empty keeps "
+        "every run's state forever.",
+    )
+    state_closed_horizon: str = Field(
+        "30d",
+        description="How long after it leaves (STEPLOG_STATE_RETENTION) a run's closed marker "
+        "is kept: events for it meanwhile are dead-lettered `run closed`, later ones start a "
+        "new run. 0 keeps no marker.",
+    )
+    projection_ttl: str = Field(
+        "",
+        description="ClickHouse TTL of the events, steps, runs and run_list rows, on their "
+        "updated_at (e.g. 90d); the aggregates follow the tables. Empty keeps them forever.",
     )
     write_interval_ms: int = Field(
         200, ge=0, le=60_000,
@@ -121,6 +149,15 @@ class Settings(BaseSettings):
         "127.0.0.1",
         description="Address the processors' health endpoint listens on (0.0.0.0 in a "
         "container, so that a probe from outside reaches it).",
+    )
+    worker_metrics_port: int = Field(
+        0, ge=0, le=65535,
+        description="Port of a `steplog worker`'s Prometheus metrics (GET /metrics) on "
+        "STEPLOG_WORKER_METRICS_HOST; 0 (the default) serves none. `--metrics-port` overrides.",
+    )
+    worker_metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address a worker's metrics endpoint listens on (0.0.0.0 in a container).",
     )
     write_stall_s: float = Field(
         60.0, gt=0, le=86_400,
@@ -163,7 +200,12 @@ class Settings(BaseSettings):
     sql_max_result_bytes: int = Field(
         1024 * 1024 * 1024, ge=1024,
         description="Most bytes (uncompressed, in memory) a query on the SQL endpoint may "
-        "return: results are held whole until streaming comes (TOO_MANY_ROWS_OR_BYTES).",
+        "return; formats that cannot stream are held whole up to it (TOO_MANY_ROWS_OR_BYTES).",
+    )
+    sql_max_concurrent_queries: int = Field(
+        16, ge=1, le=1024,
+        description="Queries the SQL endpoint runs at once; one more is answered "
+        "TOO_MANY_SIMULTANEOUS_QUERIES (503) rather than queued.",
     )
 
     kafka_version: str = Field("4.2.0", description="Apache Kafka version the local broker runs.")
@@ -201,9 +243,50 @@ class Settings(BaseSettings):
         "and separators (e.g. ssn,date_of_birth); added to the built-in ones (password, token, "
         "api key, card number, ...).",
     )
+    record_signatures: Literal["auto", "required", "off"] = Field(
+        "auto", description="Whether the processors refuse (dead-letter) events, signals and "
+        "flows not signed by a key that may write their project: auto (when the Kafka "
+        "connection is secured), required, off. Producers sign whenever they have a key.",
+    )
     project_key: SecretStr | None = Field(
         None, description="The SDK's key for the project (`Client(project_key=...)`), sent "
         "wherever the SDK speaks HTTP: the run-result lookup on the SQL endpoint.",
+    )
+    otel_endpoint: str = Field(
+        "", description="OTLP/HTTP traces URL `steplog otel-export` sends runs and steps to as "
+        "spans, e.g. http://127.0.0.1:4318/v1/traces (README, Operations > Tracing).",
+    )
+    otel_headers: SecretStr | None = Field(
+        None, description="Headers of the OTLP requests, key=value pairs comma-separated, "
+        "values URL-encoded (as OTEL_EXPORTER_OTLP_HEADERS), e.g. authorization=Bearer%20x.",
+    )
+    otel_service_name: str = Field(
+        "steplog", description="The service.name of the exported spans' resource."
+    )
+    alerts: bool = Field(
+        True, description="The web service evaluates the alert rules (one evaluator per "
+        "cluster: the member of the alerts group holding <prefix>alerts).",
+    )
+    alert_rules_file: Path | None = Field(
+        None, description="YAML file of alert thresholds, per flow too (README, Operations > "
+        "Alerts); unset: the defaults.",
+    )
+    alert_interval_s: float = Field(
+        30.0, gt=0, le=3600, description="How often the alert rules are evaluated."
+    )
+    alert_window_s: float = Field(
+        900.0, gt=0, description="The recent window the alert rules judge (failures, overdue "
+        "growth, dead letters)."
+    )
+    alert_baseline_s: float = Field(
+        86400.0, gt=0, description="The trailing period before the window a failure spike is "
+        "compared with."
+    )
+    alert_webhooks: str = Field(
+        "", description="URLs alerts are POSTed to as Steplog's JSON, comma-separated."
+    )
+    alert_slack_webhooks: str = Field(
+        "", description="Slack incoming-webhook URLs alerts are POSTed to, comma-separated."
     )
 
     @field_validator("kafka_bootstrap")
@@ -236,6 +319,26 @@ class Settings(BaseSettings):
         if not _TOPIC_PREFIX.match(value):
             raise ValueError("expected letters, digits, '.', '_' or '-' (Kafka topic characters)")
         return value
+
+    @field_validator("state_retention", "state_closed_horizon", "projection_ttl")
+    @classmethod
+    def _is_duration(cls, value: str) -> str:
+        duration_ms(value)
+        return value
+
+    @property
+    def state_retention_ms(self) -> int | None:
+        """STEPLOG_STATE_RETENTION in ms; None: off."""
+        return duration_ms(self.state_retention)
+
+    @property
+    def state_closed_horizon_ms(self) -> int:
+        return duration_ms(self.state_closed_horizon) or 0
+
+    @property
+    def projection_ttl_ms(self) -> int | None:
+        """STEPLOG_PROJECTION_TTL in ms; None: off."""
+        return duration_ms(self.projection_ttl)
 
     @field_validator("kafka_version")
     @classmethod
@@ -305,6 +408,19 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}processors"
 
 
+def duration_ms(text: str) -> int | None:
+    """A duration setting in ms, in the SDK's syntax (steplog/durations.py: "7d", "1h30m", a
+    bare number of ms); None for an empty one (off). ValueError, for pydantic, when it is not
+    one."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return durations.duration_ms(int(text) if text.isdigit() else text, field="duration")
+    except InvalidDurationError as exc:
+        raise ValueError(str(exc).removeprefix("duration: ")) from None
+
+
 def env_name(field: str) -> str:
     """The environment variable that sets a settings field."""
     return ENV_PREFIX + field.upper()
@@ -314,7 +430,8 @@ _PLACING_FIELDS = (
     "kafka_bootstrap", "clickhouse_dsn", "clickhouse_database", "topic_prefix", "data_dir",
     "events_partitions", "commands_partitions", "signals_partitions", "sql_port", "project",
     "state_memory_mb", "health_port", "health_host", "write_stall_s", "lag_growth_s",
-    "lag_sample_s", "kafka_security_protocol", *_SASL_FIELDS, *_TLS_FIELDS,
+    "lag_sample_s", "kafka_security_protocol", "state_retention", "state_closed_horizon",
+    *_SASL_FIELDS, *_TLS_FIELDS,
 )
 
 

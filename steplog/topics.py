@@ -63,36 +63,58 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     names = settings.topics
     message_bytes = str(settings.max_event_bytes + _BATCH_HEADROOM_BYTES)
 
-    def spec(name: str, setting: str, retention_ms: int, cleanup: str = "delete") -> TopicSpec:
+    def spec(
+        name: str, setting: str, retention_ms: int, cleanup: str = "delete", signed: bool = False
+    ) -> TopicSpec:
+        configs = {
+            "cleanup.policy": cleanup,
+            "retention.ms": str(retention_ms),
+            "max.message.bytes": message_bytes,
+        }
+        if signed:
+            # Signed records are judged on the broker's time (processors/record_checks.py): a
+            # producer cannot backdate one past its key's revoke, and replay sees what live saw.
+            configs["message.timestamp.type"] = "LogAppendTime"
         return TopicSpec(
             name=name,
             partitions=int(getattr(settings, setting)),
             partitions_setting=setting,
             replication_factor=settings.replication_factor,
-            configs={
-                "cleanup.policy": cleanup,
-                "retention.ms": str(retention_ms),
-                "max.message.bytes": message_bytes,
-            },
+            configs=configs,
         )
 
     log_retention = settings.log_retention_ms
     return [
-        spec(names.events, "events_partitions", log_retention),
-        spec(names.signals, "signals_partitions", log_retention),
+        spec(names.events, "events_partitions", log_retention, signed=True),
+        spec(names.signals, "signals_partitions", log_retention, signed=True),
         spec(names.commands, "commands_partitions", log_retention),
         spec(names.dlq, "dlq_partitions", settings.dlq_retention_ms),
         # Compacted: only the latest definition of each flow matters, forever.
-        spec(names.flows, "flows_partitions", -1, cleanup="compact"),
+        spec(names.flows, "flows_partitions", -1, cleanup="compact", signed=True),
         # Compacted, forever: a key's newest record (revoked or not) is all that counts. One
         # partition: every process reads the whole topic (steplog/server/key_ring.py).
         TopicSpec(
             name=names.keys, partitions=1, partitions_setting=None,
             replication_factor=settings.replication_factor,
             configs={"cleanup.policy": "compact", "retention.ms": "-1",
+                     "max.message.bytes": message_bytes,
+                     # A revoke takes effect at its log time (steplog/server/key_ring.py).
+                     "message.timestamp.type": "LogAppendTime"},
+        ),
+        # Firing and resolved alerts, kept as the log keeps events. One partition: its holder
+        # in the alerts group is the one evaluator (steplog/server/alert_evaluator.py).
+        TopicSpec(
+            name=alerts_topic(settings), partitions=1, partitions_setting=None,
+            replication_factor=settings.replication_factor,
+            configs={"cleanup.policy": "delete", "retention.ms": str(log_retention),
                      "max.message.bytes": message_bytes},
         ),
     ]
+
+
+def alerts_topic(settings: Settings) -> str:
+    """`<prefix>alerts`."""
+    return f"{settings.topic_prefix}alerts"
 
 
 async def ensure_topics(

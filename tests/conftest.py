@@ -27,6 +27,7 @@ import clickhouse_connect
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from steplog.kafka import KafkaAccess
 from steplog.server.broker import LocalBroker
 from steplog.projections.clickhouse import open_clickhouse
 from steplog.projections.migrations import migrate
@@ -234,6 +235,19 @@ def run_cli(settings: Settings, *args: str, timeout: float = 600) -> subprocess.
     )
 
 
+def replay_dry_run(settings: Settings, processes: int, tables: tuple[str, ...] = (
+    "events", "runs", "steps", "flows", "run_list",
+)) -> str:
+    """`steplog replay --dry-run` on `settings`' stack, asserting it rebuilt each of `tables`
+    identical to the live projection; its output (the counts of what it skipped)."""
+    done = run_cli(settings, "replay", "--dry-run", "--processes", str(processes))
+    assert done.returncode == 0, done.stdout + done.stderr
+    for table in tables:
+        assert any(line.startswith(table) and line.endswith("identical")
+                   for line in done.stdout.splitlines()), done.stdout
+    return done.stdout
+
+
 @dataclass
 class DevProcess:
     """`steplog dev` in a child process: its own data dir, broker, SQL, web and health ports."""
@@ -273,3 +287,25 @@ def start_dev(directory: Path, **environment: str) -> DevProcess:
             env=clean, stdout=log, stderr=subprocess.STDOUT,
         )
     return DevProcess(process, data_dir, kafka_port, sql_port, log_path)
+
+
+@pytest.fixture(scope="session")
+def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    """A secured broker of the suite's own (SASL/SCRAM-SHA-512, ACLs), shared by the modules
+    that need one: each uses topics of its own prefix."""
+    base = load_settings()
+    broker = LocalBroker(
+        tmp_path_factory.mktemp("secure-kafka"), free_port(), heap=base.broker_heap,
+        version=base.kafka_version, cache_dir=base.cache_dir, secure=True,
+    )
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def admin(secure_broker: LocalBroker) -> KafkaAccess:
+    """How a client logs in to `secure_broker` as its admin (the super user)."""
+    return secure_broker.admin_access()

@@ -179,6 +179,26 @@ export interface OpsSummary {
   lag: LagView;
 }
 
+/** One transition of an alert: a firing, or its resolution (the same alert_id). */
+export interface AlertView {
+  alert_id: string;
+  state: "firing" | "resolved";
+  rule: string;
+  /** Empty for a rule over the whole system. */
+  project: string;
+  flow: string;
+  summary: string;
+  value: number;
+  threshold: number;
+  fired_at: string;
+  at: string;
+}
+
+export interface AlertPage {
+  firing: AlertView[];
+  recent: AlertView[];
+}
+
 export interface DeadLetterView {
   ts: string;
   reason: string;
@@ -283,6 +303,7 @@ export const api = {
       body: JSON.stringify(reason ? { reason } : {}),
     }),
   ops: (signal?: AbortSignal) => request<OpsSummary>("/v1/ops", { signal }),
+  alerts: (signal?: AbortSignal) => request<AlertPage>("/v1/alerts", { signal }),
   deadLetters: (params: URLSearchParams, signal?: AbortSignal) =>
     request<DeadLetterPage>(withQuery("/v1/dead-letters", params), { signal }),
   flows: (signal?: AbortSignal) => request<FlowList>("/v1/flows", { signal }),

@@ -20,7 +20,8 @@ from .state import Meta, RunMismatchError, RunState, StepState
 from .transition import RunTransition, Transition
 
 __all__ = [
-    "current_rows", "failure_order", "run_changed", "step_changed", "take_rows", "transition_rows",
+    "current_rows", "failure_order", "run_changed", "run_outcome", "step_changed", "take_rows",
+    "transition_rows",
 ]
 
 _INSTRUMENTED: Final = StepKind.INSTRUMENTED.value
@@ -116,7 +117,7 @@ def _ms(delta: timedelta) -> float:
 
 
 def _run_row(state: RunState, graph: FlowGraph | None) -> RunRow:
-    status, finished_at, output, error_type, error_message, error_stack = _outcome(state, graph)
+    status, finished_at, output, error_type, error_message, error_stack = run_outcome(state, graph)
     started_at = state.first_started_at or state.first_step_at
     duration_ms = (
         None if started_at is None or finished_at is None else _ms(finished_at - started_at)
@@ -161,11 +162,13 @@ def _run_row(state: RunState, graph: FlowGraph | None) -> RunRow:
     )
 
 
-_Outcome = tuple[RunStatus, datetime | None, str, str, str, str]
+RunOutcome = tuple[RunStatus, datetime | None, str, str, str, str]
 """(status, finished_at, output, error_type, error_message, error_stack)"""
 
 
-def _outcome(state: RunState, graph: FlowGraph | None) -> _Outcome:
+def run_outcome(state: RunState, graph: FlowGraph | None) -> RunOutcome:
+    """What a run's row says of its end: its status and, once ended, when and how (the run
+    row's columns; also what state retention reads a run's end from)."""
     ended = state.ended
     if ended is not None:
         return (

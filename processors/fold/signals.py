@@ -128,15 +128,18 @@ class NameTriggers:
         return cls(set(_StoredTriggers.model_validate_json(data).triggers))
 
 
+# The stored states follow the wire models' rule (schemas/COMPATIBILITY.md): a field added by a
+# newer build is ignored, so a partition handed back to a processor not yet upgraded (during a
+# rolling upgrade) still reads the state the newer one wrote.
 class _StoredWaits(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="ignore", strict=True)
     format: Literal[1] = 1
     waits: list[WaitRegistered]
     recent: list[str]
 
 
 class _StoredTriggers(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="ignore", strict=True)
     format: Literal[1] = 1
     triggers: list[tuple[str, str, str]]
 

@@ -312,6 +312,12 @@ class RunState:
     this state reflects (the timer service's retries). Not part of the state's value: replay and
     the tests fold without it."""
 
+    ended_ms: int | None = field(default=None, compare=False)
+    """The run's end (epoch ms of its finished_at) once the fold calls it ended, None before:
+    set after each event by the batch fold when a retention is configured
+    (fold/state_retention.py), kept beside the state's bytes (the store's index and the
+    changelog record's header), not in them. Not part of the state's value."""
+
     @property
     def version(self) -> int:
         """Distinct events folded into the run: the run row's version."""
@@ -345,6 +351,7 @@ class RunState:
             deadline_heap=list(self.deadline_heap),
             pending_rows=None if self.pending_rows is None else set(self.pending_rows),
             position=self.position,
+            ended_ms=self.ended_ms,
         )
 
     def to_bytes(self) -> bytes:

@@ -18,7 +18,9 @@ from steplog.settings import Settings
 __all__ = ["ensure_admin_key"]
 
 
-def ensure_admin_key(settings: Settings, *, timeout: float = 30.0) -> str | None:
+def ensure_admin_key(
+    settings: Settings, *, timeout: float = 30.0, description: str = "steplog dev's local admin key"
+) -> str | None:
     """Make sure `<data dir>/admin.key` holds a valid admin key; the new secret when one was
     minted (for the caller to show once), None when the file's key was valid already.
 
@@ -30,7 +32,7 @@ def ensure_admin_key(settings: Settings, *, timeout: float = 30.0) -> str | None
         principal = load_key_ring(settings, timeout=timeout).verify(existing)
         if principal is not None and principal.may(Role.ADMIN):
             return None
-    secret, record = mint_key(Role.ADMIN, None, "steplog dev's local admin key")
+    secret, record = mint_key(Role.ADMIN, None, description)
     publish_key(settings, record)
     write_private(admin_key_path(settings), secret + "\n")
     return secret

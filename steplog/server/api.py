@@ -5,7 +5,8 @@
 - the read and actions API (steplog/server/read_routes.py): GET /v1/runs, /v1/runs/{id},
   /v1/ops, /v1/dead-letters, /v1/flows; POST /v1/runs/{id}/cancel | retrigger;
 - the dashboard (steplog/server/dashboard_routes.py): /, /runs, /runs/{id}, /ops,
-  /dead-letters; and the interface as OpenAPI at /v1/openapi.json.
+  /dead-letters; and the interface as OpenAPI at /v1/openapi.json;
+- this process's Prometheus metrics at /metrics (steplog/metrics.py).
 
 Every request but /healthz, the OpenAPI document, the login page and the dashboard's assets
 needs a key (steplog/server/web_auth.py: Bearer for clients, a session cookie for the
@@ -30,13 +31,16 @@ from typing import Final
 from aiohttp import web
 
 from steplog.errors import SteplogError, TopicError
+from steplog.metrics import CONTENT_TYPE, exposition
 from steplog.producers.sender import EventSender
+from steplog.record_signer import record_signer
+from steplog.server.alert_evaluator import AlertEvaluator, evaluating
 from steplog.server.dashboard_routes import DASHBOARD_DIR, DashboardRoutes
 from steplog.server.ingest import MAX_BODY_BYTES, STALL_AFTER_S, WAIT_TIMEOUT_S, IngestRoutes
 from steplog.server.key_ring import KeyRingFollower
 from steplog.server.lag_reader import LagReader
 from steplog.server.openapi import openapi_document
-from steplog.server.principals import KeyVerifier
+from steplog.server.principals import KeyVerifier, Role
 from steplog.server.read_routes import ReadRoutes
 from steplog.server.read_store import ReadStore
 from steplog.server.run_actions import RunActions
@@ -85,6 +89,12 @@ def api_app(
         return json_response(200, openapi_document())
 
     auth.allow(app.router.add_get("/v1/openapi.json", openapi), Rule(OPEN))
+
+    async def prometheus(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+    # Its series carry project and flow names: a read key of every project (steplog/metrics.py).
+    auth.allow(app.router.add_get("/metrics", prometheus), Rule(Role.READ, every_project=True))
     return app
 
 
@@ -97,10 +107,14 @@ def web_service(settings: Settings, *, sql_port: int | None = None) -> web.Appli
         log.warning("sending to Kafka at %s failed (retried when retriable): %r",
                     settings.kafka_bootstrap, exc)
 
+    # The ingest API has checked that the caller's key covers the project: what it accepted
+    # is signed with the web service's own key (README, Security).
+    signer = record_signer(settings)
+
     def sender(topic: str) -> EventSender:
         return EventSender(
             settings.kafka_bootstrap, topic, max_event_bytes=settings.max_event_bytes,
-            on_error=report,
+            on_error=report, signer=signer,
         )
 
     reads = ReadRoutes(
@@ -112,6 +126,8 @@ def web_service(settings: Settings, *, sql_port: int | None = None) -> web.Appli
         keys=follower.ring, reads=reads,
     )
     app.cleanup_ctx.append(_following(follower))
+    if settings.alerts:
+        app.cleanup_ctx.append(evaluating(AlertEvaluator(settings, reads.store, reads.lag)))
     return app
 
 

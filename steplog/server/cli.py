@@ -17,6 +17,8 @@ from typing import Annotated
 
 import typer
 
+from steplog.errors import SettingsError
+from steplog.metrics import serve_metrics
 from steplog.producers.flows_file import load_flows_file, push_flows
 from steplog.projections.migrations import migrate
 from steplog.server.api import serve_api
@@ -149,6 +151,22 @@ def dev(
     run_dev(settings, sql_port=settings.sql_port, hooks=hooks)
 
 
+@app.command("otel-export")
+@reports_errors
+def otel_export() -> None:
+    """Export runs and steps as OpenTelemetry traces over OTLP/HTTP to STEPLOG_OTEL_ENDPOINT
+    (foreground; a consumer group of its own on the events topic). SIGINT/SIGTERM stop it
+    after the batch in hand is exported and committed."""
+    settings = load_settings()
+    try:
+        # The optional `otel` extra: imported here so that every other command runs without it.
+        from steplog.server.otel_export import run_otel_export
+    except ImportError as exc:
+        raise SettingsError(f"steplog otel-export needs the OpenTelemetry SDK ({exc.name} is "
+                            "missing): pip install 'steplog[otel]'") from exc
+    run_otel_export(settings)
+
+
 @app.command("status")
 @reports_errors
 def status() -> None:
@@ -211,6 +229,13 @@ def worker(
         float,
         typer.Option("--stop-timeout", min=0, help="Seconds a stop waits for executing steps."),
     ] = 30.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", min=0, max=65535,
+                     help="Serve Prometheus metrics (GET /metrics) on this port of "
+                     "STEPLOG_WORKER_METRICS_HOST (default: STEPLOG_WORKER_METRICS_PORT; 0: "
+                     "none)."),
+    ] = None,
 ) -> None:
     """Run a worker for a steplog.App (foreground): MODULE:APP, e.g. shop.workflows:app.
 
@@ -223,7 +248,12 @@ def worker(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     application = load_app(target)
-    load_settings()  # a bad STEPLOG_* variable fails here, with its name, before any connection
+    # A bad STEPLOG_* variable fails here, with its name, before any connection.
+    settings = load_settings()
+    port = settings.worker_metrics_port if metrics_port is None else metrics_port
+    if port:
+        serve_metrics(settings.worker_metrics_host, port)
+        typer.echo(f"metrics on http://{settings.worker_metrics_host}:{port}/metrics")
     typer.echo(
         f"worker for app {application.name!r}: "
         + (", ".join(sorted(application.workflows)) or "no workflows")

@@ -10,13 +10,14 @@ from typing import Annotated
 import typer
 
 from steplog.server.broker import LocalBroker, ensure_kafka_jars
-from steplog.server.broker.security import consume_acls, produce_acls
+from steplog import kafka
+from steplog.server.broker.security import add_user, consume_acls, produce_acls
 from steplog.server.cli_errors import reports_errors
 from steplog.settings import load_settings
 from steplog.topics import ensure_topics, topic_specs
 
 broker_app = typer.Typer(help="The local Apache Kafka broker (KRaft, one node, 127.0.0.1).")
-user_app = typer.Typer(help="Users of the secured local broker (SASL/SCRAM, ACLs).")
+user_app = typer.Typer(help="SCRAM users of a secured broker and their ACLs.")
 broker_app.add_typer(user_app, name="user")
 topics_app = typer.Typer(help="Steplog's Kafka topics.")
 
@@ -80,12 +81,19 @@ def broker_user_add(
     port: PortOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Create a user of the secured local broker with only the ACLs given; prints its password
-    once (set it as STEPLOG_KAFKA_SASL_USERNAME / STEPLOG_KAFKA_SASL_PASSWORD)."""
+    """Create a user with only the ACLs given; prints its password once (set it as
+    STEPLOG_KAFKA_SASL_USERNAME / STEPLOG_KAFKA_SASL_PASSWORD). As the admin of the secured
+    local broker of the data dir; or, when STEPLOG_KAFKA_SASL_USERNAME is set (a deployment's
+    cluster), as that user on STEPLOG_KAFKA_BOOTSTRAP, who must be allowed to alter users and
+    ACLs (a super user)."""
     acls = [acl for topic in produce or [] for acl in produce_acls(topic)]
     acls += [acl for topic in consume or [] for acl in consume_acls(topic, group)]
     password = secrets.token_urlsafe(24)
-    _local_broker(port, data_dir, secure=True).add_user(name, password, acls)
+    settings = load_settings()
+    if settings.kafka_sasl_username is not None:
+        asyncio.run(add_user(kafka.access(settings), name, password, acls))
+    else:
+        _local_broker(port, data_dir, secure=True).add_user(name, password, acls)
     typer.echo(f"user {name}: password (shown once) {password}")
 
 

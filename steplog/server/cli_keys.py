@@ -11,7 +11,9 @@ from typing import Annotated
 
 import typer
 
+from steplog.credentials import admin_key_path
 from steplog.schemas.keys import KEY_ROLES, KeyRecord
+from steplog.server.admin_key import ensure_admin_key
 from steplog.server.cli_errors import reports_errors
 from steplog.server.key_ring import KeysError, load_key_ring, mint_key, parse_role, publish_key
 from steplog.server.principals import Role
@@ -48,6 +50,21 @@ def keys_create(
     publish_key(settings, record)
     typer.echo(f"key id: {record.key_id}")
     typer.echo(f"secret (shown once, keep it safe): {secret}")
+
+
+@keys_app.command("ensure-admin")
+@reports_errors
+def keys_ensure_admin() -> None:
+    """Make sure `<data dir>/admin.key` (0600) holds a valid admin key, the one Steplog's own
+    processes send: minted and printed once when missing, unknown or revoked (the one-shot
+    setup of a deployment runs it; `steplog dev` does the same on start)."""
+    settings = load_settings()
+    secret = ensure_admin_key(settings, description="services' admin key (keys ensure-admin)")
+    path = admin_key_path(settings)
+    if secret is None:
+        typer.echo(f"{path} holds a valid admin key")
+    else:
+        typer.echo(f"new admin key in {path}; secret (shown once, keep it safe): {secret}")
 
 
 @keys_app.command("list")

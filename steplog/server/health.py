@@ -154,12 +154,6 @@ async def events_backlog(
     return Backlog(sum(end - committed for committed, end in positions.values()), tuple(stale))
 
 
-async def events_lag(admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, topic: str) -> int:
-    """Events of the topic past the group's committed offsets (`consumer`: of the group)."""
-    positions = await group_positions(admin, consumer, topic)
-    return sum(end - committed for committed, end in positions.values())
-
-
 async def group_positions(
     admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer, topic: str
 ) -> dict[TopicPartition, tuple[int, int]]:

@@ -7,6 +7,10 @@ memory (schemas/keys.py: what a key record holds and why its hash is SHA-256).
   it on a thread of its own, so that a web service (aiohttp) and a synchronous process alike
   see a new or revoked key within about a second (the fetch wait), without a restart. A server
   calls `wait_caught_up` before it answers: until then its ring may lack keys that exist.
+  It is also the processors' `KeyLookup` (processors/record_checks.py): `catch_up(t)` returns
+  once the ring holds every key record logged up to time t (reading the topic's end offsets
+  after t, then waiting until the follower has applied up to them), so that a key made or
+  revoked a moment before a record is known when the record is judged.
 - `mint_key` makes a key (pure); `publish_key` writes a record (acks=all, flushed), and a
   revoke is a record written again with `revoked_at`.
 
@@ -25,6 +29,7 @@ import hmac
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
@@ -35,6 +40,7 @@ from pydantic import ValidationError
 from steplog import kafka
 from steplog.errors import SteplogError
 from steplog.schemas.codec import encode
+from steplog.schemas.record_signing import derive_signing_key
 from steplog.schemas.keys import KEY_ROLES, KeyRecord, format_secret, key_id_of_secret, secret_digest
 from steplog.server.principals import Principal, Role
 from steplog.settings import Settings
@@ -105,6 +111,7 @@ def mint_key(
             projects=covered,
             created_at=now or datetime.now(UTC),
             description=description,
+            signing_key=derive_signing_key(secret).hex(),
         )
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
@@ -160,23 +167,38 @@ class KeyRing:
 # --- reading the keys topic -------------------------------------------------------------------
 
 
-def _apply_message(ring: KeyRing, value: bytes | None, offset: int) -> None:
+def _apply_message(ring: KeyRing, value: bytes | None, offset: int, logged_ms: int) -> None:
     try:
         if value is None:
             raise ValueError("a tombstone (null value) holds no key")
-        ring.apply(KeyRecord.model_validate_json(value))
+        record = KeyRecord.model_validate_json(value)
+        if record.revoked_at is not None:
+            # A revoke takes effect when the broker logged it (the keys topic is
+            # LogAppendTime), or later if it says so: then every record logged at or after
+            # that time was logged after the revoke was in the topic, so a checker that has
+            # read the topic to its end since can refuse it (`KeyRingFollower.catch_up`), and
+            # replay, reading the same times, refuses exactly the same records.
+            logged = datetime.fromtimestamp(logged_ms / 1000, UTC)
+            record = record.model_copy(update={"revoked_at": max(record.revoked_at, logged)})
+        ring.apply(record)
     except (ValueError, ValidationError) as exc:
         # Nothing a bad record says can grant access: skip it, loudly.
         log.warning("skipped the keys-topic record at offset %d: %s", offset, exc)
 
 
 async def _read_keys(
-    settings: Settings, ring: KeyRing, *, follow: bool, caught_up: Callable[[], None]
+    settings: Settings,
+    ring: KeyRing,
+    *,
+    follow: bool,
+    caught_up: Callable[[], None],
+    read_to: Callable[[dict[int, int]], None] | None = None,
 ) -> None:
     """Apply the keys topic from its beginning to `ring`; call `caught_up` once every record
     that was there when reading began is applied; then return (`follow` False) or go on
     applying new records until cancelled. KeysError when the topic does not exist and
-    `follow` is False; a follower waits for it instead."""
+    `follow` is False; a follower waits for it instead. `read_to` is told, after each fetch,
+    each partition's offset up to which every record is applied."""
     consumer = kafka.consumer(
         kafka.access(settings),
         client_id="steplog-keys",
@@ -192,9 +214,10 @@ async def _read_keys(
         ends = await consumer.end_offsets(partitions)
         announced = False
         while True:
-            if not announced and all(
-                [await consumer.position(p) >= ends[p] for p in partitions]
-            ):
+            positions = {p: await consumer.position(p) for p in partitions}
+            if read_to is not None:
+                read_to({p.partition: offset for p, offset in positions.items()})
+            if not announced and all(positions[p] >= ends[p] for p in partitions):
                 announced = True
                 caught_up()
                 if not follow:
@@ -202,7 +225,7 @@ async def _read_keys(
             batches = await consumer.getmany(*partitions, timeout_ms=_FETCH_WAIT_MS)
             for messages in batches.values():
                 for message in messages:
-                    _apply_message(ring, message.value, message.offset)
+                    _apply_message(ring, message.value, message.offset, message.timestamp)
     finally:
         await consumer.stop()
 
@@ -239,6 +262,19 @@ async def _topic_partitions(settings: Settings) -> builtins.list[int]:
     finally:
         await admin.close()
     return sorted(p["partition"] for p in described["partitions"])
+
+
+async def _end_offsets(settings: Settings) -> dict[int, int]:
+    """The end offset of every partition of the keys topic (none when it does not exist)."""
+    partitions = [TopicPartition(settings.topics.keys, n) for n in await _topic_partitions(settings)]
+    consumer = kafka.consumer(kafka.access(settings), client_id="steplog-keys", group_id=None,
+                              enable_auto_commit=False)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+    return {p.partition: end for p, end in ends.items()}
 
 
 async def read_key_ring(settings: Settings, *, timeout: float = 30.0) -> KeyRing:
@@ -282,6 +318,11 @@ class KeyRingFollower:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._last_error: str | None = None
+        self._read_to: dict[int, int] = {}
+        """Per partition of the keys topic: every record before this offset is in the ring."""
+        self._read_more = threading.Condition()
+        self._read_as_of_ms = 0
+        """The ring holds every key record logged before this time (ms since the epoch)."""
         self._thread = threading.Thread(target=self._run, name="steplog-keys", daemon=True)
 
     @property
@@ -303,6 +344,47 @@ class KeyRingFollower:
                 f"the keys topic {topic!r} at {bootstrap} was not read within {timeout:g}s"
                 f"{because}: does it exist (`steplog topics ensure`) and is the broker up?"
             )
+
+    def get(self, key_id: str) -> KeyRecord | None:
+        """The ring's record of `key_id` (`KeyLookup.get`)."""
+        return self.ring.get(key_id)
+
+    async def catch_up(self, logged_ms: int, timeout: float = 30.0) -> None:
+        """Return once the ring holds every record the keys topic logged up to `logged_ms`
+        (`KeyLookup.catch_up`): at once when it was read to the topic's end at a later time
+        already, else after reading the end offsets now and waiting for the follower to apply
+        up to them. KeysError when the end cannot be read or reached within `timeout` seconds
+        (a transient failure: the caller retries or stops).
+
+        The times compared are this machine's clock and the brokers' log times: they must
+        agree (NTP), as Kafka's time-based retention already assumes."""
+        if logged_ms < self._read_as_of_ms:
+            return
+        asked_ms = int(time.time() * 1000)
+        try:
+            ends = await asyncio.wait_for(_end_offsets(self._settings), timeout)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise KeysError(
+                f"could not read the end of the keys topic {self._settings.topics.keys!r} at "
+                f"{self._settings.kafka_bootstrap}: {exc!r}"
+            ) from exc
+        if not await asyncio.to_thread(self._wait_read_to, ends, timeout):
+            raise KeysError(
+                f"the keys topic {self._settings.topics.keys!r} was not read up to its end "
+                f"within {timeout:g}s (last error: {self._last_error})"
+            )
+        self._read_as_of_ms = max(self._read_as_of_ms, asked_ms)
+
+    def _wait_read_to(self, ends: dict[int, int], timeout: float) -> bool:
+        with self._read_more:
+            return self._read_more.wait_for(
+                lambda: all(self._read_to.get(p, 0) >= end for p, end in ends.items()), timeout
+            )
+
+    def _note_read_to(self, positions: dict[int, int]) -> None:
+        with self._read_more:
+            self._read_to = positions
+            self._read_more.notify_all()
 
     def stop(self, timeout: float = 10.0) -> None:
         with self._lock:
@@ -340,7 +422,7 @@ class KeyRingFollower:
         while True:
             try:
                 await _read_keys(self._settings, self.ring, follow=True,
-                                 caught_up=self._caught_up.set)
+                                 caught_up=self._caught_up.set, read_to=self._note_read_to)
             except Exception as exc:
                 # Whatever it was, stopping would freeze the ring (revokes never seen again):
                 # say so and read again.
@@ -389,5 +471,9 @@ async def _require_topic(settings: Settings) -> None:
 
 
 def _no_keys_topic(settings: Settings) -> KeysError:
-    return KeysError(f"the keys topic {settings.topics.keys!r} does not exist (run `steplog "
-                     "topics ensure`, or start `steplog dev`)")
+    # A broker lists only the topics the principal may describe: on a secured one, a user
+    # without access to the keys topic sees none.
+    user = settings.kafka_sasl_username
+    hidden = f", or user {user!r} may not read it (only services may)" if user else ""
+    return KeysError(f"the keys topic {settings.topics.keys!r} does not exist{hidden} (run "
+                     "`steplog topics ensure`, or start `steplog dev`)")

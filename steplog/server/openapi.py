@@ -19,6 +19,7 @@ from pydantic.json_schema import models_json_schema
 
 from steplog.projections.read_models import (
     RUN_STATUS_FILTERS,
+    AlertPage,
     DeadLetterPage,
     OpsSummary,
     RunDetail,
@@ -136,7 +137,8 @@ _SECURITY_SCHEMES: Final = {
 @cache
 def openapi_document() -> dict[str, Any]:
     _, schemas = models_json_schema(
-        [(model, "serialization") for model in (RunPage, RunDetail, OpsSummary, DeadLetterPage)],
+        [(model, "serialization") for model in (RunPage, RunDetail, OpsSummary, DeadLetterPage,
+                                                AlertPage)],
         ref_template=_REF,
     )
     accepted = {"description": "Validated and queued for Kafka.", "content": {
@@ -163,6 +165,9 @@ def openapi_document() -> dict[str, Any]:
         "/v1/ops": _get("The operations summary (seed 003's escalation signals); dead letters "
                         "counted for keys of every project only.", _READ, [],
                         _returns("OpsSummary", "The summary."), 503),
+        "/v1/alerts": _get("The alerts firing now and the newest firings and resolutions, of "
+                           "the key's projects (system-wide ones for keys of every project).",
+                           _READ, [], _returns("AlertPage", "The alerts."), 503),
         "/v1/dead-letters": _get("Dead letters, newest first.",
                                  "read (or operate, admin) covering every project", _PAGING,
                                  _returns("DeadLetterPage", "A page of dead letters."), 400,

@@ -1,4 +1,6 @@
-"""The health endpoint of a processors process: `GET /health` on STEPLOG_HEALTH_HOST:PORT.
+"""The health endpoint of a processors process: `GET /health` on STEPLOG_HEALTH_HOST:PORT, and
+the process's Prometheus metrics beside it, `GET /metrics` (steplog/metrics.py; the lag sampled
+here is also `steplog_consumer_lag{topic, partition}`).
 
 200 when every check passes, 503 otherwise; the body is JSON either way:
 `{"healthy": bool, "checks": [{"name", "healthy", "detail"}, ...]}`. Checks:
@@ -22,13 +24,15 @@ import errno
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 
 from aiohttp import web
+from aiokafka import TopicPartition
 
 import steplog.kafka as kafka
-from steplog.server.health import Check, events_lag
+from steplog.metrics import CONTENT_TYPE, exposition, metrics
+from steplog.server.health import Check, group_positions
 from steplog.server.lag_trend import LagTrend
 from steplog.processors.write_health import WriteHealth
 from steplog.settings import Settings
@@ -92,15 +96,15 @@ class ProcessHealth:
             await offsets.start()
             while True:
                 try:
-                    lag = await asyncio.wait_for(
-                        events_lag(admin, offsets, settings.topics.events),
+                    positions = await asyncio.wait_for(
+                        group_positions(admin, offsets, settings.topics.events),
                         settings.lag_sample_s * 2,
                     )
                 except Exception as exc:  # the broker away: the check says so after a while
                     self._read_error = repr(exc)
                 else:
                     self._last_read = self.clock()
-                    self.trend.add(self._last_read, lag)
+                    self.trend.add(self._last_read, _lag(positions))
                 await asyncio.sleep(settings.lag_sample_s)
         finally:
             await offsets.stop()
@@ -115,8 +119,13 @@ class ProcessHealth:
             body = {"healthy": healthy, "checks": [asdict(check) for check in checks]}
             return web.json_response(body, status=200 if healthy else 503)
 
+        async def prometheus(_: web.Request) -> web.Response:
+            # Open like /health: bound to STEPLOG_HEALTH_HOST (loopback unless a container's).
+            return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE})
+
         app = web.Application()
         app.router.add_get("/health", health)
+        app.router.add_get("/metrics", prometheus)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:
@@ -124,6 +133,15 @@ class ProcessHealth:
             await asyncio.Event().wait()  # until cancelled
         finally:
             await runner.cleanup()
+
+
+def _lag(positions: Mapping[TopicPartition, tuple[int, int]]) -> int:
+    """The group's lag in all, each partition's set in the metrics (the group's, not this
+    process's: every processors process reports the same)."""
+    gauge = metrics().consumer_lag
+    for tp, (committed, end) in positions.items():
+        gauge.labels(tp.topic, str(tp.partition)).set(end - committed)
+    return sum(end - committed for committed, end in positions.values())
 
 
 def bind_health_socket(host: str, port: int) -> socket.socket | None:

@@ -14,6 +14,8 @@ the two actions on a run. What the dashboard shows, as JSON (projections/read_mo
     GET  /v1/ops                   OpsSummary
     GET  /v1/dead-letters          DeadLetterPage (cursor, limit)
     GET  /v1/flows                 {"flows": [{"project", "flow"}]}: the flow filter's choices
+    GET  /v1/alerts                AlertPage: the alerts firing and the newest transitions
+                                   (steplog/server/alert_evaluator.py writes them)
 
 Everything is read from the ClickHouse projections (steplog/server/read_store.py); only the
 processors' lag comes from Kafka (steplog/server/lag_reader.py). A malformed parameter is 400
@@ -36,6 +38,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from steplog.errors import SendError, WorkflowError
+from steplog.projections.alerts_table import alert_page
 from steplog.projections.cursors import CursorError
 from steplog.projections.dead_letter_reads import dead_letter_page
 from steplog.projections.ops_reads import ops_summary
@@ -166,6 +169,7 @@ class ReadRoutes:
         auth.allow(router.add_get("/v1/ops", self._ops), read)
         auth.allow(router.add_get("/v1/dead-letters", self._dead_letters), read)
         auth.allow(router.add_get("/v1/flows", self._flows), read)
+        auth.allow(router.add_get("/v1/alerts", self._alerts), read)
         app.on_cleanup.append(self._close)
 
     async def detail(self, run_id: str, projects: tuple[str, ...] | None) -> RunDetail:
@@ -254,6 +258,14 @@ class ReadRoutes:
         return json_response(
             200, {"flows": [{"project": project, "flow": flow} for project, flow in flows]}
         )
+
+    async def _alerts(self, request: web.Request) -> web.StreamResponse:
+        check_query(request, ())
+        projects = _scope(request)
+        page = await self.store.read(
+            lambda client, db: alert_page(client, db, projects=projects)
+        )
+        return _model(200, page)
 
     async def _close(self, _: web.Application) -> None:
         await self.lag.close()

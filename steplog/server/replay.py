@@ -30,10 +30,13 @@ from clickhouse_connect.driver.client import Client
 
 from steplog.errors import ReplayError
 from steplog.projections.clickhouse import open_clickhouse, query_value
+from steplog.processors.run_retention import state_retention
 from steplog.projections.log_reader import topic_end_offsets
 from steplog.projections.migrations import PROJECTION_TABLES, migrate, table_ddl
 from steplog.projections.queries import rows_only_in_sql, table_columns_query
 from steplog.projections.writer import ProjectionWriter
+from steplog.record_signer import signatures_enforced
+from steplog.server.key_ring import read_key_ring
 from steplog.server.replay_fold import FoldCounts, FoldShare, fold_share, shares
 from steplog.settings import Settings
 from steplog.topics import topic_partitions
@@ -125,6 +128,10 @@ def _rebuild(
 ) -> ReplayReport:
     """Fold in child processes (steplog/server/replay_fold.py), insert here as their rows come."""
     partitions = asyncio.run(topic_partitions(settings.kafka_bootstrap, settings.topics.events))
+    # Where the processors check signed records, replay checks them as they did, against the
+    # whole keys topic read now (revocations carry their time: judged on the log's time).
+    keys = (tuple(asyncio.run(read_key_ring(settings)).list())
+            if signatures_enforced(settings) else None)
     context = multiprocessing.get_context("spawn")
     children: dict[Connection, Any] = {}  # each child's end of the pipe -> its SpawnProcess
     report = ReplayReport()
@@ -141,6 +148,8 @@ def _rebuild(
                     partitions=share,
                     state_memory_bytes=settings.state_memory_mb << 20,
                     sends_flows=number == 0,
+                    keys=keys,
+                    state_retention=state_retention(settings),
                 ), os.getpid()),
                 name=f"steplog-replay-fold-{number}", daemon=True,
             )

@@ -8,6 +8,10 @@ of partitions is a share of runs, folded exactly as the processors fold them; th
 tables replace rows by key and version, so the order in which the shares' rows land does not
 matter.
 
+Where signatures are enforced, a child is handed the whole keys topic as it was when the replay
+began (`FoldShare.keys`) and refuses (counts as invalid) the events and flow definitions that
+fail the record checks, as the processors dead-lettered them (processors/record_checks.py).
+
 Each child reads the flows topic first (the flow graphs the fold needs); only the first child
 sends the `flows` rows. It then sends one message per batch of `BATCH_EVENTS` records read. The
 parent takes one message at a time and inserts its rows before it takes the next, so a send
@@ -30,11 +34,14 @@ from typing import Any, Final
 from steplog.server.child_process import settle_child
 from steplog.errors import InvalidEventError
 from steplog.processors.batch_fold import FoldedBatch, HeldRunStates, decode_run_event
+from steplog.processors.fold.state_retention import StateRetention
 from steplog.processors.held_states import HeldStates
 from steplog.processors.projection_batch import ProjectionBatch
-from steplog.projections.log_reader import read_log
+from steplog.processors.record_checks import KnownKeys, check_signed_record
+from steplog.projections.log_reader import LogRecord, read_log
 from steplog.schemas.codec import decode_flows_message
 from steplog.schemas.flows import FlowDefinition, WorkflowDefinition
+from steplog.schemas.keys import KeyRecord
 
 __all__ = ["BATCH_EVENTS", "FoldCounts", "FoldShare", "fold_share", "shares"]
 
@@ -56,6 +63,13 @@ class FoldShare:
     """Memory for the run states between batches (the rest go to disk: HeldStates)."""
     sends_flows: bool
     """This child sends the `flows` rows (one child does)."""
+    keys: tuple[KeyRecord, ...] | None = None
+    """Every key record, to check signed records against; None: signatures not enforced."""
+    state_retention: StateRetention | None = None
+    """The processors' (STEPLOG_STATE_RETENTION): the same events are refused `run closed`."""
+
+    def checks(self) -> KnownKeys | None:
+        return KnownKeys(self.keys) if self.keys is not None else None
 
 
 @dataclass
@@ -129,10 +143,10 @@ async def _fold(handover: _Handover, share: FoldShare) -> FoldCounts:
     # Every run's state between batches as its changelog bytes, as the processors hold them
     # (a fifth of the memory of the objects, and beyond the budget on disk: a log of millions
     # of runs needs both); the batch in hand's runs are objects in `folded`.
-    held = HeldStates(share.state_memory_bytes)
+    held = HeldStates(share.state_memory_bytes, share.state_retention)
     held.hold(share.partitions)
     runs = HeldRunStates(held)
-    folded = FoldedBatch(flows, runs.get, projection)
+    folded = FoldedBatch(flows, runs.get, projection, admission=runs.admission)
     pending = flow_records if share.sends_flows else 0  # the progress bar counts them once
 
     def send_batch() -> None:
@@ -140,18 +154,22 @@ async def _fold(handover: _Handover, share: FoldShare) -> FoldCounts:
         folded.add_run_rows()
         runs.keep(folded)
         handover.send(("rows", folded.projection.table_rows(), pending))
-        folded, pending = FoldedBatch(flows, runs.get), 0
+        folded, pending = FoldedBatch(flows, runs.get, admission=runs.admission), 0
 
+    keys = share.checks()
     async for record in read_log(share.bootstrap, share.events_topic, partitions=share.partitions):
         pending += 1
         try:
             event = decode_run_event(record.key, record.value, share.max_event_bytes)
+            if keys is not None:
+                _check(record, share.events_topic, event.project, keys)
+            # Rows only: the engine effects (commands, timers, events for other runs) were
+            # carried out when the events were first folded; a rebuild must never start, resume
+            # or cancel. RunClosedError as the processors' (processors/run_retention.py).
+            folded.fold(event, record.partition, record.offset, record.timestamp_ms)
         except InvalidEventError:
             counts.invalid += 1
             continue
-        # Rows only: the engine effects (commands, timers, events for other runs) were carried
-        # out when the events were first folded; a rebuild must never start, resume or cancel.
-        folded.fold(event, record.partition, record.offset)
         counts.events += 1
         if pending >= BATCH_EVENTS:
             send_batch()
@@ -168,10 +186,13 @@ async def _read_flows(
     `batch` (and their counts into `counts`) if this child sends them."""
     flows: dict[str, FlowDefinition] = {}
     records = 0
+    keys = share.checks()
     async for record in read_log(share.bootstrap, share.flows_topic):
         records += 1
         try:
             definition = decode_flows_message(record.value, max_bytes=share.max_event_bytes)
+            if keys is not None:
+                _check(record, share.flows_topic, definition.project, keys)
         except InvalidEventError:
             if batch is not None:
                 counts.invalid += 1
@@ -186,6 +207,13 @@ async def _read_flows(
     if batch is not None:
         counts.flows = len(flows)
     return flows, records
+
+
+def _check(record: LogRecord, topic: str, project: str, keys: KnownKeys) -> None:
+    """The processors' record checks of a record of the log (InvalidEventError)."""
+    check_signed_record(
+        topic, record.value or b"", record.headers, record.timestamp_ms, project, keys
+    )
 
 
 def shares(partitions: Collection[int], processes: int) -> list[tuple[int, ...]]:

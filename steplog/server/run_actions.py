@@ -17,6 +17,7 @@ from steplog.producers.control_messages import ControlMessages
 from steplog.projections.queries import RunSummary
 from steplog.schemas.base import TriggerInfo
 from steplog.schemas.statuses import ENDED_RUN_STATUSES
+from steplog.record_signer import record_signer
 from steplog.settings import Settings
 
 __all__ = ["ActionDone", "RunActions", "check_cancellable", "check_retriggerable"]
@@ -58,7 +59,8 @@ class RunActions:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._sender = ControlSender(
-            settings.kafka_bootstrap, max_event_bytes=settings.max_event_bytes
+            settings.kafka_bootstrap, max_event_bytes=settings.max_event_bytes,
+            signer=record_signer(settings),
         )
 
     def _messages(self, project: str) -> ControlMessages:

@@ -10,9 +10,9 @@ Like ClickHouse, a request that mixes two of these ways is refused rather than g
 
 What a key may do here:
 - `read`, `operate`: read queries (the guard's read policy, the engine in readonly=1);
-- `admin`: also write (DDL, INSERT): the only writer. Nothing in Steplog writes through the
-  endpoint (the processors write in the store process itself), so the writer is an operator or
-  a test holding the admin key; analysts' keys never write;
+- `admin`: also write (DDL, INSERT): the only writer. The processors write in the store
+  process itself; the writers here are the web service's alert evaluator (its alerts' rows),
+  an operator or a test holding the admin key; analysts' keys never write;
 - `ingest`: nothing (403);
 - a key scoped to some projects: nothing (403). Row isolation per project cannot be made sound
   on the embedded engine (no row policies without access management; a view per project is

@@ -11,7 +11,7 @@ and a slow query holds only its own connection.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -20,7 +20,7 @@ import chdb
 
 from steplog.server.sql_errors import SqlError, engine_error
 
-__all__ = ["Engine", "EngineSession"]
+__all__ = ["Engine", "EngineSession", "EngineStream", "quoted"]
 
 _connect = cast(Any, chdb).connect  # chDB's connect() is not annotated
 
@@ -37,7 +37,7 @@ class EngineSession:
     def set(self, settings: Mapping[str, str]) -> None:
         """`SET` each setting for this session (names checked by the caller, values quoted)."""
         for name, value in settings.items():
-            self.query(f"SET {name} = {_quoted(value)}", {}, "TabSeparated")
+            self.query(f"SET {name} = {quoted(value)}", {}, "TabSeparated")
 
     def query(self, sql: str, params: Mapping[str, str], fmt: str) -> bytes:
         """The whole result of `sql` in format `fmt` (a FORMAT clause in `sql` wins);
@@ -48,6 +48,15 @@ class EngineSession:
             raise engine_error(exc) from None
         data: bytes = result.bytes() or b""
         return data
+
+    def stream(self, sql: str, params: Mapping[str, str], fmt: str) -> EngineStream:
+        """`sql`'s result block by block, as the engine produces it: the engine computes the
+        next block only when asked (measured: no growth while the reader waits), so a slow
+        reader holds the query back instead of filling memory."""
+        try:
+            return EngineStream(self._connection.send_query(sql, fmt, params=dict(params)))
+        except Exception as exc:
+            raise engine_error(exc) from None
 
     def ask(self, sql: str, params: Mapping[str, str], fmt: str) -> str:
         """`query` decoded: what the guard reads."""
@@ -74,6 +83,27 @@ class EngineSession:
         self._connection.close()
 
 
+class EngineStream:
+    """A result being produced (chDB's StreamingResult); one thread at a time."""
+
+    def __init__(self, result: Any) -> None:
+        self._result = result
+
+    def next(self) -> bytes | None:
+        """The next block in the query's format, None at the end; SqlError when the query
+        fails (the engine's exception, QUERY_WAS_CANCELLED when killed)."""
+        try:
+            block = self._result.fetch()
+        except Exception as exc:
+            raise engine_error(exc) from None
+        return None if block is None else bytes(block.bytes() or b"")
+
+    def cancel(self) -> None:
+        """Stop producing (waits for a `next` running on another thread: kill the query in
+        the engine first, `Engine.kill`)."""
+        self._result.cancel()
+
+
 class Engine:
     """Sessions on the engine whose files are at `path` (the process's one engine: the path
     must be the one it was opened with, which chDB compares literally, hence realpath)."""
@@ -81,21 +111,35 @@ class Engine:
     def __init__(self, path: Path) -> None:
         self.path = os.path.realpath(path)
 
-    @contextmanager
-    def session(self) -> Iterator[EngineSession]:
+    def open_session(self) -> EngineSession:
+        """A new session; the caller closes it."""
         try:
-            connection = _connect(self.path)
+            return EngineSession(_connect(self.path))
         except Exception as exc:
             raise SqlError(
                 76, "CANNOT_OPEN_FILE", f"cannot open a session on the engine at {self.path}: {exc}"
             ) from None
-        session = EngineSession(connection)
+
+    @contextmanager
+    def session(self) -> Iterator[EngineSession]:
+        session = self.open_session()
         try:
             yield session
         finally:
             session.close()
 
+    def kill(self, tags: Collection[str]) -> None:
+        """Stop the queries running with `log_comment` set to one of `tags`, wherever they
+        are (before their first block or between blocks), and wait until they have stopped:
+        the engine's own KILL QUERY, on a session of its own."""
+        if not tags:
+            return
+        listed = ", ".join(quoted(tag) for tag in tags)
+        with self.session() as session:
+            session.query(f"KILL QUERY WHERE Settings['log_comment'] IN ({listed}) SYNC", {},
+                          "TabSeparated")
 
-def _quoted(value: str) -> str:
+
+def quoted(value: str) -> str:
     """A setting's value as a string literal: the engine converts it to the setting's type."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["SqlError", "engine_error", "status_for"]
+__all__ = ["SqlError", "engine_error", "exception_block", "status_for"]
 
 _CODE: Final = re.compile(r"Code:\s*(\d+)")
 _NAME: Final = re.compile(r"\(([A-Z][A-Z0-9_]+)\)\s*(?:\(version [^)]*\))?\s*\.?\s*$")
@@ -47,6 +47,8 @@ _STATUS_BY_CODE: Final[dict[int, int]] = {
 # so that 5xx means "not your request" (clients read the code header, not the status).
 # UNSUPPORTED_METHOD, LOGICAL_ERROR, CANNOT_ALLOCATE_MEMORY, STD_EXCEPTION, UNKNOWN_EXCEPTION
 _SERVER_FAULTS: Final = frozenset({1, 49, 173, 1000, 1001})
+# The most a tagged exception block holds, as ClickHouse's (its clients read no further).
+_MAX_EXCEPTION_BLOCK: Final = 16 * 1024
 
 
 def status_for(code: int) -> int:
@@ -84,3 +86,17 @@ def engine_error(exc: BaseException) -> SqlError:
     message = text[found.start():]
     named = _NAME.search(message)
     return SqlError(int(found.group(1)), named.group(1) if named else "UNKNOWN", message)
+
+
+def exception_block(error: SqlError, tag: str) -> bytes:
+    """`error` written into a response whose status and first rows have gone, as ClickHouse
+    25.11+ does (WriteBufferFromHTTPServerResponse; the HTTP interface docs):
+    `\\r\\n__exception__\\r\\n<tag>\\r\\n<message>\\n<bytes in message> <tag>\\r\\n__exception__\\r\\n`,
+    where `tag` is the response's `X-ClickHouse-Exception-Tag` (16 random characters, so that
+    no row can forge the block). clickhouse-connect scans every chunk for
+    `__exception__\\r\\n<tag>` and raises instead of returning the rows before it."""
+    head = b"\r\n__exception__\r\n" + tag.encode("ascii") + b"\r\n"
+    tail_room = len(tag) + 32  # "\n<length> <tag>\r\n__exception__\r\n"
+    message = error.body().rstrip("\n").encode("utf-8")
+    message = message[:_MAX_EXCEPTION_BLOCK - len(head) - tail_room]
+    return head + message + b"\n%d %s\r\n__exception__\r\n" % (len(message), tag.encode("ascii"))

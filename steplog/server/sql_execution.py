@@ -4,33 +4,48 @@ The order, and why:
 1. The settings: the limits, the request's allowed settings, and readonly=1 for a reader, set
    in the fresh session before anything of the request is parsed, so the guard's own queries
    run read-only too and no setting can come from the query text afterwards.
+   External tables are loaded between the settings and readonly=1 (temporary tables need it).
+   The session's `log_comment` is the query's engine tag, by which a kill finds it.
 2. The guard (steplog.server.sql_guard): the engine's parse, checked for `access`.
 3. The run: the query text as sent (never with a FORMAT appended: the output format is the
-   engine API's argument), or, for an INSERT with data, the guard's canonical statement fed
-   the data as data (chDB's `send_insert`), so rows never reach the SQL parser.
+   engine API's argument), up to its first block when its format streams (sql_stream), or,
+   for an INSERT with data, the guard's canonical statement fed the data as data (chDB's
+   `send_insert`), so rows never reach the SQL parser. `KILL QUERY` is answered here, over the
+   endpoint's running queries.
 
-Failure protocol: every error is a SqlError (the engine's, or a refusal); the session is
-closed whatever happens, so nothing of a failed request stays in the engine.
+Failure protocol: every error before the first block is a SqlError (the engine's, or a
+refusal) and the session is closed; a ResultStream returned owns its session from then on
+(its caller closes it), so nothing of a request stays in the engine.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from typing import Final
 
 from steplog.server.sql_auth import Access
-from steplog.server.sql_engine import Engine, EngineSession
+from steplog.server.sql_engine import Engine, EngineSession, quoted
 from steplog.server.sql_errors import SqlError
+from steplog.server.sql_external import load_external_tables
 from steplog.server.sql_guard import FunctionCatalog, Statement, check, parse_statement
 from steplog.server.sql_request import SqlRequest
 from steplog.server.sql_settings import SettingsPolicy, SqlLimits
+from steplog.server.sql_stream import ResultStream, streams
+from steplog.server.sql_stream_registry import RunningQueries, RunningQuery
 
 __all__ = ["Answer", "SqlExecutor"]
 
 _FORMAT_NAME: Final = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
 # chDB's Python-side pseudo-formats (they return Python objects, not bytes).
 _NOT_FORMATS: Final = frozenset({"dataframe", "datastore", "arrowtable"})
+# Statements whose result can be long: they stream. SHOW, DESCRIBE, EXPLAIN are answered whole.
+_STREAMED_KINDS: Final = frozenset({"SelectWithUnionQuery", "SelectQuery", "SelectIntersectExceptQuery"})
+# The engine's canonical KILL QUERY (formatQuery); KILL MUTATION goes to the engine as sent.
+_KILL_QUERY: Final = re.compile(
+    r"^KILL QUERY WHERE (?P<condition>.+?)(?: (?P<mode>SYNC|ASYNC|TEST))?(?: FORMAT \w+)?$",
+    re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -58,26 +73,81 @@ class SqlExecutor:
         engine_max = dict(line.split("\t", 1) for line in maxima.splitlines() if "\t" in line)
         return cls(engine, SettingsPolicy(limits, engine_max), catalog)
 
-    def run(self, request: SqlRequest, access: Access) -> Answer:
+    def start(
+        self, request: SqlRequest, access: Access, query: RunningQuery, running: RunningQueries,
+        *, buffered: bool = False,
+    ) -> Answer | ResultStream:
+        """Run `request` as `query` up to its first block: a whole Answer, or a ResultStream
+        (which then owns the session) for a result in a format that streams, unless
+        `buffered` (`wait_end_of_query=1`). SqlError for anything that fails before the first
+        byte; the session is closed then."""
         default_format = _output_format(request.default_format)
         settings = self.policy.settings_for(request.settings, access)
         # Last: once readonly is set, the session takes no other setting.
         readonly = "1" if access is Access.READ else settings.pop("readonly", None)
-        if readonly is not None:
-            settings["readonly"] = readonly
-        with self.engine.session() as session:
+        settings["log_comment"] = query.engine_tag  # what Engine.kill finds it by
+        session = self.engine.open_session()
+        try:
             session.use(request.database)
             session.set(settings)
-            if self._insert_body(session, request, access):
-                return Answer(b"", default_format)
-            text = request.text()
-            statement = self._guarded(session, text, request, access)
-            if _takes_data(statement):
-                fmt = statement.output_format or "Values"
-                session.insert(statement.without_format(), fmt, _inline_data(text, fmt))
-                return Answer(b"", default_format)
-            body = session.query(text, request.params, default_format)
-            return Answer(body, statement.output_format or default_format)
+            if request.external_tables:
+                # Temporary tables: created before readonly=1, which forbids them.
+                load_external_tables(session, request.external_tables)
+            if readonly is not None:
+                session.set({"readonly": readonly})
+            answer = self._answer(session, request, access, query, running, default_format,
+                                  buffered)
+        except BaseException:
+            session.close()
+            raise
+        if isinstance(answer, Answer):
+            session.close()
+        return answer
+
+    def _answer(
+        self, session: EngineSession, request: SqlRequest, access: Access, query: RunningQuery,
+        running: RunningQueries, default_format: str, buffered: bool,
+    ) -> Answer | ResultStream:
+        if self._insert_body(session, request, access):
+            return Answer(b"", default_format)
+        text = request.text()
+        running.describe(query, text)
+        statement = self._guarded(session, text, request, access)
+        fmt = statement.output_format or default_format
+        if _takes_data(statement):
+            data_format = statement.output_format or "Values"
+            session.insert(statement.without_format(), data_format, _inline_data(text, data_format))
+            return Answer(b"", default_format)
+        if statement.kind == "KillQueryQuery" and _KILL_QUERY.match(statement.canonical):
+            return Answer(self._kill(session, statement, query, running, default_format), fmt)
+        if statement.kind in _STREAMED_KINDS and streams(fmt) and not buffered:
+            return ResultStream(session, text, dict(request.params), fmt)
+        return Answer(session.query(text, request.params, default_format), fmt)
+
+    def _kill(
+        self, session: EngineSession, statement: Statement, query: RunningQuery,
+        running: RunningQueries, fmt: str,
+    ) -> bytes:
+        """`KILL QUERY WHERE <condition>` over the endpoint's queries: the condition is the
+        engine's to evaluate, over a table of the running queries (query_id, query, user,
+        elapsed); each one it selects is killed in the engine by its tag, and the answer lists
+        them as ClickHouse's does (kill_status, query_id, user, query). The guard has checked
+        the condition with the statement."""
+        found = _KILL_QUERY.match(statement.canonical)
+        assert found is not None
+        others = [q for q in running.snapshot() if q.engine_tag != query.engine_tag]
+        rows = " UNION ALL ".join(
+            f"SELECT {quoted(q.query_id)} AS query_id, {quoted(q.text)} AS query, "
+            f"'default' AS user, {time.monotonic() - q.started:.6f} AS elapsed"
+            for q in others
+        ) or "SELECT '' AS query_id, '' AS query, '' AS user, 0. AS elapsed LIMIT 0"
+        selected = f"SELECT * FROM ({rows}) WHERE {found.group('condition')}"
+        ids = set(session.ask(f"SELECT query_id FROM ({selected})", {}, "TSVRaw").splitlines())
+        if found.group("mode") != "TEST":
+            self.engine.kill([q.engine_tag for q in others if q.query_id in ids])
+        status = "'waiting'" if found.group("mode") == "TEST" else "'finished'"
+        return session.query(
+            f"SELECT {status} AS kill_status, query_id, user, query FROM ({selected})", {}, fmt)
 
     def _guarded(
         self, session: EngineSession, text: str, request: SqlRequest, access: Access

@@ -6,9 +6,11 @@ what they already use at it: curl, clickhouse-connect, `steplog sql`, Grafana.
 
 This module only wires the parts (docs/sql-endpoint.md has the design):
 sql_auth (who asks, what they may do) -> sql_compression, sql_request (the request as
-ClickHouse's handler reads it) -> sql_execution on a worker thread (settings and limits,
-sql_guard, the engine session of sql_engine) -> the answer, or the error as ClickHouse sends
-it (sql_errors). A GET request is read-only whoever sends it, as in ClickHouse.
+ClickHouse's handler reads it) -> admission (sql_stream_registry: the concurrency limit, query
+ids) -> sql_execution on a worker thread (settings and limits, sql_guard, the engine session of
+sql_engine) up to the first block -> the answer whole, or streamed (sql_stream_response), or
+the error as ClickHouse sends it (sql_errors). A GET request is read-only whoever sends it, as
+in ClickHouse. A client that hangs up has its query killed in the engine.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import asyncio
 import re
 import urllib.request
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
@@ -31,11 +33,12 @@ from steplog.server.sql_errors import SqlError
 from steplog.server.sql_execution import Answer, SqlExecutor
 from steplog.server.sql_request import SqlRequest
 from steplog.server.sql_settings import SqlLimits
+from steplog.server.sql_stream import ResultStream
+from steplog.server.sql_stream_registry import RunningQueries, RunningQuery
+from steplog.server.sql_stream_response import exception_tag, send_stream
 
 __all__ = ["serve_sql", "sql_app", "sql_endpoint_answers"]
 
-MAX_CONCURRENT_QUERIES: Final = 16
-"""Queries run side by side, each on its own engine session; more wait for a worker."""
 _CONTENT_TYPES: Final = {
     "JSON": "application/json; charset=UTF-8",
     "JSONCompact": "application/json; charset=UTF-8",
@@ -55,16 +58,20 @@ _QUERY_ID: Final = re.compile(r"^[!-~]{1,128}$")
 
 
 def sql_app(
-    executor: SqlExecutor, verifier: KeyVerifier, default_database: str,
-    *, max_concurrent: int = MAX_CONCURRENT_QUERIES,
+    executor: SqlExecutor, verifier: KeyVerifier, default_database: str, *, max_concurrent: int,
 ) -> web.Application:
     """The aiohttp application answering ClickHouse HTTP requests.
 
     It decodes Content-Encoding itself (aiohttp knows neither lz4 nor ClickHouse's error
     format), so run it with aiohttp's own request decompression off (`auto_decompress=False`,
-    as `serve_sql` does): otherwise gzip, deflate and zstd bodies would be decoded twice.
+    as `serve_sql` does): otherwise gzip, deflate and zstd bodies would be decoded twice. And
+    with `handler_cancellation=True`, so that a client that hangs up cancels its handler, which
+    kills its query in the engine.
     """
+    # One worker per query in flight is enough: a query holds one only while the engine
+    # produces its next block, and admission (RunningQueries) caps the queries in flight.
     workers = ThreadPoolExecutor(max_concurrent, thread_name_prefix="steplog-sql")
+    running = RunningQueries(max_concurrent)
 
     async def stop_workers(_: web.Application) -> None:
         workers.shutdown(wait=False, cancel_futures=True)
@@ -72,7 +79,37 @@ def sql_app(
     async def ping(_: web.Request) -> web.Response:
         return web.Response(text="Ok.\n")
 
-    async def handle(request: web.Request) -> web.Response:
+    def kill(query: RunningQuery) -> None:
+        try:
+            executor.engine.kill([query.engine_tag])
+        except SqlError:
+            pass  # it has ended by itself meanwhile, or the engine is closing
+
+    def abandon(query: RunningQuery, stream: ResultStream) -> None:
+        """Stop a streaming query whose client has gone, then free it. Blocking."""
+        try:
+            kill(query)
+        finally:
+            stream.close()  # waits for a block being produced: killed, it ends at once
+            running.release(query)
+
+    def abandon_starting(query: RunningQuery, started: Future[Answer | ResultStream]) -> None:
+        """Stop a query whose client has gone before its first block, and free it once its
+        worker has returned (or at once if it never started)."""
+        def free(future: Future[Answer | ResultStream]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                outcome = future.result()
+                if isinstance(outcome, ResultStream):
+                    outcome.close()
+            running.release(query)
+
+        started.add_done_callback(free)
+        if not started.cancelled():
+            # A kill before the engine has the query (still in the guard) finds nothing; the
+            # query then ends at its first block (closed above) or by max_execution_time.
+            kill(query)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
         if "query" not in request.query and not request.body_exists:
             return web.Response(text="Ok.\n")  # ClickHouse's answer to a bare GET /
         query_id = str(uuid.uuid4())
@@ -83,12 +120,34 @@ def sql_app(
                 access = Access.READ
             body = decompress(request.headers.get("Content-Encoding", ""), await request.read())
             sql = SqlRequest.read(request.query, request.headers, body, default_database)
-            answer = await asyncio.get_running_loop().run_in_executor(
-                workers, executor.run, sql, access
-            )
+            query = running.admit(query_id)
         except SqlError as error:
             return _error_response(error, query_id)
-        return _answer_response(answer, query_id)
+        loop = asyncio.get_running_loop()
+        started = workers.submit(executor.start, sql, access, query, running,
+                                 buffered=request.query.get("wait_end_of_query") == "1")
+        try:
+            outcome = await asyncio.wrap_future(started)
+        except SqlError as error:
+            running.release(query)
+            return _error_response(error, query_id)
+        except BaseException:  # cancelled: the client has gone before the first block
+            loop.run_in_executor(None, abandon_starting, query, started)
+            raise
+        if isinstance(outcome, Answer):
+            running.release(query)
+            return _answer_response(outcome, query_id)
+        try:
+            response = await send_stream(
+                request, outcome, _headers(outcome.format, query_id), exception_tag(),
+                lambda produce: loop.run_in_executor(workers, produce),
+            )
+        except BaseException:  # the client has gone part way (reset, or cancelled)
+            loop.run_in_executor(None, abandon, query, outcome)
+            raise
+        outcome.close()
+        running.release(query)
+        return response
 
     app = web.Application(client_max_size=256 * 1024 * 1024)
     app.on_cleanup.append(stop_workers)
@@ -108,15 +167,16 @@ def _query_id(sent: str | None) -> str | None:
 
 
 def _answer_response(answer: Answer, query_id: str) -> web.Response:
-    return web.Response(
-        body=answer.body,
-        headers={
-            "Content-Type": _CONTENT_TYPES.get(answer.format, _TEXT),
-            "X-ClickHouse-Format": answer.format,
-            "X-ClickHouse-Query-Id": query_id,
-            "X-ClickHouse-Server-Display-Name": _SERVER_NAME,
-        },
-    )
+    return web.Response(body=answer.body, headers=_headers(answer.format, query_id))
+
+
+def _headers(fmt: str, query_id: str) -> dict[str, str]:
+    return {
+        "Content-Type": _CONTENT_TYPES.get(fmt, _TEXT),
+        "X-ClickHouse-Format": fmt,
+        "X-ClickHouse-Query-Id": query_id,
+        "X-ClickHouse-Server-Display-Name": _SERVER_NAME,
+    }
 
 
 def _error_response(error: SqlError, query_id: str) -> web.Response:
@@ -140,7 +200,9 @@ async def serve_sql(
         None, SqlExecutor.open, Engine(engine_path), limits
     )
     runner = web.AppRunner(
-        sql_app(executor, verifier, default_database), access_log=None, auto_decompress=False
+        sql_app(executor, verifier, default_database,
+                max_concurrent=limits.max_concurrent_queries),
+        access_log=None, auto_decompress=False, handler_cancellation=True,
     )
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

@@ -53,11 +53,14 @@ class SqlLimits:
     max_memory_mb: int
     max_result_rows: int
     max_result_bytes: int
+    max_concurrent_queries: int = 16
+    """Queries in flight at once; one more is answered TOO_MANY_SIMULTANEOUS_QUERIES."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SqlLimits:
         return cls(settings.sql_max_execution_s, settings.sql_max_memory_mb,
-                   settings.sql_max_result_rows, settings.sql_max_result_bytes)
+                   settings.sql_max_result_rows, settings.sql_max_result_bytes,
+                   settings.sql_max_concurrent_queries)
 
     def engine_settings(self) -> dict[str, str]:
         return {

@@ -36,22 +36,29 @@ from steplog.server.admin_key import ensure_admin_key
 from steplog.server.api import WebServiceThread
 from steplog.server.broker import LocalBroker
 from steplog.server.broker.security import MECHANISM, load_or_create_admin
+from steplog.errors import SettingsError
 from steplog.server.gc_tuning import tune_gc_for_batches
+from steplog.server.key_ring import KeyRingFollower
 from steplog.server.process_health import ProcessHealth, bind_health_socket
 from steplog.processors.app import create_processor_app
 from steplog.processors.config import ProcessorConfig
 from steplog.processors.membership import claim_membership
+from steplog.processors.run_retention import state_retention
 from steplog.projections.clickhouse import chdb_path, open_clickhouse
 from steplog.projections.flows_table import load_flows
 from steplog.projections.migrations import migrate
 from steplog.server.store_process import StoreProcess
 from steplog.projections.writer import BatchWriter, ProjectionWriter
+from steplog.record_signer import record_signer, signatures_enforced
 from steplog.settings import Settings, child_environment
 from steplog.server.stack_lock import claim_for_stack
 from steplog.server.supervisor import ProcessorsSupervisor
 from steplog.topics import TopicSpec, ensure_topics, topic_specs
 
 log = logging.getLogger("steplog.server.stack")
+
+_KEYS_WAIT_S = 60.0
+"""How long the processors wait to have read the keys topic before they start."""
 
 
 def processor_config(settings: Settings) -> ProcessorConfig:
@@ -63,6 +70,7 @@ def processor_config(settings: Settings) -> ProcessorConfig:
         replication_factor=settings.replication_factor,
         max_event_bytes=settings.max_event_bytes,
         data_dir=settings.data_dir / "processors",
+        state_retention=state_retention(settings),
         state_memory_bytes=settings.state_memory_mb << 20,
         write_interval=settings.write_interval_ms / 1000,
     )
@@ -110,6 +118,14 @@ def run_processors(
     already; alone, the processors take it before they open the engine's files."""
     tune_gc_for_batches()
     config = processor_config(settings)
+    signer = record_signer(settings)
+    enforced = signatures_enforced(settings)
+    if enforced and signer is None:
+        raise SettingsError(
+            "the processors check signed records (STEPLOG_RECORD_SIGNATURES=auto on a secured "
+            "Kafka connection, or required) but have no key to sign their own writes with: "
+            "set STEPLOG_API_KEY to an admin key (or one covering every project)"
+        )
     config.data_dir.mkdir(parents=True, exist_ok=True)
     path = chdb_path(settings.clickhouse_dsn)
     if path is not None and not supervised:
@@ -134,8 +150,13 @@ def run_processors(
         migrate(client, settings.clickhouse_database)
         flows = load_flows(client, settings.clickhouse_database)
         writer = ProjectionWriter(client, settings.clickhouse_database)
+    # Where signatures are enforced, the processors check every record against the keys topic,
+    # followed from here (steplog/server/key_ring.py); they sign what they write themselves.
+    keys = KeyRingFollower(settings).start() if enforced else None
     try:
-        app, host = create_processor_app(config, writer, flows)
+        if keys is not None:
+            keys.wait_caught_up(_KEYS_WAIT_S)
+        app, host = create_processor_app(config, writer, flows, keys=keys, signer=signer)
         if health_socket is not None:
             _serve_health_from(app, ProcessHealth(settings, host.write_health),
                                health_socket)
@@ -160,6 +181,8 @@ def run_processors(
         # write still in a thread holds the store's pipe, and stop() waits for it).
         if store is not None:
             store.stop()
+        if keys is not None:
+            keys.stop()
 
 
 def claim_stack(settings: Settings, path: Path, sql_port: int) -> None:
@@ -262,10 +285,16 @@ def run_dev(settings: Settings, *, sql_port: int, hooks: StackHooks | None = Non
     try:
         asyncio.run(ensure_topics(settings.kafka_bootstrap, topic_specs(settings)))
         _ensure_admin_key(settings)
+        # The web service's alert evaluator joins a group too, on the broker just started.
+        logging.getLogger("aiokafka.consumer.group_coordinator").addFilter(_drop_startup_noise)
         web = WebServiceThread(settings, host="127.0.0.1", port=settings.api_port,
                                sql_port=sql_port)
         web.start()
         log.warning("dashboard and API on %s", web.url)
+        if settings.health_port:
+            log.warning("metrics on %s/metrics (a key of every project) and the processors' on "
+                        "http://%s:%d/metrics", web.url, settings.health_host,
+                        settings.health_port)
         try:
             ProcessorsSupervisor(settings, sql_port=sql_port).run(
                 hooks.on_ready if hooks is not None else None

@@ -24,7 +24,9 @@ key rather than being open by omission. The rules:
   static assets (the app's code, no data);
 - any valid key: `GET /v1/me`, `POST /logout`;
 - a role (principals.py): ingest routes need `ingest`, reads `read`, actions `operate`; `admin`
-  has them all. Which projects a key covers is each route's business (ingest.py, read_routes.py).
+  has them all. Which projects a key covers is each route's business (ingest.py, read_routes.py),
+  but for a route whose answer mixes every project (`Rule.every_project`: `GET /metrics`, whose
+  series carry project and flow names), which needs a key of every project.
 
 Answers: no key, an unknown or revoked key, an expired session: 401 `{"error": ...}` with
 `WWW-Authenticate: Bearer` (a dashboard page redirects to `/login?next=<the page>` instead);
@@ -97,6 +99,8 @@ class Rule:
 
     needs: Role | Literal["open", "any key"]
     page: bool = False
+    every_project: bool = False
+    """The answer is about every project: a key restricted to some projects is refused."""
 
 
 def principal_of(request: web.Request) -> Principal:
@@ -251,6 +255,10 @@ class WebAuth:
             principal = caller.principal
             if isinstance(rule.needs, Role) and not principal.may(rule.needs):
                 return error_response(403, _role_refusal(principal, rule.needs, request))
+            if rule.every_project and principal.projects is not None:
+                return error_response(403, f"{request.method} {request.path}: key "
+                                      f"{principal.key_id} covers some projects only; this "
+                                      "answers about every project and needs a key of all")
             request[_PRINCIPAL] = principal
             return await handler(request)
 

@@ -184,6 +184,7 @@ def test_the_ops_page_flags_the_demos_burst_of_declined_cards(
     page.goto("/ops")
     expect(page.get_by_test_id("spike-flag")).to_have_attribute("data-flagged", "true")
     expect(page.get_by_test_id("failures-chart")).to_be_visible()
+    expect(page.get_by_test_id("alerts")).to_be_visible()  # GET /v1/alerts answered
     expect(page.get_by_test_id("stuck-count")).to_have_text(
         re.compile(rf"\b{ops['stuck_count']}\b"))
     expect(page.get_by_test_id("error-banner")).to_have_count(0)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,25 +32,6 @@ from steplog.topics import ensure_topics, topic_specs
 from tests.conftest import free_port, wait_for
 
 PREFIX = "secure."
-
-
-@pytest.fixture(scope="module")
-def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
-    base = load_settings()
-    broker = LocalBroker(
-        tmp_path_factory.mktemp("secure-kafka"), free_port(), heap=base.broker_heap,
-        version=base.kafka_version, cache_dir=base.cache_dir, secure=True,
-    )
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
-@pytest.fixture(scope="module")
-def admin(secure_broker: LocalBroker) -> KafkaAccess:
-    return secure_broker.admin_access()
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from steplog.schemas.events import (
 )
 from steplog.schemas.flows import FlowDefinition, FlowEdge, FlowStep
 from steplog.settings import Settings
-from tests.conftest import RunningProcessors, run_cli, start_processors, wait_for
+from tests.conftest import RunningProcessors, replay_dry_run, run_cli, start_processors, wait_for
 
 RUNS = 2800
 CHECKOUT = ["validate", "reserve", "charge", "ship"]
@@ -160,11 +160,7 @@ def test_killed_processors_converge_and_replay_rebuilds_the_same_rows(
         running.stop()
 
     # Three fold processes over the six partitions (the real replay below: one per core).
-    dry_run = run_cli(settings, "replay", "--dry-run", "--processes", "3")
-    assert dry_run.returncode == 0, dry_run.stdout + dry_run.stderr
-    for table in ("events", "runs", "steps", "flows"):
-        assert any(line.startswith(table) and line.endswith("identical")
-                   for line in dry_run.stdout.splitlines()), dry_run.stdout
+    replay_dry_run(settings, 3, ("events", "runs", "steps", "flows"))
 
     replayed = run_cli(settings, "replay")
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr

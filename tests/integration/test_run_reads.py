@@ -445,6 +445,6 @@ def test_migration_4_backfills_created_at_and_run_list_from_older_runs_rows(
             ("began", earliest_known(None, started, NOW)),
         ]
         assert rows[1][1].replace(tzinfo=UTC) == started
-        assert {m.version for m in MIGRATIONS} == {1, 2, 3, 4}
+        assert {1, 2, 3, 4} <= {m.version for m in MIGRATIONS}
     finally:
         client.command(f"DROP DATABASE IF EXISTS {database}")

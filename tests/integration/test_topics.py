@@ -10,7 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from steplog.errors import TopicError
 from steplog.settings import Settings
-from steplog.topics import TopicOutcome, ensure_topics, topic_specs
+from steplog.topics import TopicOutcome, alerts_topic, ensure_topics, topic_specs
 
 
 async def describe(bootstrap: str, names: list[str]) -> dict[str, int]:
@@ -25,7 +25,7 @@ async def describe(bootstrap: str, names: list[str]) -> dict[str, int]:
 def test_ensure_creates_the_topics_then_changes_nothing(settings: Settings) -> None:
     specs = topic_specs(settings)
     first = asyncio.run(ensure_topics(settings.kafka_bootstrap, specs))
-    assert [r.outcome for r in first] == [TopicOutcome.CREATED] * 6
+    assert [r.outcome for r in first] == [TopicOutcome.CREATED] * 7
     assert asyncio.run(describe(settings.kafka_bootstrap, [s.name for s in specs])) == {
         settings.topics.events: 3,
         settings.topics.signals: 2,
@@ -33,9 +33,10 @@ def test_ensure_creates_the_topics_then_changes_nothing(settings: Settings) -> N
         settings.topics.dlq: 1,
         settings.topics.flows: 1,
         settings.topics.keys: 1,
+        alerts_topic(settings): 1,
     }
     second = asyncio.run(ensure_topics(settings.kafka_bootstrap, specs))
-    assert [r.outcome for r in second] == [TopicOutcome.UNCHANGED] * 6
+    assert [r.outcome for r in second] == [TopicOutcome.UNCHANGED] * 7
 
 
 def test_ensure_brings_drifted_configs_back(settings: Settings) -> None:

@@ -203,6 +203,9 @@ def matrix(run_id: str, asset: str) -> list[Cell]:
         Cell("GET", "/v1/dead-letters", "/v1/dead-letters",
              {**reading(403, 403), "admin": 200}),
         Cell("GET", "/v1/flows", "/v1/flows", reading(200, 200)),
+        # Metrics carry the names of every project's flows: a key of every project.
+        Cell("GET", "/metrics", "/metrics", {**reading(403, 403), "admin": 200}),
+        Cell("GET", "/v1/alerts", "/v1/alerts", reading(200, 200)),
         *pages,
         Cell("GET", f"/runs/{run_id}", "/runs/{run_id}", reading(200, 404, PAGE_UNKNOWN)),
     ]

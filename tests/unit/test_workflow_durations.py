@@ -1,4 +1,4 @@
-"""Durations and points in time as workflow code writes them (producers.durations)."""
+"""Durations and points in time as workflow code writes them (steplog.durations)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from steplog.errors import InvalidDurationError
-from steplog.producers.durations import duration_ms, instant
+from steplog.durations import duration_ms, instant
 
 
 @pytest.mark.parametrize(

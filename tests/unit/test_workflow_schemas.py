@@ -103,12 +103,6 @@ def test_an_unknown_signals_topic_type_lists_the_four_kinds() -> None:
     assert all(t in error.problem for t in SIGNALS_MESSAGE_TYPES)
 
 
-def test_an_unknown_field_of_a_wait_lists_the_fields_of_a_wait() -> None:
-    error = _refusal_of_signals_message(_document("wait.registered", timeout_ms=5))
-    assert error.field == "timeout_ms"
-    assert "timeout_at" in error.problem and "match_value" in error.problem
-
-
 def test_a_wait_ended_reason_is_timeout_or_cancelled() -> None:
     error = _refusal_of_signals_message(_document("wait.ended", reason="bored"))
     assert error.field == "reason"
@@ -416,15 +410,6 @@ def test_a_step_record_refuses_derived_statuses(status: str) -> None:
     assert "skipped" in caught.value.problem and caught.value.problem.endswith(f"got {status!r}")
     with pytest.raises(ValidationError, match="derived"):
         StepRecord(kind=StepKind.RUN, status=StepStatus(status))
-
-
-def test_an_unknown_field_in_a_step_record_lists_the_record_fields() -> None:
-    document = _document("command.resume_run")
-    document["history"]["charge"]["colour"] = "red"
-    with pytest.raises(InvalidEventError) as caught:
-        decode_command(_bytes(document))
-    assert caught.value.field == "history.charge.colour"
-    assert "child_run_id" in caught.value.problem and "wake_at" in caught.value.problem
 
 
 # --- events the workflows need --------------------------------------------------------------

@@ -1,12 +1,14 @@
 // Operations (`/ops`): seed 003's escalation signals. Failed runs per flow in 5-minute buckets
-// with the spike flag, the overdue count and its trend, stuck runs, processor lag, dead letters.
+// with the spike flag, the overdue count and its trend, stuck runs, processor lag, dead letters;
+// above them the alerts firing (GET /v1/alerts).
 // Every chart leads to the runs behind it.
 
 import { useMemo, useRef, useState } from "react";
 import { Link, type NavigateFunction, useNavigate } from "react-router-dom";
 import uPlot from "uplot";
-import { api, type OpsSummary } from "../api";
+import { type AlertPage, api, type OpsSummary } from "../api";
 import { UPlotChart } from "../charts/UPlotChart";
+import { AlertsPanel } from "../components/AlertsPanel";
 import { StatusGlyph } from "../components/StatusGlyph";
 import { TimeText } from "../components/TimeText";
 import { useMe } from "../hooks/useMe";
@@ -27,6 +29,8 @@ export function OpsPage() {
   const me = useMe();
   const now = useNow(10_000);
   usePolling(async (signal) => setOps(await api.ops(signal)), REFRESH_MS, []);
+  const [alerts, setAlerts] = useState<AlertPage | null>(null);
+  usePolling(async (signal) => setAlerts(await api.alerts(signal)), REFRESH_MS, []);
 
   if (ops === null) return <p className="muted">Loading the operations summary…</p>;
 
@@ -34,6 +38,7 @@ export function OpsPage() {
   return (
     <section className="ops">
       <h1>Operations</h1>
+      {alerts !== null ? <AlertsPanel page={alerts} now={now} /> : null}
       <div
         className={`spike ${ops.spike.flagged ? "is-flagged" : ""}`}
         data-testid="spike-flag"
