@@ -706,9 +706,13 @@ class Tail:
 
 
 @contextlib.contextmanager
-def steplog_stack(scratch: Path) -> Iterator[tuple[Any, dict[str, int]]]:
+def steplog_stack(
+    scratch: Path, *, worker: list[str] | None = None
+) -> Iterator[tuple[Any, dict[str, int]]]:
     """Broker, topics, processors and one worker, all started here and stopped at the end;
-    yields the settings and the pids of the processes. The children's logs are in the scratch dir (tails printed on error)."""
+    yields the settings and the pids of the processes. The children's logs are in the scratch dir (tails printed on error).
+    `worker`: the worker's command (default: this script's `--worker`; benchmarks/flow_control.py
+    brings its own)."""
     from steplog.server.broker import LocalBroker
     from steplog.settings import load_settings
     from steplog.topics import ensure_topics, topic_specs
@@ -735,7 +739,7 @@ def steplog_stack(scratch: Path) -> Iterator[tuple[Any, dict[str, int]]]:
             settings, scratch / "processors.log", scratch / "processors-batches.jsonl"
         ))
         children.append(spawn(
-            "worker", [sys.executable, str(Path(__file__).resolve()), "--worker"],
+            "worker", worker or [sys.executable, str(Path(__file__).resolve()), "--worker"],
             stack_environment(settings), scratch / "worker.log",
         ))
         print(

@@ -17,15 +17,20 @@
   (`to_bytes` / `from_bytes`, checked against `STATE_FORMAT`).
 - `fold/effects.py`: what the fold asks its host to do: rows (`RunRowChanged`,
   `StepRowChanged`) and engine effects (`SendCommand`, `SetTimer`, `ClearTimer`, `WriteEvent`,
-  `WriteSignalsMessage`, `EndParentStep`); `latest_rows` keeps the last row per key.
-- `fold/timers.py`: the timer heap, and what a due timer writes; `fold/signals.py`: each event
-  name's waits and triggers, and what a signals message does to them.
+  `WriteSignalsMessage`, `EndParentStep`, `WorkflowRunEnded`); `latest_rows` keeps the last
+  row per key.
+- `fold/timers.py`: the timer heap, and what a due timer writes; `fold/schedules.py`: what a
+  scheduled start writes (cron ticks and their chain, missed ticks, `expires_after`);
+  `fold/signals.py`: each event
+  name's waits and triggers, and what a signals message does to them; `fold/flow_control.py`:
+  each flow-control key's held-back starts, and which go when.
 - `fold/state_retention.py`: when an ended run leaves the state, on the log's time.
 
 The hosts carry it, one job per module: `app` (the faust app hosting the tasks), `config`
 (`ProcessorConfig`), `stateful_consumer` (the events' and signals' consumers: batches, commits,
 rebalances), `fold_host` (a batch of events: decode, fold, carry out, keep), `signals_host`
-(a batch of signals), `definitions` (every process follows the flows topic) and `flows_host`
+(a batch of signals), `flow_control_host` (a batch of the flow-control topic, and its keys'
+ticks), `flow_gate` (which starts flow control holds back), `definitions` (every process follows the flows topic) and `flows_host`
 (what is done with it), `timer_service` (the timers task), `batch_fold` (one batch of events
 decoded and folded, rows included: the processors' and replay's alike), `projection_batch`
 (effects into inserts), `projection_writes` (inserts retried, refused rows dead-lettered),

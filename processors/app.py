@@ -14,6 +14,10 @@ Consumers and tasks (see docs/processors.md for the whole protocol):
   reader, processors/definitions.py): flow and workflow definitions to the fold and the
   registry, flow definitions to the `flows` table, unusable messages to the dead letters
   (processors/flows_host.py);
+- `control_flow` (a task hosting another `StatefulConsumer`: the flow-control topic, group
+  `ProcessorConfig.flow_control_group`): starts held back by flow control, per key
+  (processors/flow_control_host.py, logic in processors/fold/flow_control.py), and
+  `tick_flow_control` (a task): their keys' due times;
 - `fire_timers` (a task): the timer service (processors/timer_service.py), rebuilt from the
   run states each time the run store has recovered partitions;
 - `mirror_dead_letters` (a task: a consumer of the DLQ topic, group `dead_letters_group`):
@@ -46,7 +50,9 @@ from .config import ProcessorConfig
 from .dead_letters_host import DeadLettersHost
 from .definitions import DefinitionsFollower
 from .dispatch import Dispatcher, SendFunction
+from .flow_control_host import FlowControlHost
 from .flows_host import FlowsHost
+from .fold.flow_control import FlowKeyState
 from .fold.signals import NameTriggers, NameWaits
 from .fold_host import FoldHost
 from .projection_writes import ProjectionWrites
@@ -133,6 +139,16 @@ def create_processor_app(
         write_interval=config.write_interval, membership=config.membership,
     )
 
+    flow_states = config.state_store(config.flow_control_changelog, FlowKeyState.from_bytes)
+    flow_host = FlowControlHost(config, flow_states, writes)
+    flow_control = StatefulConsumer(
+        bootstrap=config.bootstrap, group_id=config.flow_control_group,
+        topic=config.topics.flow_control, stores=[flow_states], process=flow_host.process_flow,
+        write=flow_host.write_rows, recovered=flow_host.recovered, max_records=config.batch_size,
+        max_fetch_bytes=config.max_fetch_bytes, write_interval=config.write_interval,
+        membership=config.membership,
+    )
+
     @app.task  # type: ignore[untyped-decorator]
     async def fold_events() -> None:
         await definitions_known.wait()
@@ -141,6 +157,14 @@ def create_processor_app(
     @app.task  # type: ignore[untyped-decorator]
     async def resolve_signals() -> None:
         await signals.run()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def control_flow() -> None:
+        await flow_control.run()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def tick_flow_control() -> None:
+        await flow_host.run_ticks()
 
     @app.task  # type: ignore[untyped-decorator]
     async def follow_flows() -> None:

@@ -76,6 +76,16 @@ class ProcessorConfig:
         return f"{self.signals_group}-triggers-changelog"
 
     @property
+    def flow_control_group(self) -> str:
+        """The flow-control consumer's group (processors/flow_control_host.py)."""
+        return f"{self.app_id}-flow-control"
+
+    @property
+    def flow_control_changelog(self) -> str:
+        """The flow-control keys' changelog."""
+        return f"{self.flow_control_group}-changelog"
+
+    @property
     def max_fetch_bytes(self) -> int:
         """Per partition and fetch: at least one message of the largest size allowed."""
         return max(self.max_event_bytes * 2, 4 * 1024 * 1024)

@@ -18,6 +18,9 @@ Besides sending, the dispatcher does the two things the fold cannot:
   `step.failed` of its parent's step ("no workflow named X in any app"), with the id a child's
   end would have had (`derived_id("child-end", child_run_id)`). A scheduled start that no app
   can take yet is handed back (the timer service retries it when the registry learns more).
+- **flow control** (processors/flow_gate.py): a `start_run` of a workflow that limits its
+  starts goes to the flow-control topic instead (unless `SendCommand.admitted`), and a
+  `WorkflowRunEnded` of one that counts running runs frees the run's slot there.
 - **parents of child runs** (`EndParentStep`): the child's state names its parent's run,
   workflow, step and attempt, and the dispatcher writes the step's outcome. Children started
   before run.started named the workflow and attempt are found in an index that the fold host
@@ -46,6 +49,7 @@ from steplog.schemas.events import (
     StepFailed,
     StepFailedPayload,
 )
+from steplog.schemas.flow_control import FlowMessage
 from steplog.schemas.ids import derived_id
 from steplog.schemas.topics import TopicNames
 
@@ -56,9 +60,11 @@ from .fold.effects import (
     ParentStep,
     SendCommand,
     SetTimer,
+    WorkflowRunEnded,
     WriteEvent,
     WriteSignalsMessage,
 )
+from .flow_gate import held_start, released_slot
 from .registry import WorkflowRegistry
 from .fold.state import InvokeInfo, RunState
 from .fold.workflow import is_workflow_run
@@ -192,6 +198,12 @@ class Dispatcher:
                     reported.append(effect.child_run_id)
             elif isinstance(effect, SetTimer | ClearTimer):
                 result.timers.append((item.run_key, effect))
+            elif isinstance(effect, WorkflowRunEnded):
+                released = released_slot(
+                    self.registry.definition(effect.project, effect.app, effect.workflow), effect
+                )
+                if released is not None:
+                    self._flow_message(outbox, released)
         await outbox.flush()
         for child in reported:
             self.parents.pop(child, None)
@@ -223,6 +235,11 @@ class Dispatcher:
                 return
             if app != command.app:
                 command = command.model_copy(update={"app": app})
+        held = None
+        if isinstance(command, StartRun) and not effect.admitted and command.app is not None:
+            held = held_start(
+                self.registry.definition(command.project, command.app, command.workflow), command
+            )
         if (
             isinstance(command, ResumeRun)
             and command.history_partition is None
@@ -233,11 +250,19 @@ class Dispatcher:
                 update={"history_partition": partition, "history_offset": offset}
             )
         try:
+            if held is not None:  # flow control decides when it goes (flow_gate.py)
+                self._flow_message(outbox, held)
+                return
             value = encode(command, max_bytes=self.max_bytes)
         except EventTooLargeError as exc:
             self._too_large(outbox, effect, command, exc)
             return
         outbox.add(self.topics.commands, command.run_id.encode(), value)
+
+    def _flow_message(self, outbox: Outbox, message: FlowMessage) -> None:
+        # Keyed by the start's key value: a key's starts and ends share a partition.
+        outbox.add(self.topics.flow_control, message.topic_key.encode(),
+                   encode(message, max_bytes=self.max_bytes))
 
     def _too_large(
         self,

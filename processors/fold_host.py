@@ -120,15 +120,23 @@ class FoldHost:
         """Keep the newest of each flow and workflow definition; a workflow new to the registry
         may be what a scheduled start was waiting for."""
         learned = False
+        scheduled: list[WorkflowDefinition] = []
         for definition in definitions:
             if isinstance(definition, WorkflowDefinition):
                 learned = self.registry.remember(definition) or learned
+                # The newest definition's schedule only (an older one is not the workflow's).
+                newest = self.registry.definition(definition.project, definition.app,
+                                                  definition.name)
+                if definition.schedule is not None and newest is definition:
+                    scheduled.append(definition)
                 continue
             held = self.flows.get(definition.key)
             if held is None or held.ts <= definition.ts:
                 self.flows[definition.key] = definition
         if learned:
             self.timers.registry_changed()
+        if scheduled:
+            self.timers.schedules_learned(scheduled)
 
     async def recovered(self) -> None:
         """The run store holds new partitions (start-up, or a rebalance): rebuild what is

@@ -14,9 +14,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from steplog.metrics import metrics
+from steplog.schemas.flows import WorkflowDefinition
+from steplog.schemas.schedules import CronSchedule
 
 from .dispatch import Dispatcher, Planned
-from .fold.effects import ClearTimer, SetTimer, TimerKind
+from .fold.effects import ClearTimer, SetTimer, TimerKind, WriteEvent
+from .fold.schedules import first_tick
 from .fold.state import RunState
 from .fold.timers import TimerHeap, fire_timer
 
@@ -68,6 +71,8 @@ class TimerService:
         self._registry_changes = 0
         """Counts `registry_changed` calls, so that a firing can tell whether a workflow became
         known while it waited for its acknowledgements."""
+        self._first_ticks: list[WriteEvent] = []
+        """The first ticks of schedules learned since the last firing, to write."""
 
     def rebuild(self, states: Iterable[tuple[bytes, RunState]]) -> None:
         self.heap.rebuild(states)
@@ -100,11 +105,29 @@ class TimerService:
         self._unresolved.clear()
         self._wakeup.set()
 
+    def schedules_learned(self, definitions: Iterable[WorkflowDefinition]) -> None:
+        """Workflows with a cron schedule were defined (again): write the first tick of each
+        after now. Usually the tick the schedule's chain already holds, so a duplicate; the
+        chain's start when the schedule is new (fold/schedules.py)."""
+        now = self.clock()
+        for definition in definitions:
+            tick = first_tick(definition, now)
+            if tick is not None:
+                self._first_ticks.append(WriteEvent(tick))
+        if self._first_ticks:
+            self._wakeup.set()
+
+    def _schedule_of(self, project: str, app: str, workflow: str) -> CronSchedule | None:
+        definition = self.dispatcher.registry.definition(project, app, workflow)
+        return None if definition is None else definition.schedule
+
     async def run(self) -> None:
         await self.ready.wait()
         while True:
             self._wakeup.clear()
             now = self.clock()
+            if self._first_ticks:
+                await self._write_first_ticks()
             due = self.heap.pop_due(now)
             if due:
                 await self._fire(due, now)
@@ -118,11 +141,21 @@ class TimerService:
             except TimeoutError:
                 pass
 
+    async def _write_first_ticks(self) -> None:
+        ticks, self._first_ticks = self._first_ticks, []
+        try:
+            await self.dispatcher.carry_out([Planned(tick) for tick in ticks])
+        except Exception:
+            # Kept for the next turn of the loop (at most a second away): a schedule learned
+            # while Kafka is away still gets its first tick.
+            log.exception("timer service: writing %d first ticks failed; again soon", len(ticks))
+            self._first_ticks[:0] = ticks
+
     async def _fire(self, due: Sequence[tuple[bytes, SetTimer]], now: datetime) -> None:
         planned = [
             Planned(effect, run_key)
             for run_key, timer in due
-            for effect in fire_timer(self.load_state(run_key), timer, now)
+            for effect in fire_timer(self.load_state(run_key), timer, now, self._schedule_of)
         ]
         if not planned:
             return

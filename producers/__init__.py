@@ -18,5 +18,9 @@
   events), `step_run` and `parking_steps` (the step kinds), `json_values`; the worker:
   `worker` (lifecycle), `command_intake` (consuming), `run_executor` (starts, resumes,
   cancels), `command_commits` (offsets and their commit protocol), `kafka_run_sink`,
-  `recent_runs`; `history` and `run_log` (a run's history from the log).
+  `recent_runs`; `history` and `run_log` (a run's history from the log); `patches`
+  (`ctx.patched`: versioning with runs in flight).
+- testing users' workflows: `testing` (`WorkflowTest`: runs in-process on the worker's own
+  passes; users import it as `steplog.testing`, with its pytest fixture), `memory_run_log`
+  (where their passes write).
 """

@@ -28,18 +28,31 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from steplog.durations import Duration, duration_ms
 from steplog.errors import WorkflowError
 from steplog.schemas.base import new_event_id
-from steplog.schemas.flows import RetryPolicy, WorkflowDefinition
+from steplog.expressions import compile_condition
+from steplog.schemas.flow_control import (
+    Concurrency,
+    Debounce,
+    FlowControl,
+    RateLimit,
+    Throttle,
+)
+from steplog.schemas.flows import CancelOn, RetryPolicy, WorkflowDefinition
 from steplog.schemas.limits import KEY_SEGMENT_PATTERN, NAME_MAX_CHARS
-from steplog.schemas.signals import TriggerRegistered
+from steplog.schemas.schedules import MissedTicks
+from steplog.schemas.signals import WAIT_CONDITION_NAMES, Idempotency, TriggerRegistered
 from steplog.settings import Settings, load_settings
 
 from .context import WorkflowFunction
+from .schedules import cron_schedule
 from .worker import Worker
 from .workflow import Workflow
 
-__all__ = ["App", "Retries", "Workflow", "load_app"]
+__all__ = [
+    "App", "Concurrency", "Debounce", "RateLimit", "Retries", "Throttle", "Workflow", "load_app",
+]
 
 Retries = RetryPolicy
 """How a failing step is retried: `Retries(attempts=3, initial_delay_ms=50)`; the defaults are
@@ -91,13 +104,42 @@ class App:
         *,
         triggers: Iterable[str] = (),
         retries: RetryPolicy | None = None,
+        cancel_on: Iterable[CancelOn] = (),
+        idempotency: str | None = None,
+        idempotency_window: Duration = "24h",
+        cron: str | None = None,
+        timezone: str | None = None,
+        missed: MissedTicks | None = None,
+        expires_after: Duration | None = None,
+        concurrency: Concurrency | None = None,
+        throttle: Throttle | None = None,
+        rate_limit: RateLimit | None = None,
+        debounce: Debounce | None = None,
+        priority: str | None = None,
     ) -> Callable[[F], F]:
         """Register an `async def fn(ctx)` as workflow `name` (default: the function's name).
 
         triggers: signal names that each start a run (`ctx.event` is the signal).
         retries: the retry policy of its steps (default: the app's).
+        cancel_on: signals that cancel a running or waiting run, e.g.
+            [CancelOn(event="order.cancelled", match="data.order_id")].
+        idempotency: a path into the trigger event, e.g. "data.order_id": signals with one
+            value there start one run per `idempotency_window` (fixed windows, default 24 h).
+        cron: a run starts at each tick of this cron expression (5 fields, or 6 with seconds
+        first), read on the wall clock of `timezone` (IANA, default UTC); `missed`: the ticks
+        missed during an outage ("run_latest", the default, "run_all" or "skip");
+        `expires_after`: a tick not started that long after its time ends `expired`.
+        concurrency, throttle, rate_limit, debounce, priority: flow control, enforced by the
+        processors (README, "Flow control"; schemas/flow_control.py).
         The function is returned unchanged.
         """
+        cancel_rules = tuple(cancel_on)
+        for index, rule in enumerate(cancel_rules):
+            if not isinstance(rule, CancelOn):
+                raise WorkflowError(f"cancel_on[{index}]: {rule!r} is not a CancelOn(event=...)")
+            if rule.condition is not None:
+                compile_condition(rule.condition, field=f"cancel_on[{index}].condition",
+                                  names=WAIT_CONDITION_NAMES)
         if isinstance(triggers, str):
             raise WorkflowError(
                 f"triggers: {triggers!r} is a string; expected a list of event names, "
@@ -107,6 +149,7 @@ class App:
 
         def register(fn: F) -> F:
             workflow_name = name or str(getattr(fn, "__name__", ""))
+            schedule = cron_schedule(workflow_name, cron, timezone, missed, expires_after)
             is_async = inspect.iscoroutinefunction(fn)
             if not is_async:
                 raise WorkflowError(
@@ -117,8 +160,13 @@ class App:
                 raise WorkflowError(
                     f"workflow {workflow_name!r} is already registered in app {self.name!r}"
                 )
-            workflow = Workflow(workflow_name, fn, trigger_names, retries or self.retries)
             try:
+                flow_control = _flow_control(concurrency, throttle, rate_limit, debounce, priority)
+                workflow = Workflow(
+                    workflow_name, fn, trigger_names, retries or self.retries,
+                    cancel_on=cancel_rules,
+                    idempotency=_idempotency(idempotency, idempotency_window), schedule=schedule, flow_control=flow_control,
+                )
                 workflow.definition(self.project, self.name)  # the wire rules, checked now
             except ValidationError as exc:
                 raise WorkflowError(f"workflow {workflow_name!r}: {_first_problem(exc)}") from None
@@ -141,6 +189,7 @@ class App:
                 name=trigger,
                 app=self.name,
                 workflow=workflow.name,
+                idempotency=workflow.idempotency,
                 ts=now,
             )
             for workflow in self._workflows.values()
@@ -186,6 +235,25 @@ def load_app(target: str) -> App:
             "(app = steplog.App(\"name\"))"
         )
     return found
+
+
+def _flow_control(
+    concurrency: Concurrency | None, throttle: Throttle | None, rate_limit: RateLimit | None,
+    debounce: Debounce | None, priority: str | None,
+) -> FlowControl | None:
+    if (concurrency, throttle, rate_limit, debounce, priority) == (None,) * 5:
+        return None
+    return FlowControl(concurrency=concurrency, throttle=throttle, rate_limit=rate_limit,
+                       debounce=debounce, priority=priority)
+
+
+def _idempotency(key: str | None, window: Duration) -> Idempotency | None:
+    if key is None:
+        return None
+    # Validated with the definition (a ValidationError naming the field).
+    return Idempotency.model_validate(
+        {"key": key, "window_ms": duration_ms(window, field="idempotency_window")}
+    )
 
 
 def _check_segment(what: str, value: object) -> None:

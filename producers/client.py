@@ -42,10 +42,10 @@ from types import TracebackType
 from typing import Final
 
 import steplog.kafka as kafka
-from steplog.errors import EventTooLargeError, SendError
+from steplog.errors import EventTooLargeError, InvalidEventError, SendError
 from steplog.producers.control import ControlSender
 from steplog.producers.control_messages import ControlMessages
-from steplog.durations import Instant
+from steplog.durations import Duration, Instant, duration_ms
 from steplog.producers.event_bytes import encode_name
 from steplog.producers.run import Run
 from steplog.producers.run_results import (
@@ -264,6 +264,8 @@ class Client:
     def start(
         self, workflow: str, data: object = None, *, app: str | None = None,
         start_at: Instant | None = None, run_id: str | None = None,
+        idempotency_key: str | None = None, idempotency_window: Duration = "24h",
+        expires_after: Duration | None = None,
     ) -> RunHandle:
         """Start a run of `workflow` with `data` as its input; returns its RunHandle: the run
         id (a str, as before) whose `result(timeout=...)` waits for the run's output.
@@ -271,17 +273,58 @@ class Client:
         With `app` and no `start_at`: a start_run command to that app's workers. With
         `start_at` (an aware datetime, ISO string or epoch ms): a run.scheduled event; the
         processors start it when due. Without `app`: a run.scheduled due now, and the
-        processors resolve which app defines the workflow.
+        processors resolve which app defines the workflow. `expires_after` ("15m", ms): a run
+        the processors could not start that long after its time ends `expired` instead.
+
+        With `idempotency_key` (an order id, say): one run per key and workflow within
+        `idempotency_window` (fixed windows of that length, default 24 h); a duplicate starts
+        nothing and returns the handle of the run the first start made (its data is ignored).
+        Such a start always goes through the processors (a run.scheduled).
         """
-        topic, key, message = self._messages().start(workflow, data, app, start_at, run_id, None, None)
+        if idempotency_key is not None:
+            topic, key, message = self._idempotent_start(
+                workflow, data, app, start_at, run_id, idempotency_key, idempotency_window
+            )
+            self._control_sender().send(topic, key, message)
+            return self._existing_run(key, workflow)
+        topic, key, message = self._messages().start(
+            workflow, data, app, start_at, run_id, None, None, expires_after
+        )
         return self._send_start(topic, key, message, workflow)
 
     async def start_async(
         self, workflow: str, data: object = None, *, app: str | None = None,
         start_at: Instant | None = None, run_id: str | None = None,
+        idempotency_key: str | None = None, idempotency_window: Duration = "24h",
+        expires_after: Duration | None = None,
     ) -> RunHandle:
-        topic, key, message = self._messages().start(workflow, data, app, start_at, run_id, None, None)
+        if idempotency_key is not None:
+            topic, key, message = self._idempotent_start(
+                workflow, data, app, start_at, run_id, idempotency_key, idempotency_window
+            )
+            await self._control_sender().send_async(topic, key, message)
+            return self._existing_run(key, workflow)
+        topic, key, message = self._messages().start(
+            workflow, data, app, start_at, run_id, None, None, expires_after
+        )
         return await self._send_start_async(topic, key, message, workflow)
+
+    def _idempotent_start(
+        self, workflow: str, data: object, app: str | None, start_at: Instant | None,
+        run_id: str | None, key: str, window: Duration,
+    ) -> tuple[str, str, WireModel]:
+        if run_id is not None:
+            raise InvalidEventError(
+                "run_id", "given with idempotency_key, which derives the run id; pass one"
+            )
+        window_ms = duration_ms(window, field="idempotency_window")
+        return self._messages().idempotent_start(workflow, data, app, start_at, key, window_ms)
+
+    def _existing_run(self, run_id: str, workflow: str) -> RunHandle:
+        # No mark: a duplicate's run may have ended before this start was sent, so the handle
+        # looks for its end the way a handle on a run started elsewhere does.
+        return RunHandle(run_id, project=self.project, workflow=workflow, mark=None,
+                         tail=self._run_end_tail())
 
     def run_handle(
         self, run_id: str, *, workflow: str | None = None, project: str | None = None

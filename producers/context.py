@@ -19,6 +19,7 @@ from steplog.schemas.flows import RetryPolicy
 
 from steplog.durations import Duration, Instant, duration_ms, instant
 from .parking_steps import emit_step, invoke_step, sleep_step, wait_step
+from .patches import deprecate_patch, patched
 from .step_run import NO_INPUT, run_step
 
 if TYPE_CHECKING:
@@ -54,6 +55,17 @@ class WorkflowContext:
         self.project: str = run.project
         self.event: TriggerEvent = run.event
         self.step: StepTools = StepTools(run)
+
+    def patched(self, patch_id: str) -> bool:
+        """Whether this run takes the new path of a code change: True for runs that reach
+        this call under the new code (a marker step `patched:<id>` is recorded), False for
+        runs that went past it under the old code (producers.patches; docs/workflows.md)."""
+        return patched(self._run, patch_id)
+
+    def deprecate_patch(self, patch_id: str) -> None:
+        """The old path of `patch_id` is deleted: runs that took the new one go on replaying;
+        a run that took the old one fails with NonDeterminismError (producers.patches)."""
+        deprecate_patch(self._run, patch_id)
 
     def __repr__(self) -> str:
         return f"WorkflowContext(workflow={self.workflow!r}, run_id={self.run_id!r})"
@@ -91,12 +103,19 @@ class StepTools:
         shown: JsonValue = duration if isinstance(duration, (str, int, float)) else ms
         await sleep_step(self._run, step_id, StepKind.SLEEP, wake_at, {"duration": shown})
 
-    async def sleep_until(self, step_id: str, at: Instant) -> None:
+    async def sleep_until(
+        self, step_id: str, at: Instant, *, expires_after: Duration | None = None
+    ) -> None:
         """Pause the run durably until `at` (an aware datetime, ISO 8601 string, epoch ms);
-        a time already past returns at once."""
+        a time already past returns at once. With `expires_after` ("1h", ms), a wake-up later
+        than that after `at` (an outage) ends the run `expired` instead of going on late."""
         wake_at = instant(at)
+        expires_after_ms = (
+            None if expires_after is None else duration_ms(expires_after, field="expires_after")
+        )
         await sleep_step(
-            self._run, step_id, StepKind.SLEEP_UNTIL, wake_at, {"until": wake_at.isoformat()}
+            self._run, step_id, StepKind.SLEEP_UNTIL, wake_at, {"until": wake_at.isoformat()},
+            expires_after_ms,
         )
 
     async def wait_for_event(
@@ -106,13 +125,17 @@ class StepTools:
         event: str,
         timeout: Duration | None = None,
         match: str | None = None,
+        if_: str | None = None,
     ) -> JsonValue:
         """Park until a signal named `event` arrives (the signal's data is returned), or until
         `timeout` elapses (None is returned; no timeout waits forever). With `match`, e.g.
         "data.order_id", only a signal with the trigger event's value at that path counts.
-        Only signals sent after the run parked count (they are not retained)."""
+        With `if_`, a CEL condition on the signal, e.g. "event.data.amount > 100 and
+        event.data.currency == 'EUR'", only a signal meeting it counts (ExpressionError here
+        for one that cannot be compiled). Only signals sent after the run parked count (they
+        are not retained)."""
         timeout_ms = None if timeout is None else duration_ms(timeout, field="timeout")
-        return await wait_step(self._run, step_id, event, timeout, timeout_ms, match)
+        return await wait_step(self._run, step_id, event, timeout, timeout_ms, match, if_)
 
     async def run_workflow(
         self, step_id: str, *, name: str, data: JsonValue = None, app: str | None = None

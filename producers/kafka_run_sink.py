@@ -22,6 +22,8 @@ from steplog.schemas.codec import encode
 from steplog.schemas.record_signing import RecordSigner, signature_headers
 from steplog.settings import Settings
 
+from steplog.schemas.signals import WaitEnded
+
 from .pass_writes import SignalsWrite, WorkflowEvent
 from .recent_runs import REMEMBERED_RUNS, remember
 
@@ -68,7 +70,8 @@ class KafkaRunSink:
             written = future.result()
             self._note_written(run_id, written.partition, written.offset)
 
-    async def send_signal(self, message: SignalsWrite) -> Awaitable[object]:
+    async def send_signal(self, message: SignalsWrite | WaitEnded) -> Awaitable[object]:
+        # WaitEnded too: the releases of a run's cancel_on registrations (producers/cancel_on.py).
         value = encode(message, max_bytes=self._max_bytes)
         future: Awaitable[object] = await self._producer.send(
             self._signals, value=value, key=message.name.encode(),

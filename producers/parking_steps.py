@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from pydantic import JsonValue
 
 from steplog.errors import ChildRunFailedError, WorkflowError
+from steplog.expressions import compile_condition
 from steplog.schemas.base import ErrorInfo
 from steplog.schemas.commands import StepRecord
 from steplog.schemas.events import (
@@ -40,7 +41,12 @@ from steplog.schemas.ids import (
     emitted_signal_id,
     wait_registration_id,
 )
-from steplog.schemas.signals import Signal, WaitRegistered, resolve_match_path
+from steplog.schemas.signals import (
+    WAIT_CONDITION_NAMES,
+    Signal,
+    WaitRegistered,
+    resolve_match_path,
+)
 from steplog.schemas.statuses import StepStatus
 
 from steplog.durations import Duration
@@ -57,7 +63,12 @@ __all__ = ["emit_step", "invoke_step", "sleep_step", "wait_step"]
 
 
 async def sleep_step(
-    run: RunPass, step_id: str, kind: StepKind, wake_at: datetime, input: dict[str, JsonValue]
+    run: RunPass,
+    step_id: str,
+    kind: StepKind,
+    wake_at: datetime,
+    input: dict[str, JsonValue],
+    expires_after_ms: int | None = None,
 ) -> None:
     writes = run.writes
     record = await run.enter(step_id, kind)
@@ -69,13 +80,16 @@ async def sleep_step(
         if record.wake_at is None:
             # Its step.started is in the log but not its step.sleeping (the worker died
             # between the two): write it, under the id the first write would have had.
-            await run.branches.writing(_sleeping(run, step_id, kind, record.attempt, wake_at))
+            await run.branches.writing(
+                _sleeping(run, step_id, kind, record.attempt, wake_at, expires_after_ms)
+            )
         await run.branches.block(parked=True)
     await run.check_new_step(step_id, kind)
     started = writes.step_event(
         StepStarted, step_id, 1, StepStartedPayload(kind=kind, input=input)
     )
-    if wake_at <= run.now():
+    # A time already past returns at once, unless it may be too late: the processors decide.
+    if wake_at <= run.now() and expires_after_ms is None:
         completed = writes.step_event(StepCompleted, step_id, 1, StepCompletedPayload())
 
         async def at_once() -> None:
@@ -90,7 +104,7 @@ async def sleep_step(
 
     async def park() -> None:
         started_ack = await writes.enqueue(started)
-        await _sleeping(run, step_id, kind, 1, wake_at, started_ack)
+        await _sleeping(run, step_id, kind, 1, wake_at, expires_after_ms, started_ack)
 
     await run.branches.writing(park())
     run.journal.steps[step_id] = StepRecord(
@@ -105,10 +119,12 @@ async def _sleeping(
     kind: StepKind,
     attempt: int,
     wake_at: datetime,
+    expires_after_ms: int | None,
     started_ack: Awaitable[object] | None = None,
 ) -> None:
     sleeping = run.writes.step_event(
-        StepSleeping, step_id, attempt, StepSleepingPayload(wake_at=wake_at, kind=kind),
+        StepSleeping, step_id, attempt,
+        StepSleepingPayload(wake_at=wake_at, kind=kind, expires_after_ms=expires_after_ms),
         event_id=derived_id("step.sleeping", run.run_id, step_id, str(attempt)),
     )
     await run.writes.acknowledged(await run.writes.enqueue(sleeping), started_ack)
@@ -124,8 +140,11 @@ async def wait_step(
     timeout: Duration | None,
     timeout_ms: int | None,
     match: str | None,
+    condition: str | None = None,
 ) -> JsonValue:
     writes = run.writes
+    if condition is not None:  # a bad condition fails here, in the workflow's code
+        compile_condition(condition, field=f"step {step_id!r}: if_", names=WAIT_CONDITION_NAMES)
     match_value: JsonValue = None
     if match is not None:
         found, match_value = resolve_match_path(run.event.as_document(), match)
@@ -159,6 +178,7 @@ async def wait_step(
         match=match,
         match_value=match_value,
         timeout_at=timeout_at,
+        condition=condition,
         ts=run.now(),
     )
     # Built in the order they are written: the fold orders a step's events by seq.
@@ -169,7 +189,8 @@ async def wait_step(
         StepStarted, step_id, attempt,
         StepStartedPayload(
             kind=StepKind.WAIT_FOR_EVENT,
-            input={"event": event, "timeout": shown_timeout, "match": match},
+            input={"event": event, "timeout": shown_timeout, "match": match}
+            | ({} if condition is None else {"if": condition}),
         ),
     )
     waiting = writes.step_event(

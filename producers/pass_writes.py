@@ -70,6 +70,7 @@ class PassWrites:
         # records carry none: start from the clock (microseconds), above anything seen.
         self._seq = max(last_seq, _epoch_micros(clock()))
         self.aborted: BaseException | None = None
+        self._soon: list[WorkflowEvent] = []
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -96,12 +97,30 @@ class PassWrites:
             payload=payload,
         )
 
+    def write_soon(self, *events: WorkflowEvent) -> None:
+        """Queue events from synchronous code (a patch marker): they are written, and
+        acknowledged, before the next event the pass writes, or before it parks."""
+        self._soon.extend(events)
+
+    async def write_queued(self) -> None:
+        """Write what `write_soon` queued; WriteFailed if the broker refused it."""
+        while self._soon:
+            event = self._soon.pop(0)  # taken first: a sibling branch must not send it too
+            try:
+                await (await self.sink.send_event(event))
+            except Exception as exc:
+                raise WriteFailed(exc) from exc
+
     async def enqueue(self, event: WorkflowEvent) -> Awaitable[object]:
         """Hand one event to the sink (in order); the returned awaitable is its ack."""
         if self._branches.ended:
             raise asyncio.CancelledError()
         try:
+            if self._soon:
+                await self.write_queued()
             return await self.sink.send_event(event)
+        except WriteFailed as failed:
+            raise self._abort(failed.cause) from failed.cause
         except EventTooLargeError:
             raise
         except Exception as exc:
@@ -137,6 +156,8 @@ class PassWrites:
             seq=self._next_seq(),
             **kwargs,
         )
+        if self._soon:
+            await self.write_queued()
         try:
             await (await self.sink.send_event(event))
         except EventTooLargeError:

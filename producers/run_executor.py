@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
@@ -52,9 +52,11 @@ from steplog.schemas.events import (
     new_event_id,
 )
 from steplog.schemas.ids import derived_id
+from steplog.schemas.signals import WaitEnded, WaitRegistered
 from steplog.redaction import secret_rules
 from steplog.settings import Settings
 
+from .cancel_on import cancel_registrations, cancel_releases
 from .command_commits import CommandCommits, CommandToken
 from .context import TriggerEvent
 from .history import RunHistory, RunStart
@@ -64,7 +66,7 @@ from .recent_runs import REMEMBERED_CANCELS, REMEMBERED_RUNS, remember
 from .recorded_errors import error_info
 from .run_log import RunLogReader
 from .run_pass import PassOutcome, PassResult, RunPass
-from .workflow import ServedApp
+from .workflow import ServedApp, Workflow
 
 __all__ = ["RunExecutor", "RunInFlight", "WorkerStats"]
 
@@ -287,6 +289,8 @@ class RunExecutor:
         except Exception:  # see _resume: a command that cannot be carried out is done
             log.exception("start_run %s: cannot be carried out", run_id)
             return _NOWHERE
+        if written is not None and workflow is not None and workflow.cancel_on:
+            await self._register_cancels(command, workflow)
         if written is not None and workflow is not None:
             remember(self._starts, run_id, RunStart.from_command(command), REMEMBERED_RUNS)
             remember(self._not_yet_passed, run_id, command.ts, REMEMBERED_RUNS)
@@ -419,9 +423,41 @@ class RunExecutor:
             handle.run_pass = None
             in_flight.dec()
         self._count(result)
+        if workflow.cancel_on and result.outcome in (PassOutcome.COMPLETED, PassOutcome.FAILED):
+            await self._release_cancels(workflow, run_id)
         if result.outcome is PassOutcome.FAILED:
             log.info("run %s of %s failed: %r", run_id, name, result.error)
         return result
+
+    async def _register_cancels(self, command: StartRun, workflow: Workflow) -> None:
+        """The run's cancel_on registrations (producers/cancel_on.py), acknowledged before its
+        first pass. Written again for a start handled again: duplicates, dropped."""
+        trigger = command.trigger
+        event = TriggerEvent(name=trigger.name if trigger else None, data=command.input)
+        registrations = cancel_registrations(
+            workflow.cancel_on, project=self.app.project, app=self.app.name,
+            workflow=workflow.name, run_id=command.run_id,
+            trigger_event=event.as_document(), now=_now(),
+        )
+        await self._send_signals(command.run_id, registrations)
+
+    async def _release_cancels(self, workflow: Workflow, run_id: str) -> None:
+        releases = cancel_releases(workflow.cancel_on, project=self.app.project,
+                                   workflow=workflow.name, run_id=run_id, now=_now())
+        await self._send_signals(run_id, releases)
+
+    async def _send_signals(
+        self, run_id: str, messages: Sequence[WaitRegistered | WaitEnded]
+    ) -> None:
+        # Not retried: a registration lost makes the run uncancellable by its event, a release
+        # lost leaves a registration behind (producers/cancel_on.py); neither stops the run.
+        assert self.sink is not None
+        try:
+            acks = [await self.sink.send_signal(message) for message in messages]
+            for ack in acks:
+                await ack
+        except (KafkaError, OSError) as exc:
+            log.warning("run %s: writing its cancel_on registrations failed: %r", run_id, exc)
 
     def _not_defined(self, name: str) -> str:
         defined = ", ".join(sorted(self.app.workflows)) or "none"

@@ -14,6 +14,7 @@ from steplog.schemas.limits import CONTROL_CHARACTER, NAME_MAX_CHARS
 from steplog.schemas.statuses import StepStatus
 
 from .history import RunHistory
+from .patches import MARKER_PREFIX, patch_of
 
 __all__ = ["RunJournal", "check_step_id", "failed_error"]
 
@@ -26,6 +27,8 @@ class RunJournal:
         self._run_id = run_id
         self._visited: set[str] = set()
         self.fatal: NonDeterminismError | None = None
+        self.patches: dict[str, bool] = {}
+        """Each patch's answer in this pass (producers.patches): the first one holds."""
 
     def visit(self, step_id: str, kind: StepKind) -> StepRecord | None:
         """The pass asks for a step: its record (None: new), once per pass and of its kind."""
@@ -45,6 +48,10 @@ class RunJournal:
             )
         return record
 
+    def unvisited(self) -> list[str]:
+        """The history's steps this pass has not asked for (yet)."""
+        return [key for key in self.steps if key not in self._visited]
+
     def unvisited_completed(self) -> list[str]:
         return [
             key
@@ -54,11 +61,17 @@ class RunJournal:
 
     def fail_new_step(self, step_id: str, kind: StepKind, unvisited: list[str]) -> NoReturn:
         shown = ", ".join(f"{key!r} ({self.steps[key].kind.value})" for key in unvisited)
+        patches = [patch for key in unvisited if (patch := patch_of(key)) is not None]
+        hint = "".join(
+            f"; the code no longer asks for patch {patch!r}: call "
+            f"ctx.deprecate_patch({patch!r}) until the runs that took it have ended"
+            for patch in patches
+        )
         self.fail_fatally(
             f"this pass asks for a new step {step_id!r} ({kind.value}) where the run's "
             f"history has completed step(s) {shown} that it never asked for: the "
             "workflow's code changed under a run in flight, or it chooses its steps from "
-            "something outside them (the clock, randomness, a read not in a step)"
+            f"something outside them (the clock, randomness, a read not in a step){hint}"
         )
 
     def fail_fatally(self, message: str) -> NoReturn:
@@ -73,6 +86,11 @@ def check_step_id(step_id: object) -> None:
         raise WorkflowError(
             f"step id {step_id!r}: expected a string of 1 to {NAME_MAX_CHARS} characters "
             "without control characters"
+        )
+    if step_id.startswith(MARKER_PREFIX):
+        raise WorkflowError(
+            f"step id {step_id!r}: ids starting with {MARKER_PREFIX!r} are reserved for the "
+            "markers of ctx.patched"
         )
 
 

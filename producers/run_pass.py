@@ -206,6 +206,7 @@ class RunPass:
                     RunInterrupted, RunInterruptedPayload(reason=self.branches.stop_reason)
                 )
                 return PassResult(PassOutcome.INTERRUPTED)
+            await writes.write_queued()  # a patch marker decided after the last write
             return PassResult(PassOutcome.PARKED)
         except WriteFailed as failed:
             return PassResult(PassOutcome.ABORTED, error=failed.cause)

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from steplog.schemas.flows import RetryPolicy, WorkflowDefinition
-from steplog.schemas.signals import TriggerRegistered
+from steplog.schemas.flow_control import FlowControl
+from steplog.schemas.flows import CancelOn, RetryPolicy, WorkflowDefinition
+from steplog.schemas.schedules import CronSchedule
+from steplog.schemas.signals import Idempotency, TriggerRegistered
 from steplog.settings import Settings
 
 from .context import WorkflowFunction
@@ -28,6 +30,10 @@ class Workflow:
     fn: WorkflowFunction
     triggers: tuple[str, ...]
     retries: RetryPolicy
+    cancel_on: tuple[CancelOn, ...] = ()
+    idempotency: Idempotency | None = None
+    schedule: CronSchedule | None = None
+    flow_control: FlowControl | None = None
 
     def definition(self, project: str, app: str) -> WorkflowDefinition:
         return WorkflowDefinition(
@@ -36,6 +42,10 @@ class Workflow:
             name=self.name,
             triggers=list(self.triggers),
             retries=self.retries,
+            cancel_on=list(self.cancel_on),
+            idempotency=self.idempotency,
+            schedule=self.schedule,
+            flow_control=self.flow_control,
             ts=datetime.now(UTC),
         )
 

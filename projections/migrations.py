@@ -318,6 +318,30 @@ CREATE TABLE IF NOT EXISTS {db}.alerts (
 """Firing and resolved alerts, one row per transition (steplog/server/alert_evaluator.py); a
 transition written twice keeps one row."""
 
+FLOW_STARTS_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.flow_starts (
+  project String, workflow String, app String,
+  flow_key String COMMENT 'the key value (JSON) the start counts under; empty: the workflow',
+  run_id String,
+  status LowCardinality(String) COMMENT 'scheduled (held back), started or skipped',
+  reason String COMMENT 'why it waits, or why it was skipped',
+  priority Int32,
+  requested_at DateTime64(3,'UTC'), updated_at DateTime64(3,'UTC'),
+  version UInt64
+) ENGINE = ReplacingMergeTree(version) ORDER BY (project, workflow, run_id)
+"""
+"""Starts held back by flow control (processors/flow_control_host.py), one row per start, its
+latest word winning; not a projection of the events: replay does not rebuild it, the
+flow-control topic is its source."""
+
+_RUNS_FLOW_WAITING = """
+    CREATE OR REPLACE VIEW {db}.runs_flow_waiting AS
+    SELECT project, workflow AS flow, run_id, app, flow_key, status, reason, priority,
+           requested_at
+    FROM {db}.flow_starts FINAL WHERE status = 'scheduled'
+"""
+"""Runs whose start flow control holds back: `scheduled`, with the reason."""
+
 _STEPS_VERSION_COMMENT = """
     ALTER TABLE {db}.steps COMMENT COLUMN version
     '2 x events of this step folded so far, +1 once closed by the run''s end (0: missing)'
@@ -371,6 +395,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             }.items()
         ),
     ),
+    Migration(7, "flow_starts and runs_flow_waiting (flow control)",
+              (FLOW_STARTS_DDL, _RUNS_FLOW_WAITING)),
 )
 
 TTL_COLUMNS = {
@@ -516,6 +542,12 @@ def verify_tables(client: Client, database: str) -> list[str]:
         repairs.append(
             f"table {database}.dead_letters was missing: recreated empty (the DLQ topic still "
             "holds what it listed)"
+        )
+    if "flow_starts" not in present and 7 in applied_versions(client, database):
+        _run(client, database, FLOW_STARTS_DDL, "recreating flow_starts")
+        repairs.append(
+            f"table {database}.flow_starts was missing: recreated empty (each held-back start "
+            "shows again at its next change)"
         )
     for view, statement in _view_statements().items():
         if view not in present:

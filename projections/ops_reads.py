@@ -194,7 +194,7 @@ _OVERDUE_IN_WINDOW: Final = (
     + " AND (started_at IS NULL OR started_at > " + _at("first_us") + ")"
     + " AND (finished_at IS NULL OR finished_at > " + _at("first_us") + ")"
     + " AND status IN ('scheduled', 'running', 'retrying', 'completed', 'failed', 'cancelled', "
-    "'interrupted')"
+    "'interrupted', 'expired')"
 )
 """A run overdue at some time of the window: due before its end, not started nor ended before
 its first bucket (the status condition only keeps the rows of runs that ever were scheduled

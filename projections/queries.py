@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from pydantic import JsonValue
 
-from steplog.errors import RunCancelledError, RunFailedError
+from steplog.errors import RunCancelledError, RunExpiredError, RunFailedError
 from steplog.schemas.base import ErrorInfo
 from steplog.schemas.events import RunCancelled, RunCompleted, RunFailed
 from steplog.schemas.statuses import RunStatus
@@ -63,7 +63,7 @@ class RunEnd:
     project: str
     workflow: str
     status: RunStatus
-    """COMPLETED, FAILED or CANCELLED."""
+    """COMPLETED, FAILED, CANCELLED or EXPIRED (a run.cancelled marked expired)."""
     output: JsonValue = None
     error: ErrorInfo | None = None
     reason: str | None = None
@@ -75,7 +75,10 @@ class RunEnd:
             return dataclasses.replace(ended, output=event.payload.output)
         if isinstance(event, RunFailed):
             return dataclasses.replace(ended, status=RunStatus.FAILED, error=event.payload.error)
-        return dataclasses.replace(ended, status=RunStatus.CANCELLED, reason=event.payload.reason)
+        return dataclasses.replace(
+            ended, status=RunStatus.EXPIRED if event.payload.expired else RunStatus.CANCELLED,
+            reason=event.payload.reason,
+        )
 
     @classmethod
     def from_row(
@@ -90,8 +93,10 @@ class RunEnd:
             error = ErrorInfo.model_validate(document["error"])
             return dataclasses.replace(ended, status=RunStatus.FAILED, error=error)
         if event_type == "run.cancelled":
+            expired = bool(document.get("expired"))
             return dataclasses.replace(
-                ended, status=RunStatus.CANCELLED, reason=document.get("reason")
+                ended, status=RunStatus.EXPIRED if expired else RunStatus.CANCELLED,
+                reason=document.get("reason"),
             )
         raise ValueError(f"{event_type!r} is not a run's end; expected one of {RUN_END_TYPES}")
 
@@ -104,6 +109,8 @@ class RunEnd:
             raise RunFailedError(
                 self.run_id, self.workflow, error.type, error.message, error.stack
             )
+        if self.status is RunStatus.EXPIRED:
+            raise RunExpiredError(self.run_id, self.workflow, self.reason)
         raise RunCancelledError(self.run_id, self.workflow, self.reason)
 
 

@@ -39,7 +39,7 @@ __all__ = [
 
 RUN_STATUS_FILTERS = (
     "scheduled", "running", "retrying", "completed", "failed", "cancelled", "interrupted",
-    "overdue", "stuck",
+    "expired", "overdue", "stuck",
 )
 """What `status=` may name: the stored run statuses and the two derived ones."""
 

@@ -231,7 +231,7 @@ class PartitionSpans:
             trace_id(event.run_id), run_span_id(event.run_id), None, run.flow,
             _ns(min(run.first_ts, event.ts)), _ns(event.ts),
             SpanStatus.OK if isinstance(event, RunCompleted) else SpanStatus.ERROR,
-            _attributes(run, event, _RUN_STATUS[event.type]), errors,
+            _attributes(run, event, _run_status(event)), errors,
         )
 
 
@@ -254,7 +254,8 @@ def _step_status(event: StepCompleted | StepFailed | StepSkipped) -> StepStatus:
     return StepStatus.COMPLETED if isinstance(event, StepCompleted) else StepStatus.SKIPPED
 
 
-_RUN_STATUS: Final = {
-    "run.completed": RunStatus.COMPLETED, "run.failed": RunStatus.FAILED,
-    "run.cancelled": RunStatus.CANCELLED,
-}
+def _run_status(event: RunCompleted | RunFailed | RunCancelled) -> RunStatus:
+    """The run's status as the runs table names it (a cancel marked expired is `expired`)."""
+    if isinstance(event, RunCancelled):
+        return RunStatus.EXPIRED if event.payload.expired else RunStatus.CANCELLED
+    return RunStatus.COMPLETED if isinstance(event, RunCompleted) else RunStatus.FAILED

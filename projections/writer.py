@@ -35,9 +35,10 @@ from .refusals import names_missing_table, refused_column, refuses_rows
 
 log = logging.getLogger("steplog.projections")
 
-WRITTEN_TABLES = (*PROJECTION_TABLES, "dead_letters")
+WRITTEN_TABLES = (*PROJECTION_TABLES, "dead_letters", "flow_starts")
 """What a write inserts into, in order: the projection tables, then the processors' mirror of
-the DLQ topic (processors/dead_letters_host.py), which replay does not rebuild."""
+the DLQ topic (processors/dead_letters_host.py) and flow control's held-back starts
+(processors/flow_control_host.py), which replay does not rebuild."""
 
 
 @dataclass

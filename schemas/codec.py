@@ -21,6 +21,7 @@ from .base import SCHEMA_VERSION, WireModel, models_by_type
 from .commands import Command
 from .dead_letters import DeadLetter
 from .events import Event
+from .flow_control import FlowMessage
 from .flows import FlowDefinition, FlowsMessage
 from .limits import control_character_problem
 from .signals import Signal, SignalsMessage
@@ -32,6 +33,7 @@ __all__ = [
     "decode_dead_letter",
     "decode_event",
     "decode_flow",
+    "decode_flow_message",
     "decode_flows_message",
     "decode_signal",
     "decode_signals_message",
@@ -85,6 +87,9 @@ _SIGNALS_MESSAGES = _kind(
 )
 _FLOWS_MESSAGES = _kind(
     "flows-topic message", TypeAdapter[FlowsMessage](FlowsMessage), FlowsMessage
+)
+_FLOW_MESSAGES = _kind(
+    "flow-control message", TypeAdapter[FlowMessage](FlowMessage), FlowMessage
 )
 
 
@@ -149,6 +154,13 @@ def decode_flows_message(
 ) -> FlowsMessage:
     """Any message of the flows topic: a flow or a workflow definition."""
     return _decode(_FLOWS_MESSAGES, data, max_bytes)
+
+
+def decode_flow_message(
+    data: bytes | None, *, max_bytes: int = DEFAULT_MAX_BYTES
+) -> FlowMessage:
+    """Any message of the flow-control topic (what the flow consumer reads)."""
+    return _decode(_FLOW_MESSAGES, data, max_bytes)
 
 
 def validate_event(mapping: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Event:

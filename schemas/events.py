@@ -29,7 +29,8 @@ from .base import (
     models_by_type,
     new_event_id,
 )
-from .limits import Attempt, DurationMs, JsonValue, Reason, Seq
+from .limits import Attempt, DelayMs, DurationMs, JsonValue, Reason, Seq
+from .schedules import CronSchedule
 
 __all__ = [
     "EVENT_MODELS",
@@ -181,6 +182,10 @@ class StepSleepingPayload(WireModel):
     kind: SleepKind = Field(
         StepKind.SLEEP, description="sleep (a duration) or sleep_until (an absolute time)."
     )
+    expires_after_ms: DelayMs | None = Field(
+        None, description="Woken later than this after wake_at (an outage), the run ends "
+        "`expired` instead of going on late; null: it goes on however late."
+    )
 
 
 class StepWaitingPayload(WireModel):
@@ -265,6 +270,14 @@ class RunScheduledPayload(WireModel):
     app: Name | None = Field(None, description="The app whose worker starts the run.")
     input: JsonValue = None
     trigger: TriggerInfo | None = None
+    expires_after_ms: DelayMs | None = Field(
+        None, description="Not started this long after start_at, the run ends `expired` "
+        "instead of starting late; null: it starts however late."
+    )
+    schedule: CronSchedule | None = Field(
+        None, description="Set on a tick of a workflow's cron schedule (start_at is the tick): "
+        "when it is due, the next tick is scheduled from it."
+    )
 
 
 class RunStartedPayload(WireModel):
@@ -294,6 +307,10 @@ class RunFailedPayload(WireModel):
 
 class RunCancelledPayload(WireModel):
     reason: Reason | None = None
+    expired: bool = Field(
+        False, description="Written by the processors when a scheduled start came too late "
+        "(expires_after, or a missed cron tick): the run's status is `expired`."
+    )
 
 
 class RunInterruptedPayload(WireModel):

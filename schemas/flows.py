@@ -29,9 +29,13 @@ from typing import Annotated, Final, Literal
 from pydantic import Field, model_validator
 
 from .base import SCHEMA_VERSION, Name, SchemaVersion, Timestamp, WireModel, models_by_type
-from .limits import Attempt, DeadlineMs, DelayMs, KeySegment, Label
+from .flow_control import FlowControl
+from .limits import Attempt, DeadlineMs, DelayMs, KeySegment, Label, MatchPath
+from .schedules import CronSchedule
+from .signals import Idempotency, WaitCondition
 
 __all__ = [
+    "CancelOn",
     "FLOWS_MESSAGE_MODELS",
     "FLOWS_MESSAGE_TYPES",
     "FlowDefinition",
@@ -198,6 +202,19 @@ class RetryPolicy(WireModel):
         return attempt >= self.attempts
 
 
+class CancelOn(WireModel):
+    """A signal that cancels a running or waiting run of the workflow (`cancel_on=[...]`)."""
+
+    event: Name = Field(description="The event name whose signals cancel runs.")
+    match: MatchPath | None = Field(
+        None, description="Only a signal with the run's trigger event's value at this path "
+        "cancels it (e.g. 'data.order_id'); null: every signal of the name cancels every run."
+    )
+    condition: WaitCondition | None = Field(
+        None, description="A CEL condition over `event` (the signal) that must also hold."
+    )
+
+
 class WorkflowDefinition(WireModel):
     """A workflow of an app: the signals that start it and how its steps are retried.
 
@@ -214,6 +231,18 @@ class WorkflowDefinition(WireModel):
         default_factory=list, description="Event names that each start a run; no duplicates."
     )
     retries: RetryPolicy = Field(default_factory=RetryPolicy)
+    cancel_on: list[CancelOn] = Field(
+        default_factory=list, description="Signals that cancel a run of it (see CancelOn)."
+    )
+    idempotency: Idempotency | None = Field(
+        None, description="One triggered run per key and window; null: one per signal."
+    )
+    schedule: CronSchedule | None = Field(
+        None, description="Starts a run at each tick of this cron schedule; null: none."
+    )
+    flow_control: FlowControl | None = Field(
+        None, description="Limits on its starts (schemas/flow_control.py); null: none."
+    )
     ts: Timestamp = Field(description="When this version of the definition was registered.")
 
     @model_validator(mode="after")

@@ -59,6 +59,7 @@ from .events import (
     StepWaiting,
     StepWaitingPayload,
 )
+from .flow_control import Concurrency, FlowControl
 from .flows import FlowDefinition, FlowEdge, FlowStep, RetryPolicy, WorkflowDefinition
 from .signals import (
     SIGNALS_MESSAGE_TYPES,
@@ -440,6 +441,9 @@ def golden_workflow_definition() -> WorkflowDefinition:
         triggers=["order.created"],
         retries=RetryPolicy(
             attempts=4, initial_delay_ms=3_000, max_delay_ms=300_000, multiplier=20.0, jitter=0.2
+        ),
+        flow_control=FlowControl(
+            concurrency=Concurrency(limit=10, key="data.customer_id"), priority="data.priority"
         ),
         ts=_at(-3600),
     )

@@ -20,6 +20,8 @@ for different purposes from the same run and step never meet.
 | run started by a trigger | run_id | "trigger", signal_event_id, app, workflow |
 | what a due timer writes | event_id / command_id | "timer", run_id, step_key, attempt, kind |
 | `step.completed` resolving a wait | event_id | "wait", run_id, step_key, attempt |
+| run started with an idempotency key | run_id | "idempotency", project, workflow, key, window_ms, window |
+| that start's `run.scheduled` | event_id | "idempotent-start", run_id |
 
 A timer of a whole run (a scheduled start) has no step: its step_key part is "".
 """
@@ -83,6 +85,12 @@ def triggered_run_id(signal_event_id: str, app: str, workflow: str) -> str:
     """The run id a trigger starts for a signal: a re-delivered signal starts nothing twice,
     and two workflows triggered by one signal get two runs."""
     return derived_id("trigger", signal_event_id, app, workflow)
+
+
+def idempotent_run_id(project: str, workflow: str, key: str, window_ms: int, window: int) -> str:
+    """The one run of `workflow` for idempotency key `key` in window number `window` (the
+    start's epoch milliseconds // `window_ms`)."""
+    return derived_id("idempotency", project, workflow, key, str(window_ms), str(window))
 
 
 def timer_message_id(run_id: str, step_key: str, attempt: int, kind: str) -> str:

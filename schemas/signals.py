@@ -32,9 +32,12 @@ from .base import (
     WireModel,
     models_by_type,
 )
-from .limits import Attempt, JsonValue
+from .limits import LABEL_MAX_CHARS, Attempt, DeadlineMs, JsonValue
 
 __all__ = [
+    "Idempotency",
+    "WAIT_CONDITION_NAMES",
+    "WaitCondition",
     "MatchPath",
     "SIGNALS_MESSAGE_MODELS",
     "SIGNALS_MESSAGE_TYPES",
@@ -43,9 +46,16 @@ __all__ = [
     "TriggerRegistered",
     "WaitEnded",
     "WaitRegistered",
+    "condition_variables",
     "resolve_match_path",
     "wait_matches",
 ]
+
+WaitCondition = Annotated[str, Field(min_length=1, max_length=LABEL_MAX_CHARS)]
+"""A CEL condition on the signal (steplog/expressions.py), e.g. "event.data.amount > 100"."""
+
+WAIT_CONDITION_NAMES: tuple[str, ...] = ("event",)
+"""The names a wait's condition may use: `event`, the signal (`condition_variables`)."""
 
 class Signal(WireModel):
     """A named event that can start runs and resume waiting steps."""
@@ -93,6 +103,17 @@ class WaitRegistered(WireModel):
     timeout_at: Timestamp | None = Field(
         None, description="When the wait resolves to null; null waits forever."
     )
+    cancels_run: bool = Field(
+        False, description="A workflow's `cancel_on` rule, not a step: the signal that "
+        "resolves it cancels the run (`run.cancelled`) instead of completing `step_key` "
+        "(`$cancel_on.<index>`, no step of the run). An older reader would complete that "
+        "step instead: upgrade the processors first."
+    )
+    condition: WaitCondition | None = Field(
+        None, description="A CEL condition (`if_`) the signal must also meet, over `event` "
+        "(the signal: name, data, app, event_id); null: none. An older reader ignores it and "
+        "resolves the wait on any signal that matches: upgrade the processors first."
+    )
     ts: Timestamp
 
     @model_validator(mode="after")
@@ -126,6 +147,15 @@ class WaitEnded(WireModel):
     ts: Timestamp
 
 
+class Idempotency(WireModel):
+    """One run per key and window: a workflow's `idempotency="data.order_id"`."""
+
+    key: MatchPath = Field(description="Dotted path to the key in the trigger event "
+                           "({name, data}), e.g. 'data.order_id'.")
+    window_ms: DeadlineMs = Field(86_400_000, description="Fixed windows of this length "
+                                  "(epoch time // window_ms); default 24 h.")
+
+
 class TriggerRegistered(WireModel):
     """A workflow starts a run for each signal of the name (written by workers at start)."""
 
@@ -136,6 +166,11 @@ class TriggerRegistered(WireModel):
     name: Name = Field(description="The trigger event name; also the message key.")
     app: Name = Field(description="The app the workflow belongs to.")
     workflow: Name
+    idempotency: Idempotency | None = Field(
+        None, description="The workflow's idempotency: signals with one key in a window start "
+        "one run (the first's data); null: every signal starts a run. An older reader starts "
+        "one per signal: upgrade the processors first."
+    )
     ts: Timestamp
 
 
@@ -187,6 +222,11 @@ def wait_matches(wait: WaitRegistered, signal: Signal) -> bool:
     top = wait.match.partition(".")[0]
     found, value = resolve_match_path(signal.model_dump(mode="json", include={top}), wait.match)
     return found and _json_equal(value, wait.match_value)
+
+
+def condition_variables(signal: Signal) -> dict[str, JsonValue]:
+    """What a wait's condition sees: `event`, the signal as JSON (name, data, app, event_id)."""
+    return {"event": signal.model_dump(mode="json", include={"name", "data", "app", "event_id"})}
 
 
 def _json_equal(left: Any, right: Any) -> bool:

@@ -35,6 +35,9 @@ class RunStatus(StrEnum):
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"
     """Paused by the platform (e.g. a worker restart); resumable."""
+    EXPIRED = "expired"
+    """A scheduled start that came too late (its `expires_after`, or a missed cron tick) and
+    was not run: its `run.cancelled` says `expired`."""
 
     OVERDUE = "overdue"
     """Computed by the views, never sent nor stored: `scheduled` with its start time past."""
@@ -43,7 +46,8 @@ class RunStatus(StrEnum):
 
 
 class StepStatus(StrEnum):
-    """The status of one step of a run: the run's statuses minus `cancelled`, plus `skipped`."""
+    """The status of one step of a run: the run's statuses minus `cancelled` and `expired`,
+    plus `skipped`."""
 
     SCHEDULED = "scheduled"
     RUNNING = "running"
@@ -63,7 +67,9 @@ class StepStatus(StrEnum):
 
 DERIVED_RUN_STATUSES = frozenset({RunStatus.OVERDUE, RunStatus.STUCK})
 DERIVED_STEP_STATUSES = frozenset({StepStatus.MISSING, StepStatus.STUCK})
-ENDED_RUN_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+ENDED_RUN_STATUSES = frozenset(
+    {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.EXPIRED}
+)
 """A run in one of these has ended: nothing it does changes any more."""
 
 # The SDK vocabularies of the products we imitate (Failpath's running/success/error, the

@@ -25,6 +25,9 @@ class TopicNames:
     """Flow definitions (compacted: the latest per key); key = "<project>/<slug>"."""
     keys: str
     """API keys (compacted: the newest record per key, revoked ones too); key = key_id."""
+    flow_control: str
+    """Starts held back by flow control and their runs' ends; key = "<project>/<app>/<workflow>/
+    <key value>" (schemas/flow_control.py), so a key's starts and ends are decided in order."""
 
     @classmethod
     def with_prefix(cls, prefix: str) -> TopicNames:
@@ -35,4 +38,5 @@ class TopicNames:
             dlq=f"{prefix}dlq",
             flows=f"{prefix}flows",
             keys=f"{prefix}keys",
+            flow_control=f"{prefix}flow-control",
         )

@@ -39,26 +39,34 @@ if TYPE_CHECKING:
         NonRetriableError,
         ResultTimeoutError,
         RunCancelledError,
+        RunExpiredError,
         RunFailedError,
         StepFailedError,
     )
-    from steplog.producers.app import App, Retries
+    from steplog.producers.app import App, Concurrency, Debounce, RateLimit, Retries, Throttle
     from steplog.producers.client import Client
     from steplog.producers.context import WorkflowContext
     from steplog.producers.run_results import RunHandle
+    from steplog.schemas.flows import CancelOn
 
 _LAZY = {
     "App": "steplog.producers.app",
+    "CancelOn": "steplog.schemas.flows",
     "ChildRunFailedError": "steplog.errors",
     "Client": "steplog.producers.client",
+    "Concurrency": "steplog.producers.app",
+    "Debounce": "steplog.producers.app",
     "NonDeterminismError": "steplog.errors",
     "NonRetriableError": "steplog.errors",
+    "RateLimit": "steplog.producers.app",
     "ResultTimeoutError": "steplog.errors",
     "Retries": "steplog.producers.app",
     "RunCancelledError": "steplog.errors",
+    "RunExpiredError": "steplog.errors",
     "RunFailedError": "steplog.errors",
     "RunHandle": "steplog.producers.run_results",
     "StepFailedError": "steplog.errors",
+    "Throttle": "steplog.producers.app",
     "WorkflowContext": "steplog.producers.context",
 }
 
@@ -76,16 +84,22 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "App",
+    "CancelOn",
     "ChildRunFailedError",
     "Client",
+    "Concurrency",
+    "Debounce",
     "NonDeterminismError",
     "NonRetriableError",
+    "RateLimit",
     "ResultTimeoutError",
     "Retries",
     "RunCancelledError",
+    "RunExpiredError",
     "RunFailedError",
     "RunHandle",
     "StepFailedError",
+    "Throttle",
     "WorkflowContext",
 ]
 

@@ -181,6 +181,11 @@ class NonDeterminismError(WorkflowError):
     (the clock, randomness, a read). The run fails with it; it cannot be caught for good."""
 
 
+class ExpressionError(WorkflowError, ValueError):
+    """A condition (`wait_for_event(..., if_=...)`) that cannot be compiled: not CEL, too
+    long, or using a name it is not given; the message names the argument and the text."""
+
+
 class StepOutputError(WorkflowError):
     """A step's (or a run's) result cannot be stored: it is not JSON, or it is too large. The
     step fails without further attempts (the same code would return the same value)."""
@@ -252,6 +257,17 @@ class RunCancelledError(WorkflowError):
         self.reason = reason
         because = f": {reason}" if reason else " (no reason recorded)"
         super().__init__(f"run {run_id} of workflow {workflow!r} was cancelled{because}")
+
+
+class RunExpiredError(RunCancelledError):
+    """Raised by `handle.result()` for a run that ended `expired`: a start (a cron tick,
+    `start_at`, a `sleep_until` wake-up) overdue by more than its `expires_after`. A
+    RunCancelledError too: it never ran, or stopped, as a cancelled run does."""
+
+    def __init__(self, run_id: str, workflow: str, reason: str | None) -> None:
+        super().__init__(run_id, workflow, reason)
+        because = f": {reason}" if reason else ""
+        self.args = (f"run {run_id} of workflow {workflow!r} expired{because}",)
 
 
 class ResultTimeoutError(WorkflowError, TimeoutError):

@@ -64,16 +64,18 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     message_bytes = str(settings.max_event_bytes + _BATCH_HEADROOM_BYTES)
 
     def spec(
-        name: str, setting: str, retention_ms: int, cleanup: str = "delete", signed: bool = False
+        name: str, setting: str, retention_ms: int, cleanup: str = "delete", signed: bool = False,
+        log_time: bool = False,
     ) -> TopicSpec:
         configs = {
             "cleanup.policy": cleanup,
             "retention.ms": str(retention_ms),
             "max.message.bytes": message_bytes,
         }
-        if signed:
+        if signed or log_time:
             # Signed records are judged on the broker's time (processors/record_checks.py): a
             # producer cannot backdate one past its key's revoke, and replay sees what live saw.
+            # Flow control's windows go by it too (processors/fold/flow_control.py).
             configs["message.timestamp.type"] = "LogAppendTime"
         return TopicSpec(
             name=name,
@@ -87,6 +89,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     return [
         spec(names.events, "events_partitions", log_retention, signed=True),
         spec(names.signals, "signals_partitions", log_retention, signed=True),
+        # As many partitions as the signals: both spread keys of the same kinds of traffic.
+        spec(names.flow_control, "signals_partitions", log_retention, log_time=True),
         spec(names.commands, "commands_partitions", log_retention),
         spec(names.dlq, "dlq_partitions", settings.dlq_retention_ms),
         # Compacted: only the latest definition of each flow matters, forever.

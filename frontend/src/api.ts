@@ -20,13 +20,14 @@ export const RUN_STATUS_FILTERS = [
   "failed",
   "cancelled",
   "interrupted",
+  "expired",
   "overdue",
   "stuck",
 ] as const;
 export type RunStatusFilter = (typeof RUN_STATUS_FILTERS)[number];
 
 /** A run in one of these has ended (schemas/statuses.py ENDED_RUN_STATUSES). */
-export const ENDED_RUN_STATUSES: ReadonlySet<string> = new Set(["completed", "failed", "cancelled"]);
+export const ENDED_RUN_STATUSES: ReadonlySet<string> = new Set(["completed", "failed", "cancelled", "expired"]);
 
 export interface ErrorView {
   type: string;

@@ -50,6 +50,7 @@ __all__ = [
     "StepRowChanged",
     "TimerKind",
     "WriteEvent",
+    "WorkflowRunEnded",
     "WriteSignalsMessage",
     "latest_rows",
 ]
@@ -104,12 +105,14 @@ class SendCommand:
     event; the host stamps `history_partition` / `history_offset` with that event's position.
     With `resolve_app`, the host chooses the command's app from the registry first; with
     `parent` (a child run), when no app defines the workflow (or the command is too large) it
-    fails that step instead of sending anything.
+    fails that step instead of sending anything. A `start_run` of a workflow with flow control
+    goes to the flow topic instead, unless `admitted` (flow control let it go: sent as it is).
     """
 
     command: Command
     resolve_app: AppResolution | None = None
     parent: ParentStep | None = None
+    admitted: bool = False
 
 
 class TimerKind(StrEnum):
@@ -184,6 +187,24 @@ class EndParentStep:
     parent_step_attempt: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class WorkflowRunEnded:
+    """A workflow run ended (its first run.completed, run.failed or run.cancelled). When its
+    workflow counts running runs (flow control), the host frees the run's slot: the start's
+    key is read again from its input and trigger, as it was when the run was held back."""
+
+    project: str
+    app: str
+    workflow: str
+    run_id: str
+    input_json: str
+    """The run's input as JSON text (as the state keeps it: decoded only if needed)."""
+    trigger_event: str
+    trigger_event_id: str
+    ts: datetime
+    reason: str
+
+
 Effect = (
     RunRowChanged
     | StepRowChanged
@@ -193,6 +214,7 @@ Effect = (
     | WriteEvent
     | WriteSignalsMessage
     | EndParentStep
+    | WorkflowRunEnded
 )
 """Every effect the fold can return."""
 

@@ -252,6 +252,8 @@ def _apply_run_event(
                 "" if trigger is None else trigger.name,
                 "" if trigger is None else trigger.event_id,
                 scheduled.app or "",
+                scheduled.expires_after_ms,
+                "" if scheduled.schedule is None else scheduled.schedule.model_dump_json(),
             )
     elif isinstance(event, RunStarted):
         started = event.payload
@@ -286,7 +288,7 @@ def _apply_run_event(
                     run_order, event.type, "", error.type, error.message, error.stack or ""
                 )
             else:
-                state.ended = RunEndFact(run_order, event.type)
+                state.ended = RunEndFact(run_order, event.type, expired=event.payload.expired)
         if first_end and not state.final_failure_seen and graph is not None:
             declare_missing(state, graph.keys, missing)
     else:

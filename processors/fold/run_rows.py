@@ -172,7 +172,7 @@ def run_outcome(state: RunState, graph: FlowGraph | None) -> RunOutcome:
     ended = state.ended
     if ended is not None:
         return (
-            _END_STATUS[ended.type],
+            RunStatus.EXPIRED if ended.expired else _END_STATUS[ended.type],
             ended.ts,
             ended.output,
             ended.error_type,

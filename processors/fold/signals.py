@@ -10,13 +10,18 @@ again, with the same derived ids, which their consumers drop.
 
 One partition holds all of a name's messages, so their order is the log's, and it decides:
 
-- `trigger.registered`: the (project, app, workflow) starts a run for each later signal.
+- `trigger.registered`: the (project, app, workflow) starts a run for each later signal; with
+  `idempotency`, one run per key and window: a `run.scheduled` due at once, with ids derived
+  from the key (`_start_once`), so that the fold keeps the first and drops the rest.
 - `wait.registered`: the run waits (kept by its event_id, so a re-registration by a replayed
   pass is the same wait).
 - `signal`: every trigger of the name in the signal's project (only its `app`'s, when the
   signal names one) gets `start_run` with run id `triggered_run_id(signal, app, workflow)`;
-  every registered wait with `wait_matches` gets `step.completed(output = signal.data)` with
-  event id `wait_resolution_id(run, step, attempt)`, and is removed.
+  every registered wait with `wait_matches` (and whose `condition`, if it has one, holds for
+  the signal) gets `step.completed(output = signal.data)` with event id
+  `wait_resolution_id(run, step, attempt)`, and is removed (steplog/waits.py).
+- a wait with `cancels_run` (a workflow's `cancel_on`, producers/cancel_on.py) is resolved the
+  same way, but writes `run.cancelled` (id `derived_id("cancel-on", run, step key)`).
 - `wait.ended`: if the wait is still registered, it is removed and, for a timeout,
   `step.completed(output null, timed_out)` is written with the same `wait_resolution_id` (so a
   wait resolves once, by whichever came first); for a cancel, nothing.
@@ -29,6 +34,7 @@ remembered the same way, so a late duplicate registration does not bring a wait 
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,21 +44,31 @@ from pydantic import BaseModel, ConfigDict, JsonValue
 
 from steplog.schemas.base import TriggerInfo
 from steplog.schemas.commands import StartRun
-from steplog.schemas.events import StepCompleted, StepCompletedPayload
+from steplog.schemas.events import (
+    RunCancelled,
+    RunCancelledPayload,
+    RunScheduled,
+    RunScheduledPayload,
+    StepCompleted,
+    StepCompletedPayload,
+)
 from steplog.schemas.ids import (
     derived_id,
+    idempotent_run_id,
     triggered_run_id,
     wait_registration_id,
     wait_resolution_id,
 )
 from steplog.schemas.signals import (
+    Idempotency,
     Signal,
     SignalsMessage,
     TriggerRegistered,
     WaitEnded,
     WaitRegistered,
-    wait_matches,
+    resolve_match_path,
 )
+from steplog.waits import signal_resolves
 
 from .effects import Effect, SendCommand, WriteEvent
 
@@ -119,13 +135,21 @@ class NameTriggers:
     """The workflows one event name starts."""
 
     triggers: set[Trigger] = field(default_factory=set)
+    idempotency: dict[Trigger, Idempotency] = field(default_factory=dict)
+    """The triggers whose workflow starts one run per key (the latest registration's rule)."""
 
     def to_bytes(self) -> bytes:
-        return _StoredTriggers(triggers=sorted(self.triggers)).model_dump_json().encode()
+        stored = _StoredTriggers(
+            triggers=sorted(self.triggers),
+            idempotency=[(*t, rule) for t, rule in sorted(self.idempotency.items())],
+        )
+        return stored.model_dump_json().encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> NameTriggers:
-        return cls(set(_StoredTriggers.model_validate_json(data).triggers))
+        stored = _StoredTriggers.model_validate_json(data)
+        rules = {(p, a, w): rule for p, a, w, rule in stored.idempotency}
+        return cls(set(stored.triggers), rules)
 
 
 # The stored states follow the wire models' rule (schemas/COMPATIBILITY.md): a field added by a
@@ -142,6 +166,7 @@ class _StoredTriggers(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
     format: Literal[1] = 1
     triggers: list[tuple[str, str, str]]
+    idempotency: list[tuple[str, str, str, Idempotency]] = []
 
 
 def apply_signals_message(
@@ -149,7 +174,12 @@ def apply_signals_message(
 ) -> list[Effect]:
     """Apply one message of the name to its states (in place); the effects, in order."""
     if isinstance(message, TriggerRegistered):
-        triggers.triggers.add((message.project, message.app, message.workflow))
+        trigger = (message.project, message.app, message.workflow)
+        triggers.triggers.add(trigger)
+        if message.idempotency is None:
+            triggers.idempotency.pop(trigger, None)
+        else:
+            triggers.idempotency[trigger] = message.idempotency
         return []
     if isinstance(message, WaitRegistered):
         if message.event_id not in waits.waits and message.event_id not in waits.recent_set:
@@ -167,6 +197,11 @@ def _start_triggered(triggers: NameTriggers, signal: Signal) -> list[Effect]:
     effects: list[Effect] = []
     for project, app, workflow in sorted(triggers.triggers):
         if project != signal.project or (signal.app is not None and app != signal.app):
+            continue
+        rule = triggers.idempotency.get((project, app, workflow))
+        once = None if rule is None else _start_once(rule, project, app, workflow, signal)
+        if once is not None:
+            effects.append(once)
             continue
         run_id = triggered_run_id(signal.event_id, app, workflow)
         effects.append(
@@ -186,15 +221,66 @@ def _start_triggered(triggers: NameTriggers, signal: Signal) -> list[Effect]:
     return effects
 
 
+def _start_once(
+    rule: Idempotency, project: str, app: str, workflow: str, signal: Signal
+) -> WriteEvent | None:
+    """The start of a workflow with idempotency: a run.scheduled (due at the signal's time)
+    whose run id and event id derive from the key and window, as `client.start(...,
+    idempotency_key=)` makes them (a string key is used as is, so both meet); a second signal
+    of the key in the window is a duplicate the fold drops. None when the signal has no key."""
+    found, value = resolve_match_path(
+        signal.model_dump(mode="json", include={"name", "data"}), rule.key
+    )
+    if not found:
+        return None
+    key = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    window = int(signal.ts.timestamp() * 1000) // rule.window_ms
+    run_id = idempotent_run_id(project, workflow, key, rule.window_ms, window)
+    return WriteEvent(
+        RunScheduled(
+            event_id=derived_id("idempotent-start", run_id),
+            project=project,
+            flow=workflow,
+            run_id=run_id,
+            ts=signal.ts,
+            payload=RunScheduledPayload(
+                start_at=signal.ts,
+                app=app,
+                input=signal.data,
+                trigger=TriggerInfo(name=signal.name, event_id=signal.event_id),
+            ),
+        )
+    )
+
+
 def _resolve_waits(waits: NameWaits, signal: Signal, now: datetime) -> list[Effect]:
-    matched = [key for key, wait in waits.waits.items() if wait_matches(wait, signal)]
+    matched = [key for key, wait in waits.waits.items() if signal_resolves(wait, signal)]
     effects: list[Effect] = []
     for registration_id in matched:
         wait = waits.waits.pop(registration_id)
         waits.remember(registration_id)
-        effects.append(_complete(wait.project, wait.flow, wait.run_id, wait.step_key,
-                                 wait.attempt, now, output=signal.data))
+        if wait.cancels_run:
+            effects.append(_cancel(wait, signal, now))
+        else:
+            effects.append(_complete(wait.project, wait.flow, wait.run_id, wait.step_key,
+                                     wait.attempt, now, output=signal.data))
     return effects
+
+
+def _cancel(rule: WaitRegistered, signal: Signal, now: datetime) -> WriteEvent:
+    # seq 0, as every run event the processors write: an end the worker wrote first outranks it.
+    return WriteEvent(
+        RunCancelled(
+            event_id=derived_id("cancel-on", rule.run_id, rule.step_key),
+            project=rule.project,
+            flow=rule.flow,
+            run_id=rule.run_id,
+            ts=now,
+            payload=RunCancelledPayload(
+                reason=f"cancel_on: event {signal.name!r} ({signal.event_id})"
+            ),
+        )
+    )
 
 
 def _end_wait(waits: NameWaits, ended: WaitEnded, now: datetime) -> list[Effect]:

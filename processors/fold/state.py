@@ -72,6 +72,8 @@ class SleepInfo(NamedTuple):
     wake_at: datetime
     kind: str = "sleep"
     """`sleep` or `sleep_until` (StepKind), as the step.sleeping said."""
+    expires_after_ms: int | None = None
+    """Woken later than this after wake_at, the run ends expired (fold/schedules.py)."""
 
 
 class WaitInfo(NamedTuple):
@@ -145,6 +147,10 @@ class ScheduledFact(NamedTuple):
     trigger_event_id: str
     app: str = ""
     """The app whose worker starts the run ('' for any app defining the workflow)."""
+    expires_after_ms: int | None = None
+    """Not started this long after start_at, it ends expired (fold/schedules.py)."""
+    schedule: str = ""
+    """A cron tick's schedule (CronSchedule as JSON); '' for a run scheduled otherwise."""
 
 
 class RunStartFact(NamedTuple):
@@ -171,6 +177,8 @@ class RunEndFact(NamedTuple):
     error_type: str = ""
     error_message: str = ""
     error_stack: str = ""
+    expired: bool = False
+    """A run.cancelled that says the run's start came too late: the run is `expired`."""
 
     @property
     def ts(self) -> datetime:

@@ -182,7 +182,9 @@ def _step_fact(event: StepEvent, order: StepOrder) -> StepFact:
     if isinstance(event, StepSleeping):
         sleeping = event.payload
         return StepFact(
-            order, event.type, parked=SleepInfo(utc(sleeping.wake_at), sleeping.kind._value_)
+            order, event.type, parked=SleepInfo(
+                utc(sleeping.wake_at), sleeping.kind._value_, sleeping.expires_after_ms
+            )
         )
     if isinstance(event, StepWaiting):
         waiting = event.payload

@@ -18,37 +18,30 @@ catching up) writes a duplicate its consumer drops.
 
 | kind         | writes                                              | topic    |
 | ------------ | --------------------------------------------------- | -------- |
-| wake         | step.completed of the sleep step (output null)      | events   |
+| wake         | step.completed of the sleep step (output null), or  | events   |
+|              | run.cancelled (expired) past its expires_after      |          |
 | retry        | resume_run with the run's history                   | commands |
-| start        | start_run (app: the scheduled one, else resolved)   | commands |
+| start        | start_run (app: the scheduled one, else resolved),  | commands |
+|              | or run.cancelled (expired); a cron tick also writes | events   |
+|              | its next tick's run.scheduled (fold/schedules.py)   |          |
 | wait_timeout | wait.ended(timeout), key = the event name           | signals  |
 """
 
 from __future__ import annotations
 
 import heapq
-import json
 from collections.abc import Iterable
 from datetime import datetime
 from itertools import count
 from typing import Final
 
-from steplog.schemas.base import TriggerInfo
-from steplog.schemas.commands import StartRun
 from steplog.schemas.events import StepCompleted, StepCompletedPayload
 from steplog.schemas.ids import timer_message_id
 from steplog.schemas.signals import WaitEnded
 
-from .effects import (
-    AppResolution,
-    Effect,
-    SendCommand,
-    SetTimer,
-    TimerKind,
-    WriteEvent,
-    WriteSignalsMessage,
-)
-from .state import RunState, WaitInfo
+from .effects import Effect, SendCommand, SetTimer, TimerKind, WriteEvent, WriteSignalsMessage
+from .schedules import ScheduleLookup, expired_wake_up, is_too_late, start_effects
+from .state import RunState, SleepInfo, WaitInfo
 from .workflow import resume_command, start_timer, step_timer, wanted_timers
 
 __all__ = ["TimerHeap", "TimerId", "fire_timer"]
@@ -133,20 +126,30 @@ class TimerHeap:
         heapq.heapify(self._heap)
 
 
-def fire_timer(state: RunState | None, timer: SetTimer, now: datetime) -> list[Effect]:
+def fire_timer(
+    state: RunState | None,
+    timer: SetTimer,
+    now: datetime,
+    schedules: ScheduleLookup | None = None,
+) -> list[Effect]:
     """What the due `timer` writes, given its run's state now; nothing if the state no longer
-    wants it (the step moved on, the run ended or started, the timer was replaced)."""
+    wants it (the step moved on, the run ended or started, the timer was replaced). A start
+    is `schedules.start_effects`'s: `schedules` gives the workflows' cron schedules now."""
     if state is None:
         return []
     if timer.kind is TimerKind.START:
         if start_timer(state) != timer:
             return []
-        return [_start(state, now)]
+        return start_effects(state, now, schedules)
     step = state.steps.get(timer.step_key)
     if step is None or step_timer(state, timer.step_key, step) != timer:
         return []
     message_id = timer_message_id(state.run_id, timer.step_key, timer.attempt, timer.kind.value)
     if timer.kind is TimerKind.WAKE:
+        sleep = step.winner.parked
+        assert isinstance(sleep, SleepInfo)  # step_timer gives wake only for a sleep
+        if is_too_late(sleep.wake_at, sleep.expires_after_ms, now):
+            return [expired_wake_up(state, timer.step_key, timer.attempt, sleep, now)]
         slept_ms = max((now - step.winner.ts).total_seconds() * 1000.0, 0.0)
         return [
             WriteEvent(
@@ -182,25 +185,3 @@ def fire_timer(state: RunState | None, timer: SetTimer, now: datetime) -> list[E
             )
         )
     ]
-
-
-def _start(state: RunState, now: datetime) -> SendCommand:
-    scheduled = state.scheduled
-    assert scheduled is not None  # start_timer wants a start only for a scheduled run
-    command = StartRun(
-        command_id=timer_message_id(state.run_id, "", 1, TimerKind.START.value),
-        project=state.project,
-        run_id=state.run_id,
-        ts=now,
-        workflow=state.flow,
-        app=scheduled.app or None,
-        input=json.loads(scheduled.input) if scheduled.input else None,
-        trigger=(
-            TriggerInfo(name=scheduled.trigger_event, event_id=scheduled.trigger_event_id)
-            if scheduled.trigger_event
-            else None
-        ),
-    )
-    # A run scheduled without an app goes to whichever app defines its workflow.
-    resolve = None if scheduled.app else AppResolution(preferred="", exact=False)
-    return SendCommand(command, resolve_app=resolve)

@@ -24,7 +24,8 @@ exception is `run.scheduled`: a scheduled run gets its start timer whoever sched
     run.completed / run.failed / run.cancelled  ClearTimer for every timer; run.cancelled for
       (the first of them)                       each running child (WriteEvent); wait.ended
                                                 (cancelled) for each running wait; EndParentStep
-                                                when the run is a child; run.cancelled only:
+                                                when the run is a child; WorkflowRunEnded
+                                                (flow control); run.cancelled only:
                                                 SendCommand(cancel_run)
 
 Timers are not decided event by event but from the state: `wanted_timers(state)` is every due
@@ -80,6 +81,7 @@ from .effects import (
     SendCommand,
     SetTimer,
     TimerKind,
+    WorkflowRunEnded,
     WriteEvent,
     WriteSignalsMessage,
 )
@@ -281,8 +283,11 @@ def _run_event_effects(state: RunState, change: RunTransition, effects: list[Eff
         if state.ended is None:
             command_id = derived_id("resume", state.run_id, event.event_id)
             effects.append(SendCommand(resume_command(state, command_id, "started", event.ts)))
+        else:  # cancelled before it started (its start held back by flow control, say)
+            effects.append(_ended(state, event))
     elif change.first_end:
         _release(state, event, effects)
+        effects.append(_ended(state, event))
         if isinstance(event, RunCancelled):
             started = state.started
             assert started is not None  # a workflow run
@@ -299,6 +304,17 @@ def _run_event_effects(state: RunState, change: RunTransition, effects: list[Eff
                 )
             )
         _report_to_parent(state, event, effects)
+
+
+def _ended(state: RunState, event: RunEvent) -> WorkflowRunEnded:
+    """For flow control (the host frees the run's concurrency slot, if its workflow counts)."""
+    started = state.started
+    assert started is not None  # a workflow run
+    return WorkflowRunEnded(
+        project=state.project, app=started.app, workflow=state.flow, run_id=state.run_id,
+        input_json=started.input, trigger_event=started.trigger_event,
+        trigger_event_id=started.trigger_event_id, ts=event.ts, reason=event.type,
+    )
 
 
 def _start_child(state: RunState, event: StepInvoked) -> SendCommand:

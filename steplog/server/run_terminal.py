@@ -32,6 +32,7 @@ GLYPHS: Final = {
     "stuck": "⚠",
     "interrupted": "⏸",
     "cancelled": "⊘",
+    "expired": "⌛",
     "scheduled": "◷",
     "overdue": "◷",
     "sleeping": "◷",

@@ -16,7 +16,7 @@ from typing import Any, Final, Protocol
 
 from steplog.server.sql_errors import SqlError
 
-__all__ = ["MAX_BODY_BYTES", "Encoder", "decompress", "response_encoder"]
+__all__ = ["MAX_BODY_BYTES", "Encoder", "decompress", "response_encoder", "zstd_module"]
 
 MAX_BODY_BYTES: Final = 256 * 1024 * 1024
 """The largest request body, decoded (ClickHouse's http_max_multipart_form_data_size is 1 GiB;
@@ -49,7 +49,7 @@ def decompress(encoding: str, body: bytes, limit: int = MAX_BODY_BYTES) -> bytes
 
             return _every_part(body, lz4.frame.LZ4FrameDecompressor, "frame", limit)
         if encoding == "zstd":
-            return _every_part(body, _zstd().ZstdDecompressor, "frame", limit)
+            return _every_part(body, zstd_module().ZstdDecompressor, "frame", limit)
     except SqlError:
         raise
     except Exception as exc:
@@ -185,17 +185,17 @@ class _ZstdEncoder:
     content_encoding = "zstd"
 
     def __init__(self) -> None:
-        self._compressor = _zstd().ZstdCompressor()
+        self._compressor = zstd_module().ZstdCompressor()
 
     def compress(self, chunk: bytes) -> bytes:
-        zstd = _zstd()
+        zstd = zstd_module()
         return bytes(self._compressor.compress(chunk, zstd.ZstdCompressor.FLUSH_BLOCK))
 
     def flush(self) -> bytes:
-        return bytes(self._compressor.flush(_zstd().ZstdCompressor.FLUSH_FRAME))
+        return bytes(self._compressor.flush(zstd_module().ZstdCompressor.FLUSH_FRAME))
 
 
-def _zstd() -> Any:
+def zstd_module() -> Any:
     """clickhouse-connect's own zstd: the standard library's from Python 3.14, the backport
     before (the `zstandard` package is not installed with it)."""
     if sys.version_info >= (3, 14):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,13 +21,40 @@ import chdb
 
 from steplog.server.sql_errors import SqlError, engine_error
 
-__all__ = ["Engine", "EngineSession", "EngineStream", "quoted"]
+__all__ = ["Engine", "EngineResult", "EngineSession", "EngineStream", "QueryStats", "quoted"]
 
 _connect = cast(Any, chdb).connect  # chDB's connect() is not annotated
 
 
+@dataclass(frozen=True)
+class QueryStats:
+    """What the engine reports of a query (chDB's result): the X-ClickHouse-Summary."""
+
+    read_rows: int = 0
+    read_bytes: int = 0
+    written_rows: int = 0
+    written_bytes: int = 0
+    result_rows: int = 0
+    result_bytes: int = 0
+    elapsed_s: float = 0.0
+
+    @classmethod
+    def of(cls, result: Any) -> QueryStats:
+        """Of a chDB query result (or one streamed block's): chDB's `rows_read` counts the
+        result's rows, `storage_rows_read` what was read to make them."""
+        return cls(result.storage_rows_read(), result.storage_bytes_read(),
+                   result.rows_written(), result.bytes_written(), result.rows_read(),
+                   result.bytes_read(), result.elapsed())
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    data: bytes
+    stats: QueryStats
+
+
 class EngineSession:
-    """One connection to the engine: one request's session."""
+    """One connection to the engine: one request's session (or a kept one: sql_sessions)."""
 
     def __init__(self, connection: Any) -> None:
         self._connection = connection
@@ -42,12 +70,15 @@ class EngineSession:
     def query(self, sql: str, params: Mapping[str, str], fmt: str) -> bytes:
         """The whole result of `sql` in format `fmt` (a FORMAT clause in `sql` wins);
         `params` bind its `{name:Type}` placeholders. SqlError with the engine's exception."""
+        return self.run(sql, params, fmt).data
+
+    def run(self, sql: str, params: Mapping[str, str], fmt: str) -> EngineResult:
+        """`query`, with what the engine reports of it."""
         try:
             result = self._connection.query(sql, fmt, params=dict(params))
         except Exception as exc:  # chDB raises its message in RuntimeError/ChdbError
             raise engine_error(exc) from None
-        data: bytes = result.bytes() or b""
-        return data
+        return EngineResult(result.bytes() or b"", QueryStats.of(result))
 
     def stream(self, sql: str, params: Mapping[str, str], fmt: str) -> EngineStream:
         """`sql`'s result block by block, as the engine produces it: the engine computes the
@@ -88,6 +119,8 @@ class EngineStream:
 
     def __init__(self, result: Any) -> None:
         self._result = result
+        self.stats = QueryStats()
+        """What the engine reported with the last block."""
 
     def next(self) -> bytes | None:
         """The next block in the query's format, None at the end; SqlError when the query
@@ -96,7 +129,10 @@ class EngineStream:
             block = self._result.fetch()
         except Exception as exc:
             raise engine_error(exc) from None
-        return None if block is None else bytes(block.bytes() or b"")
+        if block is None:
+            return None
+        self.stats = QueryStats.of(block)
+        return bytes(block.bytes() or b"")
 
     def cancel(self) -> None:
         """Stop producing (waits for a `next` running on another thread: kill the query in

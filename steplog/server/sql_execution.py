@@ -13,24 +13,32 @@ The order, and why:
    `send_insert`), so rows never reach the SQL parser. `KILL QUERY` is answered here, over the
    endpoint's running queries.
 
+In a kept session (`session_id`, sql_sessions) steps 1 and 3 differ: the session has its
+limits from when it opened, the request's own settings are undone when it ends, and SET and
+USE statements run (sql_session_request).
+
 Failure protocol: every error before the first block is a SqlError (the engine's, or a
-refusal) and the session is closed; a ResultStream returned owns its session from then on
-(its caller closes it), so nothing of a request stays in the engine.
+refusal) and the session is closed (a kept one has the request's part undone); a ResultStream
+returned holds its session from then on (its caller closes it), so nothing of a request stays
+in the engine.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Final
 
 from steplog.server.sql_auth import Access
-from steplog.server.sql_engine import Engine, EngineSession, quoted
+from steplog.server.sql_engine import Engine, EngineSession, QueryStats, quoted
 from steplog.server.sql_errors import SqlError
 from steplog.server.sql_external import load_external_tables
 from steplog.server.sql_guard import FunctionCatalog, Statement, check, parse_statement
 from steplog.server.sql_request import SqlRequest
+from steplog.server.sql_session_request import enter, run_set, run_use
+from steplog.server.sql_sessions import HeldSession
 from steplog.server.sql_settings import SettingsPolicy, SqlLimits
 from steplog.server.sql_stream import ResultStream, streams
 from steplog.server.sql_stream_registry import RunningQueries, RunningQuery
@@ -53,13 +61,17 @@ class Answer:
     body: bytes
     format: str
     """The format the body is in (the query's FORMAT clause, else the request's default)."""
+    timezone: str = ""
+    stats: QueryStats = field(default_factory=QueryStats)
 
 
 class SqlExecutor:
-    def __init__(self, engine: Engine, policy: SettingsPolicy, catalog: FunctionCatalog) -> None:
+    def __init__(self, engine: Engine, policy: SettingsPolicy, catalog: FunctionCatalog,
+                 server_timezone: str = "") -> None:
         self.engine = engine
         self.policy = policy
         self.catalog = catalog
+        self.server_timezone = server_timezone
 
     @classmethod
     def open(cls, engine: Engine, limits: SqlLimits) -> SqlExecutor:
@@ -70,18 +82,42 @@ class SqlExecutor:
                 "SELECT name, default FROM system.settings WHERE startsWith(name, 'max_')",
                 {}, "TabSeparated",
             )
+            timezone = session.ask("SELECT serverTimezone()", {}, "TSVRaw").strip()
         engine_max = dict(line.split("\t", 1) for line in maxima.splitlines() if "\t" in line)
-        return cls(engine, SettingsPolicy(limits, engine_max), catalog)
+        return cls(engine, SettingsPolicy(limits, engine_max), catalog, timezone)
 
     def start(
         self, request: SqlRequest, access: Access, query: RunningQuery, running: RunningQueries,
-        *, buffered: bool = False,
+        *, buffered: bool = False, held: HeldSession | None = None,
     ) -> Answer | ResultStream:
         """Run `request` as `query` up to its first block: a whole Answer, or a ResultStream
-        (which then owns the session) for a result in a format that streams, unless
-        `buffered` (`wait_end_of_query=1`). SqlError for anything that fails before the first
-        byte; the session is closed then."""
+        (which then holds the session) for a result in a format that streams, unless
+        `buffered` (`wait_end_of_query=1`). In the kept session `held` if given, else in a
+        session of its own. SqlError for anything that fails before the first byte; the
+        session is closed (or the request's part of a kept one undone) then."""
         default_format = _output_format(request.default_format)
+        timezone = request.settings.get("session_timezone") or self.server_timezone
+        if held is None:
+            session, finish = self._own_session(request, access, query)
+        else:
+            session, finish = enter(held, self.engine, self.policy, request, access,
+                                    query.engine_tag)
+        try:
+            if held is not None:  # a SET in the session may have changed it
+                timezone = session.ask("SELECT timezone()", {}, "TSVRaw").strip()
+            answer = self._answer(session, request, access, query, running, default_format,
+                                  buffered, held, finish, timezone)
+        except BaseException:
+            finish()
+            raise
+        if isinstance(answer, Answer):
+            finish()
+        return answer
+
+    def _own_session(
+        self, request: SqlRequest, access: Access, query: RunningQuery,
+    ) -> tuple[EngineSession, Callable[[], None]]:
+        """A session for this request alone, its settings set; closing it is its end."""
         settings = self.policy.settings_for(request.settings, access)
         # Last: once readonly is set, the session takes no other setting.
         readonly = "1" if access is Access.READ else settings.pop("readonly", None)
@@ -95,34 +131,39 @@ class SqlExecutor:
                 load_external_tables(session, request.external_tables)
             if readonly is not None:
                 session.set({"readonly": readonly})
-            answer = self._answer(session, request, access, query, running, default_format,
-                                  buffered)
         except BaseException:
             session.close()
             raise
-        if isinstance(answer, Answer):
-            session.close()
-        return answer
+        return session, session.close
 
     def _answer(
         self, session: EngineSession, request: SqlRequest, access: Access, query: RunningQuery,
-        running: RunningQueries, default_format: str, buffered: bool,
+        running: RunningQueries, default_format: str, buffered: bool, held: HeldSession | None,
+        finish: Callable[[], None], timezone: str,
     ) -> Answer | ResultStream:
-        if self._insert_body(session, request, access):
-            return Answer(b"", default_format)
+        if self._insert_body(session, request, access, held is not None):
+            return Answer(b"", default_format, timezone)
         text = request.text()
         running.describe(query, text)
-        statement = self._guarded(session, text, request, access)
+        statement = self._guarded(session, text, request, access, held is not None)
         fmt = statement.output_format or default_format
         if _takes_data(statement):
             data_format = statement.output_format or "Values"
             session.insert(statement.without_format(), data_format, _inline_data(text, data_format))
-            return Answer(b"", default_format)
+            return Answer(b"", default_format, timezone)
+        if held is not None and statement.kind == "Set":
+            run_set(session, statement, self.policy, access)
+            return Answer(b"", default_format, timezone)
+        if held is not None and statement.kind == "UseQuery":
+            run_use(session, held, text)
+            return Answer(b"", default_format, timezone)
         if statement.kind == "KillQueryQuery" and _KILL_QUERY.match(statement.canonical):
-            return Answer(self._kill(session, statement, query, running, default_format), fmt)
+            return Answer(self._kill(session, statement, query, running, default_format), fmt,
+                          timezone)
         if statement.kind in _STREAMED_KINDS and streams(fmt) and not buffered:
-            return ResultStream(session, text, dict(request.params), fmt)
-        return Answer(session.query(text, request.params, default_format), fmt)
+            return ResultStream(session, text, dict(request.params), fmt, finish, timezone)
+        result = session.run(text, request.params, default_format)
+        return Answer(result.data, fmt, timezone, result.stats)
 
     def _kill(
         self, session: EngineSession, statement: Statement, query: RunningQuery,
@@ -150,13 +191,16 @@ class SqlExecutor:
             f"SELECT {status} AS kill_status, query_id, user, query FROM ({selected})", {}, fmt)
 
     def _guarded(
-        self, session: EngineSession, text: str, request: SqlRequest, access: Access
+        self, session: EngineSession, text: str, request: SqlRequest, access: Access,
+        in_session: bool,
     ) -> Statement:
         statement = parse_statement(session.ask, text, request.params)
-        check(statement, access, self.catalog)
+        check(statement, access, self.catalog, in_session=in_session)
         return statement
 
-    def _insert_body(self, session: EngineSession, request: SqlRequest, access: Access) -> bool:
+    def _insert_body(
+        self, session: EngineSession, request: SqlRequest, access: Access, in_session: bool,
+    ) -> bool:
         """An INSERT whose rows follow it as bytes (binary formats included), the way ClickHouse
         clients send them: the statement in the `query` parameter and the rows in the body, or
         (clickhouse-connect) the statement on the body's first line and the rows after it. The
@@ -173,7 +217,7 @@ class SqlExecutor:
         if not _takes_data(statement) or (
                 request.url_query is None and statement.output_format == "Values"):
             return False  # VALUES rows may start on the first line: the text path finds them
-        check(statement, access, self.catalog)
+        check(statement, access, self.catalog, in_session=in_session)
         session.insert(statement.without_format(), statement.output_format or "Values", rows)
         return True
 

@@ -24,7 +24,8 @@ from typing import Final
 from steplog.server.sql_engine import EngineSession
 from steplog.server.sql_errors import SqlError
 
-__all__ = ["ExternalTable", "load_external_tables", "parse_structure", "parse_types"]
+__all__ = ["ExternalTable", "drop_external_tables", "load_external_tables", "parse_structure",
+           "parse_types"]
 
 DEFAULT_FORMAT: Final = "TabSeparated"
 _FORMAT_NAME: Final = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
@@ -95,6 +96,14 @@ def load_external_tables(session: EngineSession, tables: Sequence[ExternalTable]
                 session.insert(f"INSERT INTO {_identifier(table.name)}", table.format, table.data)
         except SqlError as error:
             raise _naming(table.name, error) from None
+
+
+def drop_external_tables(session: EngineSession, tables: Sequence[ExternalTable]) -> None:
+    """Drop the tables `load_external_tables` made: in a kept session (sql_sessions) they
+    would outlive the query they came with."""
+    for table in tables:
+        session.query(f"DROP TEMPORARY TABLE IF EXISTS {_identifier(table.name)}", {},
+                      "TabSeparated")
 
 
 def _canonical_types(session: EngineSession, table: ExternalTable) -> list[str]:

@@ -25,8 +25,12 @@ views), ALTER, INSERT, DROP, TRUNCATE, RENAME, OPTIMIZE, DELETE and KILL QUERY, 
 SET, USE, BACKUP/RESTORE, ATTACH, dictionaries, functions, named collections or access control.
 Names are compared lower-cased (the engine's function names are partly case-insensitive).
 
-Defence in depth: a reader's session has readonly=1, so the engine itself refuses writes, file
-and url table functions and setting changes even if this module missed one.
+In a kept session (`session_id`) anyone may also run SET (each setting through the same
+allow-list as a URL's), USE, and CREATE/DROP TEMPORARY TABLE and INSERT.
+
+Defence in depth: a reader's request session has readonly=1, so the engine itself refuses
+writes, file and url table functions and setting changes even if this module missed one; a
+reader's kept session has readonly=2: writes but to temporary tables are refused.
 """
 
 from __future__ import annotations
@@ -141,11 +145,16 @@ def parse_statement(ask: Ask, text: str, params: Mapping[str, str]) -> Statement
     return Statement(canonical, nodes)
 
 
-def check(statement: Statement, access: Access, catalog: FunctionCatalog) -> None:
-    """SqlError (ACCESS_DENIED) naming the first thing `access` may not run."""
+def check(
+    statement: Statement, access: Access, catalog: FunctionCatalog, *, in_session: bool = False,
+) -> None:
+    """SqlError (ACCESS_DENIED) naming the first thing `access` may not run. `in_session`: the
+    request runs in a kept session (sql_sessions), where SET (whose settings the caller checks
+    and sets itself), USE and temporary tables are allowed to anyone."""
     kind = statement.kind
     allowed = kind in _READ_KINDS or kind.startswith(_READ_KIND_PREFIXES) or (
-        access is Access.WRITE and kind in _WRITE_KINDS)
+        access is Access.WRITE and kind in _WRITE_KINDS) or (
+        in_session and _session_statement(statement))
     if not allowed:
         who = "a read key" if access is Access.READ else "the endpoint"
         raise _denied(f"{who} may not run {_describe_kind(statement)} statements; "
@@ -161,9 +170,20 @@ def check(statement: Statement, access: Access, catalog: FunctionCatalog) -> Non
         # The engine is a storage definition's first child (PARTITION BY, ORDER BY follow).
         names_engine = (parent is not None and parent.label.startswith("Storage definition")
                         and previous is parent)
-        _check_node(node, catalog, names_engine=names_engine)
+        if not (node.depth == 0 and node.kind == "Set"):  # the SET statement, not SETTINGS
+            _check_node(node, catalog, names_engine=names_engine)
         path.append(node)
         previous = node
+
+
+def _session_statement(statement: Statement) -> bool:
+    """What a kept session lets anyone run: SET, USE, and CREATE/DROP of TEMPORARY tables and
+    INSERT (a reader's session runs with readonly=2, in which the engine refuses every write
+    but to temporary tables: measured on chDB 4.4)."""
+    kind = statement.kind
+    return kind in ("Set", "UseQuery", "InsertQuery") or (
+        kind in ("CreateQuery", "DropQuery")
+        and statement.canonical.startswith(("CREATE TEMPORARY TABLE", "DROP TEMPORARY TABLE")))
 
 
 def _check_node(node: AstNode, catalog: FunctionCatalog, *, names_engine: bool) -> None:

@@ -5,20 +5,25 @@ stack. So the stack answers SQL over HTTP the way a ClickHouse server does, and 
 what they already use at it: curl, clickhouse-connect, `steplog sql`, Grafana.
 
 This module only wires the parts (docs/sql-endpoint.md has the design):
-sql_auth (who asks, what they may do) -> sql_compression, sql_request (the request as
-ClickHouse's handler reads it) -> admission (sql_stream_registry: the concurrency limit, query
-ids) -> sql_execution on a worker thread (settings and limits, sql_guard, the engine session of
-sql_engine) up to the first block -> the answer whole, or streamed (sql_stream_response), or
-the error as ClickHouse sends it (sql_errors). A GET request is read-only whoever sends it, as
-in ClickHouse. A client that hangs up has its query killed in the engine.
+sql_auth (who asks, what they may do) -> sql_compression and sql_blocks (the body's
+Content-Encoding, then `decompress=1`), sql_request (the request as ClickHouse's handler reads
+it) -> admission (sql_stream_registry: the concurrency limit, query ids; sql_sessions: the
+kept session a `session_id` names) -> sql_execution on a worker thread (settings and limits,
+sql_guard, the engine session of sql_engine) up to the first block -> the answer whole, or
+streamed (sql_stream_response), through the output chain of sql_output (the Native layout of
+`client_protocol_version`, `compress=1`, HTTP compression) with sql_headers' headers, or the
+error as ClickHouse sends it (sql_errors). A GET request is read-only whoever sends it, as in
+ClickHouse. A client that hangs up has its query killed in the engine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import time
 import urllib.request
 import uuid
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
@@ -27,11 +32,16 @@ from aiohttp import web
 
 from steplog.server.principals import KeyVerifier
 from steplog.server.sql_auth import Access, authorize
-from steplog.server.sql_compression import decompress
-from steplog.server.sql_engine import Engine
+from steplog.server.sql_blocks import BlockWriter, read_blocks
+from steplog.server.sql_compression import MAX_BODY_BYTES, decompress, response_encoder
+from steplog.server.sql_engine import Engine, QueryStats
 from steplog.server.sql_errors import SqlError
 from steplog.server.sql_execution import Answer, SqlExecutor
+from steplog.server.sql_headers import SERVER_NAME, answer_headers
+from steplog.server.sql_native import native_layout
+from steplog.server.sql_output import ResponseBody
 from steplog.server.sql_request import SqlRequest
+from steplog.server.sql_sessions import SessionSpec, SqlSessions
 from steplog.server.sql_settings import SqlLimits
 from steplog.server.sql_stream import ResultStream
 from steplog.server.sql_stream_registry import RunningQueries, RunningQuery
@@ -39,21 +49,6 @@ from steplog.server.sql_stream_response import exception_tag, send_stream
 
 __all__ = ["serve_sql", "sql_app", "sql_endpoint_answers"]
 
-_CONTENT_TYPES: Final = {
-    "JSON": "application/json; charset=UTF-8",
-    "JSONCompact": "application/json; charset=UTF-8",
-    "JSONEachRow": "application/x-ndjson; charset=UTF-8",
-    "CSV": "text/csv; charset=UTF-8",
-    "CSVWithNames": "text/csv; charset=UTF-8",
-    "Native": "application/octet-stream",
-    "RowBinary": "application/octet-stream",
-    "RowBinaryWithNamesAndTypes": "application/octet-stream",
-    "Parquet": "application/octet-stream",
-    "Arrow": "application/octet-stream",
-    "ArrowStream": "application/octet-stream",
-}
-_TEXT: Final = "text/tab-separated-values; charset=UTF-8"
-_SERVER_NAME: Final = "steplog"
 _QUERY_ID: Final = re.compile(r"^[!-~]{1,128}$")
 
 
@@ -72,9 +67,11 @@ def sql_app(
     # produces its next block, and admission (RunningQueries) caps the queries in flight.
     workers = ThreadPoolExecutor(max_concurrent, thread_name_prefix="steplog-sql")
     running = RunningQueries(max_concurrent)
+    sessions = SqlSessions()
 
     async def stop_workers(_: web.Application) -> None:
         workers.shutdown(wait=False, cancel_futures=True)
+        sessions.close_all()
 
     async def ping(_: web.Request) -> web.Response:
         return web.Response(text="Ok.\n")
@@ -85,15 +82,17 @@ def sql_app(
         except SqlError:
             pass  # it has ended by itself meanwhile, or the engine is closing
 
-    def abandon(query: RunningQuery, stream: ResultStream) -> None:
-        """Stop a streaming query whose client has gone, then free it. Blocking."""
+    def abandon(query: RunningQuery, stream: ResultStream, finished: Callable[[], None]) -> None:
+        """Stop a streaming query whose client has gone (or whose first block cannot be
+        sent), then free it. Blocking."""
         try:
             kill(query)
         finally:
             stream.close()  # waits for a block being produced: killed, it ends at once
-            running.release(query)
+            finished()
 
-    def abandon_starting(query: RunningQuery, started: Future[Answer | ResultStream]) -> None:
+    def abandon_starting(query: RunningQuery, started: Future[Answer | ResultStream],
+                         finished: Callable[[], None]) -> None:
         """Stop a query whose client has gone before its first block, and free it once its
         worker has returned (or at once if it never started)."""
         def free(future: Future[Answer | ResultStream]) -> None:
@@ -101,7 +100,7 @@ def sql_app(
                 outcome = future.result()
                 if isinstance(outcome, ResultStream):
                     outcome.close()
-            running.release(query)
+            finished()
 
         started.add_done_callback(free)
         if not started.cancelled():
@@ -112,42 +111,82 @@ def sql_app(
     async def handle(request: web.Request) -> web.StreamResponse:
         if "query" not in request.query and not request.body_exists:
             return web.Response(text="Ok.\n")  # ClickHouse's answer to a bare GET /
+        received = time.monotonic()
         query_id = str(uuid.uuid4())
         try:
             query_id = _query_id(request.query.get("query_id")) or query_id
-            _, access = authorize(verifier, request.headers, request.query)
+            principal, access = authorize(verifier, request.headers, request.query)
             if request.method == "GET":
                 access = Access.READ
+            layout = native_layout(request.query.get("client_protocol_version"))
+            encoder = response_encoder(request)
+            spec = SessionSpec.read(request.query)
             body = decompress(request.headers.get("Content-Encoding", ""), await request.read())
+            if _flag(request.query, "decompress"):
+                body = read_blocks(body, MAX_BODY_BYTES)
             sql = SqlRequest.read(request.query, request.headers, body, default_database)
             query = running.admit(query_id)
         except SqlError as error:
             return _error_response(error, query_id)
-        loop = asyncio.get_running_loop()
-        started = workers.submit(executor.start, sql, access, query, running,
-                                 buffered=request.query.get("wait_end_of_query") == "1")
         try:
-            outcome = await asyncio.wrap_future(started)
+            held = sessions.acquire(principal.key_id, spec, access) if spec else None
         except SqlError as error:
             running.release(query)
             return _error_response(error, query_id)
-        except BaseException:  # cancelled: the client has gone before the first block
-            loop.run_in_executor(None, abandon_starting, query, started)
-            raise
-        if isinstance(outcome, Answer):
+
+        def finished() -> None:
             running.release(query)
-            return _answer_response(outcome, query_id)
+            if held is not None:
+                sessions.release(held, close=spec is not None and spec.close)
+
+        loop = asyncio.get_running_loop()
+        started = workers.submit(executor.start, sql, access, query, running,
+                                 buffered=_flag(request.query, "wait_end_of_query"), held=held)
         try:
-            response = await send_stream(
-                request, outcome, _headers(outcome.format, query_id), exception_tag(),
-                lambda produce: loop.run_in_executor(workers, produce),
-            )
-        except BaseException:  # the client has gone part way (reset, or cancelled)
-            loop.run_in_executor(None, abandon, query, outcome)
+            outcome = await asyncio.wrap_future(started)
+        except SqlError as error:
+            finished()
+            return _error_response(error, query_id)
+        except BaseException:  # cancelled: the client has gone before the first block
+            loop.run_in_executor(None, abandon_starting, query, started, finished)
             raise
-        outcome.close()
-        running.release(query)
-        return response
+        out = ResponseBody(layout if outcome.format == "Native" else None,
+                           BlockWriter() if _flag(request.query, "compress") else None, encoder)
+        if isinstance(outcome, Answer):
+            try:
+                data = await loop.run_in_executor(workers, out.data, outcome.body)
+            except SqlError as error:
+                return _error_response(error, query_id)
+            finally:
+                finished()
+            return web.Response(body=data + out.end(), headers=_headers(
+                outcome.format, query_id, outcome.timezone, outcome.stats, received, out))
+        headers = _headers(outcome.format, query_id, outcome.timezone, outcome.stats, received,
+                           out)
+        stream = outcome
+        ended = False
+
+        async def end() -> None:
+            nonlocal ended
+            # Closing hands a kept session back, which sets its settings back: off the loop.
+            await loop.run_in_executor(None, stream.close)
+            ended = True
+            finished()
+
+        try:
+            # Before the status goes: a block the client's layout cannot hold is an HTTP error.
+            first = await loop.run_in_executor(workers, out.data, outcome.first)
+            return await send_stream(
+                request, outcome, first, out, headers, exception_tag(),
+                lambda produce: loop.run_in_executor(workers, produce), end,
+            )
+        except SqlError as error:
+            loop.run_in_executor(None, abandon, query, outcome, finished)
+            return _error_response(error, query_id)
+        except BaseException:  # the client has gone part way (reset, or cancelled)
+            if not ended:
+                loop.run_in_executor(None, abandon, query, outcome, finished)
+            raise
 
     app = web.Application(client_max_size=256 * 1024 * 1024)
     app.on_cleanup.append(stop_workers)
@@ -166,24 +205,23 @@ def _query_id(sent: str | None) -> str | None:
                    "query_id must be 1 to 128 printable ASCII characters without spaces")
 
 
-def _answer_response(answer: Answer, query_id: str) -> web.Response:
-    return web.Response(body=answer.body, headers=_headers(answer.format, query_id))
+def _flag(params: Mapping[str, str], name: str) -> bool:
+    return params.get(name, "0").strip().lower() in ("1", "true")
 
 
-def _headers(fmt: str, query_id: str) -> dict[str, str]:
-    return {
-        "Content-Type": _CONTENT_TYPES.get(fmt, _TEXT),
-        "X-ClickHouse-Format": fmt,
-        "X-ClickHouse-Query-Id": query_id,
-        "X-ClickHouse-Server-Display-Name": _SERVER_NAME,
-    }
+def _headers(fmt: str, query_id: str, timezone: str, stats: QueryStats, received: float,
+             out: ResponseBody) -> dict[str, str]:
+    headers = answer_headers(fmt, query_id, timezone, stats, time.monotonic() - received)
+    if out.content_encoding:
+        headers["Content-Encoding"] = out.content_encoding
+    return headers
 
 
 def _error_response(error: SqlError, query_id: str) -> web.Response:
     headers = {
         "X-ClickHouse-Exception-Code": str(error.code),
         "X-ClickHouse-Query-Id": query_id,
-        "X-ClickHouse-Server-Display-Name": _SERVER_NAME,
+        "X-ClickHouse-Server-Display-Name": SERVER_NAME,
     }
     if error.status == 401:
         headers["WWW-Authenticate"] = 'Basic realm="ClickHouse server", charset="UTF-8"'

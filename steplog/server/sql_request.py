@@ -22,7 +22,8 @@
 
 Deviation from ClickHouse: settings in form fields apply (ClickHouse reads settings before it
 reads the form, and ignores them there), through the same allow-list as the URL's.
-Not yet: sessions (`session_id`, issue 19): a request is its own session.
+Sessions (`session_id`) and the response's transport (`compress`, `client_protocol_version`)
+are read by sql_sessions and sql_output.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ class SqlRequest:
     query_id: str | None = None
     external_tables: tuple[ExternalTable, ...] = ()
     """The request's external tables, for its query only (sql_external.load_external_tables)."""
+    database_sent: bool = False
+    """Whether the request named its database (in a session, else the session's current one)."""
 
     @classmethod
     def read(
@@ -69,14 +72,15 @@ class SqlRequest:
         default_database: str,
     ) -> SqlRequest:
         content_type = headers.get("Content-Type", "")
-        database = (headers.get("X-ClickHouse-Database") or params.get("database")
-                    or default_database)
+        sent_database = headers.get("X-ClickHouse-Database") or params.get("database")
+        database = sent_database or default_database
         default_format = (headers.get("X-ClickHouse-Format") or params.get("default_format")
                           or DEFAULT_FORMAT)
         url_fields = list(params.items())
         if not content_type.lower().startswith("multipart/form-data"):
             return cls(params.get("query"), body, database, default_format,
-                       _params(url_fields), _settings(url_fields, set()), params.get("query_id"))
+                       _params(url_fields), _settings(url_fields, set()), params.get("query_id"),
+                       database_sent=bool(sent_database))
         parts = read_multipart(content_type, body)
         fields = url_fields + [(p.name, _field_text(p)) for p in parts if p.filename is None]
         first: dict[str, str] = {}
@@ -88,7 +92,7 @@ class SqlRequest:
         return cls(
             "".join(queries) if queries else None, b"", database, default_format,
             _params(fields), _settings(fields, {t.name for t in tables}), params.get("query_id"),
-            tables,
+            tables, bool(sent_database),
         )
 
     def text(self) -> str:

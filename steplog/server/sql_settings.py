@@ -87,7 +87,12 @@ class SettingsPolicy:
     def settings_for(self, requested: Mapping[str, str], access: Access) -> dict[str, str]:
         """Every setting the query's session gets, limits first (a request may lower them);
         SqlError naming the first setting refused."""
-        chosen = self.limits.engine_settings()
+        return {**self.limits.engine_settings(), **self.checked(requested, access)}
+
+    def checked(self, requested: Mapping[str, str], access: Access) -> dict[str, str]:
+        """The `requested` settings `access` may have (a URL's, or a session's SET); SqlError
+        naming the first refused."""
+        chosen: dict[str, str] = {}
         for name, value in requested.items():
             if name == "readonly":
                 chosen.update(_readonly(value, access))

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Final
 
-from steplog.server.sql_engine import EngineSession, EngineStream
+from steplog.server.sql_engine import EngineSession, EngineStream, QueryStats
 from steplog.server.sql_stream_arrow import ArrowStreamSplicer
 
 __all__ = ["ResultStream", "streams"]
@@ -36,7 +36,8 @@ def streams(fmt: str) -> bool:
 
 
 class ResultStream:
-    """One SELECT's result in `fmt`, in a session the stream owns and closes.
+    """One SELECT's result in `fmt`, in a session the stream holds until `close`, which then
+    calls `finish` (closing a request's own session, or handing back a kept one).
 
     `first` is the first block, already produced (so that an error before any byte goes out
     is an HTTP error); `next_chunk` produces each next one, only when asked: the reader's pace
@@ -46,13 +47,15 @@ class ResultStream:
 
     def __init__(
         self, session: EngineSession, sql: str, params: dict[str, str], fmt: str,
-        on_close: Callable[[], None] = lambda: None,
+        finish: Callable[[], None], timezone: str = "",
     ) -> None:
         self.format = fmt
-        self._session = session
+        self.timezone = timezone
+        self.stats: QueryStats
+        """What the engine reported with the first block (the summary's counters)."""
         self._lock = threading.Lock()
         self._closed = False
-        self._on_close = on_close
+        self._finish = finish
         self._arrow = ArrowStreamSplicer() if fmt in _SPLICED else None
         self._engine: EngineStream = session.stream(sql, params, fmt)
         block = self._engine.next()
@@ -60,10 +63,13 @@ class ResultStream:
             # No block at all: the engine's whole answer for an empty result (the columns'
             # header, the schema). This runs the query a second time; it produced nothing.
             self._engine.cancel()
-            self.first = session.query(sql, params, fmt)
+            whole = session.run(sql, params, fmt)
+            self.first = whole.data
+            self.stats = whole.stats
             self._arrow = None
             self._done = True
         else:
+            self.stats = self._engine.stats
             self.first = self._encoded(block)
             self._done = block is None
 
@@ -92,5 +98,4 @@ class ResultStream:
                 if not self._done:
                     self._engine.cancel()
             finally:
-                self._session.close()
-                self._on_close()
+                self._finish()

@@ -19,12 +19,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import web
 
 from steplog.server.sql_errors import SqlError, exception_block
+from steplog.server.sql_output import ResponseBody
 from steplog.server.sql_stream import ResultStream
 
 __all__ = ["exception_tag", "send_stream"]
 
 Fetch = Callable[[Callable[[], bytes | None]], Awaitable[bytes | None]]
-"""Runs the blocking producer on a worker thread."""
+"""Runs the blocking producer (the next block, through the response's output chain) on a
+worker thread."""
 
 
 def exception_tag() -> str:
@@ -34,20 +36,33 @@ def exception_tag() -> str:
 
 
 async def send_stream(
-    request: web.Request, stream: ResultStream, headers: Mapping[str, str], tag: str,
-    fetch: Fetch,
+    request: web.Request, stream: ResultStream, first: bytes, body: ResponseBody,
+    headers: Mapping[str, str], tag: str, fetch: Fetch, ended: Callable[[], Awaitable[None]],
 ) -> web.StreamResponse:
-    """Send `stream` whole (the caller closes it). A client that goes away surfaces as
+    """Send `stream` whole: `first`, its first block as it goes out (through `body`, as every
+    next block is, on a worker thread). `ended` (which closes the stream and frees its query
+    and session) is awaited before the response's last bytes go, as ClickHouse releases a
+    session before it finishes the response: a client that sends its next request as soon as
+    it has read this one finds the session free. A client that goes away surfaces as
     ConnectionResetError or the handler's cancellation: the caller kills the query."""
     response = web.StreamResponse(headers={**headers, "X-ClickHouse-Exception-Tag": tag})
     await response.prepare(request)
-    chunk: bytes | None = stream.first
+
+    def produce() -> bytes | None:
+        chunk = stream.next_chunk()
+        return None if chunk is None else body.data(chunk)
+
+    chunk: bytes | None = first
     try:
         while chunk is not None:
             if chunk:
                 await response.write(chunk)
-            chunk = await fetch(stream.next_chunk)
+            chunk = await fetch(produce)
     except SqlError as error:
-        await response.write(exception_block(error, tag))
+        await response.write(body.exception(exception_block(error, tag)))
+    await ended()
+    tail = body.end()
+    if tail:
+        await response.write(tail)
     await response.write_eof()
     return response

@@ -98,6 +98,7 @@ def changelog_specs(config: ProcessorConfig, settings: Settings) -> list[TopicSp
         spec(config.runs_changelog, "events_partitions"),
         spec(config.waits_changelog, "signals_partitions"),
         spec(config.triggers_changelog, "signals_partitions"),
+        spec(config.flow_control_changelog, "signals_partitions"),
     ]
 
 
@@ -130,7 +131,10 @@ def run_processors(
     path = chdb_path(settings.clickhouse_dsn)
     if path is not None and not supervised:
         claim_stack(settings, path, sql_port or 0)
-    asyncio.run(ensure_topics(settings.kafka_bootstrap, changelog_specs(config, settings)))
+    # The flow-control topic is the processors' own (processors/flow_gate.py): made here with the
+    # changelogs, so that processors upgraded onto a cluster without it do not stall sending to it.
+    own = [spec for spec in topic_specs(settings) if spec.name == settings.topics.flow_control]
+    asyncio.run(ensure_topics(settings.kafka_bootstrap, [*own, *changelog_specs(config, settings)]))
     # Bound before the consumers join: their client id names the port (processors/membership.py).
     health_socket = bind_health_socket(settings.health_host, settings.health_port)
     membership = claim_membership(

@@ -25,10 +25,11 @@ async def describe(bootstrap: str, names: list[str]) -> dict[str, int]:
 def test_ensure_creates_the_topics_then_changes_nothing(settings: Settings) -> None:
     specs = topic_specs(settings)
     first = asyncio.run(ensure_topics(settings.kafka_bootstrap, specs))
-    assert [r.outcome for r in first] == [TopicOutcome.CREATED] * 7
+    assert [r.outcome for r in first] == [TopicOutcome.CREATED] * 8
     assert asyncio.run(describe(settings.kafka_bootstrap, [s.name for s in specs])) == {
         settings.topics.events: 3,
         settings.topics.signals: 2,
+        settings.topics.flow_control: 2,
         settings.topics.commands: 3,
         settings.topics.dlq: 1,
         settings.topics.flows: 1,
@@ -36,7 +37,7 @@ def test_ensure_creates_the_topics_then_changes_nothing(settings: Settings) -> N
         alerts_topic(settings): 1,
     }
     second = asyncio.run(ensure_topics(settings.kafka_bootstrap, specs))
-    assert [r.outcome for r in second] == [TopicOutcome.UNCHANGED] * 7
+    assert [r.outcome for r in second] == [TopicOutcome.UNCHANGED] * 8
 
 
 def test_ensure_brings_drifted_configs_back(settings: Settings) -> None:

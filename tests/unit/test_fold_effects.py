@@ -21,6 +21,7 @@ from steplog.processors.fold.effects import (
     SetTimer,
     StepRowChanged,
     TimerKind,
+    WorkflowRunEnded,
     WriteEvent,
     WriteSignalsMessage,
 )
@@ -53,8 +54,10 @@ APP = "shop"
 
 
 def engine(effects: list[Effect]) -> list[Effect]:
-    """The effects that are not rows."""
-    return [e for e in effects if not isinstance(e, RunRowChanged | StepRowChanged)]
+    """The effects that are not rows (nor a run end's WorkflowRunEnded, which every workflow run
+    gives: tests/unit/test_flow_control.py)."""
+    return [e for e in effects
+            if not isinstance(e, RunRowChanged | StepRowChanged | WorkflowRunEnded)]
 
 
 def after(events: list[Event]) -> tuple[RunState, list[Effect]]:

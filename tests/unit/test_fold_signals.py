@@ -16,9 +16,20 @@ from steplog.processors.fold.signals import (
 )
 from steplog.schemas.base import TriggerInfo
 from steplog.schemas.commands import StartRun
-from steplog.schemas.events import StepCompleted, StepCompletedPayload
-from steplog.schemas.ids import derived_id, triggered_run_id, wait_resolution_id
+from steplog.schemas.events import (
+    RunCancelled,
+    RunScheduled,
+    StepCompleted,
+    StepCompletedPayload,
+)
+from steplog.schemas.ids import (
+    derived_id,
+    idempotent_run_id,
+    triggered_run_id,
+    wait_resolution_id,
+)
 from steplog.schemas.signals import (
+    Idempotency,
     Signal,
     SignalsMessage,
     TriggerRegistered,
@@ -73,6 +84,58 @@ def completion(run_id: str, output: JsonValue, timed_out: bool = False) -> Write
         event_id=wait_resolution_id(run_id, "approval", 1), project="acme",
         flow="order.process", run_id=run_id, step_key="approval", attempt=1, ts=NOW,
         payload=StepCompletedPayload(output=output, timed_out=timed_out)))
+
+
+# --- conditions ----------------------------------------------------------------------------------
+
+
+def test_a_wait_with_a_condition_is_resolved_only_by_a_signal_that_meets_it() -> None:
+    name = Name()
+    name.feed(wait("run-1", condition="event.data.amount > 100 and event.data.currency == 'EUR'"))
+    assert name.feed(signal("s-1", {"amount": 50, "currency": "EUR"}),
+                     signal("s-2", {"amount": 150, "currency": "USD"}),
+                     signal("s-3", {"currency": "EUR"})) == []
+    paid: dict[str, JsonValue] = {"amount": 150, "currency": "EUR"}
+    assert name.feed(signal("s-4", paid)) == [completion("run-1", paid)]
+
+
+def test_a_condition_that_does_not_compile_never_resolves_its_wait() -> None:
+    name = Name()
+    name.feed(wait("run-1", condition="event.data.amount >"), wait("run-2"))
+    assert name.feed(signal("s-1", {"amount": 150})) == [completion("run-2", {"amount": 150})]
+    assert "w-run-1" in name.waits.waits
+
+
+def test_a_cancel_on_registration_cancels_its_run_instead_of_completing_a_step() -> None:
+    name = Name()
+    name.feed(wait("run-1", match="data.order_id", match_value="o-1", cancels_run=True))
+    assert name.feed(signal("s-1", {"order_id": "o-2"})) == []
+    (effect,) = name.feed(signal("s-2", {"order_id": "o-1"}))
+    assert isinstance(effect, WriteEvent) and isinstance(effect.event, RunCancelled)
+    assert (effect.event.run_id, effect.event.seq) == ("run-1", 0)
+    assert effect.event.payload.reason == "cancel_on: event 'order.approved' (s-2)"
+    assert name.waits.waits == {}
+
+
+def test_a_trigger_with_idempotency_schedules_one_run_per_key_and_window() -> None:
+    name = Name()
+    rule = Idempotency(key="data.order_id", window_ms=3_600_000)
+    name.feed(TriggerRegistered(event_id="t-1", project="acme", name=NAME, app="shop",
+                                workflow="order.process", idempotency=rule, ts=T0))
+    sent: list[JsonValue] = [{"order_id": "o-1"}, {"order_id": "o-1", "n": 2}, {"order_id": "o-2"}]
+    first, again, other = (name.feed(signal(f"s-{n}", data))[0] for n, data in enumerate(sent))
+    assert isinstance(first, WriteEvent) and isinstance(first.event, RunScheduled)
+    assert isinstance(again, WriteEvent) and isinstance(other, WriteEvent)
+    window = int(T0.timestamp() * 1000) // 3_600_000
+    assert first.event.run_id == idempotent_run_id("acme", "order.process", "o-1", 3_600_000,
+                                                   window)
+    # The same event id: the fold keeps the first run.scheduled and drops the second.
+    assert (again.event.run_id, again.event.event_id) == (first.event.run_id, first.event.event_id)
+    assert other.event.run_id != first.event.run_id
+    assert first.event.payload.app == "shop" and first.event.payload.input == {"order_id": "o-1"}
+    (keyless,) = name.feed(signal("s-9", {"id": 1}))  # no key: a run per signal, as before
+    assert isinstance(keyless, SendCommand)
+    assert NameTriggers.from_bytes(name.triggers.to_bytes()) == name.triggers
 
 
 # --- triggers ----------------------------------------------------------------------------------

@@ -37,7 +37,8 @@ ALLOWED = {
     "server": {"schemas", "kernel", "projections", "processors", "producers", "server"},
     "public": {"schemas", "kernel", "projections", "processors", "producers"},
 }
-PUBLIC_FACE = ROOT / "steplog" / "__init__.py"
+PUBLIC_FACES = (ROOT / "steplog" / "__init__.py", ROOT / "steplog" / "testing.py")
+"""`import steplog` and `steplog.testing` (the SDK's test harness): the SDK's public faces."""
 
 
 def layer_of_module(module: str) -> str | None:
@@ -45,7 +46,7 @@ def layer_of_module(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] != "steplog":
         return None
-    if len(parts) == 1:
+    if len(parts) == 1 or parts[1:] == ["testing"]:
         return "public"
     if parts[1] in LAYER_DIRS:
         return parts[1]
@@ -53,7 +54,7 @@ def layer_of_module(module: str) -> str | None:
 
 
 def layer_of_file(path: Path) -> str:
-    if path == PUBLIC_FACE:
+    if path in PUBLIC_FACES:
         return "public"
     for layer, directory in LAYER_DIRS.items():
         if directory in path.parents:

@@ -19,6 +19,7 @@ import steplog
 from steplog.errors import (
     ResultTimeoutError,
     RunCancelledError,
+    RunExpiredError,
     RunFailedError,
     SteplogError,
     WorkflowError,
@@ -59,8 +60,8 @@ def failed() -> RunFailed:
     return RunFailed(**ENVELOPE, payload=RunFailedPayload(error=error))
 
 
-def cancelled(reason: str | None) -> RunCancelled:
-    return RunCancelled(**ENVELOPE, payload=RunCancelledPayload(reason=reason))
+def cancelled(reason: str | None, *, expired: bool = False) -> RunCancelled:
+    return RunCancelled(**ENVELOPE, payload=RunCancelledPayload(reason=reason, expired=expired))
 
 
 # --------------------------------------------------------------------------- a run's end
@@ -99,6 +100,14 @@ def test_a_cancelled_run_raises_with_its_reason() -> None:
         RunEnd.from_event(cancelled(None)).result()
 
 
+def test_an_expired_run_raises_that_it_expired_a_kind_of_cancel() -> None:
+    ended = RunEnd.from_event(cancelled("started 3h late", expired=True))
+    assert ended.status is RunStatus.EXPIRED
+    with pytest.raises(RunExpiredError, match="expired: started 3h late") as raised:
+        ended.result()
+    assert isinstance(raised.value, RunCancelledError)
+
+
 def test_the_timeout_error_is_a_timeout_error_naming_the_run() -> None:
     error = ResultTimeoutError("run-1", "order.process", 2.5)
     assert isinstance(error, TimeoutError) and isinstance(error, WorkflowError)
@@ -106,8 +115,9 @@ def test_the_timeout_error_is_a_timeout_error_naming_the_run() -> None:
 
 
 @pytest.mark.parametrize(
-    "event", [completed({"a": [1, None, "x"]}), failed(), cancelled("stop")],
-    ids=["completed", "failed", "cancelled"],
+    "event", [completed({"a": [1, None, "x"]}), failed(), cancelled("stop"),
+              cancelled("late", expired=True)],
+    ids=["completed", "failed", "cancelled", "expired"],
 )
 def test_an_end_read_from_clickhouse_equals_the_end_read_from_the_log(event: Any) -> None:
     # The events table keeps each event's payload as JSON text (RUN_END_SQL's row).

@@ -84,7 +84,7 @@ def test_parse_step_status_refuses_unknown_words_listing_the_accepted_ones(word:
 def test_step_statuses_are_the_run_statuses_minus_cancelled_plus_skipped() -> None:
     stored_runs = {s.value for s in RunStatus} - {"overdue", "stuck"}
     stored_steps = {s.value for s in StepStatus} - {s.value for s in DERIVED_STEP_STATUSES}
-    assert stored_steps == stored_runs - {"cancelled"} | {"skipped"}
+    assert stored_steps == stored_runs - {"cancelled", "expired"} | {"skipped"}
 
 
 # --- models ---------------------------------------------------------------------------------

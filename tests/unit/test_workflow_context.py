@@ -658,6 +658,29 @@ def test_a_match_path_missing_from_the_trigger_event_is_an_error_in_the_code() -
     assert "match path 'data.nope'" in str(result.error)
 
 
+def test_a_wait_with_a_condition_registers_it_and_a_bad_one_fails_the_run_at_the_call() -> None:
+    condition = "event.data.amount > 100 and event.data.currency == 'EUR'"
+
+    async def workflow(ctx: WorkflowContext) -> Any:
+        return await ctx.step.wait_for_event("approval", event="order.paid", if_=condition)
+
+    result, sink = execute(workflow)
+    assert result.outcome is PassOutcome.PARKED
+    registration, started, _ = sink.writes
+    assert isinstance(registration, WaitRegistered) and registration.condition == condition
+    assert isinstance(started, StepStarted)
+    assert started.payload.input == {
+        "event": "order.paid", "timeout": None, "match": None, "if": condition
+    }
+
+    async def bad(ctx: WorkflowContext) -> Any:
+        return await ctx.step.wait_for_event("approval", event="order.paid", if_="amount >")
+
+    result, _ = execute(bad)
+    assert result.outcome is PassOutcome.FAILED
+    assert "step 'approval': if_: 'amount >' is not a valid condition" in str(result.error)
+
+
 # ----------------------------------------------------------------------- child runs, emit
 
 

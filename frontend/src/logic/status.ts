@@ -50,6 +50,7 @@ const LOOKS: Record<string, StatusLook> = {
   stuck: { glyph: "stuck", tone: "warn", label: "stuck" },
   interrupted: { glyph: "pause", tone: "warn", label: "interrupted" },
   cancelled: { glyph: "ban", tone: "muted", label: "cancelled" },
+  expired: { glyph: "clock", tone: "muted", label: "expired" },
 };
 
 /**

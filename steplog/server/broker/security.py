@@ -21,16 +21,18 @@ nor appears on a command line as with `kafka-configs`), the ACLs with CreateAcls
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final, Literal
 
 from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaError
 from aiokafka.protocol.admin import CreateAclsRequest
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import (
@@ -69,6 +71,7 @@ MECHANISM: Final = "SCRAM-SHA-512"
 _USER_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 _SCRAM_SHA_512: Final = 2  # org.apache.kafka.clients.admin.ScramMechanism's type
 _ITERATIONS: Final = 4096  # the least Kafka accepts for SCRAM-SHA-512
+_LOGIN_WAIT_S: Final = 30.0
 
 # Kafka's protocol codes (org.apache.kafka.common.acl / resource), as CreateAcls carries them.
 _RESOURCE_TYPES: Final = {"topic": 2, "group": 3, "cluster": 4, "transactional_id": 5}
@@ -204,6 +207,10 @@ async def add_user(
     await client.bootstrap()
     try:
         node = client.get_random_node()
+        # The ACLs before the credential: a broker applies the metadata log in order, so once
+        # it accepts the new login (below), it holds the user's ACLs too.
+        for acl in acls:
+            await _create_acl(client, node, admin.bootstrap, username, acl)
         response = await client.send(node, _AlterUserScramCredentials(username, password))
         for _, error_code, message, _tags in response.results:
             if error_code:
@@ -211,11 +218,36 @@ async def add_user(
                     f"the broker at {admin.bootstrap} refused the SCRAM credential of user "
                     f"{username!r}: error {error_code} {message or ''}".rstrip()
                 )
-        for acl in acls:
-            await _create_acl(client, node, admin.bootstrap, username, acl)
     finally:
         await client.close()
-    return BrokerCredentials(username=username, password=SecretStr(password))
+    credentials = BrokerCredentials(username=username, password=SecretStr(password))
+    await _wait_for_login(admin, credentials)
+    return credentials
+
+
+async def _wait_for_login(admin: KafkaAccess, user: BrokerCredentials) -> None:
+    """Return once the broker takes the new user's login. The controller answers
+    AlterUserScramCredentials when the credential is in the metadata log; a broker applies it a
+    moment later, and a login in between is refused (seen under load): so a user this returns
+    can log in at once."""
+    # The admin's way in (SASL_SSL, TLS files...) with the user's name and password.
+    security = replace(admin.security, username=user.username, password=user.password)
+    deadline = asyncio.get_running_loop().time() + _LOGIN_WAIT_S
+    while True:
+        client = AIOKafkaClient(bootstrap_servers=admin.bootstrap, client_id="steplog-users",
+                                **security.client_options())
+        try:
+            await client.bootstrap()
+            return
+        except KafkaError as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise BrokerError(
+                    f"the broker at {admin.bootstrap} still refuses user {user.username!r} "
+                    f"{_LOGIN_WAIT_S:g}s after creating it: {exc}"
+                ) from None
+        finally:
+            await client.close()
+        await asyncio.sleep(0.2)
 
 
 # aiokafka's protocol classes are untyped (Any) to mypy: hence the ignores on subclassing them.
