@@ -33,6 +33,9 @@ _ANYONE: Final = frozenset({
     "interval_output_format", "limit", "offset", "cancel_http_readonly_queries_on_client_close",
     "date_time_output_format", "date_time_input_format", "output_format_arrow_string_as_string",
     "cast_string_to_dynamic_use_inference",  # clickhouse-connect sends it to writable sessions
+    # The native protocol's block codec (clickhouse-go sends it with compress=1); over HTTP the
+    # blocks' codec is chosen by the endpoint (sql_blocks.py), so it changes nothing here.
+    "network_compression_method",
 })
 _ANYONE_PREFIXES: Final = ("output_format_", "format_", "input_format_")
 _OVERFLOW_MODES: Final = frozenset({"result_overflow_mode", "timeout_overflow_mode",
@@ -97,30 +100,36 @@ class SettingsPolicy:
             if name == "readonly":
                 chosen.update(_readonly(value, access))
                 continue
-            self._check(name, value, access)
-            chosen[name] = value
+            chosen[name] = self._check(name, value, access)
         return chosen
 
-    def _check(self, name: str, value: str, access: Access) -> None:
+    def _check(self, name: str, value: str, access: Access) -> str:
+        """The value `name` gets (a limit asked above the endpoint's is the endpoint's);
+        SqlError when the setting is refused."""
         if not _NAME.match(name):
             raise _refused(name, "it is not a setting name")
         lowered = name.lower()
         if any(part in lowered for part in _FORBIDDEN_PARTS):
             raise _refused(name, "it names a file, path or schema on the server")
         if name.startswith("max_"):
-            self._check_lowered(name, value)
-        elif name in _OVERFLOW_MODES:
+            return self._lowered(name, value)
+        if name in _OVERFLOW_MODES:
             if value not in ("throw", "break"):
                 raise _refused(name, "expected throw or break")
-        elif name in _ANYONE or name.startswith(_ANYONE_PREFIXES):
-            return
-        elif access is Access.WRITE and (name in _WRITERS or name.startswith(_WRITERS_PREFIXES)):
-            return
-        else:
-            raise _refused(name, "it is not one the endpoint lets a request set (formats, "
-                                 "output options and max_* lowered are)")
+            return value
+        if name in _ANYONE or name.startswith(_ANYONE_PREFIXES):
+            return value
+        if access is Access.WRITE and (name in _WRITERS or name.startswith(_WRITERS_PREFIXES)):
+            return value
+        raise _refused(name, "it is not one the endpoint lets a request set (formats, "
+                             "output options and max_* lowered are)")
 
-    def _check_lowered(self, name: str, value: str) -> None:
+    def _lowered(self, name: str, value: str) -> str:
+        """A max_* setting as asked when it lowers the endpoint's limit; the endpoint's own when
+        it asks more. Clients derive some from their own timeouts (clickhouse-go sends its
+        deadline + 5 s as max_execution_time: Grafana's default 60 s query timeout asks 64), so
+        a higher ask keeps the endpoint's limit rather than failing the query. Unlimited (0) and
+        what is not a number are refused."""
         if name not in self._ceilings:
             raise _refused(name, "no such max_* setting")
         try:
@@ -131,7 +140,8 @@ class SettingsPolicy:
         if not math.isfinite(wanted) or wanted <= 0:
             raise _refused(name, "a max_* setting may be lowered, not set to 0 (unlimited)")
         if ceiling > 0 and wanted > ceiling:
-            raise _refused(name, f"{value} would raise it above the endpoint's {ceiling:g}")
+            return str(int(ceiling)) if ceiling.is_integer() else repr(ceiling)
+        return value
 
 
 def _readonly(value: str, access: Access) -> dict[str, str]:

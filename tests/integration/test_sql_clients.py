@@ -45,7 +45,6 @@ from tests.compat.clients import (
     PARAMETERIZED,
     SERVER_SIDE,
     TYPED,
-    ClientFailed,
     Lines,
     as_lines,
     build_clients,
@@ -71,20 +70,6 @@ EXPECTED: Lines = {
                 ["finished_at", "Nullable(DateTime64(6, 'UTC'))"],
                 ["updated_at", "DateTime64(6, 'UTC')"]],
 }
-
-# What the endpoint refuses yet: each test turns into a failure (strict) the day its client
-# works, to be unmarked then. `raises` keeps a wrong answer from hiding behind the mark: only the
-# client's own failure is expected.
-NEEDS_NETWORK_COMPRESSION_METHOD = pytest.mark.xfail(
-    raises=ClientFailed, strict=True,
-    reason="clickhouse-go with LZ4 sends network_compression_method=lz4 with compress=1, and "
-           "the endpoint refuses that setting (ACCESS_DENIED, not on its allow-list)")
-NEEDS_DEADLINE_WITHIN_LIMIT = pytest.mark.xfail(
-    raises=ClientFailed, strict=True,
-    reason="clickhouse-go turns Grafana's 60 s query timeout into max_execution_time=64, which "
-           "the endpoint refuses above its STEPLOG_SQL_MAX_EXECUTION_S (60) instead of keeping "
-           "its own limit")
-
 
 def run_events(run_id: str, flow: str, *, finished: bool) -> list[Event]:
     """A run with steps `charge` and `ship`, finished or still running in `ship`."""
@@ -151,19 +136,14 @@ def test_clickhouse_jdbc_with_database_metadata(built: None, endpoint: Endpoint)
     assert {"runs", "runs_current", "runs_overdue"} <= tables  # getTables("runs%")
 
 
-@NEEDS_NETWORK_COMPRESSION_METHOD
 def test_clickhouse_go_over_http_with_lz4(built: None, endpoint: Endpoint) -> None:
     assert run_program(go_command("lz4"), endpoint) == EXPECTED
 
 
-@NEEDS_DEADLINE_WITHIN_LIMIT
 def test_clickhouse_go_with_grafanas_settings(built: None, endpoint: Endpoint) -> None:
+    """Grafana's default 60 s query timeout: clickhouse-go asks max_execution_time=64, and the
+    endpoint keeps its own 60 (steplog/server/sql_settings.py)."""
     assert run_program(go_command("grafana"), endpoint) == EXPECTED
-
-
-def test_grafana_with_a_query_timeout_the_endpoint_allows(built: None, endpoint: Endpoint) -> None:
-    """The README's workaround: 55 s becomes max_execution_time=59, within the endpoint's 60."""
-    assert run_program(go_command("grafana", "55"), endpoint) == EXPECTED
 
 
 def test_node_client(built: None, endpoint: Endpoint) -> None:
