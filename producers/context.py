@@ -23,6 +23,7 @@ from .patches import deprecate_patch, patched
 from .step_run import NO_INPUT, run_step
 
 if TYPE_CHECKING:
+    from .history import RunStart
     from .run_pass import RunPass
 
 __all__ = ["StepTools", "TriggerEvent", "WorkflowContext", "WorkflowFunction"]
@@ -38,6 +39,16 @@ class TriggerEvent:
     name: str | None
     data: JsonValue
     id: str | None = None
+
+    @classmethod
+    def of_start(cls, start: RunStart) -> TriggerEvent:
+        """`ctx.event` of a run started as `start` (its run.started)."""
+        trigger = start.trigger
+        return cls(
+            name=trigger.name if trigger else None,
+            data=start.input,
+            id=trigger.event_id if trigger else None,
+        )
 
     def as_document(self) -> dict[str, JsonValue]:
         """The event as a JSON object: where a wait's `match` path is looked up."""

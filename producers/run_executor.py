@@ -390,7 +390,6 @@ class RunExecutor:
                 payload=RunFailedPayload(error=error_info(error)),
             )
             return None if await sink.write_with_retries(failed) is not None else _NOT_RUN
-        trigger = start.trigger
         run_pass = RunPass(
             fn=workflow.fn,
             workflow=name,
@@ -398,11 +397,7 @@ class RunExecutor:
             app=self.app.name,
             run_id=run_id,
             history=history,
-            event=TriggerEvent(
-                name=trigger.name if trigger else None,
-                data=start.input,
-                id=trigger.event_id if trigger else None,
-            ),
+            event=TriggerEvent.of_start(start),
             sink=sink,
             retries=workflow.retries,
             max_event_bytes=self.settings.max_event_bytes,
@@ -432,8 +427,7 @@ class RunExecutor:
     async def _register_cancels(self, command: StartRun, workflow: Workflow) -> None:
         """The run's cancel_on registrations (producers/cancel_on.py), acknowledged before its
         first pass. Written again for a start handled again: duplicates, dropped."""
-        trigger = command.trigger
-        event = TriggerEvent(name=trigger.name if trigger else None, data=command.input)
+        event = TriggerEvent.of_start(RunStart.from_command(command))
         registrations = cancel_registrations(
             workflow.cancel_on, project=self.app.project, app=self.app.name,
             workflow=workflow.name, run_id=command.run_id,

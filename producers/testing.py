@@ -267,7 +267,6 @@ class WorkflowTest:
         start = history.start
         assert start is not None  # every run of the log starts with its run.started
         workflow = self.app.workflows[start.workflow]
-        trigger = start.trigger
         run_pass = RunPass(
             fn=workflow.fn,
             workflow=workflow.name,
@@ -275,11 +274,7 @@ class WorkflowTest:
             app=self.app.name,
             run_id=run_id,
             history=history,
-            event=TriggerEvent(
-                name=trigger.name if trigger else None,
-                data=start.input,
-                id=trigger.event_id if trigger else None,
-            ),
+            event=TriggerEvent.of_start(start),
             sink=self.log,
             retries=workflow.retries,
             clock=lambda: self.now,

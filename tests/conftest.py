@@ -12,6 +12,7 @@ components work.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import os
 import signal
 import socket
@@ -22,6 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import clickhouse_connect
 import pytest
@@ -42,6 +44,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in item.path.parts:
             item.add_marker(pytest.mark.integration)
+
+
+EXIT_DEADLINE_S = 120
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A process that cannot exit after its tests (a thread stuck in a call that never
+    returns) fails loudly with every thread's stack instead of hanging CI until its timeout."""
+    faulthandler.dump_traceback_later(EXIT_DEADLINE_S, exit=True)
 
 
 def free_port() -> int:
@@ -157,6 +168,16 @@ class RunningProcessors:
     process: subprocess.Popen[bytes]
     sql: Client
     """clickhouse-connect's HTTP client on the processors' SQL endpoint, as an analyst uses it."""
+
+    def rows(self, sql: str, **parameters: Any) -> list[dict[str, Any]]:
+        """The rows of `sql` (with `{name:Type}` parameters) as dicts, by column name."""
+        result = self.sql.query(sql, parameters=parameters)
+        return [dict(zip(result.column_names, row)) for row in result.result_rows]
+
+    def run_status(self, run_id: str) -> str | None:
+        """The run's status in runs_current; None while it has no row."""
+        rows = self.rows("SELECT status FROM runs_current WHERE run_id = {id:String}", id=run_id)
+        return str(rows[0]["status"]) if rows else None
 
     def stop(self, *, kill: bool = False) -> None:
         if self.process.poll() is None:

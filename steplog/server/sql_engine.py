@@ -164,15 +164,21 @@ class Engine:
         finally:
             session.close()
 
-    def kill(self, tags: Collection[str]) -> None:
+    def kill(self, tags: Collection[str], *, wait: bool = True) -> None:
         """Stop the queries running with `log_comment` set to one of `tags`, wherever they
-        are (before their first block or between blocks), and wait until they have stopped:
-        the engine's own KILL QUERY, on a session of its own."""
+        are (before their first block or between blocks): the engine's own KILL QUERY, on a
+        session of its own; `wait`: until they have stopped (SYNC).
+
+        Not waiting (ASYNC) is for a stream its caller closes next: a stream paused between
+        blocks stops only when its next block is asked for, which is what closing it does, so
+        a SYNC kill before the close would wait for ever (seen: the interpreter could not
+        exit, its executor threads stuck in the kill)."""
         if not tags:
             return
         listed = ", ".join(quoted(tag) for tag in tags)
+        mode = "SYNC" if wait else "ASYNC"
         with self.session() as session:
-            session.query(f"KILL QUERY WHERE Settings['log_comment'] IN ({listed}) SYNC", {},
+            session.query(f"KILL QUERY WHERE Settings['log_comment'] IN ({listed}) {mode}", {},
                           "TabSeparated")
 
 

@@ -77,8 +77,10 @@ def sql_app(
         return web.Response(text="Ok.\n")
 
     def kill(query: RunningQuery) -> None:
+        """Cancel the query in the engine without waiting: the caller then closes its stream
+        (or frees it once its worker returns), which is what ends it (Engine.kill)."""
         try:
-            executor.engine.kill([query.engine_tag])
+            executor.engine.kill([query.engine_tag], wait=False)
         except SqlError:
             pass  # it has ended by itself meanwhile, or the engine is closing
 

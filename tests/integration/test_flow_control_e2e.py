@@ -64,16 +64,9 @@ class Stack:
         self.processors = processors
         self.client = client
 
-    def rows(self, sql: str, **parameters: Any) -> list[dict[str, Any]]:
-        result = self.processors.sql.query(sql, parameters=parameters)
-        return [dict(zip(result.column_names, row)) for row in result.result_rows]
-
-    def status(self, run_id: str) -> str | None:
-        rows = self.rows("SELECT status FROM runs_current WHERE run_id = {id:String}", id=run_id)
-        return str(rows[0]["status"]) if rows else None
 
     def flow_start(self, run_id: str) -> dict[str, Any] | None:
-        rows = self.rows("SELECT * FROM flow_starts FINAL WHERE run_id = {id:String}", id=run_id)
+        rows = self.processors.rows("SELECT * FROM flow_starts FINAL WHERE run_id = {id:String}", id=run_id)
         return rows[0] if rows else None
 
     def send(self, name: str, data: Any, workflow: str) -> str:
@@ -110,7 +103,7 @@ def _until_the_processors_hold_starts_back(stack: Stack) -> None:
         first, second = (stack.send("customer.noticed", key, "customer.notify") for _ in "12")
         tried.append(second)
         wait_for(lambda: stack.flow_start(second) is not None
-                 or stack.status(second) is not None, what=f"warm-up run {second}")
+                 or stack.processors.run_status(second) is not None, what=f"warm-up run {second}")
         return stack.flow_start(second) is not None
 
     tried: list[str] = []
@@ -124,30 +117,30 @@ def test_concurrency_runs_one_run_per_key_and_the_rest_wait_scheduled_in_order(
          for n in range(3)]
     b = stack.send("customer.updated", {"customer": "b", "n": 9}, "customer.sync")
 
-    wait_for(lambda: stack.status(a[0]) == "running" and stack.status(b) == "running",
+    wait_for(lambda: stack.processors.run_status(a[0]) == "running" and stack.processors.run_status(b) == "running",
              what="the first run of each customer to run")
-    waiting = stack.rows("SELECT run_id, reason FROM runs_flow_waiting "
+    waiting = stack.processors.rows("SELECT run_id, reason FROM runs_flow_waiting "
                          "WHERE flow = 'customer.sync'")
     assert sorted(waiting, key=lambda row: a.index(row["run_id"])) == [
         {"run_id": a[1], "reason": "concurrency: 1 running"},
         {"run_id": a[2], "reason": "concurrency: 1 running"},
     ]  # the order they start in is checked below
-    assert stack.status(a[1]) is None  # held back: no run yet
+    assert stack.processors.run_status(a[1]) is None  # held back: no run yet
 
     for n in range(3):
         stack.client.send_event("sync.release", {"customer": "a"})
-        wait_for(lambda: stack.status(a[n]) == "completed", what=f"run {n} of customer a")
+        wait_for(lambda: stack.processors.run_status(a[n]) == "completed", what=f"run {n} of customer a")
         if n < 2:
-            wait_for(lambda: stack.status(a[n + 1]) == "running", what=f"run {n + 1} to start")
-            assert [stack.status(run_id) for run_id in a[n + 2:]] == [None] * (1 - n)
-    assert stack.rows("SELECT run_id FROM runs_flow_waiting WHERE flow = 'customer.sync'") == []
+            wait_for(lambda: stack.processors.run_status(a[n + 1]) == "running", what=f"run {n + 1} to start")
+            assert [stack.processors.run_status(run_id) for run_id in a[n + 2:]] == [None] * (1 - n)
+    assert stack.processors.rows("SELECT run_id FROM runs_flow_waiting WHERE flow = 'customer.sync'") == []
     stack.client.send_event("sync.release", {"customer": "b"})
-    wait_for(lambda: stack.status(b) == "completed", what="customer b's run")
+    wait_for(lambda: stack.processors.run_status(b) == "completed", what="customer b's run")
 
 
 def test_rate_limit_skips_a_start_over_the_limit_with_the_reason(stack: Stack) -> None:
     first = stack.send("customer.noticed", {"customer": "x"}, "customer.notify")
-    wait_for(lambda: stack.status(first) == "completed", what="the first start to complete")
+    wait_for(lambda: stack.processors.run_status(first) == "completed", what="the first start to complete")
     second = stack.send("customer.noticed", {"customer": "x"}, "customer.notify")
 
     wait_for(lambda: (stack.flow_start(second) or {}).get("status") == "skipped",
@@ -155,17 +148,17 @@ def test_rate_limit_skips_a_start_over_the_limit_with_the_reason(stack: Stack) -
     skipped = stack.flow_start(second)
     assert skipped is not None
     assert skipped["reason"] == "rate limit: 1 starts per 3600000 ms"
-    assert stack.status(second) is None
+    assert stack.processors.run_status(second) is None
 
 
 def test_debounce_starts_once_with_the_last_data_after_a_quiet_period(stack: Stack) -> None:
     edits = [stack.send("customer.edited", {"customer": "d", "edit": n}, "customer.reindex")
              for n in range(3)]
 
-    wait_for(lambda: stack.status(edits[-1]) == "completed", what="the last edit's run")
-    ran = stack.rows("SELECT output FROM runs_current WHERE run_id = {id:String}", id=edits[-1])
+    wait_for(lambda: stack.processors.run_status(edits[-1]) == "completed", what="the last edit's run")
+    ran = stack.processors.rows("SELECT output FROM runs_current WHERE run_id = {id:String}", id=edits[-1])
     assert ran == [{"output": '{"customer":"d","edit":2}'}]
     for replaced in edits[:-1]:
         row = stack.flow_start(replaced)
         assert row is not None and row["status"] == "skipped", row
-        assert stack.status(replaced) is None
+        assert stack.processors.run_status(replaced) is None

@@ -32,13 +32,6 @@ class Reports:
     def __init__(self, processors: RunningProcessors, client: Client, calls: Counter) -> None:
         self.processors, self.client, self.calls = processors, client, calls
 
-    def rows(self, sql: str, **parameters: Any) -> list[dict[str, Any]]:
-        result = self.processors.sql.query(sql, parameters=parameters)
-        return [dict(zip(result.column_names, row)) for row in result.result_rows]
-
-    def status(self, run_id: str) -> str | None:
-        rows = self.rows("SELECT status FROM runs_current WHERE run_id = {id:String}", id=run_id)
-        return str(rows[0]["status"]) if rows else None
 
 
 def build_reports(settings: Any, calls: Counter) -> App:
@@ -82,7 +75,7 @@ def reports(
 
 def test_a_cron_workflow_runs_once_at_each_tick(reports: Reports) -> None:
     def completed_ticks() -> list[dict[str, Any]]:
-        return reports.rows(
+        return reports.processors.rows(
             "SELECT run_id, input, status FROM runs_current WHERE flow = 'heartbeat' "
             "AND status = 'completed' ORDER BY scheduled_for"
         )
@@ -105,7 +98,7 @@ def test_a_start_later_than_its_expires_after_ends_expired_and_never_runs(
     too_late = reports.client.start("reminder", app=APP, start_at=past, expires_after="1m")
     in_time = reports.client.start("reminder", app=APP, start_at=past, expires_after="1h")
 
-    wait_for(lambda: reports.status(too_late) == "expired" and reports.status(in_time)
+    wait_for(lambda: reports.processors.run_status(too_late) == "expired" and reports.processors.run_status(in_time)
              == "completed", timeout=60, what="one run expired, the other completed")
     assert f"remind:{too_late}" not in reports.calls.counts
     assert reports.calls.counts[f"remind:{in_time}"] == 1
@@ -118,10 +111,10 @@ def test_a_wake_up_later_than_its_expires_after_ends_the_run_expired(reports: Re
     )
     in_time = reports.client.start("reminder", {"at": past, "expires_after": "1h"}, app=APP)
 
-    wait_for(lambda: reports.status(too_late) == "expired" and reports.status(in_time)
+    wait_for(lambda: reports.processors.run_status(too_late) == "expired" and reports.processors.run_status(in_time)
              == "completed", timeout=60, what="one run expired, the other completed")
     assert f"remind:{too_late}" not in reports.calls.counts
-    (sleep,) = reports.rows(
+    (sleep,) = reports.processors.rows(
         "SELECT status FROM steps_current WHERE run_id = {id:String}", id=too_late
     )
     assert sleep["status"] == "interrupted"

@@ -198,7 +198,7 @@ def test_signals_with_one_key_start_one_run_of_a_workflow_with_idempotency(
                  if isinstance(r.message, RunScheduled) and r.message.flow == "order.once"}
     done = stack.run_ending(run_id, "completed")
     assert loads(done["output"]) == {"order_id": "o-5", "attempt": 1}
-    assert stack.rows("SELECT run_id FROM runs_current WHERE flow = 'order.once'") == [
+    assert stack.processors.rows("SELECT run_id FROM runs_current WHERE flow = 'order.once'") == [
         {"run_id": run_id}
     ]
     assert stack.probe.count(f"charge:{run_id}") == 1

@@ -208,12 +208,8 @@ class Stack:
     log: LogWatcher
     probe: Probe
 
-    def rows(self, sql: str, **parameters: Any) -> list[dict[str, Any]]:
-        result = self.processors.sql.query(sql, parameters=parameters)
-        return [dict(zip(result.column_names, row)) for row in result.result_rows]
-
     def run(self, run_id: str) -> dict[str, Any] | None:
-        rows = self.rows("SELECT * FROM runs_current WHERE run_id = {id:String}", id=run_id)
+        rows = self.processors.rows("SELECT * FROM runs_current WHERE run_id = {id:String}", id=run_id)
         return rows[0] if rows else None
 
     def run_ending(self, run_id: str, status: str, *, timeout: float = 60) -> dict[str, Any]:
@@ -238,11 +234,11 @@ class Stack:
         return row
 
     def steps(self, run_id: str) -> dict[str, dict[str, Any]]:
-        rows = self.rows("SELECT * FROM steps_current WHERE run_id = {id:String}", id=run_id)
+        rows = self.processors.rows("SELECT * FROM steps_current WHERE run_id = {id:String}", id=run_id)
         return {row["step_key"]: row for row in rows}
 
     def events(self, run_id: str) -> list[tuple[str, str, int]]:
-        rows = self.rows(
+        rows = self.processors.rows(
             "SELECT type, step_key, attempt FROM events FINAL WHERE run_id = {id:String} "
             "ORDER BY log_offset", id=run_id,
         )
@@ -415,7 +411,7 @@ def test_emit_starts_every_triggered_workflow_and_resumes_a_waiting_run(stack: S
     stack.run_ending(announcer, "completed")
     heard = stack.run_ending(listener, "completed")
     assert loads(heard["output"]) == {"id": "n-1"}
-    emitted = stack.rows(
+    emitted = stack.processors.rows(
         "SELECT flow, run_id, trigger_event FROM runs_current "
         "WHERE trigger_event = 'notification.requested' AND flow LIKE 'notify.%'"
     )
@@ -503,10 +499,10 @@ def test_a_run_no_worker_can_start_is_overdue_until_one_comes(stack: Stack) -> N
         "stocktake", {"shelf": 4}, start_at=datetime.now(UTC) - timedelta(minutes=5)
     )
 
-    wait_for(lambda: bool(stack.rows(
+    wait_for(lambda: bool(stack.processors.rows(
         "SELECT run_id FROM runs_overdue WHERE run_id = {id:String}", id=run_id
     )), what="the run listed overdue")
-    (overdue,) = stack.rows(
+    (overdue,) = stack.processors.rows(
         "SELECT flow, overdue_by_ms FROM runs_overdue WHERE run_id = {id:String}", id=run_id
     )
     assert overdue["flow"] == "stocktake" and overdue["overdue_by_ms"] >= 5 * 60 * 1000
@@ -521,7 +517,7 @@ def test_a_run_no_worker_can_start_is_overdue_until_one_comes(stack: Stack) -> N
     with WorkerThread(late, stack.settings):
         run = stack.run_ending(run_id, "completed")
     assert loads(run["output"]) == {"counted": {"shelf": 4}} and run["app"] == "warehouse"
-    assert not stack.rows("SELECT run_id FROM runs_overdue WHERE run_id = {id:String}", id=run_id)
+    assert not stack.processors.rows("SELECT run_id FROM runs_overdue WHERE run_id = {id:String}", id=run_id)
 
 
 # --------------------------------------------------------------------------- restarts, crashes
