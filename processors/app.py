@@ -40,7 +40,7 @@ from typing import Any, cast
 import faust
 from faust.types.auth import CredentialsT
 
-from steplog.kafka import KafkaSecurity, resolve
+from steplog.kafka import FAILOVER_OPTIONS, FAILOVER_PRODUCER_OPTIONS, KafkaSecurity, resolve
 from steplog.metrics import metrics
 from steplog.projections.writer import BatchWriter
 from steplog.schemas.flows import FlowDefinition
@@ -78,6 +78,8 @@ def create_processor_app(
     `keys`: check the records of the events, signals and flows topics against them before
     anything folds them (processors/record_checks.py; None: not enforced). `signer`: the
     process's own key, which signs what it writes to those topics (None: unsigned)."""
+    if config.replication_factor is None:
+        raise ValueError("faust needs a replication factor: resolve the cluster's default first")
     app = faust.App(
         config.faust_app_id,
         broker=f"kafka://{config.bootstrap}",
@@ -86,6 +88,8 @@ def create_processor_app(
         store="memory://",
         datadir=str(config.data_dir),
         topic_partitions=config.events_partitions,
+        # Faust has no setting for min.insync.replicas: its one topic, the leader topic, is made
+        # before it starts, with Steplog's replication (steplog/server/stack.py).
         topic_replication_factor=config.replication_factor,
         producer_acks=-1,
         web_enabled=False,
@@ -93,6 +97,14 @@ def create_processor_app(
         producer_max_request_size=config.max_event_bytes * 2,
         # The producer sends what a batch asks for at once: resumes wait on it.
         producer_linger=0.0,
+        # Faust makes its producer itself, not through steplog.kafka: the failover settings
+        # every client of ours has (steplog.kafka; README, "Failover"). Its retry backoff is
+        # aiokafka's default, 100 ms, already theirs. The request timeout is also when a batch
+        # that could not be delivered expires (faust's default: 20 minutes); the dispatcher
+        # then sends it again (processors/dispatch.py), so a broker that vanished costs 5 s.
+        # The producer is not idempotent, so no sequence state can be lost.
+        producer_metadata_max_age_ms=FAILOVER_OPTIONS["metadata_max_age_ms"],
+        producer_request_timeout=FAILOVER_PRODUCER_OPTIONS["request_timeout_ms"] / 1000,
         # Faust's consumer still joins the app's group (for its leader topic), and its worker
         # waits for the group before it runs any task: as a static member, a restart does not
         # wait out the dead member's session.

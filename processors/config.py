@@ -24,7 +24,9 @@ class ProcessorConfig:
     bootstrap: str
     topics: TopicNames
     events_partitions: int
-    replication_factor: int
+    replication_factor: int | None
+    """Replicas of the topics faust makes itself; None: the cluster's default, which faust
+    cannot read: `create_processor_app` needs the number (steplog/server/stack.py resolves it)."""
     max_event_bytes: int
     data_dir: Path
     state_memory_bytes: int
@@ -57,6 +59,11 @@ class ProcessorConfig:
         """The faust app's id (it hosts the tasks and consumes nothing). Named after the flows
         agent it hosted once, so the app's internal topics keep their names."""
         return f"{self.app_id}-flows"
+
+    @property
+    def faust_leader_topic(self) -> str:
+        """The faust app's one topic of its own (faust/assignor/leader_assignor.py names it)."""
+        return f"{self.faust_app_id}-__assignor-__leader"
 
     @property
     def runs_changelog(self) -> str:

@@ -21,6 +21,13 @@ Besides sending, the dispatcher does the two things the fold cannot:
 - **flow control** (processors/flow_gate.py): a `start_run` of a workflow that limits its
   starts goes to the flow-control topic instead (unless `SendCommand.admitted`), and a
   `WorkflowRunEnded` of one that counts running runs frees the run's slot there.
+- **runner pinning** (`runner` on a command): a pinned run's commands go to the
+  runner-commands topic, where only workers of that runner name take them (schemas/topics.py).
+  A pinned child's `start_run` goes out with the child's `run.scheduled` (due at once, naming
+  the runner; id `derived_id("pinned-start", child_run_id)`): the child then has a row from the
+  start, `scheduled` until its runner's worker starts it, and `overdue` while that runner is
+  away, instead of being invisible in a topic no worker reads yet. Written here rather than by
+  the fold because only here is it known that the start goes out at all (the app resolved).
 - **parents of child runs** (`EndParentStep`): the child's state names its parent's run,
   workflow, step and attempt, and the dispatcher writes the step's outcome. Children started
   before run.started named the workflow and attempt are found in an index that the fold host
@@ -44,6 +51,8 @@ from steplog.schemas.commands import ResumeRun, StartRun
 from steplog.schemas.events import (
     RunFailed,
     RunFailedPayload,
+    RunScheduled,
+    RunScheduledPayload,
     StepCompleted,
     StepCompletedPayload,
     StepFailed,
@@ -250,6 +259,8 @@ class Dispatcher:
                 update={"history_partition": partition, "history_offset": offset}
             )
         try:
+            if isinstance(command, StartRun) and command.runner is not None:
+                self._event(outbox, _pinned_schedule(command))
             if held is not None:  # flow control decides when it goes (flow_gate.py)
                 self._flow_message(outbox, held)
                 return
@@ -257,7 +268,8 @@ class Dispatcher:
         except EventTooLargeError as exc:
             self._too_large(outbox, effect, command, exc)
             return
-        outbox.add(self.topics.commands, command.run_id.encode(), value)
+        topic = self.topics.commands if command.runner is None else self.topics.runner_commands
+        outbox.add(topic, command.run_id.encode(), value)
 
     def _flow_message(self, outbox: Outbox, message: FlowMessage) -> None:
         # Keyed by the start's key value: a key's starts and ends share a partition.
@@ -327,3 +339,17 @@ class Dispatcher:
                 ts=effect.ts, payload=StepFailedPayload(error=effect.error, non_retriable=True),
             ))
         return True
+
+
+def _pinned_schedule(start: StartRun) -> RunScheduled:
+    """The run.scheduled of a child pinned to a runner (module docstring): due at once."""
+    return RunScheduled(
+        event_id=derived_id("pinned-start", start.run_id),
+        project=start.project,
+        flow=start.workflow,
+        run_id=start.run_id,
+        ts=start.ts,
+        payload=RunScheduledPayload(
+            start_at=start.ts, app=start.app, input=start.input, runner=start.runner
+        ),
+    )

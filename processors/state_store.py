@@ -123,6 +123,10 @@ class StateStore(Generic[S]):
             linger_ms=0,
             max_batch_size=_RECORD_BATCH_BYTES,
             max_request_size=self._max_message_bytes,
+            # Not idempotent (a state sent twice is the same state): a batch that fails, or
+            # expires after the request timeout, is sent again by `_send_partition`, so no
+            # sequence state can be lost; a vanished broker costs the request timeout.
+            **kafka.FAILOVER_PRODUCER_OPTIONS,
         )
         await self._producer.start()
 

@@ -58,10 +58,11 @@ class PartitionOffsets:
 
 class CommandCommits:
     """The commit points of the partitions assigned here, committed in the background
-    (`commit_loop`) as commands are done. `consumer` is set once it is started."""
+    (`commit_loop`) as commands are done. `consumers` has each topic's consumer (the commands
+    topic's, and the runner-commands topic's: a group each) once it is started."""
 
     def __init__(self) -> None:
-        self.consumer: AIOKafkaConsumer | None = None
+        self.consumers: dict[str, AIOKafkaConsumer] = {}
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
         self._to_commit: dict[TopicPartition, int] = {}
         self._commit_wanted = asyncio.Event()
@@ -87,20 +88,23 @@ class CommandCommits:
             await self.commit_now()
 
     async def commit_now(self) -> None:
-        consumer = self.consumer
-        if consumer is None or not self._to_commit:
+        if not self._to_commit:
             return
         wanted, self._to_commit = self._to_commit, {}
-        assigned = consumer.assignment()
-        offsets = {tp: offset for tp, offset in wanted.items() if tp in assigned}
-        if not offsets:
-            return
-        try:
-            await consumer.commit(offsets)
-        except KafkaError as exc:
-            # Not fatal: a later commit covers these offsets, and at worst the commands are
-            # delivered again and find their runs parked or ended.
-            log.warning("committing %s failed: %r", offsets, exc)
+        for topic, consumer in self.consumers.items():
+            assigned = consumer.assignment()
+            offsets = {
+                tp: offset for tp, offset in wanted.items()
+                if tp.topic == topic and tp in assigned
+            }
+            if not offsets:
+                continue
+            try:
+                await consumer.commit(offsets)
+            except KafkaError as exc:
+                # Not fatal: a later commit covers these offsets, and at worst the commands
+                # are delivered again and find their runs parked or ended.
+                log.warning("committing %s failed: %r", offsets, exc)
 
     def forget(self, revoked: set[TopicPartition]) -> None:
         """The partitions were handed over: their commands are another worker's now."""

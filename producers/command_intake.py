@@ -1,5 +1,7 @@
 """How a worker consumes its commands: fetching while it has room, decoding, and routing each
-command addressed to it (producers.run_executor); every other command is done at once.
+command addressed to it (producers.run_executor); every other command is done at once. A
+worker has one intake per topic it reads (the commands topic, and the runner-commands topic:
+producers.worker); a command pinned to a runner is addressed only to workers of that runner.
 
 Fetching pauses while `concurrency` runs are handled. A partition's end offset at assignment
 is noted: a start_run at or past it is a first delivery (no previous owner can have handled
@@ -129,6 +131,8 @@ class CommandIntake:
     def _addressed_here(self, command: Command) -> bool:
         if command.project != self.app.project:
             return False
+        if command.runner is not None and command.runner != self._executor.runner:
+            return False  # pinned to another runner (the runner-commands topic: worker.py)
         if command.app is not None:
             return command.app == self.app.name
         if isinstance(command, CancelRun):

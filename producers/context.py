@@ -64,6 +64,8 @@ class WorkflowContext:
         self.workflow: str = run.workflow
         self.app: str = run.app
         self.project: str = run.project
+        self.runner: str | None = run.runner
+        """The runner name of the worker executing this pass (None outside a worker)."""
         self.event: TriggerEvent = run.event
         self.step: StepTools = StepTools(run)
 
@@ -149,12 +151,20 @@ class StepTools:
         return await wait_step(self._run, step_id, event, timeout, timeout_ms, match, if_)
 
     async def run_workflow(
-        self, step_id: str, *, name: str, data: JsonValue = None, app: str | None = None
+        self,
+        step_id: str,
+        *,
+        name: str,
+        data: JsonValue = None,
+        app: str | None = None,
+        runner: str | None = None,
     ) -> JsonValue:
         """Start workflow `name` as a child run with `data` as its input, park until it ends,
         and return its output; its failure raises ChildRunFailedError here. Without `app`,
-        the name is resolved in this run's app first, then in any other."""
-        return await invoke_step(self._run, step_id, name, data, app)
+        the name is resolved in this run's app first, then in any other. With `runner`, only
+        the target app's workers of that runner name (`steplog worker --runner NAME`) execute
+        the child; it waits for them, shown `overdue` while none is running."""
+        return await invoke_step(self._run, step_id, name, data, app, runner)
 
     async def emit(
         self, step_id: str, *, name: str, data: JsonValue = None, app: str | None = None

@@ -3,7 +3,10 @@
 Unlike step events (fire and forget, batched by the EventSender), a control call is a request
 whose caller needs to know it landed: `client.start(...)` returns a run id the caller will look
 for. So each send waits for Kafka's acknowledgement (acks=all, idempotent producer) and raises
-SendError when it cannot get one.
+SendError when it cannot get one. A producer that lost its sequence state (a message that
+expired while its partition had no leader, OutOfOrderSequenceNumber, a fenced epoch) is
+replaced and the message sent again within the call's timeout, instead of every later call
+failing the same way (producers.renewable_producer).
 
 One producer serves every call of a client, on an event loop of its own in a daemon thread, so
 that the synchronous calls work from any thread and the `*_async` ones from any event loop
@@ -30,6 +33,10 @@ from steplog.schemas.base import WireModel
 from steplog.schemas.codec import encode
 from steplog.schemas.record_signing import RecordSigner, signature_headers
 
+from .producer_watch import stop_producer
+from .record_batches import ProducerDiscarded
+from .renewable_producer import RenewableProducer
+
 __all__ = ["ControlSender"]
 
 T = TypeVar("T")
@@ -54,7 +61,7 @@ class ControlSender:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: RenewableProducer | None = None
         self._starting: asyncio.Lock | None = None  # made on the sender's own loop
         self._pid = 0
 
@@ -159,17 +166,16 @@ class ControlSender:
             ) from exc
         try:
             producer = await self._started_producer()
-            await producer.send_and_wait(
-                topic, value=value, key=key,
-                headers=signature_headers(self.signer, topic, value),
-            )
-        except KafkaError as exc:
+            await (await producer.send(
+                topic, key, value, signature_headers(self.signer, topic, value)
+            ))
+        except (KafkaError, ProducerDiscarded) as exc:
             raise SendError(
                 f"could not send to {topic!r} at {self.bootstrap}: {exc!r}"
             ) from exc
         return done
 
-    async def _started_producer(self) -> AIOKafkaProducer:
+    async def _started_producer(self) -> RenewableProducer:
         if self._producer is not None:
             return self._producer
         if self._starting is None:
@@ -177,23 +183,30 @@ class ControlSender:
         async with self._starting:  # concurrent first calls start one producer
             return await self._start_producer()
 
-    async def _start_producer(self) -> AIOKafkaProducer:
+    async def _start_producer(self) -> RenewableProducer:
         if self._producer is None:
-            producer = kafka.producer(
-                self.bootstrap,
-                client_id="steplog-client-control",
-                acks="all",
-                enable_idempotence=True,
-                linger_ms=0,
-                max_request_size=self.max_event_bytes + 64 * 1024,
-            )
-            try:
-                await kafka.start(producer, self.bootstrap)
-            except BaseException:
-                await producer.stop()
-                raise
+            # Renewed for as long as the client is open: a call gives up at its own timeout.
+            producer = RenewableProducer(self._connect, "client control", lambda: True)
+            await producer.start()
             self._producer = producer
         return self._producer
+
+    async def _connect(self) -> AIOKafkaProducer:
+        producer = kafka.producer(
+            self.bootstrap,
+            client_id="steplog-client-control",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=0,
+            max_request_size=self.max_event_bytes + 64 * 1024,
+            **kafka.FAILOVER_PRODUCER_OPTIONS,
+        )
+        try:
+            await kafka.start(producer, self.bootstrap)
+        except BaseException:
+            await stop_producer(producer)
+            raise
+        return producer
 
 
 async def _nothing() -> None:

@@ -4,6 +4,13 @@ Events go to the events topic keyed by run id (one run, one partition, in order)
 the signals topic keyed by name. The sink remembers, per run, where this worker's newest
 acknowledged write of it is: a resume whose history position is at or past it needs no read
 of the log (producers.run_executor).
+
+The producer is idempotent and renewed when it loses its sequence state (a checkpoint that
+expired while its partition had no leader, OutOfOrderSequenceNumber, UnknownProducerId, a
+fenced epoch): the write is then sent again through the new producer, after the run's earlier
+writes, and its acknowledgement is what the pass waits for (producers.renewable_producer). So
+such a failure costs the pass nothing: it does not abort, and no step runs again because of
+it. The copy that may land twice has the same `event_id`, which the fold drops.
 """
 
 from __future__ import annotations
@@ -11,12 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Final
+from typing import Final
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
 
 from steplog.schemas.codec import encode
 from steplog.schemas.record_signing import RecordSigner, signature_headers
@@ -26,6 +33,8 @@ from steplog.schemas.signals import WaitEnded
 
 from .pass_writes import SignalsWrite, WorkflowEvent
 from .recent_runs import REMEMBERED_RUNS, remember
+from .record_batches import ProducerDiscarded
+from .renewable_producer import RenewableProducer
 
 __all__ = ["RETRY_DELAYS", "KafkaRunSink"]
 
@@ -41,7 +50,7 @@ class KafkaRunSink:
 
     def __init__(
         self,
-        producer: AIOKafkaProducer,
+        producer: RenewableProducer,
         settings: Settings,
         stopping: Callable[[], bool],
         signer: RecordSigner | None = None,
@@ -56,28 +65,29 @@ class KafkaRunSink:
         self._written_at: OrderedDict[str, tuple[int, int]] = OrderedDict()
         """Per run, where this worker's newest acknowledged write of it is."""
 
-    async def send_event(self, event: WorkflowEvent) -> Awaitable[object]:
+    async def send_event(self, event: WorkflowEvent) -> asyncio.Future[RecordMetadata]:
         value = encode(event, max_bytes=self._max_bytes)
-        future: asyncio.Future[Any] = await self._producer.send(
-            self._events, value=value, key=event.run_id.encode(),
-            headers=signature_headers(self._signer, self._events, value),
+        future = await self._producer.send(
+            self._events, event.run_id.encode(), value,
+            signature_headers(self._signer, self._events, value),
         )
         future.add_done_callback(partial(self._acknowledged, event.run_id))
         return future
 
-    def _acknowledged(self, run_id: str, future: asyncio.Future[Any]) -> None:
+    def _acknowledged(self, run_id: str, future: asyncio.Future[RecordMetadata]) -> None:
         if not future.cancelled() and future.exception() is None:
             written = future.result()
             self._note_written(run_id, written.partition, written.offset)
 
-    async def send_signal(self, message: SignalsWrite | WaitEnded) -> Awaitable[object]:
+    async def send_signal(
+        self, message: SignalsWrite | WaitEnded
+    ) -> asyncio.Future[RecordMetadata]:
         # WaitEnded too: the releases of a run's cancel_on registrations (producers/cancel_on.py).
         value = encode(message, max_bytes=self._max_bytes)
-        future: Awaitable[object] = await self._producer.send(
-            self._signals, value=value, key=message.name.encode(),
-            headers=signature_headers(self._signer, self._signals, value),
+        return await self._producer.send(
+            self._signals, message.name.encode(), value,
+            signature_headers(self._signer, self._signals, value),
         )
-        return future
 
     async def write_with_retries(self, event: WorkflowEvent) -> tuple[int, int] | None:
         """Write one event, retrying while the worker runs; where it was written (partition,
@@ -85,8 +95,8 @@ class KafkaRunSink:
         for attempt in range(1_000_000):
             try:
                 written = await (await self.send_event(event))
-                return written.partition, written.offset  # type: ignore[attr-defined]
-            except (KafkaError, OSError) as exc:
+                return written.partition, written.offset
+            except (KafkaError, OSError, ProducerDiscarded) as exc:
                 if self._stopping():
                     return None
                 delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]

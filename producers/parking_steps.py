@@ -51,6 +51,7 @@ from steplog.schemas.statuses import StepStatus
 
 from steplog.durations import Duration
 from .json_values import input_value, shown
+from .runner_names import check_runner_name
 from .run_journal import failed_error
 
 if TYPE_CHECKING:
@@ -221,9 +222,16 @@ async def wait_step(
 
 
 async def invoke_step(
-    run: RunPass, step_id: str, name: str, data: JsonValue, app: str | None
+    run: RunPass,
+    step_id: str,
+    name: str,
+    data: JsonValue,
+    app: str | None,
+    runner: str | None = None,
 ) -> JsonValue:
     child_data = input_value(step_id, data, "data")
+    if runner is not None:
+        check_runner_name(runner, f"step {step_id!r}: runner")
     record = await run.enter(step_id, StepKind.RUN_WORKFLOW)
     child = child_run_id(run.run_id, step_id)
     if record is not None:
@@ -236,20 +244,22 @@ async def invoke_step(
             )
         if record.child_run_id is None:
             await run.branches.writing(
-                _invoked(run, step_id, record.attempt, child, name, data, app)
+                _invoked(run, step_id, record.attempt, child, name, data, app, runner)
             )
         await run.branches.block(parked=True)
     await run.check_new_step(step_id, StepKind.RUN_WORKFLOW)
     started = run.writes.step_event(
         StepStarted, step_id, 1,
         StepStartedPayload(
-            kind=StepKind.RUN_WORKFLOW, input={"name": name, "app": app, "data": child_data}
+            kind=StepKind.RUN_WORKFLOW,
+            input={"name": name, "app": app, "data": child_data}
+            | ({} if runner is None else {"runner": runner}),
         ),
     )
 
     async def invoke() -> None:
         started_ack = await run.writes.enqueue(started)
-        await _invoked(run, step_id, 1, child, name, child_data, app, started_ack)
+        await _invoked(run, step_id, 1, child, name, child_data, app, runner, started_ack)
 
     await run.branches.writing(invoke())
     run.journal.steps[step_id] = StepRecord(
@@ -266,11 +276,12 @@ async def _invoked(
     name: str,
     data: JsonValue,
     app: str | None,
+    runner: str | None,
     started_ack: Awaitable[object] | None = None,
 ) -> None:
     invoked = run.writes.step_event(
         StepInvoked, step_id, attempt,
-        StepInvokedPayload(child_run_id=child, workflow=name, app=app, data=data),
+        StepInvokedPayload(child_run_id=child, workflow=name, app=app, data=data, runner=runner),
         event_id=derived_id("step.invoked", run.run_id, step_id, str(attempt)),
     )
     await run.writes.acknowledged(await run.writes.enqueue(invoked), started_ack)

@@ -3,9 +3,14 @@ is cut off, and discarding a producer without waiting for what it holds.
 
 aiokafka retries a partition without a leader with no backoff at all (its metadata loop
 reconnects as fast as connections are refused: a full core and thousands of log lines a
-second, measured). So the producer is discarded as soon as a partition being sent to has had no
-leader for `LEADERLESS_GRACE_S`, or nothing was acknowledged for `STALL_S` (producers.sender
-then connects a new one, with backoff).
+second, measured). So no lane hands the producer a batch for a partition without a leader (it
+waits for one itself, producers.delivery_loop), and the producer is discarded as soon as a
+partition it holds a batch for has had no leader for `LEADERLESS_GRACE_S`, or it has held
+batches for `STALL_S` without any acknowledgement (the cluster is away; producers.delivery_loop
+then connects a new one, with backoff). A partition whose leader is a dead broker that Kafka
+has not fenced yet is not leaderless to aiokafka: it retries that every `retry_backoff_ms`
+(no busy loop) and sends to the new leader as soon as the metadata names it, with the same
+producer and sequence numbers, so the batches in flight need no re-send.
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import TopicPartition
+
+from .partition_lanes import PartitionLanes
 
 __all__ = [
     "LEADERLESS_GRACE_S",
@@ -27,62 +34,69 @@ __all__ = [
     "DeliveryProgress",
     "cut_off",
     "discard",
+    "leaderless",
     "stop_producer",
 ]
 
 log = logging.getLogger("steplog.producers.sender")  # the sender's lines, under its name
 
-# The watchdog's period, and how long a partition being sent to may have no leader (aiokafka
-# spins meanwhile) or a delivery may go without any acknowledgement before the producer is
-# discarded. A leader election on a healthy cluster takes well under a second.
+# The watchdog's period, and how long a partition the producer holds a batch for may have no
+# leader (aiokafka spins meanwhile) or the producer may hold batches without any
+# acknowledgement before it is discarded. In KRaft a partition goes from its dead leader
+# straight to the new one when the controller fences the broker; "no leader" (-1) lasts only
+# while no in-sync replica is left (replication 1), so the grace is no part of a failover.
 _WATCH_INTERVAL_S: Final = 0.25
 LEADERLESS_GRACE_S: Final = 1.0
-STALL_S: Final = 10.0
+# Longer than a failover: when a broker dies, acks=all waits on it as an in-sync follower of
+# every partition it replicates until the controller fences it (broker.session.timeout.ms, 9 s
+# by default), so nothing at all may be acknowledged for that long on a healthy cluster.
+STALL_S: Final = 30.0
 # A backstop: aiokafka's stop has no deadline of its own.
 _STOP_TIMEOUT_S: Final = 5.0
 
 
 @dataclass
 class DeliveryProgress:
-    """What the delivery thread is doing, as the watchdog sees it."""
+    """When Kafka last acknowledged anything (time.monotonic), as the watchdog sees it."""
 
-    sending_to: list[int] = field(default_factory=list)
-    """The partitions of the chunk being sent."""
     acknowledged_at: float = 0.0
-    """When Kafka last acknowledged anything (time.monotonic)."""
 
 
 async def cut_off(
     producer: AIOKafkaProducer,
     topic: str,
+    lanes: PartitionLanes,
     progress: DeliveryProgress,
     closing: Callable[[], bool],
     pause: Callable[[float], Awaitable[None]],
 ) -> str:
-    """Returns why the producer is cut off, once it is: the sender closes, a partition
-    being sent to has had no leader for LEADERLESS_GRACE_S (aiokafka retries that without
-    backoff), or Kafka acknowledged nothing for STALL_S."""
-    leaderless_since: float | None = None
+    """Returns why the producer is cut off, once it is: the sender closes, a partition it
+    holds a batch for has had no leader for LEADERLESS_GRACE_S (aiokafka retries that without
+    backoff), or it has held batches for STALL_S with nothing acknowledged."""
+    leaderless_since: dict[int, float] = {}
     while True:
         await pause(_WATCH_INTERVAL_S)
         now = time.monotonic()
-        leaderless = _leaderless(producer, topic, progress.sending_to)
-        if not leaderless:
-            leaderless_since = None
-        elif leaderless_since is None:
-            leaderless_since = now
         if closing():
             return "the sender is closing"
-        if leaderless_since is not None and now - leaderless_since >= LEADERLESS_GRACE_S:
+        inside = [lane for lane in lanes if lane.sending]
+        without = set(leaderless(producer, topic, [lane.partition for lane in inside]))
+        leaderless_since = {p: leaderless_since.get(p, now) for p in without}
+        long = sorted(p for p, since in leaderless_since.items()
+                      if now - since >= LEADERLESS_GRACE_S)
+        if long:
             return (
-                f"partitions {leaderless} have had no leader for {LEADERLESS_GRACE_S:g} s "
+                f"partitions {long} have had no leader for {LEADERLESS_GRACE_S:g} s "
                 "(is the broker down?)"
             )
-        if now - progress.acknowledged_at >= STALL_S:
-            return f"Kafka acknowledged nothing for {STALL_S:g} s"
+        if inside:
+            waiting_since = max(progress.acknowledged_at, min(lane.sent_at for lane in inside))
+            if now - waiting_since >= STALL_S:
+                return f"Kafka acknowledged nothing for {STALL_S:g} s"
 
 
-def _leaderless(producer: AIOKafkaProducer, topic: str, partitions: list[int]) -> list[int]:
+def leaderless(producer: AIOKafkaProducer, topic: str, partitions: list[int]) -> list[int]:
+    """Those of `partitions` without a leader in the producer's metadata."""
     cluster = producer.client.cluster
     return [
         partition

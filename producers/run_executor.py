@@ -1,10 +1,16 @@
 """How a worker carries out the commands addressed to it: it writes starts and runs passes.
 
 `start_run` writes the run's `run.started` (its event id derived from the run id, so a
-duplicated start is a duplicate event). A start this worker is the first to see executes its
-first pass at once, with an empty history: a start_run written after the partition was
-assigned here (its offset is at least the partition's end offset at assignment) cannot have
-been handled by a previous owner, so nothing of the run can be in the log yet. Any other start
+duplicated start is a duplicate event; it names the runner the run is pinned to, if any, so
+that the processors' commands for the run name it too). A start this worker is the first to
+see executes its first pass at once, with an empty history: a start_run written after the
+partition was assigned here (its offset is at least the partition's end offset at assignment)
+cannot have been handled by a previous owner, so nothing of the run can be in the log yet,
+unless this worker handled the run already: commands are at-least-once (the processors send
+a start again when they are not sure it went out), and a copy of a start this worker carried
+out is dropped (same command id), while a start of a run it knows (started or resumed here)
+takes the path below, never a first pass from an empty history, which would run the steps
+again. Both memories are bounded (recent_runs.REMEMBERED_RUNS runs). Any other start
 (perhaps a re-delivery after a crash, the run's steps already in the log) is done once
 run.started is written, and the run waits for the processors' `resume_run`, which the
 processors send for every run.started; for a run started here that resume arrives during or
@@ -116,8 +122,11 @@ class RunExecutor:
         commits: CommandCommits,
         stats: WorkerStats,
         stopping: Callable[[], bool],
+        runner: str,
     ) -> None:
         self.app = app
+        self.runner = runner
+        """This worker's runner name: commands pinned to another runner are not for it."""
         self.settings = settings
         self._commits = commits
         self.stats = stats
@@ -133,6 +142,8 @@ class RunExecutor:
         # before the run.started is even written) waits for it instead of finding no start.
         self._starting: dict[str, asyncio.Future[None]] = {}
         self._cancelled: OrderedDict[str, None] = OrderedDict()
+        self._carried_out: OrderedDict[str, None] = OrderedDict()
+        """Command ids of the starts whose run.started this worker wrote."""
         self._fast_started: OrderedDict[str, tuple[int, int]] = OrderedDict()
         """Runs started here at once, and where their run.started is."""
         self._not_yet_passed: OrderedDict[str, datetime] = OrderedDict()
@@ -142,11 +153,14 @@ class RunExecutor:
     # ------------------------------------------------------------ the commands, as they come
 
     def start(self, command: StartRun, token: CommandToken, *, first_delivery: bool) -> None:
-        if command.run_id not in self._starting:
-            self._starting[command.run_id] = asyncio.get_running_loop().create_future()
-        if first_delivery and command.workflow in self.app.workflows and (
-            command.run_id not in self.runs
-        ):
+        if command.command_id in self._carried_out:
+            self._commits.done(token)  # a copy of a start carried out here (module docstring)
+            return
+        run_id = command.run_id
+        known = run_id in self._starting or run_id in self.runs or run_id in self._starts
+        if run_id not in self._starting:
+            self._starting[run_id] = asyncio.get_running_loop().create_future()
+        if first_delivery and command.workflow in self.app.workflows and not known:
             starting = RunInFlight(command.run_id, tokens=[token])
             self.runs[command.run_id] = starting
             starting.task = self._spawn(self._start_and_execute(starting, command))
@@ -282,6 +296,7 @@ class RunExecutor:
                     parent_flow=command.parent_flow,
                     parent_step_attempt=command.parent_step_attempt,
                     retrigger_of=command.retrigger_of,
+                    runner=command.runner,
                 ),
             )
         try:
@@ -293,6 +308,7 @@ class RunExecutor:
             await self._register_cancels(command, workflow)
         if written is not None and workflow is not None:
             remember(self._starts, run_id, RunStart.from_command(command), REMEMBERED_RUNS)
+            remember(self._carried_out, command.command_id, None, REMEMBERED_RUNS)
             remember(self._not_yet_passed, run_id, command.ts, REMEMBERED_RUNS)
             self.stats.runs_started += 1
         return written
@@ -402,6 +418,7 @@ class RunExecutor:
             retries=workflow.retries,
             max_event_bytes=self.settings.max_event_bytes,
             secrets=secret_rules(self.settings.redact_keys),
+            runner=self.runner,
         )
         handle.run_pass = run_pass
         commanded = self._not_yet_passed.pop(run_id, None)

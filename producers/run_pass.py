@@ -117,8 +117,11 @@ class RunPass:
         started_delay: float = STARTED_DELAY,
         max_event_bytes: int = DEFAULT_MAX_BYTES,
         secrets: SecretRules = BUILT_IN_RULES,
+        runner: str | None = None,
     ) -> None:
         self.fn = fn
+        self.runner = runner
+        """The runner name of the worker executing the pass (`ctx.runner`)."""
         self.workflow = workflow
         self.project = project
         self.app = app

@@ -9,7 +9,9 @@ more is appended; the loop delivers what is left and stops).
 
 With a spool (producers.spool), the oldest events past the bound go to disk instead of being
 dropped, and chunks are taken from the spool while it holds any: what it holds is older than
-anything in memory. The spool has its own lock; the buffer's is taken first where both are.
+anything in memory. The events read from the spool stay on disk until every one read is
+delivered (the delivery loop's partitions finish them in any order across partitions); then the
+spool commits its reads. The spool has its own lock; the buffer's is taken first where both are.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from steplog.errors import SendError
 from .record_batches import Message
 from .spool import Spool
 
-__all__ = ["DeliveryCounts", "SendBuffer", "SenderStats"]
+__all__ = ["DeliveryCounts", "SendBuffer", "SenderStats", "Taken"]
 
 
 class SenderStats(BaseModel):
@@ -61,6 +63,13 @@ class DeliveryCounts(NamedTuple):
     failed: int
 
 
+class Taken(NamedTuple):
+    """A chunk the delivery loop took, and where from."""
+
+    messages: list[Message]
+    from_spool: bool
+
+
 class SendBuffer:
     """The events of one sender not yet delivered, at most `max_bytes` of them in memory (the
     oldest are spooled or dropped beyond), and the counts of those that were."""
@@ -79,8 +88,10 @@ class SendBuffer:
         self._closed = False
         self._spool = spool
         self._spool_pid = os.getpid()
-        self._taken_from_spool = False
-        """Where the chunk in flight came from: it stays on disk until delivered whole."""
+        self._spool_in_flight = 0
+        """Of `_in_flight`, read from the spool: the spool commits its reads when none is left."""
+        self._spool_read = False
+        """Events were read from the spool since its last commit."""
 
     # ----------------------------------------------------------------- caller side
 
@@ -131,6 +142,11 @@ class SendBuffer:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def spooling(self) -> bool:
+        """Events past the bound go to a spool (else they are dropped)."""
+        return self._spool is not None
+
     def forget(self) -> None:
         """Empty the buffer without counting anything: in a forked child, the events copied
         from the parent belong to the parent, which delivers them. So does the spool: the
@@ -177,15 +193,16 @@ class SendBuffer:
 
     # ------------------------------------------------------------ delivery side
 
-    def take(self, count: int) -> list[Message]:
+    def take(self, count: int) -> Taken:
         """The next chunk of at most `count` events, now in flight: from the spool while it
-        holds any, else from memory. When there is none, the delivery loop is idle from here,
-        and whoever waits for the buffer to drain is woken. Once closed, what is left in
-        memory goes to the spool (for the next start), not to Kafka."""
+        holds any, else from memory. When there is none, the delivery loop is idle from here
+        (it must be woken for the next event), and whoever waits for the buffer to drain is
+        woken when nothing is in flight either. Once closed, what is left in memory goes to
+        the spool (for the next start), not to Kafka."""
         while True:
             chunk = self._take_spooled(count)
             if chunk:
-                return chunk
+                return Taken(chunk, True)
             with self._lock:
                 if self._spooled():
                     continue  # spilled since the spool was read: older than what is in memory
@@ -193,15 +210,14 @@ class SendBuffer:
                     self._spool.append(list(self._messages))
                     self._messages.clear()
                     self._bytes = 0
-                self._taken_from_spool = False
                 count = min(count, len(self._messages))
                 chunk = [self._messages.popleft() for _ in range(count)]
                 self._bytes -= sum(len(k) + len(v) for k, v in chunk)
-                self._in_flight = count
+                self._in_flight += count
                 if not count:
                     self._idle = True
-                    self._drained.notify_all()
-                return chunk
+                    self._notify_if_drained()
+                return Taken(chunk, False)
 
     def _take_spooled(self, count: int) -> list[Message]:
         # Read without the buffer's lock (a disk read must not hold up send()); spills meanwhile
@@ -210,32 +226,52 @@ class SendBuffer:
         chunk = spool.read(count) if spool is not None and self._spooled() else []
         if chunk:
             with self._lock:
-                self._in_flight = len(chunk)
-                self._taken_from_spool = True
+                self._in_flight += len(chunk)
+                self._spool_in_flight += len(chunk)
+                self._spool_read = True
         return chunk
 
-    def acknowledged(self, count: int) -> None:
-        """`count` events in flight were acknowledged by Kafka."""
+    def acknowledged(self, count: int, spooled: int = 0) -> None:
+        """`count` events in flight were acknowledged by Kafka, `spooled` of them read from
+        the spool."""
         with self._lock:
             self._sent += count
-            self._in_flight -= count
+            self._finished(count, spooled)
         self._commit_spool()
 
-    def refused(self, count: int) -> None:
+    def refused(self, count: int, spooled: int = 0) -> None:
         """`count` events in flight were refused by Kafka for good."""
         with self._lock:
             self._failed += count
-            self._in_flight -= count
+            self._finished(count, spooled)
         self._commit_spool()
 
-    def _commit_spool(self) -> None:
-        """A chunk read from the spool is delivered whole: it leaves the disk."""
+    def shed(self, count: int, spooled: int = 0) -> None:
+        """`count` events in flight were dropped to keep memory bounded
+        (producers.partition_lanes)."""
         with self._lock:
-            spool = self._spool if self._taken_from_spool and not self._in_flight else None
-            if spool is not None:
-                self._taken_from_spool = False
-        if spool is not None:
-            spool.commit()
+            self._dropped += count
+            self._finished(count, spooled)
+        self._commit_spool()
+
+    def _finished(self, count: int, spooled: int) -> None:
+        """Holding the lock: `count` events in flight are done with."""
+        self._in_flight -= count
+        self._spool_in_flight -= spooled
+        self._notify_if_drained()
+
+    def _notify_if_drained(self) -> None:
+        if not self._messages and not self._in_flight:
+            self._drained.notify_all()
+
+    def _commit_spool(self) -> None:
+        """Every event read from the spool is delivered: the reads leave the disk."""
+        with self._lock:
+            commit = self._spool_read and not self._spool_in_flight
+            if commit:
+                self._spool_read = False
+        if commit and self._spool is not None:
+            self._spool.commit()
 
     def retried(self, count: int) -> None:
         """`count` events in flight failed and are tried again: a failed attempt, which is
@@ -245,33 +281,25 @@ class SendBuffer:
         if self._spool is not None:
             self._spool.sync()
 
-    def set_aside(self, pending: list[Message]) -> bool:
-        """A chunk taken from memory failed, and newer events were spilled to the spool behind
-        it meanwhile: it goes to the spool's front, to be taken again before them (True). False
-        when the delivery loop keeps retrying it (no spool, or nothing spooled behind it)."""
-        spool = self._spool
-        if spool is None or self._taken_from_spool or not self._spooled():
-            return False
-        spool.prepend(pending)
-        with self._lock:
-            self._in_flight -= len(pending)
-        return True
-
     def drop_undelivered(self, pending: list[Message]) -> int:
         """The sender closed before Kafka acknowledged what is buffered or in flight
-        (`pending`, of the chunk in flight): drop it and return how many events that was; or,
-        with a spool, keep it there for the next start and return 0."""
+        (`pending`: every event in flight, each partition's in order): drop it and return how
+        many events that was; or, with a spool, keep it there for the next start and return 0.
+        Those in flight go before everything the spool holds (each partition's in flight are
+        older than its events spooled since), then the spool's reads are committed: every
+        event read is delivered or written again in front."""
         spool = self._spool
         if spool is not None:
-            if not self._taken_from_spool:  # from memory, older than the spool (take)
-                spool.prepend(pending)
+            spool.prepend(pending)
             with self._lock:
                 spool.append(list(self._messages))
                 self._messages.clear()
                 self._bytes = 0
-                self._in_flight = 0
-                self._taken_from_spool = False
+                self._in_flight = self._spool_in_flight = 0
+                read, self._spool_read = self._spool_read, False
                 self._drained.notify_all()
+            if read:
+                spool.commit()
             return 0
         with self._lock:
             dropped = len(self._messages) + self._in_flight

@@ -1,45 +1,44 @@
 """The sender: hands events to Kafka in the background so callers never wait on the network.
 
 `send()` only appends to an in-memory buffer and returns; a daemon thread with its own asyncio
-loop drains the buffer into an aiokafka producer in chunks. This works the same from sync code
-and from asyncio code (the caller's loop is never used, so a blocked or closed caller loop
-cannot stall delivery). A chunk is split by partition, computed as the producer's default
-partitioner does (murmur2 of the key), and each partition's events go to Kafka as whole record
+loop drains the buffer into an aiokafka producer. This works the same from sync code and from
+asyncio code (the caller's loop is never used, so a blocked or closed caller loop cannot stall
+delivery). Each event goes to the lane of its partition, computed as the producer's default
+partitioner does (murmur2 of the key), and each lane delivers on its own, as whole record
 batches (`send_batch`): per event, the delivery thread only appends bytes to a batch, so it
-takes little of the GIL from the caller's threads.
+takes little of the GIL from the caller's threads (producers.delivery_loop, partition_lanes).
 
 Guarantees and their limits:
-- Order per key (run_id) is kept: a key always maps to one partition; chunks are delivered one
-  after another, and within a chunk each partition's batches one after another, each only once
-  the previous one was acknowledged; a batch that fails is retried, with everything behind it,
-  before anything else of its partition is sent (head-of-line).
-- Memory is bounded: when the buffer holds more than `max_buffer_bytes`, the oldest events are
-  dropped and counted (`stats().dropped`). An outage therefore loses the oldest telemetry, never
-  the process. With a spool (`spool=`, producers.spool) they go to disk instead, bounded in
-  bytes, and are sent first, in order, when Kafka is back, also by the next process to open
-  the spool dir after a restart.
-- Nothing buffered is lost to an outage the buffer can hold. The producer is idempotent, and an
-  idempotent producer numbers each partition's batches; a batch that fails after it was
-  numbered (aiokafka fails a batch that waited `request_timeout_ms` for a partition without a
-  leader, which is what a stopped broker leaves behind) is a gap the broker never fills, so
-  every later batch of that producer to that partition is refused (OutOfOrderSequenceNumber).
-  The sender therefore never sends again through a producer that failed a batch, or that lost
-  its sequence state (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch): it
-  discards it and re-sends what was not acknowledged through a new one (a new producer id, so
-  new sequences). A re-sent event may land twice; the fold drops duplicates by `event_id`.
-- No busy loop while the broker is away. aiokafka retries a partition without a leader with no
-  backoff at all (its metadata loop reconnects as fast as connections are refused: a full core
-  and thousands of log lines a second, measured). So a watchdog discards the producer as soon as
-  a partition being sent to has had no leader for `LEADERLESS_GRACE_S`, or nothing was
-  acknowledged for `STALL_S` (producers.producer_watch); until a new producer connects,
-  nothing of aiokafka runs, and connecting is retried with exponential backoff (tenacity) up
-  to a few seconds (producers.delivery_loop).
+- Each partition is delivered independently. A partition without a leader (its broker dead,
+  an election pending) holds back only its own events: the others keep being acknowledged at
+  full rate meanwhile. Failover is Kafka's: once Kafka names a new leader, its partition
+  resumes within about `retry_backoff_ms` plus a metadata round trip (README, "Failover").
+- Order per key (run_id) is kept: a key always maps to one partition, and a partition's
+  batches go one after another, each only once the previous one was acknowledged; a batch
+  that fails is retried, with everything behind it, before anything else of its partition.
+- Memory is bounded: the buffer holds at most three quarters of `max_buffer_bytes` (when more
+  arrives, the oldest events are dropped and counted in `stats().dropped`), the partitions'
+  lanes about a quarter more (plus one chunk). An outage therefore loses the oldest telemetry,
+  never the process. With a spool (`spool=`, producers.spool) they go to disk instead,
+  bounded in bytes, and are sent first, in order, when Kafka is back, also by the next process
+  to open the spool dir after a restart. Without a spool, a partition that stays without a
+  leader while others deliver has its oldest events dropped once it fills the lanes' share;
+  with one, it fills that share and the others then wait (on disk, nothing lost) for it.
+- Nothing buffered is lost to an outage the buffer can hold. The producer is idempotent: a
+  batch it numbered and then failed (or OutOfOrderSequenceNumber, UnknownProducerId, a fenced
+  epoch) means its sequence state is gone, so it is discarded and what was not acknowledged is
+  re-sent through a new one (a new producer id). A re-sent event may land twice; the fold drops
+  duplicates by `event_id`.
+- No busy loop while a broker is away: aiokafka retries a partition without a leader with no
+  backoff at all (a full core, measured), so it is never handed a batch for one, and a
+  watchdog discards the producer if it holds one anyway (producers.producer_watch);
+  connecting is retried with exponential backoff up to a few seconds.
 - An outage is told once, not per attempt: one log line and one `on_error(DeliveryFailing)`
-  when delivery starts failing, one line and one `on_error(DeliveryRecovered)` when it works
-  again (producers.outage_report). aiokafka's own per-attempt lines from the delivery thread
-  are rate-limited (producers.kafka_logs). Events Kafka refuses for good (a bad record) are
-  counted `failed` and each reported; when the broker refuses a batch, its events are sent
-  again one per batch, so only the bad ones are lost.
+  when delivery starts failing, one line and one `on_error(DeliveryRecovered)` when every
+  partition delivers again (producers.outage_report). aiokafka's own per-attempt lines from the
+  delivery thread are rate-limited (producers.kafka_logs). Events Kafka refuses for good (a bad
+  record) are counted `failed` and each reported; when the broker refuses a batch, its events
+  are sent again one per batch, so only the bad ones are lost.
 - `close()` (also run at interpreter exit) waits at most `close_timeout`: what is still
   undelivered then is dropped, counted in `stats().dropped` and logged in one line.
 """
@@ -78,6 +77,8 @@ __all__ = ["ErrorCallback", "EventSender", "Message", "SenderStats", "key_partit
 
 # Of close()'s budget, the share left for the delivery thread to stop and count what it drops.
 _CLOSE_STOP_SHARE = 0.1
+# Of max_buffer_bytes, the share the partitions' lanes may hold (the buffer has the rest).
+_LANES_SHARE = 0.25
 # This process's id, kept here because os.getpid() is a system call and send() asks on every
 # event whether it runs in the process that started the delivery thread (a forked child must
 # start its own).
@@ -126,7 +127,8 @@ class EventSender:
         self.throw_on_send_error = throw_on_send_error
         self.close_timeout = close_timeout
 
-        self._buffer = SendBuffer(topic, max_buffer_bytes, spool)
+        self._lane_bytes = int(max_buffer_bytes * _LANES_SHARE)
+        self._buffer = SendBuffer(topic, max_buffer_bytes - self._lane_bytes, spool)
         self._errors_lock = threading.Lock()
         self._pending_errors: list[BaseException] = []
         self._thread: threading.Thread | None = None
@@ -256,6 +258,7 @@ class EventSender:
             chunk_size=self.chunk_size,
             linger_ms=self.linger_ms,
             max_event_bytes=self.max_event_bytes,
+            max_lane_bytes=self._lane_bytes,
             report=self._report,
             tell=self._tell,
             signer=self.signer,

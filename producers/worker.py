@@ -5,7 +5,16 @@
 
 **Start.** Registers every workflow of the app (`workflow.defined` on the flows topic, one
 `trigger.registered` per trigger on the signals topic) and waits for the acknowledgements, then
-joins the consumer group `<prefix>worker.<app>` on the commands topic.
+joins the consumer group `<prefix>worker.<app>` on the commands topic, and the group
+`<prefix>worker.<app>.runner.<runner>` on the runner-commands topic.
+
+**Runners.** A worker has a runner name (`runner=`, `steplog worker --runner NAME`; default
+the host's name). The commands of runs pinned to a runner (`run_workflow(..., runner=)`) are on
+the runner-commands topic, which each runner's workers read in a group of their own and where
+they take only their runner's (producers.command_intake): workers of one runner share its
+commands, and a runner that starts for the first time reads the topic from its start (its group
+has no offsets yet), so the runs pinned to it while it was away wait for it rather than being
+lost (the processors show them `overdue` meanwhile: processors/dispatch.py).
 
 **Commands** are consumed by producers.command_intake and carried out by
 producers.run_executor (starts, resumes, cancels; passes in producers.run_pass). **Commits**
@@ -40,8 +49,11 @@ from steplog.settings import Settings
 from .command_commits import CommandCommits
 from .command_intake import CommandIntake
 from .kafka_run_sink import KafkaRunSink
+from .producer_watch import stop_producer
+from .renewable_producer import RenewableProducer
 from .run_executor import RunExecutor, RunInFlight, WorkerStats
 from .run_log import RunLogReader
+from .runner_names import check_runner_name, default_runner_name
 from .workflow import ServedApp
 
 __all__ = ["Worker", "WorkerStats"]
@@ -64,6 +76,7 @@ class Worker:
     - linger_ms: the producer's batching delay; 0 writes each checkpoint at once.
     - session_timeout_ms / heartbeat_interval_ms: the consumer group's liveness (a killed
       worker's commands go to another after the session timeout).
+    - runner: the runner name (module docstring); default the host's name.
     """
 
     def __init__(
@@ -77,6 +90,7 @@ class Worker:
         linger_ms: int = 0,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
+        runner: str | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(
@@ -90,22 +104,27 @@ class Worker:
         self.linger_ms = linger_ms
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.runner = (
+            default_runner_name() if runner is None else check_runner_name(runner, "runner")
+        )
         self.group_id = f"{self.settings.topic_prefix}worker.{app.name}"
+        self.runner_group_id = f"{self.group_id}.runner.{self.runner}"
         self.stats = WorkerStats()
         self._commits = CommandCommits()
         self._executor = RunExecutor(
-            app, self.settings, self._commits, self.stats, lambda: self._stopping
+            app, self.settings, self._commits, self.stats, lambda: self._stopping, self.runner
         )
-        self._intake = CommandIntake(
-            app, self.settings, self._executor, self._commits, concurrency
-        )
-        self._producer: AIOKafkaProducer | None = None
-        self._consumer: AIOKafkaConsumer | None = None
+        self._intakes = [  # the commands topic's, then the runner-commands topic's
+            CommandIntake(app, self.settings, self._executor, self._commits, concurrency)
+            for _ in range(2)
+        ]
+        self._producer: RenewableProducer | None = None
+        self._consumers: list[AIOKafkaConsumer] = []
         self._reader: RunLogReader | None = None
         self._sink: KafkaRunSink | None = None
         self._signer: RecordSigner | None = None
         """The worker's own key (`client_key`), which signs its writes (README, Security)."""
-        self._fetcher: asyncio.Task[None] | None = None
+        self._fetchers: list[asyncio.Task[None]] = []
         self._committer: asyncio.Task[None] | None = None
         self._started = False
         self._stopping = False
@@ -127,15 +146,29 @@ class Worker:
         settings = self.settings
         client_id = f"steplog-worker-{self.app.name}"
         target = kafka.access(settings)
-        producer = kafka.producer(
-            target,
-            client_id=client_id,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=self.linger_ms,
-            max_request_size=settings.max_event_bytes + 64 * 1024,
+
+        async def start_producer() -> AIOKafkaProducer:
+            producer = kafka.producer(
+                target,
+                client_id=client_id,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=self.linger_ms,
+                max_request_size=settings.max_event_bytes + 64 * 1024,
+                **kafka.FAILOVER_PRODUCER_OPTIONS,
+            )
+            try:
+                await kafka.start(producer, target)
+            except BaseException:
+                await stop_producer(producer)  # releases the half-opened client
+                raise
+            return producer
+
+        # Replaced when it loses its sequence state (producers.kafka_run_sink says why).
+        producer = RenewableProducer(
+            start_producer, f"worker {self.app.name!r}", lambda: not self._stopping
         )
-        await kafka.start(producer, target)
+        await producer.start()
         self._producer = producer
         self._signer = record_signer(settings)
         self._sink = KafkaRunSink(producer, settings, lambda: self._stopping, self._signer)
@@ -148,37 +181,41 @@ class Worker:
             )
             await self._reader.start()
             self._executor.reader = self._reader
-            consumer = kafka.consumer(
-                target,
-                client_id=client_id,
-                group_id=self.group_id,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                fetch_max_wait_ms=self.fetch_max_wait_ms,
-                session_timeout_ms=self.session_timeout_ms,
-                heartbeat_interval_ms=self.heartbeat_interval_ms,
-                max_partition_fetch_bytes=max(settings.max_event_bytes, 1024 * 1024),
-            )
-            consumer.subscribe(
-                [settings.topics.commands],
-                listener=self._intake.listener(consumer, self._hand_over),
-            )
-            await kafka.start(consumer, target)
-            self._consumer = consumer
-            self._commits.consumer = consumer
+            topics = (settings.topics.commands, settings.topics.runner_commands)
+            groups = (self.group_id, self.runner_group_id)
+            for topic, group_id, intake in zip(topics, groups, self._intakes, strict=True):
+                consumer = kafka.consumer(
+                    target,
+                    client_id=client_id,
+                    group_id=group_id,
+                    enable_auto_commit=False,
+                    # A new group (a runner's first start) reads the topic from its start.
+                    auto_offset_reset="earliest",
+                    fetch_max_wait_ms=self.fetch_max_wait_ms,
+                    session_timeout_ms=self.session_timeout_ms,
+                    heartbeat_interval_ms=self.heartbeat_interval_ms,
+                    max_partition_fetch_bytes=max(settings.max_event_bytes, 1024 * 1024),
+                )
+                consumer.subscribe([topic], listener=intake.listener(consumer, self._hand_over))
+                await kafka.start(consumer, target)
+                self._consumers.append(consumer)
+                self._commits.consumers[topic] = consumer
         except BaseException:
             await self._close_clients()
             raise
-        self._fetcher = asyncio.create_task(
-            self._intake.fetch(consumer), name=f"steplog worker {self.app.name}"
-        )
-        self._fetcher.add_done_callback(_log_failure)
+        for intake, consumer in zip(self._intakes, self._consumers, strict=True):
+            fetcher = asyncio.create_task(
+                intake.fetch(consumer), name=f"steplog worker {self.app.name}"
+            )
+            fetcher.add_done_callback(_log_failure)
+            self._fetchers.append(fetcher)
         self._committer = asyncio.create_task(
             self._commits.commit_loop(), name="steplog worker commits"
         )
         log.info(
-            "worker for app %r (project %r) started: %d workflow(s), group %s",
-            self.app.name, self.app.project, len(self.app.workflows), self.group_id,
+            "worker for app %r (project %r), runner %r, started: %d workflow(s), groups %s "
+            "and %s", self.app.name, self.app.project, self.runner, len(self.app.workflows),
+            self.group_id, self.runner_group_id,
         )
 
     async def stop(self) -> None:
@@ -191,9 +228,9 @@ class Worker:
         self._stopping = True
         executor = self._executor
         try:
-            if self._fetcher is not None:
-                self._fetcher.cancel()
-                await asyncio.gather(self._fetcher, return_exceptions=True)
+            for fetcher in self._fetchers:
+                fetcher.cancel()
+            await asyncio.gather(*self._fetchers, return_exceptions=True)
             executor.stop_passes("interrupt", "worker stopped")
             if executor.handlers:
                 _, pending = await asyncio.wait(
@@ -225,16 +262,15 @@ class Worker:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         await self.start()
-        assert self._fetcher is not None
         waiter = asyncio.create_task(stop.wait())
         try:
-            await asyncio.wait({waiter, self._fetcher}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({waiter, *self._fetchers}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
-            fetch_error = (
-                self._fetcher.exception()
-                if self._fetcher.done() and not self._fetcher.cancelled()
-                else None
+            fetch_error = next(
+                (fetcher.exception() for fetcher in self._fetchers
+                 if fetcher.done() and not fetcher.cancelled()),
+                None,
             )
             await self.stop()
         if fetch_error is not None:
@@ -248,9 +284,12 @@ class Worker:
         await self.stop()
 
     async def _close_clients(self) -> None:
-        for name, client in (
-            ("consumer", self._consumer), ("reader", self._reader), ("producer", self._producer)
-        ):
+        clients: list[tuple[str, AIOKafkaConsumer | RunLogReader | RenewableProducer | None]] = [
+            *(("consumer", consumer) for consumer in self._consumers),
+            ("reader", self._reader),
+            ("producer", self._producer),
+        ]
+        for name, client in clients:
             if client is None:
                 continue
             try:
@@ -265,14 +304,14 @@ class Worker:
         for definition in self.app.definitions():
             value = encode(definition, max_bytes=max_bytes)
             acks.append(await self._producer.send(
-                topics.flows, value=value, key=definition.key.encode(),
-                headers=signature_headers(self._signer, topics.flows, value),
+                topics.flows, definition.key.encode(), value,
+                signature_headers(self._signer, topics.flows, value),
             ))
         for trigger in self.app.trigger_registrations():
             value = encode(trigger, max_bytes=max_bytes)
             acks.append(await self._producer.send(
-                topics.signals, value=value, key=trigger.name.encode(),
-                headers=signature_headers(self._signer, topics.signals, value),
+                topics.signals, trigger.name.encode(), value,
+                signature_headers(self._signer, topics.signals, value),
             ))
         await asyncio.gather(*acks)
 

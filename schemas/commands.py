@@ -5,7 +5,10 @@ operator, and ask a worker to do something; events are what happened. Keying by 
 run's commands in order, so a cancel is never overtaken by an earlier resume.
 
 Workers consume commands in one consumer group per app and ignore those of other apps, so a
-command names its `app` wherever the producer knows it.
+command names its `app` wherever the producer knows it. A command of a run pinned to a runner
+(`run_workflow(..., runner=)`) names its `runner` and goes to the runner-commands topic instead,
+where each worker reads in one consumer group per app and runner name and takes only its own
+runner's (schemas/topics.py says why a topic of their own).
 
 `start_run` and `resume_run` carry the run's `history`: each step's outcome so far, from the
 fold's state, and the events-topic position it reflects (`history_partition`,
@@ -114,6 +117,10 @@ def _check_history_position(partition: int | None, offset: int | None) -> None:
         )
 
 
+_RUNNER_DESCRIPTION = (
+    "The runner the run is pinned to: only the app's workers of that runner name carry the "
+    "command out (it is on the runner-commands topic); null: any worker of the app."
+)
 _HISTORY_DESCRIPTION = "Each step's outcome so far by step key, from the fold's state."
 _PARTITION_DESCRIPTION = "The events-topic partition the run's events are on."
 _OFFSET_DESCRIPTION = (
@@ -152,6 +159,7 @@ class StartRun(CommandEnvelope):
     )
     parent_step_attempt: Attempt | None = Field(None, description="Attempt of that step.")
     retrigger_of: Name | None = Field(None, description="The run this one re-runs from the start.")
+    runner: Name | None = Field(None, description=_RUNNER_DESCRIPTION)
     start_at: Timestamp | None = Field(None, description="Start no earlier than this; null: now.")
     history: StepHistory = Field(default_factory=dict, description=_HISTORY_DESCRIPTION)
     history_partition: KafkaPartition | None = Field(None, description=_PARTITION_DESCRIPTION)
@@ -170,6 +178,7 @@ class ResumeRun(CommandEnvelope):
     reason: Reason = Field(description="Why, for the timeline: e.g. 'timer', 'signal order.paid'.")
     workflow: Name | None = Field(None, description="The run's workflow.")
     app: Name | None = Field(None, description="The run's app; workers of other apps ignore it.")
+    runner: Name | None = Field(None, description=_RUNNER_DESCRIPTION)
     history: StepHistory = Field(default_factory=dict, description=_HISTORY_DESCRIPTION)
     history_partition: KafkaPartition | None = Field(None, description=_PARTITION_DESCRIPTION)
     history_offset: KafkaOffset | None = Field(None, description=_OFFSET_DESCRIPTION)
@@ -186,6 +195,7 @@ class CancelRun(CommandEnvelope):
     type: Literal["command.cancel_run"] = "command.cancel_run"
     reason: Reason | None = None
     app: Name | None = Field(None, description="The run's app; workers of other apps ignore it.")
+    runner: Name | None = Field(None, description=_RUNNER_DESCRIPTION)
 
 
 Command = Annotated[StartRun | ResumeRun | CancelRun, Field(discriminator="type")]

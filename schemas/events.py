@@ -206,6 +206,10 @@ class StepInvokedPayload(WireModel):
     workflow: Name = Field(description="The child workflow's name.")
     app: Name | None = Field(None, description="Resolve the workflow in this app only.")
     data: JsonValue = Field(None, description="The child run's input.")
+    runner: Name | None = Field(
+        None, description="Pin the child to this runner of its app: only a worker started "
+        "with this runner name executes it; null: any worker of the app."
+    )
 
 
 # --- step events ----------------------------------------------------------------------------
@@ -278,6 +282,13 @@ class RunScheduledPayload(WireModel):
         None, description="Set on a tick of a workflow's cron schedule (start_at is the tick): "
         "when it is due, the next tick is scheduled from it."
     )
+    # A pinned child's start_run goes out with this event (processors/dispatch.py) and waits
+    # for its runner's worker in the runner-commands topic; a timer would send a second one.
+    runner: Name | None = Field(
+        None, description="Set on a child run pinned to a runner (run_workflow's `runner`): "
+        "its start_run was sent with this event and waits for that runner, so no start timer "
+        "is set; the run shows scheduled (then overdue) until the runner starts it."
+    )
 
 
 class RunStartedPayload(WireModel):
@@ -294,6 +305,10 @@ class RunStartedPayload(WireModel):
     parent_step_attempt: Attempt | None = Field(None, description="Attempt of that step.")
     retrigger_of: Name | None = Field(
         None, description="The run this one re-runs from the start (an operator re-trigger)."
+    )
+    runner: Name | None = Field(
+        None, description="The runner the run is pinned to (its commands go to that runner's "
+        "workers only); null: any worker of the app."
     )
 
 

@@ -19,6 +19,11 @@ class TopicNames:
     """Named events from outside or from `emit`; key = event name."""
     commands: str
     """Start / resume / cancel instructions for workers; key = run_id."""
+    runner_commands: str
+    """The commands of runs pinned to a runner (`run_workflow(..., runner=)`); key = run_id. A
+    topic of their own so that the workers of every runner, each group reading the whole topic
+    for its runner name, read only pinned commands rather than every command (and a runner
+    that comes late finds its commands from the topic's start, its group being new)."""
     dlq: str
     """Dead letters: messages a processor could not use, with the reason; key = source key."""
     flows: str
@@ -35,6 +40,7 @@ class TopicNames:
             events=f"{prefix}events",
             signals=f"{prefix}signals",
             commands=f"{prefix}commands",
+            runner_commands=f"{prefix}runner-commands",
             dlq=f"{prefix}dlq",
             flows=f"{prefix}flows",
             keys=f"{prefix}keys",

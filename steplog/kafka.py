@@ -39,6 +39,8 @@ __all__ = [
     "KafkaSecurity",
     "SaslMechanism",
     "SecurityProtocol",
+    "FAILOVER_OPTIONS",
+    "FAILOVER_PRODUCER_OPTIONS",
     "access",
     "admin_client",
     "consumer",
@@ -48,6 +50,28 @@ __all__ = [
 ]
 
 _CLIENT_ID = "steplog"
+
+# Failover is Kafka's: when a broker dies, the controller fences it after
+# broker.session.timeout.ms (the broker's setting; 9 s by default) and names new leaders from
+# the in-sync replicas at once. These settings bound how long a client of ours takes to follow
+# (README, "Failover"); every producer and consumer gets them unless it says otherwise.
+FAILOVER_OPTIONS: Final = {
+    # A request that fails (the old leader is gone, or says it is no leader any more) forces a
+    # metadata refresh; the retry follows this backoff. So a client resumes within about
+    # this long (plus a round trip) of the metadata naming the new leader.
+    "retry_backoff_ms": 100,
+    # With nothing failing, metadata is refreshed this often (aiokafka's default: 5 minutes):
+    # how stale a client's view of leaders and partitions may get while it sends nothing.
+    "metadata_max_age_ms": 5_000,
+}
+FAILOVER_PRODUCER_OPTIONS: Final = {
+    # How long a request (and a connection attempt) to a broker may go unanswered: what a
+    # broker that vanished without closing its sockets (a host lost, not a process killed,
+    # whose sockets the OS resets at once) costs before the retry goes to the new leader.
+    # aiokafka's default is 40 s; a produce request waits on the broker for the in-sync
+    # replicas at most this long, too.
+    "request_timeout_ms": 5_000,
+}
 
 
 @dataclass(frozen=True)
@@ -144,11 +168,11 @@ def resolve(kafka: Kafka) -> KafkaAccess:
 
 def consumer(kafka: Kafka, *topics: str, **options: Any) -> AIOKafkaConsumer:
     """A consumer of `topics` (none: assign or subscribe later)."""
-    return AIOKafkaConsumer(*topics, **_options(kafka, options))
+    return AIOKafkaConsumer(*topics, **_options(kafka, {**FAILOVER_OPTIONS, **options}))
 
 
 def producer(kafka: Kafka, **options: Any) -> AIOKafkaProducer:
-    return AIOKafkaProducer(**_options(kafka, options))
+    return AIOKafkaProducer(**_options(kafka, {**FAILOVER_OPTIONS, **options}))
 
 
 def admin_client(kafka: Kafka, **options: Any) -> AIOKafkaAdminClient:

@@ -70,7 +70,15 @@ class Settings(BaseSettings):
     )
     dlq_partitions: int = Field(1, ge=1, le=1000, description="Partitions of <prefix>dlq.")
     flows_partitions: int = Field(1, ge=1, le=1000, description="Partitions of <prefix>flows.")
-    replication_factor: int = Field(1, ge=1, le=16, description="Replicas of every topic.")
+    replication_factor: int | None = Field(
+        None, ge=1, le=16,
+        description="Replicas of every topic; unset: the cluster's default.replication.factor.",
+    )
+    min_insync_replicas: int | None = Field(
+        None, ge=1, le=16,
+        description="min.insync.replicas of every topic; unset: one less than its replicas, "
+        "at least 1.",
+    )
     log_retention_ms: int = Field(
         -1,
         ge=-1,

@@ -46,6 +46,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+# The 3-node Kafka cluster: one for the session, asked for by name by any module.
+pytest_plugins = ["tests.cluster_fixtures"]
+
 EXIT_DEADLINE_S = 120
 
 

@@ -254,6 +254,7 @@ def _apply_run_event(
                 scheduled.app or "",
                 scheduled.expires_after_ms,
                 "" if scheduled.schedule is None else scheduled.schedule.model_dump_json(),
+                scheduled.runner or "",
             )
     elif isinstance(event, RunStarted):
         started = event.payload
@@ -272,6 +273,7 @@ def _apply_run_event(
                 started.retrigger_of or "",
                 started.parent_flow or "",
                 started.parent_step_attempt or 0,
+                started.runner or "",
             )
         if state.first_started_at is None or ts < state.first_started_at:
             state.first_started_at = ts

@@ -151,6 +151,9 @@ class ScheduledFact(NamedTuple):
     """Not started this long after start_at, it ends expired (fold/schedules.py)."""
     schedule: str = ""
     """A cron tick's schedule (CronSchedule as JSON); '' for a run scheduled otherwise."""
+    runner: str = ""
+    """The runner a pinned child waits for ('' for none): its start_run is already sent, so
+    it wants no start timer (fold/workflow.py)."""
 
 
 class RunStartFact(NamedTuple):
@@ -166,6 +169,8 @@ class RunStartFact(NamedTuple):
     parent_flow: str = ""
     parent_step_attempt: int = 0
     """0: not known (a child started before run.started carried it)."""
+    runner: str = ""
+    """The runner the run is pinned to ('' for none): its commands name it."""
 
 
 class RunEndFact(NamedTuple):

@@ -35,17 +35,18 @@ from .state import (
 
 __all__ = ["STATE_FORMAT", "StateFormatError", "state_from_bytes", "state_to_bytes"]
 
-STATE_FORMAT: Final = 5
+STATE_FORMAT: Final = 6
 """Version of the `RunState.to_bytes` layout. Bump it whenever a field of the state (or of a
 fact) changes meaning or shape: bytes of an unknown format are refused instead of being misread.
-Older formats are still read: format 4 (no expires_after_ms in the scheduled fact and the sleep
-fact, no schedule in the scheduled fact, no expired in the end fact: they take their defaults, a
-start or wake-up that never expires and a run that did not expire), format 3 (no created_at: it
-reads as the earliest time the run row knows, projections/created_at.py, the same stand-in as
-the `runs` rows written before it),
-format 2 (also no parent flow and step attempt in the start fact, which then take their
-defaults), format 1 (also before durable workflows: no parked fact per step, no scheduled app,
-no sleep kind, no position), with what they lack left empty."""
+Older formats are still read: format 5 (no runner in the scheduled and start facts: they take
+the default, a run pinned to no runner), format 4 (no expires_after_ms in the scheduled fact
+and the sleep fact, no schedule in the scheduled fact, no expired in the end fact: they take
+their defaults, a start or wake-up that never expires and a run that did not expire), format 3
+(no created_at: it reads as the earliest time the run row knows, projections/created_at.py,
+the same stand-in as the `runs` rows written before it), format 2 (also no parent flow and
+step attempt in the start fact, which then take their defaults), format 1 (also before
+durable workflows: no parked fact per step, no scheduled app, no sleep kind, no position),
+with what they lack left empty."""
 
 _MAGIC: Final = b"SLRS"
 
@@ -68,10 +69,10 @@ def state_from_bytes(data: bytes) -> RunState:
                 f"RunState bytes: expected the {_MAGIC!r} header, got {bytes(data[:8])!r}"
             )
         found = data[len(_MAGIC)]
-        if found not in (1, 2, 3, 4, STATE_FORMAT):
+        if found not in (1, 2, 3, 4, 5, STATE_FORMAT):
             raise StateFormatError(
-                f"RunState bytes: format {found}, expected {STATE_FORMAT} (STATE_FORMAT), 4, 3, "
-                "2 or 1; state written by another build cannot be read, rebuild it by replaying "
+                f"RunState bytes: format {found}, expected {STATE_FORMAT} (STATE_FORMAT), 5, 4, "
+                "3, 2 or 1; state written by another build cannot be read, rebuild it by replaying "
                 "the log"
             )
         try:

@@ -18,7 +18,9 @@ exception is `run.scheduled`: a scheduled run gets its start timer whoever sched
     step.waiting with timeout_at                SetTimer(wait_timeout, timeout_at)
     step.failed with retry_at                   SetTimer(retry, retry_at)
     step.invoked                                SendCommand(start_run of the child), the app
-                                                resolved by the host (AppResolution)
+                                                resolved by the host (AppResolution); pinned to
+                                                a runner: the host also writes the child's
+                                                run.scheduled (processors/dispatch.py)
     step.completed / final step.failed          ClearTimer; SendCommand(resume_run)
       of a sleeping, waiting or invoked step
     run.completed / run.failed / run.cancelled  ClearTimer for every timer; run.cancelled for
@@ -166,6 +168,7 @@ def resume_command(
         reason=reason,
         workflow=state.flow,
         app=started.app if started is not None and started.app else None,
+        runner=started.runner if started is not None and started.runner else None,
         history=history(state),
         history_partition=None if position is None else position[0],
         history_offset=None if position is None else position[1],
@@ -179,6 +182,8 @@ def start_timer(state: RunState) -> SetTimer | None:
     """A scheduled run that has not begun (nor been cancelled) wants to start at start_at."""
     scheduled = state.scheduled
     if scheduled is None or state.started is not None or state.steps or state.ended is not None:
+        return None
+    if scheduled.runner:  # a pinned child: its start_run waits for the runner already
         return None
     return SetTimer(TimerKind.START, "", 1, scheduled.start_at)
 
@@ -300,6 +305,7 @@ def _run_event_effects(state: RunState, change: RunTransition, effects: list[Eff
                         ts=event.ts,
                         reason=event.payload.reason,
                         app=started.app,
+                        runner=started.runner or None,
                     )
                 )
             )
@@ -335,6 +341,7 @@ def _start_child(state: RunState, event: StepInvoked) -> SendCommand:
             parent_step_key=event.step_key,
             parent_flow=state.flow,
             parent_step_attempt=event.attempt,
+            runner=invoked.runner,
         ),
         resolve_app=AppResolution(preferred=app, exact=bool(invoked.app)),
         parent=ParentStep(state.project, state.flow, state.run_id, event.step_key, event.attempt),

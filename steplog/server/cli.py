@@ -22,6 +22,7 @@ from steplog.metrics import serve_metrics
 from steplog.producers.flows_file import load_flows_file, push_flows
 from steplog.projections.migrations import migrate
 from steplog.server.api import serve_api
+from steplog.server.broker import LocalCluster
 from steplog.server.child_process import settle_child
 from steplog.server.cli_broker import broker_app, topics_app
 from steplog.server.cli_errors import reports_errors
@@ -131,9 +132,17 @@ def dev(
     exit_after_demo: Annotated[
         bool, typer.Option("--exit-after-demo", help="Stop the stack once the demo has printed.")
     ] = False,
+    brokers: Annotated[
+        int,
+        typer.Option("--brokers", min=1, max=9,
+                     help="Run a local Kafka cluster of this many nodes (data in <data dir>/"
+                     "kafka-cluster, ports consecutive from --kafka-port unless "
+                     "STEPLOG_KAFKA_BOOTSTRAP lists as many hosts); every client of the stack "
+                     "bootstraps from all of them."),
+    ] = 1,
 ) -> None:
-    """The whole local stack in the foreground: broker, topics, tables, processors, SQL, and
-    the web service (dashboard, JSON API, ingestion).
+    """The whole local stack in the foreground: broker (or cluster), topics, tables,
+    processors, SQL, and the web service (dashboard, JSON API, ingestion).
 
     Ctrl-C stops everything it started.
     """
@@ -146,9 +155,14 @@ def dev(
         overrides["sql_port"] = sql_port
     if api_port is not None:
         overrides["api_port"] = api_port
+    if brokers > 1:
+        # The processors, the web service and the demo (and STEPLOG_KAFKA_BOOTSTRAP of every
+        # child) bootstrap from every node, so that none depends on one node being up.
+        cluster = LocalCluster.from_settings(load_settings(**overrides), brokers)
+        overrides["kafka_bootstrap"] = cluster.bootstrap
     settings = logged_in_to_local_broker(load_settings(**overrides))
     hooks = demo_hooks(settings, exit_after=exit_after_demo) if demo else None
-    run_dev(settings, sql_port=settings.sql_port, hooks=hooks)
+    run_dev(settings, sql_port=settings.sql_port, hooks=hooks, brokers=brokers)
 
 
 @app.command("otel-export")
@@ -170,12 +184,13 @@ def otel_export() -> None:
 @app.command("status")
 @reports_errors
 def status() -> None:
-    """Check the broker, the processors (members, lag, each one's health endpoint) and
-    ClickHouse (SELECT 1); exit 0 only when all are healthy, else name each failure."""
+    """Check the Kafka cluster (hosts, brokers, partitions, replication), the processors
+    (members, lag, each one's health endpoint) and ClickHouse (SELECT 1); exit 0 only when
+    all are healthy (`warn`: redundancy missing by configuration), else name each failure."""
     settings = load_settings()
     checks = asyncio.run(check_stack(settings))
     for check in checks:
-        mark = "ok  " if check.healthy else "FAIL"
+        mark = "FAIL" if not check.healthy else "warn" if check.warning else "ok  "
         typer.echo(f"{mark} {check.name:<13} {check.detail}")
     if not all(check.healthy for check in checks):
         raise typer.Exit(1)
@@ -236,6 +251,12 @@ def worker(
                      "STEPLOG_WORKER_METRICS_HOST (default: STEPLOG_WORKER_METRICS_PORT; 0: "
                      "none)."),
     ] = None,
+    runner: Annotated[
+        str | None,
+        typer.Option("--runner",
+                     help="This worker's runner name: it also executes the runs pinned to it "
+                     "(run_workflow(..., runner=NAME)). Default: the host's name."),
+    ] = None,
 ) -> None:
     """Run a worker for a steplog.App (foreground): MODULE:APP, e.g. shop.workflows:app.
 
@@ -258,4 +279,4 @@ def worker(
         f"worker for app {application.name!r}: "
         + (", ".join(sorted(application.workflows)) or "no workflows")
     )
-    application.worker(concurrency=concurrency, stop_timeout=stop_timeout).run()
+    application.worker(concurrency=concurrency, stop_timeout=stop_timeout, runner=runner).run()

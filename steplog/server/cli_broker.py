@@ -9,24 +9,37 @@ from typing import Annotated
 
 import typer
 
-from steplog.server.broker import LocalBroker, ensure_kafka_jars
+from steplog.server.broker import LocalBroker, LocalCluster, ensure_kafka_jars, local_kafka
 from steplog import kafka
 from steplog.server.broker.security import add_user, consume_acls, produce_acls
 from steplog.server.cli_errors import reports_errors
 from steplog.settings import load_settings
-from steplog.topics import ensure_topics, topic_specs
+from steplog.topics import ReplicaMismatchPolicy, ensure_topics, topic_specs
 
-broker_app = typer.Typer(help="The local Apache Kafka broker (KRaft, one node, 127.0.0.1).")
+broker_app = typer.Typer(
+    help="The local Apache Kafka broker (KRaft, 127.0.0.1): one node, or a cluster (--nodes)."
+)
 user_app = typer.Typer(help="SCRAM users of a secured broker and their ACLs.")
 broker_app.add_typer(user_app, name="user")
 topics_app = typer.Typer(help="Steplog's Kafka topics.")
 
 PortOption = Annotated[
-    int | None, typer.Option("--port", help="Broker port (default: from STEPLOG_KAFKA_BOOTSTRAP).")
+    int | None,
+    typer.Option("--port", help="Broker port, the first node's in a cluster (default: from "
+                 "STEPLOG_KAFKA_BOOTSTRAP)."),
 ]
 DataDirOption = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="Broker data dir (default: <STEPLOG_DATA_DIR>/kafka)."),
+    typer.Option("--data-dir", help="Broker data dir (default: <STEPLOG_DATA_DIR>/kafka, or "
+                 "<STEPLOG_DATA_DIR>/kafka-cluster with --nodes)."),
+]
+NodesOption = Annotated[
+    int,
+    typer.Option("--nodes", min=1, max=9,
+                 help="Nodes of the local cluster, each broker and controller, replicating every "
+                 "topic up to 3 times; their ports are STEPLOG_KAFKA_BOOTSTRAP's hosts when it "
+                 "lists as many, else consecutive from --port. Use the printed bootstrap as "
+                 "STEPLOG_KAFKA_BOOTSTRAP."),
 ]
 
 
@@ -37,11 +50,11 @@ SecureOption = Annotated[
 ]
 
 
-def _local_broker(
-    port: int | None, data_dir: Path | None, *, secure: bool = False
-) -> LocalBroker:
+def _local_kafka(
+    port: int | None, data_dir: Path | None, nodes: int, *, secure: bool = False
+) -> LocalBroker | LocalCluster:
     settings = load_settings(**({"broker_secure": True} if secure else {}))
-    return LocalBroker.from_settings(settings, data_dir=data_dir, port=port)
+    return local_kafka(settings, nodes, data_dir=data_dir, port=port)
 
 
 @broker_app.command("install")
@@ -56,11 +69,17 @@ def broker_install() -> None:
 @broker_app.command("start")
 @reports_errors
 def broker_start(
-    port: PortOption = None, data_dir: DataDirOption = None, secure: SecureOption = False
+    port: PortOption = None, data_dir: DataDirOption = None, secure: SecureOption = False,
+    nodes: NodesOption = 1,
 ) -> None:
-    """Start the broker in the background and wait until it answers."""
-    broker = _local_broker(port, data_dir, secure=secure)
+    """Start the broker (or every node of the cluster) in the background and wait until it
+    answers."""
+    broker = _local_kafka(port, data_dir, nodes, secure=secure)
     broker.start()
+    if isinstance(broker, LocalCluster):
+        typer.echo(f"Kafka cluster of {nodes} nodes running on {broker.bootstrap} "
+                   f"(data in {broker.data_dir})")
+        return
     how = " with SASL/SCRAM and ACLs" if broker.secure else ""
     typer.echo(f"Kafka broker running on {broker.bootstrap}{how} (data in {broker.data_dir})")
 
@@ -93,33 +112,59 @@ def broker_user_add(
     if settings.kafka_sasl_username is not None:
         asyncio.run(add_user(kafka.access(settings), name, password, acls))
     else:
-        _local_broker(port, data_dir, secure=True).add_user(name, password, acls)
+        secured = settings.model_copy(update={"broker_secure": True})
+        LocalBroker.from_settings(secured, data_dir=data_dir, port=port).add_user(
+            name, password, acls
+        )
     typer.echo(f"user {name}: password (shown once) {password}")
 
 
 @broker_app.command("stop")
 @reports_errors
-def broker_stop(port: PortOption = None, data_dir: DataDirOption = None) -> None:
-    """Stop the broker started from this data dir."""
-    broker = _local_broker(port, data_dir)
-    broker.stop()
-    typer.echo("Kafka broker stopped")
+def broker_stop(
+    port: PortOption = None, data_dir: DataDirOption = None, nodes: NodesOption = 1
+) -> None:
+    """Stop the broker (or every node of the cluster) started from this data dir."""
+    _local_kafka(port, data_dir, nodes).stop()
+    typer.echo("Kafka cluster stopped" if nodes > 1 else "Kafka broker stopped")
 
 
 @broker_app.command("status")
 @reports_errors
-def broker_status(port: PortOption = None, data_dir: DataDirOption = None) -> None:
-    """Print the broker's status; exit 1 when it is not running."""
-    status = _local_broker(port, data_dir).status()
+def broker_status(
+    port: PortOption = None, data_dir: DataDirOption = None, nodes: NodesOption = 1
+) -> None:
+    """Print the broker's (or each node's) status; exit 1 when it (or any node) is not
+    running."""
+    status = _local_kafka(port, data_dir, nodes).status()
     typer.echo(status.model_dump_json(indent=2))
     if not status.running:
         raise typer.Exit(1)
 
 
+_REASSIGN_TIMEOUT_S = 600.0
+"""How long `--reassign` waits for Kafka to copy the partitions to their new brokers."""
+
+
 @topics_app.command("ensure")
 @reports_errors
-def topics_ensure() -> None:
-    """Create the topics (idempotent) and align their configs with the settings."""
+def topics_ensure(
+    reassign: Annotated[
+        bool,
+        typer.Option("--reassign", help="Reassign the partitions of topics with other replica "
+                     "counts than the settings ask (Kafka copies them to their new brokers) "
+                     "and wait until the new replicas are in sync; without it such topics are "
+                     "an error."),
+    ] = False,
+) -> None:
+    """Create the topics (idempotent) and align their replicas and configs with the settings;
+    warn about topics with one replica on a cluster of several brokers."""
     settings = load_settings()
-    for report in asyncio.run(ensure_topics(settings.kafka_bootstrap, topic_specs(settings))):
-        typer.echo(f"{report.name:<40} {report.partitions:>4} partitions  {report.outcome}")
+    policy = ReplicaMismatchPolicy.REASSIGN if reassign else ReplicaMismatchPolicy.FAIL
+    ensured = ensure_topics(
+        settings.kafka_bootstrap, topic_specs(settings), on_replica_mismatch=policy,
+        timeout=_REASSIGN_TIMEOUT_S if reassign else 30.0,
+    )
+    for report in asyncio.run(ensured):
+        typer.echo(f"{report.name:<40} {report.partitions:>4} partitions {report.replicas:>2} "
+                   f"replicas  {report.outcome}")

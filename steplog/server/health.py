@@ -1,10 +1,11 @@
 """`steplog status`: is the stack healthy? Each check says what it saw, and why it failed.
 
-Healthy means: the broker answers and has Steplog's topics; the processors' consumer group has
-live members; the group's lag has not been above 0 for longer than STEPLOG_LAG_GROWTH_S (the
-oldest event not yet consumed is younger than that); every member's health endpoint
-(steplog/server/process_health.py, found through the member's client id, processors/membership.py)
-answers that its projection writes and its lag are fine; and ClickHouse answers `SELECT 1`
+Healthy means: the Kafka cluster answers and has Steplog's topics, every broker they need is
+alive and every partition is led and in sync (steplog/server/cluster_health.py); the processors'
+consumer group has live members; the group's lag has not been above 0 for longer than
+STEPLOG_LAG_GROWTH_S (the oldest event not yet consumed is younger than that); every member's
+health endpoint (steplog/server/process_health.py, found through the member's client id,
+processors/membership.py) answers that its projection writes and its lag are fine; and ClickHouse answers `SELECT 1`
 (the SQL endpoint for the embedded engine, the server otherwise). Every answer is waited for
 at most STEPLOG_CHECK_TIMEOUT_S: something that hangs is a failure naming it, never a hang.
 """
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlparse
 
 import aiohttp
@@ -25,7 +28,10 @@ import steplog.kafka as kafka
 from steplog.credentials import client_key
 from steplog.processors.membership import health_port_of
 from steplog.projections.clickhouse import chdb_path
+from steplog.server.cluster_health import Level, classify, read_cluster
 from steplog.settings import Settings
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -33,54 +39,64 @@ class Check:
     name: str
     healthy: bool
     detail: str
+    warning: bool = False
+    """Healthy, but redundancy is missing by configuration: printed as `warn`, exit status 0."""
 
 
 async def check_stack(settings: Settings) -> list[Check]:
-    broker = await _check_broker(settings)
-    checks = [broker]
     clickhouse = asyncio.create_task(_check_clickhouse(settings))
-    if broker.healthy:
+    checks = await _check_cluster(settings)
+    if checks[0].healthy:  # `kafka`: a host answers and the topics are there
         checks.extend(await _check_processors(settings))
     checks.append(await clickhouse)
     return checks
 
 
-async def _check_broker(settings: Settings) -> Check:
-    timeout = settings.check_timeout_s
-    admin = kafka.admin_client(
-        settings.kafka_bootstrap, request_timeout_ms=int(timeout * 1000)
-    )
-    try:
-        await asyncio.wait_for(admin.start(), timeout)
-        topics = set(await asyncio.wait_for(admin.list_topics(), timeout))
-    except Exception as exc:
-        return Check("kafka", False, f"{settings.kafka_bootstrap} does not answer: {exc!r}")
-    finally:
-        await admin.close()
+async def _check_cluster(settings: Settings) -> list[Check]:
+    """`kafka` (the bootstrap hosts and the topics), `brokers`, `partitions`, `replication`."""
     names = settings.topics
-    missing = [t for t in (names.events, names.signals, names.commands, names.dlq, names.flows)
-               if t not in topics]
-    if missing:
-        return Check("kafka", False, f"missing topics {missing} (run `steplog topics ensure`)")
-    return Check("kafka", True, f"{settings.kafka_bootstrap}, topics present")
+    snapshot = await read_cluster(kafka.access(settings), settings.topic_prefix,
+                                  settings.check_timeout_s)
+    findings = classify(snapshot, (names.events, names.signals, names.commands, names.dlq,
+                                   names.flows))
+    return [Check(f.name, f.level is not Level.FAIL, f.detail, warning=f.level is Level.WARN)
+            for f in findings]
+
+
+class _GroupReadFailed(Exception):
+    """Which read of the processors' group failed, and why."""
 
 
 async def _check_processors(settings: Settings) -> list[Check]:
     """The group's members and lag, then what each member's health endpoint says."""
     group, topic = settings.processors_group, settings.topics.events
-    admin = kafka.admin_client(settings.kafka_bootstrap)
-    consumer = kafka.consumer(settings.kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    timeout = settings.check_timeout_s
+    request_timeout_ms = int(timeout * 1000)
+    admin = kafka.admin_client(settings.kafka_bootstrap, request_timeout_ms=request_timeout_ms)
+    consumer = kafka.consumer(settings.kafka_bootstrap, group_id=group, enable_auto_commit=False,
+                              request_timeout_ms=request_timeout_ms)
 
-    async def read() -> tuple[GroupMembers, Backlog]:
-        await admin.start()
-        members = await group_members(admin, group, topic)
-        await consumer.start()
-        return members, await events_backlog(admin, consumer, topic, settings.lag_growth_s)
+    async def read(what: str, answer: Awaitable[T]) -> T:
+        try:
+            return await asyncio.wait_for(answer, timeout)
+        except TimeoutError:
+            raise _GroupReadFailed(f"{what}: no answer within {timeout:g}s (a broker dead or a "
+                                   "partition leaderless? see the brokers and partitions "
+                                   "lines)") from None
+        except Exception as exc:
+            raise _GroupReadFailed(f"{what}: {type(exc).__name__}: {exc}") from exc
 
     try:
-        members, backlog = await asyncio.wait_for(read(), settings.check_timeout_s * 2)
-    except Exception as exc:
-        return [Check("processors", False, f"cannot describe group {group!r}: {exc!r}")]
+        await read("connecting to Kafka", admin.start())
+        # The group's coordinator is the leader of the group's __consumer_offsets partition:
+        # while it is dead or leaderless, this is the read that fails.
+        members = await read("describing the group through its coordinator",
+                             group_members(admin, group, topic))
+        await read("starting a consumer", consumer.start())
+        backlog = await read(f"reading the group's offsets on {topic}",
+                             events_backlog(admin, consumer, topic, settings.lag_growth_s))
+    except _GroupReadFailed as exc:
+        return [Check("processors", False, f"cannot describe group {group!r}: {exc}")]
     finally:
         await consumer.stop()
         await admin.close()

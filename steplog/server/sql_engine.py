@@ -11,7 +11,7 @@ and a slow query holds only its own connection.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,8 @@ class QueryStats:
     result_rows: int = 0
     result_bytes: int = 0
     elapsed_s: float = 0.0
+    total_rows_to_read: int = 0
+    """The engine's estimate of the rows it will read (progress); once read, the rows read."""
 
     @classmethod
     def of(cls, result: Any) -> QueryStats:
@@ -44,7 +46,16 @@ class QueryStats:
         result's rows, `storage_rows_read` what was read to make them."""
         return cls(result.storage_rows_read(), result.storage_bytes_read(),
                    result.rows_written(), result.bytes_written(), result.rows_read(),
-                   result.bytes_read(), result.elapsed())
+                   result.bytes_read(), result.elapsed(), result.storage_rows_read())
+
+    @classmethod
+    def of_progress(cls, payload: Mapping[str, int]) -> QueryStats:
+        """Of chDB's progress report: the query's running totals, named as ClickHouse's
+        Progress names them (measured on chDB 4.4; result_rows stays 0 while it runs)."""
+        return cls(payload.get("read_rows", 0), payload.get("read_bytes", 0),
+                   payload.get("written_rows", 0), payload.get("written_bytes", 0),
+                   payload.get("result_rows", 0), payload.get("result_bytes", 0),
+                   payload.get("elapsed_ns", 0) / 1e9, payload.get("total_rows_to_read", 0))
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,20 @@ class EngineSession:
             return EngineStream(self._connection.send_query(sql, fmt, params=dict(params)))
         except Exception as exc:
             raise engine_error(exc) from None
+
+    def watch(self, progress: Callable[[QueryStats], None] | None) -> None:
+        """Have `progress` called with the running totals of this session's queries while
+        they run, None to stop. chDB calls it every `interactive_delay` (100 ms) while the
+        engine reads, on the thread that runs the query or fetches its next block (measured
+        on chDB 4.4; nothing while a query reads nothing, e.g. `sleep`). It must not raise."""
+        if progress is None:
+            self._connection.set_progress_callback(None)
+            return
+
+        def report(payload: Mapping[str, int]) -> None:
+            progress(QueryStats.of_progress(payload))
+
+        self._connection.set_progress_callback(report)
 
     def ask(self, sql: str, params: Mapping[str, str], fmt: str) -> str:
         """`query` decoded: what the guard reads."""

@@ -8,7 +8,8 @@ The order, and why:
    The session's `log_comment` is the query's engine tag, by which a kill finds it.
 2. The guard (steplog.server.sql_guard): the engine's parse, checked for `access`.
 3. The run: the query text as sent (never with a FORMAT appended: the output format is the
-   engine API's argument), up to its first block when its format streams (sql_stream), or,
+   engine API's argument), up to its first block when its format streams (sql_stream), its
+   progress reported meanwhile when the request asks for it (sql_progress), or,
    for an INSERT with data, the guard's canonical statement fed the data as data (chDB's
    `send_insert`), so rows never reach the SQL parser. `KILL QUERY` is answered here, over the
    endpoint's running queries.
@@ -36,6 +37,7 @@ from steplog.server.sql_engine import Engine, EngineSession, QueryStats, quoted
 from steplog.server.sql_errors import SqlError
 from steplog.server.sql_external import load_external_tables
 from steplog.server.sql_guard import FunctionCatalog, Statement, check, parse_statement
+from steplog.server.sql_progress import QueryProgress
 from steplog.server.sql_request import SqlRequest
 from steplog.server.sql_session_request import enter, run_set, run_use
 from steplog.server.sql_sessions import HeldSession
@@ -89,11 +91,13 @@ class SqlExecutor:
     def start(
         self, request: SqlRequest, access: Access, query: RunningQuery, running: RunningQueries,
         *, buffered: bool = False, held: HeldSession | None = None,
+        progress: QueryProgress | None = None,
     ) -> Answer | ResultStream:
         """Run `request` as `query` up to its first block: a whole Answer, or a ResultStream
         (which then holds the session) for a result in a format that streams, unless
         `buffered` (`wait_end_of_query=1`). In the kept session `held` if given, else in a
-        session of its own. SqlError for anything that fails before the first byte; the
+        session of its own. `progress` hears of the query until its first block (or its end,
+        answered whole). SqlError for anything that fails before the first byte; the
         session is closed (or the request's part of a kept one undone) then."""
         default_format = _output_format(request.default_format)
         timezone = request.settings.get("session_timezone") or self.server_timezone
@@ -106,7 +110,7 @@ class SqlExecutor:
             if held is not None:  # a SET in the session may have changed it
                 timezone = session.ask("SELECT timezone()", {}, "TSVRaw").strip()
             answer = self._answer(session, request, access, query, running, default_format,
-                                  buffered, held, finish, timezone)
+                                  buffered, held, finish, timezone, progress)
         except BaseException:
             finish()
             raise
@@ -139,7 +143,7 @@ class SqlExecutor:
     def _answer(
         self, session: EngineSession, request: SqlRequest, access: Access, query: RunningQuery,
         running: RunningQueries, default_format: str, buffered: bool, held: HeldSession | None,
-        finish: Callable[[], None], timezone: str,
+        finish: Callable[[], None], timezone: str, progress: QueryProgress | None,
     ) -> Answer | ResultStream:
         if self._insert_body(session, request, access, held is not None):
             return Answer(b"", default_format, timezone)
@@ -160,9 +164,17 @@ class SqlExecutor:
         if statement.kind == "KillQueryQuery" and _KILL_QUERY.match(statement.canonical):
             return Answer(self._kill(session, statement, query, running, default_format), fmt,
                           timezone)
-        if statement.kind in _STREAMED_KINDS and streams(fmt) and not buffered:
-            return ResultStream(session, text, dict(request.params), fmt, finish, timezone)
-        result = session.run(text, request.params, default_format)
+        if progress is not None:
+            # Only now: the guard's own queries are not the request's progress.
+            progress.started(fmt, timezone)
+            session.watch(progress.advanced)
+        try:
+            if statement.kind in _STREAMED_KINDS and streams(fmt) and not buffered:
+                return ResultStream(session, text, dict(request.params), fmt, finish, timezone)
+            result = session.run(text, request.params, default_format)
+        finally:
+            if progress is not None:
+                session.watch(None)  # a kept session outlives the request
         return Answer(result.data, fmt, timezone, result.stats)
 
     def _kill(

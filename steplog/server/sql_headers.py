@@ -11,6 +11,8 @@
 - `X-ClickHouse-Summary`: the engine's counters as ClickHouse's JSON (numbers as strings). They
   go with the headers, so for a streamed result they are those of its first block, as
   ClickHouse's are the progress made when its headers went out.
+- `X-ClickHouse-Progress` (sql_progress) is the same JSON without its zero fields, as
+  ClickHouse's progress headers (ProgressValues::writeJSON without zeros; the summary with).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Final
 
 from steplog.server.sql_engine import QueryStats
 
-__all__ = ["SERVER_NAME", "answer_headers", "content_type"]
+__all__ = ["SERVER_NAME", "answer_headers", "content_type", "progress_json"]
 
 SERVER_NAME: Final = "steplog"
 _BINARY: Final = frozenset({
@@ -53,23 +55,32 @@ def content_type(fmt: str) -> str:
     return _TEXT
 
 
-def answer_headers(fmt: str, query_id: str, timezone: str, stats: QueryStats,
+def answer_headers(fmt: str, query_id: str, timezone: str, stats: QueryStats | None,
                    elapsed_s: float) -> dict[str, str]:
-    """The headers of a successful answer in `fmt`; `elapsed_s` since the request came."""
-    summary = {
-        "read_rows": stats.read_rows, "read_bytes": stats.read_bytes,
-        "written_rows": stats.written_rows, "written_bytes": stats.written_bytes,
-        "total_rows_to_read": stats.read_rows, "result_rows": stats.result_rows,
-        "result_bytes": stats.result_bytes, "elapsed_ns": int(elapsed_s * 1e9),
-    }
+    """The headers of a successful answer in `fmt`; `elapsed_s` since the request came.
+    Without `stats`, those known before the query runs (no summary): what a response's head
+    sent early with progress headers holds."""
     headers = {
         "Content-Type": content_type(fmt),
         "X-ClickHouse-Format": fmt,
         "X-ClickHouse-Query-Id": query_id,
         "X-ClickHouse-Server-Display-Name": SERVER_NAME,
-        "X-ClickHouse-Summary": json.dumps({k: str(v) for k, v in summary.items()},
-                                           separators=(",", ":")),
     }
+    if stats is not None:
+        headers["X-ClickHouse-Summary"] = progress_json(stats, elapsed_s, zeros=True)
     if timezone:
         headers["X-ClickHouse-Timezone"] = timezone
     return headers
+
+
+def progress_json(stats: QueryStats, elapsed_s: float, *, zeros: bool) -> str:
+    """ClickHouse's progress JSON (its fields in its order, numbers as strings, no spaces);
+    fields that are 0 left out unless `zeros`."""
+    fields = {
+        "read_rows": stats.read_rows, "read_bytes": stats.read_bytes,
+        "written_rows": stats.written_rows, "written_bytes": stats.written_bytes,
+        "total_rows_to_read": stats.total_rows_to_read, "result_rows": stats.result_rows,
+        "result_bytes": stats.result_bytes, "elapsed_ns": int(elapsed_s * 1e9),
+    }
+    return json.dumps({name: str(value) for name, value in fields.items() if zeros or value},
+                      separators=(",", ":"))

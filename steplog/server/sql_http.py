@@ -13,7 +13,9 @@ sql_guard, the engine session of sql_engine) up to the first block -> the answer
 streamed (sql_stream_response), through the output chain of sql_output (the Native layout of
 `client_protocol_version`, `compress=1`, HTTP compression) with sql_headers' headers, or the
 error as ClickHouse sends it (sql_errors). A GET request is read-only whoever sends it, as in
-ClickHouse. A client that hangs up has its query killed in the engine.
+ClickHouse. A client that hangs up has its query killed in the engine. With
+`send_progress_in_http_headers=1` the head goes out while the query runs, with
+`X-ClickHouse-Progress` lines (sql_progress), and the answer or error follows it.
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ from steplog.server.sql_auth import Access, authorize
 from steplog.server.sql_blocks import BlockWriter, read_blocks
 from steplog.server.sql_compression import MAX_BODY_BYTES, decompress, response_encoder
 from steplog.server.sql_engine import Engine, QueryStats
-from steplog.server.sql_errors import SqlError
+from steplog.server.sql_errors import SqlError, exception_block
 from steplog.server.sql_execution import Answer, SqlExecutor
 from steplog.server.sql_headers import SERVER_NAME, answer_headers
 from steplog.server.sql_native import native_layout
 from steplog.server.sql_output import ResponseBody
+from steplog.server.sql_progress import ProgressHeaders, progress_interval, send_whole
 from steplog.server.sql_request import SqlRequest
 from steplog.server.sql_sessions import SessionSpec, SqlSessions
 from steplog.server.sql_settings import SqlLimits
@@ -115,8 +118,10 @@ def sql_app(
             return web.Response(text="Ok.\n")  # ClickHouse's answer to a bare GET /
         received = time.monotonic()
         query_id = str(uuid.uuid4())
+        tag = exception_tag()
         try:
             query_id = _query_id(request.query.get("query_id")) or query_id
+            interval = progress_interval(request.query)
             principal, access = authorize(verifier, request.headers, request.query)
             if request.method == "GET":
                 access = Access.READ
@@ -141,28 +146,53 @@ def sql_app(
             if held is not None:
                 sessions.release(held, close=spec is not None and spec.close)
 
+        progress = None if interval is None else ProgressHeaders(
+            request, interval, received, lambda fmt, timezone: {
+                **answer_headers(fmt, query_id, timezone, None, 0.0),
+                "X-ClickHouse-Exception-Tag": tag})
+        sent: frozenset[str] = frozenset()  # the headers gone with progress, if any
+        blocks = BlockWriter() if _flag(request.query, "compress") else None
+
+        async def failed(error: SqlError) -> web.StreamResponse:
+            if not sent:
+                return _error_response(error, query_id)
+            out = ResponseBody(None, blocks, encoder)
+            headers = {"X-ClickHouse-Exception-Code": str(error.code)}
+            if out.content_encoding:
+                headers["Content-Encoding"] = out.content_encoding
+            return await send_whole(request, sent, headers,
+                                    out.exception(exception_block(error, tag)) + out.end())
+
         loop = asyncio.get_running_loop()
         started = workers.submit(executor.start, sql, access, query, running,
-                                 buffered=_flag(request.query, "wait_end_of_query"), held=held)
+                                 buffered=_flag(request.query, "wait_end_of_query"), held=held,
+                                 progress=progress)
         try:
             outcome = await asyncio.wrap_future(started)
         except SqlError as error:
             finished()
-            return _error_response(error, query_id)
+            sent = progress.close() if progress else sent
+            return await failed(error)
         except BaseException:  # cancelled: the client has gone before the first block
+            if progress:
+                progress.close()
             loop.run_in_executor(None, abandon_starting, query, started, finished)
             raise
-        out = ResponseBody(layout if outcome.format == "Native" else None,
-                           BlockWriter() if _flag(request.query, "compress") else None, encoder)
+        # Every progress line scheduled has been written (the loop runs them in order).
+        sent = progress.close() if progress else sent
+        out = ResponseBody(layout if outcome.format == "Native" else None, blocks, encoder)
         if isinstance(outcome, Answer):
             try:
                 data = await loop.run_in_executor(workers, out.data, outcome.body)
             except SqlError as error:
-                return _error_response(error, query_id)
+                return await failed(error)
             finally:
                 finished()
-            return web.Response(body=data + out.end(), headers=_headers(
-                outcome.format, query_id, outcome.timezone, outcome.stats, received, out))
+            headers = _headers(outcome.format, query_id, outcome.timezone, outcome.stats,
+                               received, out)
+            if sent:
+                return await send_whole(request, sent, headers, data + out.end())
+            return web.Response(body=data + out.end(), headers=headers)
         headers = _headers(outcome.format, query_id, outcome.timezone, outcome.stats, received,
                            out)
         stream = outcome
@@ -179,12 +209,12 @@ def sql_app(
             # Before the status goes: a block the client's layout cannot hold is an HTTP error.
             first = await loop.run_in_executor(workers, out.data, outcome.first)
             return await send_stream(
-                request, outcome, first, out, headers, exception_tag(),
-                lambda produce: loop.run_in_executor(workers, produce), end,
+                request, outcome, first, out, headers, tag,
+                lambda produce: loop.run_in_executor(workers, produce), end, sent,
             )
         except SqlError as error:
             loop.run_in_executor(None, abandon, query, outcome, finished)
-            return _error_response(error, query_id)
+            return await failed(error)
         except BaseException:  # the client has gone part way (reset, or cancelled)
             if not ended:
                 loop.run_in_executor(None, abandon, query, outcome, finished)

@@ -2,10 +2,12 @@
 
 chDB's `send_query` hands out a result block by block, each block a whole document of the
 format. Where documents concatenate into one valid document the blocks go out as they are;
-ArrowStream blocks are spliced into one stream (sql_stream_arrow); every other format
+ArrowStream blocks are spliced into one stream (sql_stream_arrow), the *WithNames(AndTypes)
+families have the header each block repeats cut (sql_stream_names); every other format
 is answered whole, held in memory up to `max_result_bytes` (the engine's limit stops it past
-that): JSON, Pretty, XML, Parquet, Arrow (file) and the *WithNames* families. Checked on chDB 4.4 by comparing the concatenated blocks of a 3-block result with the
-engine's whole answer (docs/sql-endpoint.md lists the formats).
+that): JSON, Pretty, XML, Parquet, Arrow (file). Checked on chDB 4.4 by comparing the
+concatenated blocks of a 3-block result with the engine's whole answer (docs/sql-endpoint.md
+lists the formats; tests/integration/test_sql_stream_formats.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Final
 
 from steplog.server.sql_engine import EngineSession, EngineStream, QueryStats
 from steplog.server.sql_stream_arrow import ArrowStreamSplicer
+from steplog.server.sql_stream_names import NAMED_FORMATS, HeaderCutter
 
 __all__ = ["ResultStream", "streams"]
 
@@ -27,12 +30,12 @@ _AS_IS: Final = frozenset({
 })
 _SPLICED: Final = frozenset({"ArrowStream"})
 # An empty result of these is not empty bytes (a header block, a schema): see ResultStream.
-_EMPTY_HAS_BYTES: Final = frozenset({"Native", "ArrowStream"})
+_EMPTY_HAS_BYTES: Final = frozenset({"Native", "ArrowStream", *NAMED_FORMATS})
 
 
 def streams(fmt: str) -> bool:
     """Whether a result in `fmt` can be sent while the engine produces it."""
-    return fmt in _AS_IS or fmt in _SPLICED
+    return fmt in _AS_IS or fmt in _SPLICED or fmt in NAMED_FORMATS
 
 
 class ResultStream:
@@ -57,6 +60,7 @@ class ResultStream:
         self._closed = False
         self._finish = finish
         self._arrow = ArrowStreamSplicer() if fmt in _SPLICED else None
+        self._names = HeaderCutter(fmt) if fmt in NAMED_FORMATS else None
         self._engine: EngineStream = session.stream(sql, params, fmt)
         block = self._engine.next()
         if block is None and fmt in _EMPTY_HAS_BYTES:
@@ -85,6 +89,8 @@ class ResultStream:
             return None if block is None and not chunk else chunk
 
     def _encoded(self, block: bytes | None) -> bytes:
+        if self._names is not None and block is not None:
+            return self._names.cut(block)
         if self._arrow is None:
             return block or b""
         return self._arrow.finish() if block is None else self._arrow.feed(block)

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from steplog.server.sql_errors import SqlError, exception_block
 from steplog.server.sql_output import ResponseBody
+from steplog.server.sql_progress import ProgressiveResponse
 from steplog.server.sql_stream import ResultStream
 
 __all__ = ["exception_tag", "send_stream"]
@@ -38,14 +39,16 @@ def exception_tag() -> str:
 async def send_stream(
     request: web.Request, stream: ResultStream, first: bytes, body: ResponseBody,
     headers: Mapping[str, str], tag: str, fetch: Fetch, ended: Callable[[], Awaitable[None]],
+    sent: frozenset[str] = frozenset(),
 ) -> web.StreamResponse:
     """Send `stream` whole: `first`, its first block as it goes out (through `body`, as every
     next block is, on a worker thread). `ended` (which closes the stream and frees its query
     and session) is awaited before the response's last bytes go, as ClickHouse releases a
     session before it finishes the response: a client that sends its next request as soon as
     it has read this one finds the session free. A client that goes away surfaces as
-    ConnectionResetError or the handler's cancellation: the caller kills the query."""
-    response = web.StreamResponse(headers={**headers, "X-ClickHouse-Exception-Tag": tag})
+    ConnectionResetError or the handler's cancellation: the caller kills the query. `sent`:
+    the headers already gone with progress headers (sql_progress), if any."""
+    response = ProgressiveResponse(sent, headers={**headers, "X-ClickHouse-Exception-Tag": tag})
     await response.prepare(request)
 
     def produce() -> bytes | None:

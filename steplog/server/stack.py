@@ -34,7 +34,7 @@ import faust
 from steplog.credentials import admin_key_path
 from steplog.server.admin_key import ensure_admin_key
 from steplog.server.api import WebServiceThread
-from steplog.server.broker import LocalBroker
+from steplog.server.broker import LocalBroker, local_kafka
 from steplog.server.broker.security import MECHANISM, load_or_create_admin
 from steplog.errors import SettingsError
 from steplog.server.gc_tuning import tune_gc_for_batches
@@ -53,7 +53,13 @@ from steplog.record_signer import record_signer, signatures_enforced
 from steplog.settings import Settings, child_environment
 from steplog.server.stack_lock import claim_for_stack
 from steplog.server.supervisor import ProcessorsSupervisor
-from steplog.topics import TopicSpec, ensure_topics, topic_specs
+from steplog.topics import (
+    ReplicaMismatchPolicy,
+    TopicSpec,
+    check_replication,
+    ensure_topics,
+    topic_specs,
+)
 
 log = logging.getLogger("steplog.server.stack")
 
@@ -87,6 +93,7 @@ def changelog_specs(config: ProcessorConfig, settings: Settings) -> list[TopicSp
             partitions=int(getattr(settings, partitions_setting)),
             partitions_setting=partitions_setting,
             replication_factor=settings.replication_factor,
+            min_insync_replicas=settings.min_insync_replicas,
             # A run's state holds every event id of the run, a name's its waits: allow the
             # producer's largest request.
             configs={
@@ -100,6 +107,34 @@ def changelog_specs(config: ProcessorConfig, settings: Settings) -> list[TopicSp
         spec(config.triggers_changelog, "signals_partitions"),
         spec(config.flow_control_changelog, "signals_partitions"),
     ]
+
+
+def faust_topic_spec(config: ProcessorConfig, settings: Settings) -> TopicSpec:
+    """Faust's leader topic as faust makes it (one partition, its configs the broker's), with
+    Steplog's replication and min.insync.replicas, which faust has no setting for."""
+    return TopicSpec(
+        name=config.faust_leader_topic, partitions=1, partitions_setting=None,
+        replication_factor=settings.replication_factor,
+        min_insync_replicas=settings.min_insync_replicas,
+    )
+
+
+async def ensure_processors_topics(config: ProcessorConfig, settings: Settings) -> int:
+    """Make the processors' own topics and warn about the replication of every topic; the
+    replicas of faust's (the cluster's default when the settings name none: faust needs it)."""
+    # The flow-control topic is the processors' own (processors/flow_gate.py): made here with the
+    # changelogs, so that processors upgraded onto a cluster without it do not stall sending to it.
+    specs = topic_specs(settings)
+    own = [spec for spec in specs if spec.name == settings.topics.flow_control]
+    own += [*changelog_specs(config, settings), faust_topic_spec(config, settings)]
+    # Topics with other replicas than asked: a warning, not a refusal to run (`steplog topics
+    # ensure` fails over them and says how to align them).
+    reports = await ensure_topics(settings.kafka_bootstrap, own,
+                                  on_replica_mismatch=ReplicaMismatchPolicy.WARN)
+    ensured = {report.name for report in reports}
+    await check_replication(settings.kafka_bootstrap,
+                            [spec for spec in specs if spec.name not in ensured])
+    return next(r.replicas for r in reports if r.name == config.faust_leader_topic)
 
 
 @dataclass
@@ -131,10 +166,8 @@ def run_processors(
     path = chdb_path(settings.clickhouse_dsn)
     if path is not None and not supervised:
         claim_stack(settings, path, sql_port or 0)
-    # The flow-control topic is the processors' own (processors/flow_gate.py): made here with the
-    # changelogs, so that processors upgraded onto a cluster without it do not stall sending to it.
-    own = [spec for spec in topic_specs(settings) if spec.name == settings.topics.flow_control]
-    asyncio.run(ensure_topics(settings.kafka_bootstrap, [*own, *changelog_specs(config, settings)]))
+    replicas = asyncio.run(ensure_processors_topics(config, settings))
+    config = dataclasses.replace(config, replication_factor=replicas)
     # Bound before the consumers join: their client id names the port (processors/membership.py).
     health_socket = bind_health_socket(settings.health_host, settings.health_port)
     membership = claim_membership(
@@ -273,16 +306,19 @@ def logged_in_to_local_broker(settings: Settings) -> Settings:
     return secured
 
 
-def run_dev(settings: Settings, *, sql_port: int, hooks: StackHooks | None = None) -> None:
+def run_dev(
+    settings: Settings, *, sql_port: int, hooks: StackHooks | None = None, brokers: int = 1
+) -> None:
     """The whole local stack in the foreground; Ctrl-C stops everything it started. The
     processors run in a child process, restarted when they die (steplog/server/supervisor.py);
     the web service (dashboard, API, ingestion) on a thread of this one, on
-    STEPLOG_API_PORT."""
+    STEPLOG_API_PORT. `brokers` > 1: a local cluster of that many nodes (broker/cluster.py),
+    whose every node settings.kafka_bootstrap lists."""
     path = chdb_path(settings.clickhouse_dsn)
     if path is not None:
         # First of all: a command run while the stack starts waits for its SQL endpoint.
         claim_stack(settings, path, sql_port)
-    broker = LocalBroker.from_settings(settings)
+    broker = local_kafka(settings, brokers)
     started_here = not broker.status().running
     broker.start()
     log.warning("Kafka on %s", broker.bootstrap)

@@ -156,8 +156,16 @@ def test_over_the_limit_is_answered_not_queued(settings: Settings, clickhouse: C
     one = SqlLimits(limits.max_execution_s, limits.max_memory_mb, limits.max_result_rows,
                     limits.max_result_bytes, max_concurrent_queries=1)
     with serving(settings, one) as endpoint:
-        slow = threading.Thread(target=http, args=(endpoint.url,),
-                                kwargs={"key": endpoint.keys.read, "body": b"SELECT sleep(1)"})
+        answers: list[str] = []
+
+        def run_slow() -> None:
+            # Until admitted: a poll below may take the one slot first (a loaded machine).
+            while (got := http(endpoint.url, key=endpoint.keys.read,
+                               body=b"SELECT sleep(1)")).status == 503:
+                pass
+            answers.append(got.body)
+
+        slow = threading.Thread(target=run_slow)
         slow.start()
         try:
             def refused() -> bool:
@@ -166,3 +174,4 @@ def test_over_the_limit_is_answered_not_queued(settings: Settings, clickhouse: C
             wait_for(refused, timeout=5, what="a 503 while the slow query runs")
         finally:
             slow.join(30)
+        assert answers == ["0\n"]

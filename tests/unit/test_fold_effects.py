@@ -406,8 +406,8 @@ def test_state_of_format_2_is_read_without_the_parents_workflow_and_attempt() ->
         0, app=APP, parent_run_id="order-1", parent_step_key="fraud",
         parent_flow="order.process", parent_step_attempt=2)])
     stored = pickle.loads(state.to_bytes()[5:])
-    assert stored[8][-2:] == ("order.process", 2)
-    format_2 = (*stored[:8], stored[8][:-2], *stored[9:-1])  # without format 4's created_at
+    assert stored[8][-3:-1] == ("order.process", 2)  # then format 6's runner
+    format_2 = (*stored[:8], stored[8][:-3], *stored[9:-1])  # without format 4's created_at
     restored = RunState.from_bytes(b"SLRS\x02" + pickle.dumps(format_2))
 
     assert state.started is not None

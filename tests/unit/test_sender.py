@@ -10,22 +10,20 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
-from aiokafka.errors import (
-    CorruptRecordException,
-    KafkaTimeoutError,
-    NotLeaderForPartitionError,
-    OutOfOrderSequenceNumber,
-)
+from aiokafka.errors import CorruptRecordException, OutOfOrderSequenceNumber
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.structs import TopicPartition
 
 from steplog.errors import DeliveryFailing, DeliveryRecovered, SendError
 from steplog.producers.delivery_loop import DeliveryLoop
 from steplog.producers.kafka_logs import SenderThreadLogLimit
 from steplog.producers.outage_report import OutageReport
-from steplog.producers.record_batches import ChunkOutcome, ChunkSender, Message, ProducerDiscarded
-from steplog.producers.send_buffer import DeliveryCounts, SendBuffer
+from steplog.producers.partition_lanes import PartitionLanes
+from steplog.producers.record_batches import Message, ProducerDiscarded, key_partition
+from steplog.producers.send_buffer import DeliveryCounts, SendBuffer, SenderStats
 from steplog.producers.sender import EventSender
 
 
@@ -127,10 +125,10 @@ def test_closing_with_the_broker_down_waits_at_most_close_timeout_and_drops_the_
         sender.send(b"run-1", b"{}")
 
 
-# --- delivery in record batches, against a producer stand-in --------------------------------
-# The batch path's failure handling cannot be provoked on a healthy broker; these drive one
-# attempt of ChunkSender.send with a stand-in that fails chosen events, counting into a
-# SendBuffer the chunk was taken from (what is neither acknowledged nor refused stays in flight).
+# --- delivery by partition lanes, against a producer stand-in --------------------------------
+# What a partition's failures do to the others cannot be provoked on demand on a real broker
+# (tests/integration/test_sender_partitions.py kills a real one); these run the DeliveryLoop
+# with stand-ins that fail chosen events or have partitions without a leader.
 
 
 class _Batch:
@@ -150,16 +148,22 @@ class _Batch:
 
 
 class _Cluster:
-    def __init__(self, leader: int) -> None:
-        self.leader = leader
+    def __init__(self, leaders: dict[int, int]) -> None:
+        self.leaders = leaders
 
-    def leader_for_partition(self, partition: object) -> int:
-        return self.leader
+    def leader_for_partition(self, partition: TopicPartition) -> int:
+        return self.leaders[partition.partition]
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return set(self.leaders)
 
 
 class _Client:
-    def __init__(self, leader: int) -> None:
-        self.cluster = _Cluster(leader)
+    def __init__(self, leaders: dict[int, int]) -> None:
+        self.cluster = _Cluster(leaders)
+
+    def force_metadata_update(self) -> None:
+        pass
 
     async def close(self) -> None:
         pass
@@ -178,26 +182,26 @@ class _Accumulator:
 
     def fail_all(self, exc: BaseException) -> None:
         for future in self.held:
-            future.set_exception(exc)
+            if not future.done():
+                future.set_exception(exc)
 
 
 class _Producer:
-    """Batches of 3 events on partitions 0-2. A batch holding a value in `refuse` is refused
-    (non-retriable), in `unavailable` fails retriably, in `expire` times out, in `out_of_order`
-    fails with OutOfOrderSequenceNumber. Discardable as producers.producer_watch does it."""
+    """Batches of 3 events on partitions 0-2, each led by broker 1 unless `leaders` says
+    otherwise (-1: no leader). A batch holding a value in `refuse` is refused (non-retriable),
+    in `out_of_order` fails with OutOfOrderSequenceNumber (once each); a batch for a partition
+    in `hold` is kept undelivered until the producer is discarded, as producers.producer_watch
+    does it."""
 
     def __init__(self, *, refuse: frozenset[bytes] = frozenset(),
-                 unavailable: frozenset[bytes] = frozenset(),
-                 expire: frozenset[bytes] = frozenset(),
-                 out_of_order: frozenset[bytes] = frozenset()) -> None:
-        self.failures: list[tuple[frozenset[bytes], type[Exception]]] = [
-            (unavailable, NotLeaderForPartitionError),
-            (expire, KafkaTimeoutError),
-            (out_of_order, OutOfOrderSequenceNumber),
-            (refuse, CorruptRecordException),
-        ]
+                 out_of_order: set[bytes] | None = None,
+                 leaders: dict[int, int] | None = None, hold: frozenset[int] = frozenset()
+                 ) -> None:
+        self.refuse = refuse
+        self.out_of_order = out_of_order if out_of_order is not None else set()
+        self.hold = hold
         self.batches: list[tuple[int, list[bytes]]] = []
-        self.client = _Client(leader=1)
+        self.client = _Client(leaders if leaders is not None else {0: 1, 1: 1, 2: 1})
         self._message_accumulator = _Accumulator()
         self._sender = _SenderTask()
         self.stopped = False
@@ -209,46 +213,83 @@ class _Producer:
         return _Batch(3)
 
     async def send_batch(self, batch: _Batch, topic: str, *, partition: int) -> asyncio.Future[object]:
+        assert self.client.cluster.leaders[partition] != -1, "a batch for a leaderless partition"
         values = [value for _, value in batch.messages]
         self.batches.append((partition, values))
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        error = next((kind for chosen, kind in self.failures if chosen & set(values)), None)
-        if error is None:
-            future.set_result(None)
+        if partition in self.hold:
+            self._message_accumulator.held.append(future)
+        elif self.refuse & set(values):
+            future.set_exception(CorruptRecordException())
+        elif self.out_of_order & set(values):
+            self.out_of_order -= set(values)
+            future.set_exception(OutOfOrderSequenceNumber())
         else:
-            future.set_exception(error())
+            future.set_result(None)
         return future
+
+    def delivered(self, partition: int | None = None) -> list[bytes]:
+        return [value for p, values in self.batches if partition in (None, p)
+                for value in values]
 
     async def stop(self) -> None:
         self.stopped = True
 
 
+def _key_of(partition: int) -> bytes:
+    """A run key that the default partitioner puts on `partition` of 3."""
+    return next(key for n in range(1000) if key_partition(key := b"run-%d" % n, [0, 1, 2]) == partition)
+
+
 class _Delivery:
-    """A chunk taken from a SendBuffer for delivery, its ChunkSender, and what was refused."""
+    """A DeliveryLoop over a SendBuffer, connecting the given producers in turn."""
 
-    def __init__(self, messages: list[Message]) -> None:
+    def __init__(self, producers: list[_Producer], *, max_lane_bytes: int = 1 << 30) -> None:
         self.buffer = SendBuffer("events", max_bytes=1 << 30)
+        self.producers = producers
+        self.connected: list[float] = []
+        self.reported: list[tuple[float, BaseException]] = []
+        self.told: list[BaseException] = []
+        self.loop = DeliveryLoop(
+            self.buffer, "events", unreachable_bootstrap(), chunk_size=100, linger_ms=0,
+            max_event_bytes=1 << 20, max_lane_bytes=max_lane_bytes,
+            report=lambda exc: self.reported.append((time.monotonic(), exc)),
+            tell=self.told.append, connect=self._connect,
+        )
+
+    async def _connect(self) -> _Producer:
+        self.connected.append(time.monotonic())
+        return self.producers[min(len(self.connected), len(self.producers)) - 1]
+
+    def send(self, messages: list[Message]) -> None:
         for key, value in messages:
-            self.buffer.append(key, value)
-        self.chunk = self.buffer.take(len(messages))
-        self.refused: list[BaseException] = []
-        self.chunks = ChunkSender("events", self.buffer.acknowledged, self._refuse)
+            if self.buffer.append(key, value):
+                self.loop.wake()
 
-    def _refuse(self, count: int, exc: BaseException) -> None:
-        self.buffer.refused(count)
-        self.refused.append(exc)
+    async def until(self, done: Callable[[], bool], timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert time.monotonic() < deadline, "not done in time"
+            await asyncio.sleep(0.01)
 
-    def attempt(
-        self, producer: _Producer, chunk: list[Message], alone: dict[int, int]
-    ) -> ChunkOutcome:
-        return asyncio.run(self.chunks.send(producer, chunk, alone))
+    def run(self, scenario: Callable[[_Delivery], Awaitable[None]]) -> None:
+        async def main() -> None:
+            running = asyncio.ensure_future(self.loop.run())
+            try:
+                await scenario(self)
+            finally:
+                self.buffer.close()
+                self.loop.stop()
+                await asyncio.wait_for(running, timeout=10)
 
-    def in_flight(self) -> int:
-        return self.buffer.counts().undelivered
+        asyncio.run(main())
+
+    def stats(self) -> SenderStats:
+        return self.buffer.stats()
 
 
-def _events(count: int, key: bytes = b"run-1") -> list[Message]:
-    return [(key, b"e%d" % n) for n in range(count)]
+def _events(count: int, key: bytes = b"run-1", first: int = 0) -> list[Message]:
+    return [(key, b"e%d" % n) for n in range(first, first + count)]
 
 
 def _values(messages: list[Message]) -> list[bytes]:
@@ -256,129 +297,128 @@ def _values(messages: list[Message]) -> list[bytes]:
 
 
 def test_events_go_in_batches_to_the_default_partitioners_partition() -> None:
-    delivery = _Delivery(_events(7, key=b"req_123") + [(b"req_456", b"other")])
     producer = _Producer()
-    outcome = delivery.attempt(producer, delivery.chunk, {})
+    delivery = _Delivery([producer])
+
+    async def scenario(d: _Delivery) -> None:
+        d.send(_events(7, key=b"req_123") + [(b"req_456", b"other")])
+        await d.until(lambda: d.stats().sent == 8)
+
+    delivery.run(scenario)
     expected = DefaultPartitioner()(b"req_123", [0, 1, 2], [0, 1, 2])
     assert [b for b in producer.batches if b[0] == expected][:3] == [
         (expected, [b"e0", b"e1", b"e2"]), (expected, [b"e3", b"e4", b"e5"]), (expected, [b"e6"])
     ]
-    assert outcome.retry == [] and not outcome.spoiled
-    assert delivery.buffer.stats().sent == 8 and delivery.in_flight() == 0
+    assert delivery.buffer.counts().undelivered == 0 and delivery.reported == []
 
 
 def test_a_refused_batch_is_sent_again_one_per_batch_so_only_the_bad_event_fails() -> None:
-    delivery = _Delivery(_events(7))
     producer = _Producer(refuse=frozenset({b"e4"}))
-    pending, attempts = delivery.chunk, 0
-    alone: dict[int, int] = {}
-    while pending:
-        outcome = delivery.attempt(producer, pending, alone)
-        # A failed batch took sequence numbers the broker never recorded: each attempt after
-        # one goes through a new producer (here: the same stand-in, which keeps no numbers).
-        assert outcome.cause is None  # a bad record is no outage
-        pending, alone, attempts = outcome.retry, outcome.alone, attempts + 1
+    delivery = _Delivery([producer])
+
+    async def scenario(d: _Delivery) -> None:
+        d.send(_events(7))
+        await d.until(lambda: d.stats().sent + d.stats().failed == 7)
+
+    delivery.run(scenario)
+    # After the refused batch, through a new producer (here: the same stand-in).
     assert [values for _, values in producer.batches][1:] == [
         [b"e3", b"e4", b"e5"], [b"e3"], [b"e4"], [b"e5"], [b"e6"]
     ]
-    stats = delivery.buffer.stats()
-    assert (stats.sent, stats.failed, attempts, delivery.in_flight()) == (6, 1, 3, 0)
-    assert len(delivery.refused) == 1 and isinstance(delivery.refused[0], CorruptRecordException)
+    stats = delivery.stats()
+    assert (stats.sent, stats.failed) == (6, 1)
+    [(_, refused)] = delivery.reported  # a bad record is no outage
+    assert isinstance(refused, CorruptRecordException)
 
 
-def test_a_retriable_batch_failure_holds_back_everything_behind_it_in_order() -> None:
-    delivery = _Delivery(_events(8))
-    producer = _Producer(unavailable=frozenset({b"e4"}))
-    outcome = delivery.attempt(producer, delivery.chunk, {})
-    assert _values(outcome.retry) == [b"e3", b"e4", b"e5", b"e6", b"e7"]
-    assert [values for _, values in producer.batches] == [[b"e0", b"e1", b"e2"], [b"e3", b"e4", b"e5"]]
-    assert isinstance(outcome.cause, NotLeaderForPartitionError) and outcome.spoiled
-    assert delivery.buffer.stats().sent == 3 and delivery.in_flight() == 5
+def test_a_partition_without_a_leader_holds_back_only_its_own_events() -> None:
+    leaders = {0: 1, 1: 1, 2: 1}
+    stuck = 1
+    leaders[stuck] = -1
+    producer = _Producer(leaders=leaders)
+    delivery = _Delivery([producer])
+    others = [p for p in (0, 1, 2) if p != stuck]
+
+    async def scenario(d: _Delivery) -> None:
+        for n in range(5):  # five waves on every partition while partition 1 has no leader
+            for partition in (0, 1, 2):
+                d.send(_events(4, key=_key_of(partition), first=n * 4))
+            await d.until(lambda: d.stats().sent == (n + 1) * 4 * len(others))
+        assert producer.delivered(stuck) == []  # never handed to the producer meanwhile
+        leaders[stuck] = 2  # Kafka names a leader
+        began = time.monotonic()
+        await d.until(lambda: d.stats().sent == 60)
+        assert time.monotonic() - began < 1.0  # the lane looks again every 0.25 s
+
+    delivery.run(scenario)
+    assert producer.delivered(stuck) == [b"e%d" % n for n in range(20)]  # in order
+    for partition in others:
+        assert producer.delivered(partition) == [b"e%d" % n for n in range(20)]
+    assert len(delivery.connected) == 1  # no producer discarded for it
+    [(_, failing)] = delivery.reported
+    assert isinstance(failing, DeliveryFailing) and "no leader" in str(failing.cause)
+    assert len(delivery.told) == 1 and isinstance(delivery.told[0], DeliveryRecovered)
+    assert delivery.stats().failed == 0
 
 
-def test_a_batch_that_expired_without_a_broker_is_retried_not_counted_failed() -> None:
-    delivery = _Delivery(_events(4))
-    producer = _Producer(expire=frozenset({b"e1"}))
-    outcome = delivery.attempt(producer, delivery.chunk, {})
-    assert _values(outcome.retry) == [b"e0", b"e1", b"e2", b"e3"]
-    assert outcome.spoiled  # it was numbered: this producer's next batch would be out of order
-    assert delivery.buffer.stats().failed == 0 and delivery.in_flight() == 4
+def test_a_lost_sequence_replaces_the_producer_and_resends_never_counted_failed() -> None:
+    first = _Producer(out_of_order={b"e3"}, hold=frozenset({0}))
+    second = _Producer()
+    delivery = _Delivery([first, second])
+
+    async def scenario(d: _Delivery) -> None:
+        d.send(_events(6, key=_key_of(2)) + _events(2, key=_key_of(0)))
+        await d.until(lambda: d.stats().sent == 8)
+
+    delivery.run(scenario)
+    assert first.stopped and len(delivery.connected) == 2
+    # Partition 2: e0-e2 through the first, e3 on through the second, in order; partition 0's
+    # batch held by the discarded producer is re-sent through the second.
+    assert second.delivered(2) == [b"e3", b"e4", b"e5"]
+    assert second.delivered(0) == [b"e0", b"e1"]
+    stats = delivery.stats()
+    assert stats.failed == 0 and stats.retried >= 3
 
 
-def test_a_lost_sequence_is_retried_through_a_new_producer_never_counted_failed() -> None:
-    delivery = _Delivery(_events(6))
-    producer = _Producer(out_of_order=frozenset({b"e3"}))
-    outcome = delivery.attempt(producer, delivery.chunk, {})
-    assert _values(outcome.retry) == [b"e3", b"e4", b"e5"]
-    assert outcome.spoiled and isinstance(outcome.cause, OutOfOrderSequenceNumber)
-    assert (delivery.buffer.stats().failed, delivery.refused) == (0, [])
+def test_a_producer_holding_a_batch_for_a_leaderless_partition_is_discarded() -> None:
+    leaders = {0: 1, 1: 1, 2: 1}
+    held = _Producer(leaders=leaders, hold=frozenset({0, 1, 2}))
+    healthy = _Producer()
+    delivery = _Delivery([held, healthy])
 
+    async def scenario(d: _Delivery) -> None:
+        d.send(_events(4))
+        await d.until(lambda: bool(held.batches))
+        leaders.update({0: -1, 1: -1, 2: -1})  # what a broker's death leaves with replication 1
+        await d.until(lambda: bool(d.told), timeout=30)
 
-# --- the watchdog, the outage's reports and aiokafka's log lines -----------------------------
-
-
-class _LeaderlessProducer(_Producer):
-    """Takes batches and never delivers them, its partitions without a leader (what a broker's
-    controlled shutdown leaves in the metadata)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.client = _Client(leader=-1)
-
-    async def send_batch(self, batch: _Batch, topic: str, *, partition: int) -> asyncio.Future[object]:
-        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self._message_accumulator.held.append(future)
-        return future
-
-
-def test_a_producer_whose_partitions_lost_their_leader_is_discarded_for_a_new_one() -> None:
-    buffer = SendBuffer("events", max_bytes=1 << 30)
-    for _, value in _events(4):
-        buffer.append(b"run-1", value)
-    leaderless, healthy = _LeaderlessProducer(), _Producer()
-    connected: list[float] = []
-    reported: list[tuple[float, BaseException]] = []
-    told: list[BaseException] = []
-
-    async def connect() -> _Producer:
-        connected.append(time.monotonic())
-        return [leaderless, healthy][len(connected) - 1]
-
-    async def deliver() -> None:
-        recovered = asyncio.Event()
-
-        def tell(exc: BaseException) -> None:
-            told.append(exc)
-            recovered.set()
-
-        delivery = DeliveryLoop(
-            buffer, "events", unreachable_bootstrap(), chunk_size=100, linger_ms=0,
-            max_event_bytes=1 << 20,
-            report=lambda exc: reported.append((time.monotonic(), exc)),
-            tell=tell,
-            connect=connect,
-        )
-        running = asyncio.ensure_future(delivery.run())
-        try:
-            await asyncio.wait_for(recovered.wait(), timeout=30)
-        finally:
-            buffer.close()
-            delivery.stop()
-            await asyncio.wait_for(running, timeout=10)
-
-    asyncio.run(deliver())
+    delivery.run(scenario)
     # The first producer: cut off within seconds, its events re-sent through the second.
-    assert leaderless.stopped and len(connected) == 2
-    [(reported_at, failing)] = reported
+    assert held.stopped and len(delivery.connected) == 2
+    [(reported_at, failing)] = delivery.reported
     assert isinstance(failing, DeliveryFailing) and isinstance(failing.cause, ProducerDiscarded)
     assert "no leader" in str(failing.cause)
-    assert 1.0 <= reported_at - connected[0] < 3.0
-    assert [value for _, values in healthy.batches for value in values] == _values(_events(4))
-    # Recovering is told, never reported as a failure.
-    assert len(told) == 1 and isinstance(told[0], DeliveryRecovered)
-    stats = buffer.stats()
-    assert (stats.sent, stats.retried, stats.failed, buffer.counts().undelivered) == (4, 4, 0, 0)
+    assert 1.0 <= reported_at - delivery.connected[0] < 3.0
+    assert healthy.delivered() == _values(_events(4))
+    assert len(delivery.told) == 1 and isinstance(delivery.told[0], DeliveryRecovered)
+    stats = delivery.stats()
+    assert (stats.sent, stats.retried, stats.failed) == (4, 4, 0)
     assert healthy.stopped  # closing discards the producer
+
+
+def test_a_failing_lane_over_the_bound_sheds_its_oldest_while_others_deliver() -> None:
+    lanes = PartitionLanes(max_bytes=100)
+    lanes.route({0: [(b"k", b"x" * 9)] * 12, 1: [(b"k", b"y" * 9)]}, from_spool=False)
+    [stuck, healthy] = sorted(lanes, key=lambda lane: lane.partition)
+    stuck.sending = 2
+    assert lanes.shed() == (0, 0)  # nobody failing: back-pressure only
+    stuck.failures = 1
+    assert lanes.shed() == (3, 0)  # down to the bound, the batch in flight kept
+    assert (len(stuck.entries), lanes.bytes, lanes.events) == (9, 100, 10)
+    healthy.failures = 1
+    lanes.route({0: [(b"k", b"x" * 9)]}, from_spool=True)
+    assert lanes.shed() == (0, 0)  # all failing (an outage): nothing to make room for
+    assert lanes.delivered(healthy, 1) == 0 and healthy.failures == 0
 
 
 def test_an_outage_is_told_once_when_it_starts_and_once_when_it_ends(

@@ -120,23 +120,27 @@ def test_the_buffer_spills_its_oldest_and_takes_from_the_spool_first(tmp_path: P
     for key, value in events(0, 5):
         buffer.append(key, value)
     in_flight = buffer.take(3)  # the spool is empty: from memory
+    assert numbers(in_flight.messages) == [0, 1, 2] and not in_flight.from_spool
     for key, value in events(5, 20):
         buffer.append(key, value)  # 3..14 spill, behind the chunk in flight
     stats = buffer.stats()
     assert (stats.spooled, stats.buffered, stats.dropped) == (12, 10, 0)
-    # The chunk fails: it goes before what was spilled behind it, and is taken first.
-    assert buffer.set_aside(in_flight)
+    # The chunk in flight stays with its partitions' lanes (they retry it in order); the
+    # spool goes before what is in memory.
     taken = buffer.take(100)
-    assert numbers(taken) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
-    buffer.acknowledged(len(taken))
-    assert numbers(buffer.take(100)) == list(range(15, 25))
+    assert numbers(taken.messages) == list(range(3, 15)) and taken.from_spool
+    buffer.acknowledged(len(taken.messages), spooled=len(taken.messages))
+    assert numbers(buffer.take(100).messages) == list(range(15, 25))
+    assert buffer.counts().undelivered == 3 + 10
+    buffer.acknowledged(13)
+    assert buffer.wait_drained(timeout=0)
 
 
 def test_closing_keeps_what_is_undelivered_in_the_spool_in_its_order(tmp_path: Path) -> None:
     buffer = SendBuffer("events", max_bytes=10 * 25, spool=Spool(tmp_path, MIN_SPOOL_BYTES))
     for key, value in events(0, 3):
         buffer.append(key, value)
-    in_flight = buffer.take(3)
+    in_flight = buffer.take(3).messages
     for key, value in events(3, 15):
         buffer.append(key, value)
     buffer.close()

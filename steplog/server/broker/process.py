@@ -13,6 +13,10 @@ Everything the node owns lives in its data dir:
 
 Every file is written 0600: a secured broker's server.properties holds the admin's password.
 
+A node of a multi-node cluster (cluster.py) is a LocalBroker with a `QuorumSeat`: its node id,
+the cluster's id and controller voters, and the cluster's broker defaults; without one it is a
+single-node cluster of its own.
+
 The pid file is a hint, never trusted alone: a pid counts as this data dir's broker only while
 /proc shows a live `kafka.Kafka` process started with this data dir's server.properties, so a
 pid reused by an unrelated process after a crash is treated as stale, not killed.
@@ -31,7 +35,8 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine, Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
@@ -77,6 +82,32 @@ class BrokerStatus(BaseModel):
     data_dir: Path
 
 
+@dataclass(frozen=True)
+class QuorumSeat:
+    """A node's place in a multi-node KRaft cluster whose every node is broker and controller.
+
+    `voters` maps each node id to its controller port: the static quorum every node is
+    configured with (`controller.quorum.voters`), so the nodes need no bootstrap of the voter
+    set and all of them are formatted alike, with `cluster_id`. `properties` are the cluster's
+    broker defaults (replication, fencing) on top of the node's own configuration.
+    """
+
+    node_id: int
+    cluster_id: str
+    voters: Mapping[int, int]
+    properties: Mapping[str, str] = field(default_factory=dict)
+
+
+# A single node hosts one replica of everything: Kafka's internal topics default to 3 replicas.
+_SINGLE_NODE_PROPERTIES: Mapping[str, str] = {
+    "offsets.topic.replication.factor": "1",
+    "transaction.state.log.replication.factor": "1",
+    "transaction.state.log.min.isr": "1",
+    "share.coordinator.state.topic.replication.factor": "1",
+    "share.coordinator.state.topic.min.isr": "1",
+}
+
+
 class _PidRecord(BaseModel):
     pid: int
     port: int
@@ -94,6 +125,10 @@ class LocalBroker:
     `secure`: SASL/SCRAM and ACLs (security.py). A data dir is secured or not from its first
     start (the admin's credential is created with the storage): starting it the other way is
     refused, rather than opening a secured log or locking out a plain one's clients.
+
+    `quorum`: this broker is one node of a multi-node cluster (cluster.py); its controller
+    listens on its voter's port. Not with `secure` (each node's data dir would draw an admin
+    password of its own, and the nodes must share one).
     """
 
     def __init__(
@@ -106,7 +141,15 @@ class LocalBroker:
         version: str = DEFAULT_VERSION,
         cache_dir: Path,
         secure: bool = False,
+        quorum: QuorumSeat | None = None,
     ) -> None:
+        if quorum is not None:
+            controller_port = _seat_controller_port(quorum, controller_port)
+            if secure:
+                raise BrokerError(
+                    f"node {quorum.node_id} of a local cluster: a secured (SASL/SCRAM) cluster is "
+                    f"not supported locally; start a single secured broker instead"
+                )
         for name, value in (("port", port), ("controller_port", controller_port)):
             if value is not None and not 0 < value < 65536:
                 raise BrokerError(f"{name}={value}: expected a TCP port between 1 and 65535")
@@ -122,6 +165,7 @@ class LocalBroker:
         self.version = version
         self.cache_dir = cache_dir
         self.secure = secure
+        self.quorum = quorum
         self._process: subprocess.Popen[bytes] | None = None
 
     @classmethod
@@ -133,17 +177,9 @@ class LocalBroker:
         That host must be 127.0.0.1 or localhost: the local broker only ever serves loopback.
         `data_dir` defaults to `<settings.data_dir>/kafka`.
         """
-        first = settings.kafka_bootstrap.split(",")[0]
-        host, _, port_text = first.rpartition(":")
-        if host not in (LOOPBACK, "localhost"):
-            raise BrokerError(
-                f"STEPLOG_KAFKA_BOOTSTRAP={settings.kafka_bootstrap!r}: the local broker only "
-                f"serves loopback, so the first host must be {LOOPBACK} or localhost, "
-                f"not {host!r}"
-            )
         return cls(
             data_dir if data_dir is not None else settings.data_dir / "kafka",
-            port if port is not None else int(port_text),
+            port if port is not None else loopback_ports(settings.kafka_bootstrap)[0],
             heap=settings.broker_heap,
             version=settings.kafka_version,
             cache_dir=settings.cache_dir,
@@ -170,7 +206,7 @@ class LocalBroker:
         """Create SCRAM user `username` (or give it a new password) on this running, secured
         broker and grant it `acls` (security.produce_acls, consume_acls); returns how it logs
         in. The password is the caller's to keep: the broker stores only a salted hash."""
-        return _run_blocking(add_user(self.admin_access(), username, password, acls))
+        return run_blocking(add_user(self.admin_access(), username, password, acls))
 
     def _security(self) -> KafkaSecurity:
         return self.admin_access().security if self.secure else PLAINTEXT
@@ -209,7 +245,7 @@ class LocalBroker:
             record = _PidRecord(pid=process.pid, port=self.port, controller_port=controller_port)
             self._write_pid_file(record)
             try:
-                _run_blocking(
+                run_blocking(
                     _wait_until_answering(
                         self.bootstrap, deadline, lambda: process.poll() is not None,
                         self._security(),
@@ -241,11 +277,19 @@ class LocalBroker:
         SIGTERM lets Kafka shut down cleanly (flush, close the logs), so the next start skips
         log recovery. No-op if no broker of this data dir runs; removes the pid file.
         """
+        self._end(lambda pid: self._terminate(pid, timeout))
+
+    def kill(self) -> None:
+        """SIGKILL this data dir's broker, as a crash or a power cut would end it: no controlled
+        shutdown, no flush (failover tests). No-op if none runs; removes the pid file."""
+        self._end(self._kill)
+
+    def _end(self, how: Callable[[int], None]) -> None:
         with exclusive_lock(self._path("broker.lock")):
             record = self._live_record()
             pid = record.pid if record is not None else self._own_live_pid()
             if pid is not None:
-                self._terminate(pid, timeout)
+                how(pid)
             self._path("broker.pid").unlink(missing_ok=True)
 
     def status(self) -> BrokerStatus:
@@ -281,7 +325,7 @@ class LocalBroker:
             )
         # It may be a broker another process is still starting: give it until the deadline.
         try:
-            _run_blocking(
+            run_blocking(
                 _wait_until_answering(
                     self.bootstrap, deadline, lambda: not self._is_our_broker(record.pid),
                     self._security(),
@@ -294,19 +338,19 @@ class LocalBroker:
             ) from None
 
     def _choose_controller_port(self) -> int:
-        if self.controller_port is not None:
+        if self.controller_port is not None:  # always so for a node of a cluster
             self._require_port_free(self.controller_port, "controller_port")
             return self.controller_port
         # Keep the previous start's controller port when it is still free: the controller's
         # endpoint is also recorded in the metadata log's voter set, so keeping it avoids a
         # needless change there. Otherwise any free port will do for a single-node quorum.
         previous = _previous_controller_port(self._path("server.properties"))
-        if previous is not None and previous != self.port and _port_is_free(previous):
+        if previous is not None and previous != self.port and port_is_free(previous):
             return previous
-        return _free_loopback_port(avoid=self.port)
+        return free_loopback_port(avoid={self.port})
 
     def _require_port_free(self, port: int, name: str) -> None:
-        if not _port_is_free(port):
+        if not port_is_free(port):
             raise BrokerError(
                 f"{name} {port} on {LOOPBACK} is already in use by another process; the Kafka "
                 f"broker of {self.data_dir} cannot listen there (choose another port or stop "
@@ -330,11 +374,18 @@ class LocalBroker:
         return load_or_create_admin(self.data_dir) if self.secure else None
 
     def _write_config(self, controller_port: int, admin: BrokerCredentials | None) -> None:
+        seat = self.quorum
         properties = {
-            # One JVM is both the KRaft controller and the broker: a one-node cluster.
+            # One JVM is both the KRaft controller and the broker (of a cluster of one or more).
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.bootstrap.servers": f"{LOOPBACK}:{controller_port}",
+            "node.id": str(seat.node_id if seat is not None else 1),
+            **(
+                {"controller.quorum.voters": ",".join(
+                    f"{node}@{LOOPBACK}:{port}" for node, port in sorted(seat.voters.items())
+                )}
+                if seat is not None
+                else {"controller.quorum.bootstrap.servers": f"{LOOPBACK}:{controller_port}"}
+            ),
             # Loopback only, ever: a dev broker must not be reachable from the network.
             "listeners": (
                 f"PLAINTEXT://{LOOPBACK}:{self.port},CONTROLLER://{LOOPBACK}:{controller_port}"
@@ -344,12 +395,7 @@ class LocalBroker:
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "log.dirs": str(self._path("data")),
-            # Internal topics default to 3 replicas, which one node cannot host.
-            "offsets.topic.replication.factor": "1",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            **(seat.properties if seat is not None else _SINGLE_NODE_PROPERTIES),
             # The 3 s default waits for more consumers to join; tests and dev want it now.
             "group.initial.rebalance.delay.ms": "0",
         }
@@ -392,11 +438,12 @@ class LocalBroker:
             "kafka.tools.StorageTool",
             "format",
             "--cluster-id",
-            _new_cluster_id(),
+            self.quorum.cluster_id if self.quorum is not None else new_cluster_id(),
             "--config",
             str(properties),
-            # A dynamic quorum of one voter: this node, at the controller listener.
-            "--standalone",
+            # A dynamic quorum of one voter: this node, at the controller listener. A cluster's
+            # node has the static voters of its configuration instead.
+            *(["--standalone"] if self.quorum is None else []),
             # SCRAM credentials live in the metadata log: the admin's is in it from the start.
             *(scram_format_arguments(admin) if admin is not None else []),
         ]
@@ -606,7 +653,22 @@ async def _answers_metadata(bootstrap: str, timeout: float, security: KafkaSecur
         await client.close()
 
 
-def _run_blocking(coroutine: Coroutine[Any, Any, _T]) -> _T:
+def loopback_ports(bootstrap: str) -> list[int]:
+    """The ports of `bootstrap`'s hosts, every one of which must be 127.0.0.1 or localhost: a
+    local broker only ever serves loopback."""
+    ports = []
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        if host not in (LOOPBACK, "localhost") or not port.isdigit():
+            raise BrokerError(
+                f"STEPLOG_KAFKA_BOOTSTRAP={bootstrap!r}: a local broker only serves loopback, "
+                f"so every host must be {LOOPBACK}:<port> or localhost:<port>, not {address!r}"
+            )
+        ports.append(int(port))
+    return ports
+
+
+def run_blocking(coroutine: Coroutine[Any, Any, _T]) -> _T:
     """Run `coroutine` to completion from sync code, even when called inside an event loop
     (a test or server calling start()): then it runs on a fresh loop in a worker thread."""
     try:
@@ -617,7 +679,7 @@ def _run_blocking(coroutine: Coroutine[Any, Any, _T]) -> _T:
         return pool.submit(asyncio.run, coroutine).result()
 
 
-def _port_is_free(port: int) -> bool:
+def port_is_free(port: int) -> bool:
     """Whether 127.0.0.1:`port` can be bound now.
 
     SO_REUSEADDR, as the JVM sets it, so that connections in TIME_WAIT from a previous run of
@@ -632,12 +694,13 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
-def _free_loopback_port(avoid: int) -> int:
+def free_loopback_port(avoid: Collection[int] = ()) -> int:
+    """A port of 127.0.0.1 free now and not in `avoid` (ports chosen but not yet bound)."""
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             probe.bind((LOOPBACK, 0))
             port: int = probe.getsockname()[1]
-        if port != avoid:
+        if port not in avoid:
             return port
 
 
@@ -650,7 +713,21 @@ def _previous_controller_port(properties: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _new_cluster_id() -> str:
+def _seat_controller_port(seat: QuorumSeat, controller_port: int | None) -> int:
+    """The controller port of `seat`'s node: its voter's, which `controller_port` may repeat."""
+    voter = seat.voters.get(seat.node_id)
+    if voter is None:
+        raise BrokerError(
+            f"node id {seat.node_id} is not among the cluster's voters {sorted(seat.voters)}"
+        )
+    if controller_port is not None and controller_port != voter:
+        raise BrokerError(
+            f"controller_port={controller_port}: node {seat.node_id} is the voter on port {voter}"
+        )
+    return voter
+
+
+def new_cluster_id() -> str:
     """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding, as Kafka's
     Uuid.randomUuid() makes them (and, like it, never starting with '-', which a command line
     would take for an option). Generated here to save a JVM start (`kafka-storage random-uuid`).
