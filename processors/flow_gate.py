@@ -8,26 +8,35 @@ A run of a workflow with a concurrency limit frees its slot when it ends: `flow.
 under the key value its start had (computed again from the same input and trigger, with the
 definition known now: a key path changed while runs were going leaves their old keys' slots
 taken; docs/workflows.md, Flow control).
+
+A start's priority is its workflow's `priority` expression evaluated here, once, on the start
+(`start_priority`); the request carries the value, so the flow consumer only compares numbers.
 """
 
 from __future__ import annotations
 
 import json
+import math
 
+from steplog.errors import ExpressionError
+from steplog.expressions import compile_expression
 from steplog.schemas.commands import StartRun
 from steplog.schemas.flow_control import (
+    PRIORITY_MAX,
+    PRIORITY_NAMES,
+    FlowControl,
     FlowRunEnded,
     FlowStartRequested,
     flow_key_value,
     start_document,
-    start_priority,
 )
+from steplog.schemas.limits import JsonValue, REASON_MAX_CHARS
 from steplog.schemas.flows import WorkflowDefinition
 from steplog.schemas.ids import derived_id
 
 from .fold.effects import WorkflowRunEnded
 
-__all__ = ["held_start", "released_slot"]
+__all__ = ["held_start", "released_slot", "start_priority"]
 
 
 def held_start(
@@ -41,12 +50,38 @@ def held_start(
     trigger = command.trigger
     document = start_document(command.input, trigger.name if trigger else "",
                               trigger.event_id if trigger else "")
+    priority, priority_error = start_priority(control, document)
     return FlowStartRequested(
         event_id=derived_id("flow-start", command.run_id), project=command.project,
         app=command.app, workflow=command.workflow, key=flow_key_value(control, document),
-        ts=command.ts, run_id=command.run_id, priority=start_priority(control, document),
-        control=control, command=command,
+        ts=command.ts, run_id=command.run_id, priority=priority,
+        priority_error=priority_error, control=control, command=command,
     )
+
+
+def start_priority(
+    control: FlowControl, document: dict[str, JsonValue]
+) -> tuple[int, str | None]:
+    """(priority, why it is 0 instead) of the start `document`: the priority expression's
+    integer value (a finite double is truncated) clamped to +-PRIORITY_MAX; 0 and the reason
+    when it has none (a missing field, another type, an expression the SDK did not check)."""
+    if control.priority is None:
+        return 0, None
+    try:
+        expression = compile_expression(control.priority, field="priority",
+                                        names=PRIORITY_NAMES)
+        value = expression.evaluate(document)
+    except ExpressionError as exc:
+        return 0, _reason(f"priority counted as 0: {exc}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return 0, _reason(
+            f"priority counted as 0: {control.priority!r} gave {value!r}, not a number"
+        )
+    return max(-PRIORITY_MAX, min(PRIORITY_MAX, int(value))), None
+
+
+def _reason(text: str) -> str:
+    return text if len(text) <= REASON_MAX_CHARS else text[: REASON_MAX_CHARS - 1] + "…"
 
 
 def released_slot(

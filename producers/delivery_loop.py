@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import LeaderNotAvailableError
+from aiokafka.errors import KafkaTimeoutError, LeaderNotAvailableError
 
 import steplog.kafka as kafka
 from steplog.errors import SendError
@@ -117,6 +117,8 @@ class DeliveryLoop:
         # The producer (None while there is none), its watchdog, and the connection backoff.
         self._producer: AIOKafkaProducer | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._discarding: set[asyncio.Task[None]] = set()
+        """Producers being discarded in the background: the loop ends only after them."""
         self._connecting = asyncio.Lock()
         self._connect_failures = 0
         self._connect_at = 0.0
@@ -151,6 +153,9 @@ class DeliveryLoop:
             for task in list(self._tasks.values()):
                 task.cancel()
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            # A discard under way (the watchdog's, a lane's) ends before the loop does, or its
+            # producer would be left unclosed and its task destroyed pending.
+            await asyncio.gather(*self._discarding, return_exceptions=True)
             self._drop_undelivered()
 
     async def _feed(self) -> bool:
@@ -326,10 +331,11 @@ class DeliveryLoop:
 
     async def _watch(self, producer: AIOKafkaProducer) -> None:
         reason = await cut_off(producer, self.topic, self._lanes, self._progress,
-                               lambda: self._buffer.closed, self._pause)
-        if producer is self._producer:
-            self._watchdog = None  # this task: not to be cancelled by the discard
-            await self._discard_producer(reason, producer)
+                               lambda: self._buffer.closed, self._pause,
+                               lambda why: self._note_failure(KafkaTimeoutError(why)))
+        # In a task of its own, which the loop waits for before it ends (the discard cancels
+        # this watchdog, which has returned by then).
+        self._drop_producer(producer, reason)
 
     async def _start_producer(self) -> AIOKafkaProducer:
         producer = kafka.producer(
@@ -352,9 +358,11 @@ class DeliveryLoop:
         return producer
 
     def _drop_producer(self, producer: AIOKafkaProducer, reason: str) -> None:
-        """From a lane: discard the producer in the background (the lanes' other batches
+        """From a lane or the watchdog: discard the producer in the background (the other batches
         in it fail and are re-sent through the next one)."""
-        asyncio.ensure_future(self._discard_producer(reason, producer))
+        task = asyncio.ensure_future(self._discard_producer(reason, producer))
+        self._discarding.add(task)
+        task.add_done_callback(self._discarding.discard)
 
     async def _discard_producer(self, reason: str, only: AIOKafkaProducer | None = None) -> None:
         """Stop the producer (`only` that one: not its successor) without waiting for what it

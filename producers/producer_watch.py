@@ -30,6 +30,7 @@ from .partition_lanes import PartitionLanes
 
 __all__ = [
     "LEADERLESS_GRACE_S",
+    "STALL_REPORT_S",
     "STALL_S",
     "DeliveryProgress",
     "cut_off",
@@ -51,6 +52,9 @@ LEADERLESS_GRACE_S: Final = 1.0
 # every partition it replicates until the controller fences it (broker.session.timeout.ms, 9 s
 # by default), so nothing at all may be acknowledged for that long on a healthy cluster.
 STALL_S: Final = 30.0
+# Nothing acknowledged for this long while batches wait is told as an outage (once, not a
+# discard): operators hear of a broker away or a failover within seconds, not after STALL_S.
+STALL_REPORT_S: Final = 5.0
 # A backstop: aiokafka's stop has no deadline of its own.
 _STOP_TIMEOUT_S: Final = 5.0
 
@@ -69,10 +73,12 @@ async def cut_off(
     progress: DeliveryProgress,
     closing: Callable[[], bool],
     pause: Callable[[float], Awaitable[None]],
+    stalled: Callable[[str], None],
 ) -> str:
     """Returns why the producer is cut off, once it is: the sender closes, a partition it
     holds a batch for has had no leader for LEADERLESS_GRACE_S (aiokafka retries that without
-    backoff), or it has held batches for STALL_S with nothing acknowledged."""
+    backoff), or it has held batches for STALL_S with nothing acknowledged. Meanwhile
+    `stalled(why)` is called at each look once nothing was acknowledged for STALL_REPORT_S."""
     leaderless_since: dict[int, float] = {}
     while True:
         await pause(_WATCH_INTERVAL_S)
@@ -93,6 +99,8 @@ async def cut_off(
             waiting_since = max(progress.acknowledged_at, min(lane.sent_at for lane in inside))
             if now - waiting_since >= STALL_S:
                 return f"Kafka acknowledged nothing for {STALL_S:g} s"
+            if now - waiting_since >= STALL_REPORT_S:
+                stalled(f"Kafka acknowledged nothing for {now - waiting_since:.0f} s")
 
 
 def leaderless(producer: AIOKafkaProducer, topic: str, partitions: list[int]) -> list[int]:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from steplog.schemas.flow_control import FlowControl
+from steplog.expressions import compile_expression
+from steplog.schemas.flow_control import PRIORITY_NAMES, FlowControl
 from steplog.schemas.flows import CancelOn, RetryPolicy, WorkflowDefinition
 from steplog.schemas.schedules import CronSchedule
 from steplog.schemas.signals import Idempotency, TriggerRegistered
@@ -34,6 +35,13 @@ class Workflow:
     idempotency: Idempotency | None = None
     schedule: CronSchedule | None = None
     flow_control: FlowControl | None = None
+
+    def __post_init__(self) -> None:
+        priority = self.flow_control.priority if self.flow_control is not None else None
+        if priority is not None:
+            # Refused here, where it is written, rather than counted as 0 at every start.
+            compile_expression(priority, field=f"workflow {self.name!r}: priority",
+                               names=PRIORITY_NAMES)
 
     def definition(self, project: str, app: str) -> WorkflowDefinition:
         return WorkflowDefinition(

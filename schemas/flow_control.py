@@ -6,11 +6,16 @@ A workflow may declare (`WorkflowDefinition.flow_control`):
 - `throttle`: at most `limit` starts per `period_ms`; the rest wait;
 - `rate_limit`: at most `limit` starts per `period_ms`; the rest are skipped (with a reason);
 - `debounce`: a start waits `period_ms` of quiet; a later one replaces it (its data wins);
-- `priority`: a dotted path to a number in the start; higher starts first among those waiting.
+- `priority`: a CEL expression on the start giving an integer (e.g. "event.data.plan ==
+  'enterprise' ? 120 : 0"), clamped to [-PRIORITY_MAX, PRIORITY_MAX]; higher starts first
+  among those waiting. Evaluated by the processors (processors/flow_gate.py: an error there
+  counts as 0, the reason in the start's `flow_starts` row), compiled by the SDK where the
+  workflow is declared (schemas import no expression library).
 
-Each limit counts per value of its `key` (a dotted path into the start: `data.<field>` is the
-run's input, `event.name` / `event.event_id` its trigger), or over the whole workflow without
-one. One workflow's options share one key: a key's starts and run ends all go to the flow
+Each limit counts per value of its `key` (a dotted path into the start: `data.<field>` or
+`event.data.<field>` is the run's input, `event.name` / `event.event_id` its trigger), or over
+the whole workflow without one; `priority` sees the same document (`data` and `event`), so a
+dotted path like `data.tier` is an expression too. One workflow's options share one key: a key's starts and run ends all go to the flow
 topic's partition of `flow_topic_key(...)`, where one consumer decides them in log order
 (processors/fold/flow_control.py), so two keys would need two partitions for one start.
 
@@ -32,7 +37,16 @@ from pydantic import AfterValidator, Field, model_validator
 
 from .base import SCHEMA_VERSION, SchemaVersion, Timestamp, WireModel, models_by_type
 from .commands import StartRun
-from .limits import DeadlineMs, JsonValue, KeySegment, MatchPath, MessageId, Name, Reason
+from .limits import (
+    LABEL_MAX_CHARS,
+    DeadlineMs,
+    JsonValue,
+    KeySegment,
+    MatchPath,
+    MessageId,
+    Name,
+    Reason,
+)
 from .signals import resolve_match_path
 
 __all__ = [
@@ -49,7 +63,6 @@ __all__ = [
     "flow_key_value",
     "flow_topic_key",
     "start_document",
-    "start_priority",
 ]
 
 LIMIT_MAX: Final = 1_000_000
@@ -57,6 +70,19 @@ KEY_VALUE_MAX_CHARS: Final = 200
 """A key value longer than this is replaced by its hash (it is part of a Kafka key and a row)."""
 
 Limit = Annotated[int, Field(ge=1, le=LIMIT_MAX)]
+
+PRIORITY_MAX: Final = LIMIT_MAX
+"""A priority's value is clamped to [-PRIORITY_MAX, PRIORITY_MAX]."""
+PRIORITY_NAMES: Final = ("data", "event")
+"""The variables a priority expression may use: the two roots of `start_document`."""
+Priority = Annotated[int, Field(ge=-PRIORITY_MAX, le=PRIORITY_MAX)]
+PriorityExpression = Annotated[
+    str,
+    Field(min_length=1, max_length=LABEL_MAX_CHARS,
+          description="CEL on the start (names 'data' and 'event'), e.g. \"event.data.plan == "
+                      "'enterprise' ? 120 : 0\"; its integer value, clamped, orders waiting "
+                      "starts (higher first)."),
+]
 
 
 def _rooted(path: str) -> str:
@@ -111,9 +137,7 @@ class FlowControl(WireModel):
     throttle: Throttle | None = None
     rate_limit: RateLimit | None = None
     debounce: Debounce | None = None
-    priority: StartPath | None = Field(
-        None, description="Dotted path to a number in the start; higher starts first."
-    )
+    priority: PriorityExpression | None = None
 
     @model_validator(mode="after")
     def _one_key(self) -> FlowControl:
@@ -142,9 +166,14 @@ class FlowControl(WireModel):
         return bool(self._options())
 
 
-def start_document(input: JsonValue, trigger_name: str, trigger_event_id: str) -> JsonValue:
-    """What key and priority paths read: `{"data": input, "event": {"name", "event_id"}}`."""
-    return {"data": input, "event": {"name": trigger_name, "event_id": trigger_event_id}}
+def start_document(
+    input: JsonValue, trigger_name: str, trigger_event_id: str
+) -> dict[str, JsonValue]:
+    """What key paths and the priority expression read: `{"data": input, "event": {"name",
+    "event_id", "data": input}}` (`event.data` as in `wait_for_event(..., if_=)`, `data` as
+    before it)."""
+    return {"data": input,
+            "event": {"name": trigger_name, "event_id": trigger_event_id, "data": input}}
 
 
 def flow_key_value(control: FlowControl, document: JsonValue) -> str:
@@ -158,16 +187,6 @@ def flow_key_value(control: FlowControl, document: JsonValue) -> str:
     if len(text) > KEY_VALUE_MAX_CHARS:
         return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
     return text
-
-
-def start_priority(control: FlowControl, document: JsonValue) -> int:
-    """The start's priority: the integer at the priority path (0 if absent or not a number)."""
-    if control.priority is None:
-        return 0
-    found, value = resolve_match_path(document, control.priority)
-    if not found or isinstance(value, bool) or not isinstance(value, int | float):
-        return 0
-    return max(-LIMIT_MAX, min(LIMIT_MAX, int(value)))
 
 
 def flow_topic_key(project: str, app: str, workflow: str, key: str) -> str:
@@ -197,7 +216,11 @@ class FlowStartRequested(_FlowEnvelope):
 
     type: Literal["flow.start_requested"] = "flow.start_requested"
     run_id: Name
-    priority: int = Field(0, ge=-LIMIT_MAX, le=LIMIT_MAX)
+    priority: Priority = 0
+    priority_error: Reason | None = Field(
+        None, description="Why the priority expression had no integer value for this start "
+        "(its priority is then 0); null: it had one, or there is none."
+    )
     control: FlowControl
     command: StartRun = Field(description="Sent to the workers, as it is, once admitted.")
 

@@ -19,6 +19,11 @@ hold (a signal without the field does not resolve the wait), exactly as an absen
 never matches. Errors in the text itself are caught when the condition is compiled, where the
 workflow declares it, naming the argument.
 
+Besides conditions, a workflow's flow-control `priority` is an expression whose value is
+used (`compile_expression`, `Expression.evaluate`): there an evaluation error is reported to
+the caller, which decides what it means (processors/flow_gate.py: priority 0, and the reason
+in the start's `flow_starts` row).
+
 The package is imported on first use: it belongs to the `server` extra (the processors evaluate
 conditions); a worker compiles a condition at the call to report a bad one there, and says
 which package is missing when it is not installed.
@@ -30,7 +35,7 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
 from pydantic import JsonValue
 
@@ -40,7 +45,9 @@ from steplog.schemas.limits import LABEL_MAX_CHARS
 if TYPE_CHECKING:
     import cel
 
-__all__ = ["Condition", "MAX_CONDITION_CHARS", "compile_condition"]
+__all__ = [
+    "Condition", "Expression", "MAX_CONDITION_CHARS", "compile_condition", "compile_expression",
+]
 
 MAX_CONDITION_CHARS: Final = LABEL_MAX_CHARS
 """Longer conditions are refused (the wire's limit: a wait's registration carries it)."""
@@ -57,11 +64,31 @@ _ALIASES: Final = {"and": "&& ", "or": "||", "not": "!  "}
 
 
 @dataclass(frozen=True)
-class Condition:
-    """A compiled condition; `matches` evaluates it against JSON variables."""
+class Expression:
+    """A compiled expression; `evaluate` computes its value from JSON variables."""
+
+    WHAT: ClassVar[tuple[str, str]] = ("an", "expression")
+    """What the text is called in errors (with its article)."""
 
     text: str
     program: cel.Program
+
+    def evaluate(self, variables: Mapping[str, JsonValue]) -> object:
+        """The expression's value; ExpressionError naming the text and why when it has none
+        for these variables (a missing field, a type error, a division by zero)."""
+        try:
+            return self.program.execute(dict(variables))
+        except KeyError as exc:  # the library's word for a missing field or map key
+            raise ExpressionError(f"{self.text!r}: no field {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - the library raises whatever its Rust side did
+            raise ExpressionError(f"{self.text!r}: {type(exc).__name__}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Condition(Expression):
+    """A compiled condition; `matches` evaluates it against JSON variables."""
+
+    WHAT: ClassVar[tuple[str, str]] = ("a", "condition")
 
     def matches(self, variables: Mapping[str, JsonValue]) -> bool:
         """True only when the condition evaluates to the boolean true (module docstring)."""
@@ -78,37 +105,55 @@ def compile_condition(text: str, *, field: str, names: Collection[str]) -> Condi
     Raises ExpressionError naming the field, the text and what is wrong: a syntax error (with
     CEL's position), a name that is not one of `names`, a text too long.
     """
+    return Condition(text, _checked(Condition.WHAT, text, field, names))
+
+
+def compile_expression(text: str, *, field: str, names: Collection[str]) -> Expression:
+    """The expression `text` compiled (errors as `compile_condition`'s)."""
+    return Expression(text, _checked(Expression.WHAT, text, field, names))
+
+
+def _checked(
+    kind: tuple[str, str], text: str, field: str, names: Collection[str]
+) -> cel.Program:
+    article, what = kind
     if not isinstance(text, str) or not text.strip():
-        raise ExpressionError(f"{field}: expected a condition (a CEL expression), got {text!r}")
+        raise ExpressionError(
+            f"{field}: expected {article} {what} (a CEL expression), got {text!r}"
+        )
     if len(text) > MAX_CONDITION_CHARS:
         raise ExpressionError(
-            f"{field}: the condition has {len(text)} characters; at most "
+            f"{field}: the {what} has {len(text)} characters; at most "
             f"{MAX_CONDITION_CHARS} are allowed"
         )
-    return _compiled(text, field, tuple(sorted(names)))
+    return _compiled(kind, text, field, tuple(sorted(names)))
 
 
 @lru_cache(maxsize=1024)
-def _compiled(text: str, field: str, names: tuple[str, ...]) -> Condition:
-    # Cached: the processors evaluate the same few conditions for every signal of a name.
+def _compiled(
+    kind: tuple[str, str], text: str, field: str, names: tuple[str, ...]
+) -> cel.Program:
+    # Cached: the processors evaluate the same few texts for every signal of a name, and a
+    # workflow's priority for every start.
+    article, what = kind
     try:
         import cel
     except ImportError:
         raise ExpressionError(
-            f"{field}: conditions need the 'common-expression-language' package "
+            f"{field}: {what}s need the 'common-expression-language' package "
             "(pip install 'steplog[server]')"
         ) from None
     try:
         program = cel.compile(_with_aliases(text))
     except Exception as exc:  # noqa: BLE001 - the library's parse errors are ValueErrors
-        raise ExpressionError(f"{field}: {text!r} is not a valid condition: {exc}") from None
+        raise ExpressionError(f"{field}: {text!r} is not a valid {what}: {exc}") from None
     unknown = sorted(set(program.variables()) - set(names))
     if unknown:
         raise ExpressionError(
-            f"{field}: {text!r} uses {', '.join(map(repr, unknown))}; a condition can use "
+            f"{field}: {text!r} uses {', '.join(map(repr, unknown))}; {article} {what} can use "
             f"only {', '.join(map(repr, names))}"
         )
-    return Condition(text, program)
+    return program
 
 
 def _with_aliases(text: str) -> str:

@@ -215,6 +215,12 @@ class Settings(BaseSettings):
         description="Queries the SQL endpoint runs at once; one more is answered "
         "TOO_MANY_SIMULTANEOUS_QUERIES (503) rather than queued.",
     )
+    sql_max_body_mb: int = Field(
+        1024, ge=1, le=1024 * 1024,
+        description="Largest request body (decoded) the SQL endpoint takes: external tables and "
+        "INSERT rows, spooled to disk as they arrive; past it, 413 (LIMIT_EXCEEDED). ClickHouse "
+        "sets no limit on an INSERT's body and 1 GiB on a form's (http_max_multipart_form_data_size).",
+    )
 
     kafka_version: str = Field("4.2.0", description="Apache Kafka version the local broker runs.")
     broker_heap: str = Field("512m", description="Java heap (-Xmx) of the local broker.")

@@ -28,13 +28,14 @@ sends the same command, which the workers drop as a duplicate.
 from __future__ import annotations
 
 import bisect
+import json
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict
-
+from steplog.schemas.commands import StartRun
 from steplog.schemas.flow_control import (
     FlowControl,
     FlowMessage,
@@ -59,6 +60,12 @@ RECENT_RUNS: Final = 256
 sent again when the batch that sent it is handled again after a crash (its states were not
 stored), so the window needs to cover what one key admits between a batch and its commit; a
 longer one costs every message of the key a larger state to decode."""
+
+_SEP: Final = "\x1f"
+"""Between the recent run ids: a control character, which no run id holds (schemas.limits.Name)."""
+_STATE_FORMAT: Final = "flow-key-state 2"
+"""The first line of a stored state (`FlowKeyState.to_bytes`). Format 1 (one JSON document)
+was never released: a state in it is refused, naming both."""
 
 FlowStartStatus = Literal["scheduled", "started", "skipped"]
 _RANK: Final = {"scheduled": 0, "started": 1, "skipped": 2}
@@ -88,32 +95,15 @@ class FlowStartChanged:
 FlowEffect = SendCommand | FlowStartChanged
 
 
-class _Stored(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    waiting: list[tuple[int, int, str]] = []
-    requested_ms: dict[str, int] = {}
-    running: list[str] = []
-    started_ms: list[int] = []
-    accepted_ms: list[int] = []
-    pending: tuple[int, FlowStartRequested] | None = None
-    recent: str = ""
-    """The recent run ids, one per line (run ids hold no control characters): one string
-    decodes much faster than a list of them."""
-    seq: int = 0
-    clock_ms: int = 0
-    control: FlowControl | None = None
-    names: tuple[str, str, str, str] = ("", "", "", "")
-
-
 @dataclass
 class FlowKeyState:
     """One key's held-back starts, running runs and windows."""
 
     waiting: list[tuple[int, int, str]] = field(default_factory=list)
-    """(-priority, arrival seq, the request as JSON), sorted: the first goes first. Kept as
-    JSON (decoded when it goes): a key's state is decoded and encoded at every batch that
-    touches it, and its waiting starts are most of it."""
+    """(-priority, arrival seq, the start's `start_run` as JSON), sorted: the first goes
+    first. Only the command (without its defaults): the request's other fields are the key's
+    (`names`, `control`). Kept as JSON, decoded when it goes: a key's state is decoded and
+    encoded at every batch that touches it, and its waiting starts are most of it."""
     requested_ms: dict[str, int] = field(default_factory=dict)
     """When each start still waiting (or pending) was requested."""
     running: set[str] = field(default_factory=set)
@@ -124,8 +114,11 @@ class FlowKeyState:
     """When starts were accepted, within the rate limit's period."""
     pending: tuple[int, FlowStartRequested] | None = None
     """The debounced start and when it is due."""
-    recent: dict[str, None] = field(default_factory=dict)
-    """The run ids done with (started or skipped), oldest first: ordered and a set at once."""
+    recent: str = _SEP
+    """The run ids done with (started or skipped), oldest first, each followed by `_SEP`
+    (after a leading one): one string, stored as it is, searched and trimmed in C, instead
+    of a collection of up to RECENT_RUNS ids built again at every batch."""
+    recent_count: int = 0
     seq: int = 0
     clock_ms: int = 0
     """The latest time seen: windows never go backwards."""
@@ -135,12 +128,15 @@ class FlowKeyState:
     """(project, app, workflow, key value): what a tick of the key names."""
 
     def knows(self, run_id: str) -> bool:
-        return run_id in self.recent or run_id in self.requested_ms or run_id in self.running
+        return (run_id in self.requested_ms or run_id in self.running
+                or f"{_SEP}{run_id}{_SEP}" in self.recent)
 
     def remember(self, run_id: str) -> None:
-        self.recent[run_id] = None
-        if len(self.recent) > RECENT_RUNS:
-            del self.recent[next(iter(self.recent))]
+        self.recent += run_id + _SEP
+        self.recent_count += 1
+        if self.recent_count > RECENT_RUNS:
+            self.recent = self.recent[self.recent.index(_SEP, 1):]
+            self.recent_count -= 1
 
     def next_due_ms(self) -> int | None:
         """When this key next needs a tick: its debounced start's due time, or the end of the
@@ -156,23 +152,41 @@ class FlowKeyState:
         return min(due) if due else None
 
     def to_bytes(self) -> bytes:
-        return _Stored(
-            waiting=self.waiting, requested_ms=self.requested_ms, running=sorted(self.running),
-            started_ms=list(self.started_ms), accepted_ms=list(self.accepted_ms),
-            pending=self.pending, recent="\n".join(self.recent), seq=self.seq,
-            clock_ms=self.clock_ms, control=self.control, names=self.names,
-        ).model_dump_json().encode()
+        """The changelog's form (`_STATE_FORMAT`): lines, so that the waiting starts' JSON is
+        copied as it is rather than escaped into (and parsed out of) one JSON document."""
+        pending = self.pending
+        header = json.dumps([
+            self.requested_ms, sorted(self.running), list(self.started_ms),
+            list(self.accepted_ms), None if pending is None else pending[0],
+            self.recent_count, self.seq, self.clock_ms, self.names,
+        ], separators=(",", ":"))
+        lines = [
+            _STATE_FORMAT, header, "" if self.control is None else _control_json(self.control),
+            "" if pending is None else pending[1].model_dump_json(exclude_defaults=True),
+            self.recent,
+            *(f"{priority} {seq} {command}" for priority, seq, command in self.waiting),
+        ]
+        return "\n".join(lines).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> FlowKeyState:
-        stored = _Stored.model_validate_json(data)
+        lines = data.decode().split("\n")
+        if lines[0] != _STATE_FORMAT:
+            raise ValueError(f"flow-control state: format {lines[0][:40]!r}; this build reads "
+                             f"{_STATE_FORMAT!r}")
+        _, header, control, pending, recent, *waiting = lines
+        (requested_ms, running, started_ms, accepted_ms, pending_due, recent_count, seq,
+         clock_ms, (project, app, workflow, key)) = json.loads(header)
+        entries = [line.split(" ", 2) for line in waiting]
         return cls(
-            waiting=list(stored.waiting), requested_ms=dict(stored.requested_ms),
-            running=set(stored.running), started_ms=deque(stored.started_ms),
-            accepted_ms=deque(stored.accepted_ms), pending=stored.pending,
-            recent=dict.fromkeys(stored.recent.split("\n")) if stored.recent else {},
-            seq=stored.seq, clock_ms=stored.clock_ms,
-            control=stored.control, names=stored.names,
+            waiting=[(int(rank), int(arrival), command) for rank, arrival, command in entries],
+            requested_ms=requested_ms, running=set(running), started_ms=deque(started_ms),
+            accepted_ms=deque(accepted_ms),
+            pending=(None if pending_due is None
+                     else (pending_due, FlowStartRequested.model_validate_json(pending))),
+            recent=recent, recent_count=recent_count, seq=seq, clock_ms=clock_ms,
+            control=_control(control) if control else None,
+            names=(project, app, workflow, key),
         )
 
 
@@ -245,7 +259,8 @@ def _request(
 
 def _wait(state: FlowKeyState, request: FlowStartRequested) -> None:
     state.seq += 1
-    bisect.insort(state.waiting, (-request.priority, state.seq, request.model_dump_json()))
+    command = request.command.model_dump_json(exclude_defaults=True)
+    bisect.insort(state.waiting, (-request.priority, state.seq, command))
 
 
 def _admit(
@@ -256,16 +271,23 @@ def _admit(
     if throttle is not None:
         _slide(state.started_ms, now_ms - throttle.period_ms)
     while state.waiting and not _blocked_by(state, control):
-        request = FlowStartRequested.model_validate_json(state.waiting.pop(0)[2])
-        requested_ms = state.requested_ms.pop(request.run_id, now_ms)
-        state.remember(request.run_id)
+        negative_priority, _, command_json = state.waiting.pop(0)
+        command = StartRun.model_validate_json(command_json)
+        run_id = command.run_id
+        requested_ms = state.requested_ms.pop(run_id, now_ms)
+        state.remember(run_id)
         if control.concurrency is not None:
-            state.running.add(request.run_id)
+            state.running.add(run_id)
         if throttle is not None:
             state.started_ms.append(now_ms)
-        effects.append(SendCommand(request.command, admitted=True))
-        if request.run_id != unseen:
-            effects.append(_row(request, "started", requested_ms, now_ms, ""))
+        effects.append(SendCommand(command, admitted=True))
+        if run_id != unseen:
+            project, app, workflow, key = state.names
+            effects.append(FlowStartChanged(
+                project=project, app=app, workflow=workflow, key=key, run_id=run_id,
+                status="started", reason="", priority=-negative_priority,
+                requested_ms=requested_ms, at_ms=now_ms,
+            ))
 
 
 def _blocked_by(state: FlowKeyState, control: FlowControl) -> str:
@@ -293,6 +315,9 @@ def _row(
     request: FlowStartRequested, status: FlowStartStatus, requested_ms: int, at_ms: int,
     reason: str,
 ) -> FlowStartChanged:
+    if status == "scheduled" and request.priority_error is not None:
+        # Beside why it waits: why it waits with priority 0 (processors/flow_gate.py).
+        reason = f"{reason}; {request.priority_error}"
     return FlowStartChanged(
         project=request.project, app=request.app, workflow=request.workflow, key=request.key,
         run_id=request.run_id, status=status, reason=reason, priority=request.priority,
@@ -302,3 +327,14 @@ def _row(
 
 def _ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
+
+
+@lru_cache(maxsize=256)
+def _control(text: str) -> FlowControl:
+    # Cached: every key of a workflow stores the same options, decoded at every batch.
+    return FlowControl.model_validate_json(text)
+
+
+@lru_cache(maxsize=256)
+def _control_json(control: FlowControl) -> str:
+    return control.model_dump_json(exclude_defaults=True)

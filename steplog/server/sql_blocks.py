@@ -20,6 +20,7 @@ CODEC(LZ4) and CODEC(ZSTD)): tests/unit/test_sql_blocks.py reads those.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from enum import IntEnum
 from typing import Final
 
@@ -29,7 +30,7 @@ from clickhouse_cityhash.cityhash import CityHash128
 from steplog.server.sql_compression import zstd_module
 from steplog.server.sql_errors import SqlError
 
-__all__ = ["BlockWriter", "Method", "read_blocks"]
+__all__ = ["BlockReader", "BlockWriter", "Method", "read_blocks"]
 
 _HEADER: Final = struct.Struct("<BII")
 _CHECKSUM_SIZE: Final = 16
@@ -68,33 +69,57 @@ class BlockWriter:
         return _checksum(body) + body
 
 
+class BlockReader:
+    """`decompress=1` bytes as they arrive: `feed` each chunk, then `end` once. Each block's
+    data comes out once the whole block has (a block is held until then: ClickHouse's clients
+    write blocks of at most 1 MiB uncompressed); each checksum is checked
+    (CHECKSUM_DOESNT_MATCH when it fails)."""
+
+    def __init__(self) -> None:
+        self._pending = bytearray()
+        self._at = 0  # where _pending starts in the body, for errors
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        self._pending += data
+        while len(self._pending) >= _CHECKSUM_SIZE + _HEADER.size:
+            at = self._at
+            method, size, raw_size = _HEADER.unpack_from(self._pending, _CHECKSUM_SIZE)
+            if size < _HEADER.size or size > _MAX_READ_BLOCK or raw_size > _MAX_READ_BLOCK:
+                raise SqlError(246, "TOO_LARGE_SIZE_COMPRESSED",
+                               f"the compressed block at byte {at} claims {size} bytes "
+                               f"compressed, {raw_size} uncompressed")
+            end = _CHECKSUM_SIZE + size
+            if len(self._pending) < end:
+                return
+            body = bytes(self._pending[_CHECKSUM_SIZE:end])
+            if _checksum(body) != self._pending[:_CHECKSUM_SIZE]:
+                raise SqlError(40, "CHECKSUM_DOESNT_MATCH",
+                               f"Checksum doesn't match: corrupted data in the block at byte {at}")
+            del self._pending[:end]
+            self._at += end
+            yield _unpacked(method, body[_HEADER.size:], raw_size, at)
+
+    def end(self) -> None:
+        """The body has ended: SqlError if it ends inside a block."""
+        if len(self._pending) >= _CHECKSUM_SIZE + _HEADER.size:
+            size = _HEADER.unpack_from(self._pending, _CHECKSUM_SIZE)[1]
+            raise _corrupt(f"the block at byte {self._at} is cut short ({len(self._pending)} "
+                           f"of {_CHECKSUM_SIZE + size} bytes)")
+        if self._pending:
+            raise _corrupt(f"a block header is cut short at byte {self._at}")
+
+
 def read_blocks(data: bytes, limit: int) -> bytes:
-    """The bytes held by `data`, a run of compressed blocks, at most `limit` of them; each
-    block's checksum is checked (ClickHouse's CHECKSUM_DOESNT_MATCH when it fails)."""
+    """The bytes held by `data`, a run of compressed blocks, at most `limit` of them
+    (BlockReader on a body already in memory)."""
+    reader = BlockReader()
     out = bytearray()
-    at = 0
-    while at < len(data):
-        head_end = at + _CHECKSUM_SIZE + _HEADER.size
-        if head_end > len(data):
-            raise _corrupt(f"a block header is cut short at byte {at}")
-        method, size, raw_size = _HEADER.unpack_from(data, at + _CHECKSUM_SIZE)
-        if size < _HEADER.size or size > _MAX_READ_BLOCK or raw_size > _MAX_READ_BLOCK:
-            raise SqlError(246, "TOO_LARGE_SIZE_COMPRESSED",
-                           f"the compressed block at byte {at} claims {size} bytes compressed, "
-                           f"{raw_size} uncompressed")
-        end = at + _CHECKSUM_SIZE + size
-        if end > len(data):
-            raise _corrupt(f"the block at byte {at} is cut short ({len(data) - at} of "
-                           f"{_CHECKSUM_SIZE + size} bytes)")
-        body = data[at + _CHECKSUM_SIZE:end]
-        if _checksum(body) != data[at:at + _CHECKSUM_SIZE]:
-            raise SqlError(40, "CHECKSUM_DOESNT_MATCH",
-                           f"Checksum doesn't match: corrupted data in the block at byte {at}")
-        if len(out) + raw_size > limit:
+    for raw in reader.feed(data):
+        out += raw
+        if len(out) > limit:
             raise SqlError(290, "LIMIT_EXCEEDED", "the request body is larger than the "
                                                   f"endpoint's maximum of {limit} bytes")
-        out += _unpacked(method, body[_HEADER.size:], raw_size, at)
-        at = end
+    reader.end()
     return bytes(out)
 
 

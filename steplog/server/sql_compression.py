@@ -1,6 +1,6 @@
 """HTTP compression both ways: request bodies as clients compress them (`Content-Encoding`),
-decoded whole, and responses compressed as they stream out (`enable_http_compression=1` with
-`Accept-Encoding`, as in ClickHouse).
+decoded as they arrive, and responses compressed as they stream out
+(`enable_http_compression=1` with `Accept-Encoding`, as in ClickHouse).
 
 aiohttp knows neither lz4 nor ClickHouse's error format, so the SQL endpoint runs with
 aiohttp's own request decompression off and decodes here. Issue 19 adds ClickHouse's own
@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import sys
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, Protocol
 
 from steplog.server.sql_errors import SqlError
 
-__all__ = ["MAX_BODY_BYTES", "Encoder", "decompress", "response_encoder", "zstd_module"]
+__all__ = ["BodyDecoder", "BodyTooLarge", "Encoder", "decompress", "response_encoder",
+           "zstd_module"]
 
-MAX_BODY_BYTES: Final = 256 * 1024 * 1024
-"""The largest request body, decoded (ClickHouse's http_max_multipart_form_data_size is 1 GiB;
-the endpoint holds a body whole in memory, so less)."""
+MAX_DECODED_PIECE: Final = 1024 * 1024
+"""The most one step of a decoder yields: a few KiB of gzip can decode to gigabytes, so a
+body is decoded in pieces of at most this, and its reader stops at its limit (BodyTooLarge)
+after at most one piece more than it."""
 
 # ClickHouse's order of preference (chooseHTTPCompressionMethod), of those encoded here (brotli
 # is not installed: a client asking only `br` gets an uncompressed answer, as from a server
@@ -29,75 +31,137 @@ _PREFERENCE: Final = ("zstd", "lz4", "gzip", "deflate")
 _ZLIB_LEVEL: Final = 3  # ClickHouse's http_zlib_compression_level default
 
 
-def decompress(encoding: str, body: bytes, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The request body without its Content-Encoding (clickhouse-connect sends lz4 or zstd),
-    never more than `limit` bytes of it: a few KiB of gzip can decode to gigabytes, so the
-    decoders stop at the limit rather than after it (LIMIT_EXCEEDED)."""
-    encoding = encoding.strip().lower()
-    try:
-        if encoding in ("", "identity"):
-            if len(body) > limit:
-                raise _too_large(limit)
-            return body
-        if encoding == "gzip":  # one member after the other, as gzip.decompress reads them
-            return _every_part(body, lambda: zlib.decompressobj(16 + zlib.MAX_WBITS), "member",
-                               limit)
-        if encoding == "deflate":
-            return _every_part(body, zlib.decompressobj, "stream", limit)
-        if encoding == "lz4":
-            import lz4.frame  # clickhouse-connect's own dependency
+class BodyTooLarge(SqlError):
+    """A request body past the endpoint's limit: ClickHouse's LIMIT_EXCEEDED (290), answered
+    413 (Payload Too Large) rather than 400, naming the setting that raises the limit."""
 
-            return _every_part(body, lz4.frame.LZ4FrameDecompressor, "frame", limit)
-        if encoding == "zstd":
-            return _every_part(body, zstd_module().ZstdDecompressor, "frame", limit)
-    except SqlError:
-        raise
-    except Exception as exc:
-        raise SqlError(
-            432, "UNKNOWN_CODEC", f"cannot decompress the {encoding} request body: {exc}"
-        ) from None
+    def __init__(self, limit: int) -> None:
+        super().__init__(290, "LIMIT_EXCEEDED",
+                         f"the request body is larger than the endpoint's maximum of {limit} "
+                         "bytes (decoded); STEPLOG_SQL_MAX_BODY_MB sets it")
+
+    @property
+    def status(self) -> int:
+        return 413
+
+
+class _Decompressor(Protocol):
+    """One frame or stream at a time, as lz4.frame's and zstd's decompressors are: past
+    `max_length` the input is kept, and `needs_input` is False until it has been decoded."""
+
+    @property
+    def eof(self) -> bool: ...
+    @property
+    def unused_data(self) -> bytes: ...
+    @property
+    def needs_input(self) -> bool: ...
+    def decompress(self, data: bytes, max_length: int, /) -> bytes: ...
+
+
+class _ZlibStream:
+    """zlib's decompressor with lz4's and zstd's `needs_input` (zlib hands back the input it
+    could not take as `unconsumed_tail` instead of keeping it)."""
+
+    def __init__(self, wbits: int) -> None:
+        self._zlib = zlib.decompressobj(wbits)
+        self._tail = b""
+        self.needs_input = True
+
+    @property
+    def eof(self) -> bool:
+        return self._zlib.eof
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._zlib.unused_data
+
+    def decompress(self, data: bytes, max_length: int, /) -> bytes:
+        out = self._zlib.decompress(self._tail + data, max_length)
+        self._tail = self._zlib.unconsumed_tail
+        # A full answer may leave output inside zlib even with no input left: ask again.
+        self.needs_input = not self._tail and len(out) < max_length
+        return out
+
+
+def _decompressor_for(encoding: str) -> Callable[[], _Decompressor] | None:
+    """A new decoder of one frame (stream, member) of `encoding`; None for no encoding.
+    SqlError (UNKNOWN_CODEC) for one not decoded here."""
+    if encoding in ("", "identity"):
+        return None
+    if encoding == "gzip":
+        return lambda: _ZlibStream(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return lambda: _ZlibStream(zlib.MAX_WBITS)
+    if encoding == "lz4":
+        import lz4.frame  # clickhouse-connect's own dependency
+
+        return lambda: lz4.frame.LZ4FrameDecompressor()
+    if encoding == "zstd":
+        return lambda: zstd_module().ZstdDecompressor()
     raise SqlError(
         432, "UNKNOWN_CODEC",
         f"unsupported Content-Encoding {encoding[:40]!r}; use gzip, deflate, lz4, zstd or none",
     )
 
 
-class _Decompressor(Protocol):
-    """One frame or stream at a time: zlib's, lz4.frame's and zstd's decompressors alike."""
+class BodyDecoder:
+    """A request body's Content-Encoding undone as its bytes arrive: `feed` each chunk
+    received, then `end` once. Every frame is read, one after the other: clickhouse-connect
+    compresses each block of an insert as an lz4 frame of its own, and `lz4.frame.decompress`
+    (as `zlib.decompress`) stops after the first and drops the rest without a word."""
 
-    @property
-    def eof(self) -> bool: ...
-    @property
-    def unused_data(self) -> bytes: ...
-    def decompress(self, data: bytes, max_length: int, /) -> bytes: ...
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding.strip().lower()
+        self._new = _decompressor_for(self.encoding)
+        self._part: _Decompressor | None = None
+        self._received = 0  # bytes of the current part, for the error's message
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """The decoded bytes of `data`, in pieces of at most MAX_DECODED_PIECE (a chunk of
+        a compression bomb never decodes whole). SqlError (UNKNOWN_CODEC) when it is not
+        `encoding`."""
+        if self._new is None:
+            if data:
+                yield data
+            return
+        try:
+            while data or (self._part is not None and not self._part.needs_input):
+                if self._part is None:
+                    self._part, self._received = self._new(), 0
+                self._received += len(data)
+                out = self._part.decompress(data, MAX_DECODED_PIECE)
+                data = b""
+                if self._part.eof:  # the next frame starts in what this one left
+                    data, self._part = self._part.unused_data, None
+                if out:
+                    yield out
+        except SqlError:
+            raise
+        except Exception as exc:
+            raise self._error(str(exc)) from None
+
+    def end(self) -> None:
+        """The body has ended: SqlError if it ends inside a frame."""
+        if self._part is not None:
+            raise self._error(f"the last frame is cut short ({self._received} bytes from its "
+                              "start)")
+
+    def _error(self, what: str) -> SqlError:
+        return SqlError(432, "UNKNOWN_CODEC",
+                        f"cannot decompress the {self.encoding} request body: {what}")
 
 
-def _every_part(
-    body: bytes, new_part: Callable[[], _Decompressor], unit: str, limit: int
-) -> bytes:
-    """Every frame (or stream) of the body, concatenated. clickhouse-connect compresses each
-    block of an insert as an lz4 frame of its own, and `lz4.frame.decompress` (as
-    `zlib.decompress`) stops after the first and drops the rest without a word: an insert of
-    more than one block (16,384 rows of 200 bytes) lost all but its first block.
-
-    Each part is decoded to at most one byte past what is left of `limit`: reaching that byte
-    is the refusal, so a part whose output was cut by the cap is never mistaken for whole."""
+def decompress(encoding: str, body: bytes, limit: int | None = None) -> bytes:
+    """A whole body at once (BodyDecoder, with BodyTooLarge past `limit` if given): for a
+    body that is already in memory, such as a test's."""
+    decoder = BodyDecoder(encoding)
     out = bytearray()
-    rest = body
-    while rest:
-        part = new_part()
-        out += part.decompress(rest, limit + 1 - len(out))
-        if len(out) > limit:
-            raise _too_large(limit)
-        if not part.eof:
-            raise ValueError(f"the last {unit} is cut short ({len(rest)} bytes from its start)")
-        rest = part.unused_data
+    for piece in decoder.feed(body):
+        out += piece
+        if limit is not None and len(out) > limit:
+            raise BodyTooLarge(limit)
+    decoder.end()
     return bytes(out)
-
-
-def _too_large(limit: int) -> SqlError:
-    return SqlError(290, "LIMIT_EXCEEDED",
-                    f"the request body is larger than the endpoint's maximum of {limit} bytes")
 
 
 class Encoder(Protocol):

@@ -11,7 +11,7 @@ and a slow query holds only its own connection.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,14 +118,17 @@ class EngineSession:
         """`query` decoded: what the guard reads."""
         return self.query(sql, params, fmt).decode("utf-8", errors="replace")
 
-    def insert(self, statement: str, fmt: str, data: bytes) -> None:
-        """`statement` (an INSERT without FORMAT or data) fed `data` in format `fmt`, as
-        bytes: the data is never parsed as SQL."""
+    def insert(self, statement: str, fmt: str, data: Iterable[bytes]) -> None:
+        """`statement` (an INSERT without FORMAT or data) fed `data`, chunk by chunk, in
+        format `fmt`, as bytes: the data is never parsed as SQL. The engine parses what it
+        has been fed as it goes (a row may span chunks), so a body spooled on disk is never
+        whole in memory (sql_body.Spool.chunks)."""
         try:
             inserter = self._connection.send_insert(statement, fmt)
             try:
-                if data:
-                    inserter.append(data)
+                for chunk in data:
+                    if chunk:
+                        inserter.append(chunk)
                 inserter.finish()
             except BaseException:
                 inserter.cancel()

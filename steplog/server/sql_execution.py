@@ -52,6 +52,8 @@ _FORMAT_NAME: Final = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
 _NOT_FORMATS: Final = frozenset({"dataframe", "datastore", "arrowtable"})
 # Statements whose result can be long: they stream. SHOW, DESCRIBE, EXPLAIN are answered whole.
 _STREAMED_KINDS: Final = frozenset({"SelectWithUnionQuery", "SelectQuery", "SelectIntersectExceptQuery"})
+# Where an INSERT's first line in the body must end (the engine's own max_query_size).
+_MAX_STATEMENT_LINE: Final = 256 * 1024
 # The engine's canonical KILL QUERY (formatQuery); KILL MUTATION goes to the engine as sent.
 _KILL_QUERY: Final = re.compile(
     r"^KILL QUERY WHERE (?P<condition>.+?)(?: (?P<mode>SYNC|ASYNC|TEST))?(?: FORMAT \w+)?$",
@@ -153,7 +155,8 @@ class SqlExecutor:
         fmt = statement.output_format or default_format
         if _takes_data(statement):
             data_format = statement.output_format or "Values"
-            session.insert(statement.without_format(), data_format, _inline_data(text, data_format))
+            session.insert(statement.without_format(), data_format,
+                           [_inline_data(text, data_format)])
             return Answer(b"", default_format, timezone)
         if held is not None and statement.kind == "Set":
             run_set(session, statement, self.policy, access)
@@ -219,9 +222,9 @@ class SqlExecutor:
         rows go in as data. False when the request is not such an INSERT: it is then parsed
         whole, as text."""
         split = _statement_and_rows(request)
-        if split is None:
+        if split is None or request.body is None:
             return False
-        text, rows = split
+        text, rows_start = split
         try:
             statement = parse_statement(session.ask, text, request.params)
         except SqlError:
@@ -230,21 +233,25 @@ class SqlExecutor:
                 request.url_query is None and statement.output_format == "Values"):
             return False  # VALUES rows may start on the first line: the text path finds them
         check(statement, access, self.catalog, in_session=in_session)
-        session.insert(statement.without_format(), statement.output_format or "Values", rows)
+        # Streamed from the spool: the rows are never whole in memory.
+        session.insert(statement.without_format(), statement.output_format or "Values",
+                       request.body.chunks(rows_start))
         return True
 
 
-def _statement_and_rows(request: SqlRequest) -> tuple[str, bytes] | None:
-    if not request.body:
+def _statement_and_rows(request: SqlRequest) -> tuple[str, int] | None:
+    """The INSERT statement of a request whose body holds rows, and where they start in it."""
+    if request.body is None:
         return None
     if request.url_query is not None:
-        return request.url_query, request.body
+        return request.url_query, 0
+    head = request.body.read(0, _MAX_STATEMENT_LINE)
     # Only a cheap filter: what runs is decided by the engine's parse of the first line.
-    if not request.body.lstrip()[:6].upper().startswith(b"INSERT"):
+    if not head.lstrip()[:6].upper().startswith(b"INSERT"):
         return None
-    first, newline, rows = request.body.partition(b"\n")
+    first, newline, _ = head.partition(b"\n")
     try:
-        return (first.decode("utf-8"), rows) if newline else None
+        return (first.decode("utf-8"), len(first) + 1) if newline else None
     except UnicodeDecodeError:
         return None
 

@@ -5,9 +5,9 @@ stack. So the stack answers SQL over HTTP the way a ClickHouse server does, and 
 what they already use at it: curl, clickhouse-connect, `steplog sql`, Grafana.
 
 This module only wires the parts (docs/sql-endpoint.md has the design):
-sql_auth (who asks, what they may do) -> sql_compression and sql_blocks (the body's
-Content-Encoding, then `decompress=1`), sql_request (the request as ClickHouse's handler reads
-it) -> admission (sql_stream_registry: the concurrency limit, query ids; sql_sessions: the
+sql_auth (who asks, what they may do) -> sql_body (the body read as it arrives: its
+Content-Encoding, then `decompress=1`, spooled to disk past a MiB), sql_request (the request
+as ClickHouse's handler reads it; multipart parts one by one) -> admission (sql_stream_registry: the concurrency limit, query ids; sql_sessions: the
 kept session a `session_id` names) -> sql_execution on a worker thread (settings and limits,
 sql_guard, the engine session of sql_engine) up to the first block -> the answer whole, or
 streamed (sql_stream_response), through the output chain of sql_output (the Native layout of
@@ -34,8 +34,9 @@ from aiohttp import web
 
 from steplog.server.principals import KeyVerifier
 from steplog.server.sql_auth import Access, authorize
-from steplog.server.sql_blocks import BlockWriter, read_blocks
-from steplog.server.sql_compression import MAX_BODY_BYTES, decompress, response_encoder
+from steplog.server.sql_blocks import BlockWriter
+from steplog.server.sql_body import decoded_body
+from steplog.server.sql_compression import response_encoder
 from steplog.server.sql_engine import Engine, QueryStats
 from steplog.server.sql_errors import SqlError, exception_block
 from steplog.server.sql_execution import Answer, SqlExecutor
@@ -57,6 +58,7 @@ _QUERY_ID: Final = re.compile(r"^[!-~]{1,128}$")
 
 def sql_app(
     executor: SqlExecutor, verifier: KeyVerifier, default_database: str, *, max_concurrent: int,
+    max_body_bytes: int,
 ) -> web.Application:
     """The aiohttp application answering ClickHouse HTTP requests.
 
@@ -64,7 +66,9 @@ def sql_app(
     format), so run it with aiohttp's own request decompression off (`auto_decompress=False`,
     as `serve_sql` does): otherwise gzip, deflate and zstd bodies would be decoded twice. And
     with `handler_cancellation=True`, so that a client that hangs up cancels its handler, which
-    kills its query in the engine.
+    kills its query in the engine. A body is read as a stream (sql_body), at most
+    `max_body_bytes` of it decoded: aiohttp's own limit (client_max_size) holds only for
+    `request.read()`, which is never called.
     """
     # One worker per query in flight is enough: a query holds one only while the engine
     # produces its next block, and admission (RunningQueries) caps the queries in flight.
@@ -128,16 +132,21 @@ def sql_app(
             layout = native_layout(request.query.get("client_protocol_version"))
             encoder = response_encoder(request)
             spec = SessionSpec.read(request.query)
-            body = decompress(request.headers.get("Content-Encoding", ""), await request.read())
-            if _flag(request.query, "decompress"):
-                body = read_blocks(body, MAX_BODY_BYTES)
-            sql = SqlRequest.read(request.query, request.headers, body, default_database)
+            body = decoded_body(request.content.iter_any(),
+                                request.headers.get("Content-Encoding", ""),
+                                _flag(request.query, "decompress"), max_body_bytes)
+            sql = await SqlRequest.read(request.query, request.headers, body, default_database)
+        except SqlError as error:
+            return _error_response(error, query_id)
+        try:
             query = running.admit(query_id)
         except SqlError as error:
+            sql.close()
             return _error_response(error, query_id)
         try:
             held = sessions.acquire(principal.key_id, spec, access) if spec else None
         except SqlError as error:
+            sql.close()
             running.release(query)
             return _error_response(error, query_id)
 
@@ -164,9 +173,18 @@ def sql_app(
                                     out.exception(exception_block(error, tag)) + out.end())
 
         loop = asyncio.get_running_loop()
-        started = workers.submit(executor.start, sql, access, query, running,
-                                 buffered=_flag(request.query, "wait_end_of_query"), held=held,
-                                 progress=progress)
+        try:
+            started = workers.submit(executor.start, sql, access, query, running,
+                                     buffered=_flag(request.query, "wait_end_of_query"),
+                                     held=held, progress=progress)
+        except BaseException:  # the app is stopping
+            sql.close()
+            finished()
+            raise
+        # The body's spools are read only up to the first block (external tables loaded, an
+        # INSERT's rows inserted): freed once the start has ended, however it ended, even
+        # when the client has gone meanwhile (its worker may still be reading them).
+        started.add_done_callback(lambda _: sql.close())
         try:
             outcome = await asyncio.wrap_future(started)
         except SqlError as error:
@@ -220,7 +238,7 @@ def sql_app(
                 loop.run_in_executor(None, abandon, query, outcome, finished)
             raise
 
-    app = web.Application(client_max_size=256 * 1024 * 1024)
+    app = web.Application()
     app.on_cleanup.append(stop_workers)
     app.router.add_get("/ping", ping)
     app.router.add_route("GET", "/", handle)
@@ -271,7 +289,8 @@ async def serve_sql(
     )
     runner = web.AppRunner(
         sql_app(executor, verifier, default_database,
-                max_concurrent=limits.max_concurrent_queries),
+                max_concurrent=limits.max_concurrent_queries,
+                max_body_bytes=limits.max_body_bytes),
         access_log=None, auto_decompress=False, handler_cancellation=True,
     )
     await runner.setup()

@@ -30,14 +30,15 @@ from __future__ import annotations
 
 import email.message
 import email.utils
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from steplog.server.sql_body import Spool
 from steplog.server.sql_errors import SqlError
 from steplog.server.sql_external import ExternalTable
 
-__all__ = ["DEFAULT_FORMAT", "FormPart", "SqlRequest", "read_multipart"]
+__all__ = ["DEFAULT_FORMAT", "FormPart", "FormReader", "SqlRequest"]
 
 DEFAULT_FORMAT: Final = "TabSeparated"
 _TRANSPORT_PARAMETERS: Final = frozenset({
@@ -48,14 +49,16 @@ _TRANSPORT_PARAMETERS: Final = frozenset({
     "client_protocol_version", "quota_key", "role", "stacktrace", "close_session",
 })
 _PARAM: Final = "param_"
+_MAX_PART_HEADERS: Final = 64 * 1024
+"""The most a part's header lines may hold (ClickHouse's http_max_field_* are of this order)."""
 
 
 @dataclass(frozen=True)
 class SqlRequest:
     url_query: str | None
     """The `query` parameter (with a multipart body: and the form's `query` fields), if any."""
-    body: bytes
-    """The request body, decompressed (empty for a multipart body: it is read into fields)."""
+    body: Spool | None
+    """The request body, decoded (None when empty, or multipart: it is read into fields)."""
     database: str
     default_format: str
     params: dict[str, str] = field(default_factory=dict)
@@ -67,10 +70,13 @@ class SqlRequest:
     """Whether the request named its database (in a session, else the session's current one)."""
 
     @classmethod
-    def read(
-        cls, params: Mapping[str, str], headers: Mapping[str, str], body: bytes,
-        default_database: str,
+    async def read(
+        cls, params: Mapping[str, str], headers: Mapping[str, str],
+        body: AsyncIterable[bytes], default_database: str,
     ) -> SqlRequest:
+        """The request, its body read from `body` (decoded chunks: sql_body.decoded_body)
+        into spools. The caller closes the request once its query no longer needs them;
+        if reading fails, nothing is left open."""
         content_type = headers.get("Content-Type", "")
         sent_database = headers.get("X-ClickHouse-Database") or params.get("database")
         database = sent_database or default_database
@@ -78,19 +84,28 @@ class SqlRequest:
                           or DEFAULT_FORMAT)
         url_fields = list(params.items())
         if not content_type.lower().startswith("multipart/form-data"):
-            return cls(params.get("query"), body, database, default_format,
+            spool = await _spooled(body)
+            return cls(params.get("query"), spool, database, default_format,
                        _params(url_fields), _settings(url_fields, set()), params.get("query_id"),
                        database_sent=bool(sent_database))
-        parts = read_multipart(content_type, body)
-        fields = url_fields + [(p.name, _field_text(p)) for p in parts if p.filename is None]
-        first: dict[str, str] = {}
-        for name, value in fields:
-            first.setdefault(name, value)  # the URL's before the form's, as Poco's get() does
-        tables = tuple(ExternalTable.from_part(p.name, first, p.data)
-                       for p in parts if p.filename is not None)
+        parts = await read_form(content_type, body)
+        try:
+            fields = url_fields + [(p.name, p.data.text(f"form field {p.name!r}"))
+                                   for p in parts if p.filename is None]
+            first: dict[str, str] = {}
+            for name, value in fields:
+                first.setdefault(name, value)  # the URL's before the form's, as Poco's get() does
+            tables = tuple(ExternalTable.from_part(p.name, first, p.data)
+                           for p in parts if p.filename is not None)
+        except BaseException:
+            _close(parts)
+            raise
+        for part in parts:
+            if part.filename is None:
+                part.data.close()  # read into `fields`
         queries = [value for name, value in fields if name == "query"]
         return cls(
-            "".join(queries) if queries else None, b"", database, default_format,
+            "".join(queries) if queries else None, None, database, default_format,
             _params(fields), _settings(fields, {t.name for t in tables}), params.get("query_id"),
             tables, bool(sent_database),
         )
@@ -98,15 +113,19 @@ class SqlRequest:
     def text(self) -> str:
         """The whole query text: the URL's query, the body after it on a new line."""
         parts = [self.url_query] if self.url_query is not None else []
-        if self.body:
-            parts.append(_utf8(self.body, "the query"))
+        if self.body is not None:
+            parts.append(self.body.text("the query"))
         text = "\n".join(parts)
         if "\x00" in text:
             raise SqlError(62, "SYNTAX_ERROR", "the query contains a NUL character")
         return text
 
-    def body_text(self) -> str:
-        return _utf8(self.body, "the query")
+    def close(self) -> None:
+        """Free the body's and the external tables' spools (their temporary files)."""
+        if self.body is not None:
+            self.body.close()
+        for table in self.external_tables:
+            table.data.close()
 
 
 @dataclass(frozen=True)
@@ -115,40 +134,145 @@ class FormPart:
 
     name: str
     filename: str | None
-    data: bytes
+    data: Spool
 
 
-def read_multipart(content_type: str, body: bytes) -> list[FormPart]:
-    """The parts of a multipart/form-data `body` (RFC 7578), as bytes: a part's content is
-    never decoded here. SqlError (ClickHouse's CANNOT_PARSE_INPUT_ASSERTION_FAILED) naming
-    what is malformed and where."""
+async def _spooled(body: AsyncIterable[bytes]) -> Spool | None:
+    spool = Spool()
+    try:
+        async for data in body:
+            spool.write(data)
+    except BaseException:
+        spool.close()
+        raise
+    if spool.size:
+        return spool
+    spool.close()
+    return None
+
+
+async def read_form(content_type: str, body: AsyncIterable[bytes]) -> list[FormPart]:
+    """The parts of a multipart/form-data body (RFC 7578) as it arrives, each spooled as
+    bytes (never decoded here); on failure none is left open."""
     boundary = _param(content_type, "Content-Type", "boundary")
     if not boundary:
         raise _malformed("the Content-Type has no boundary", 0)
-    delimiter = b"--" + boundary.encode("latin-1")
-    at = body.find(delimiter)
-    if at < 0:
-        raise _malformed("the body holds no boundary", 0)
     parts: list[FormPart] = []
-    at += len(delimiter)
-    while True:
-        if body[at:at + 2] == b"--":
-            return parts  # the closing delimiter; an epilogue after it is ignored
-        if body[at:at + 2] != b"\r\n":
-            raise _malformed("a boundary is not followed by a line break", at)
-        headers_end = body.find(b"\r\n\r\n", at + 2)
-        if headers_end < 0:
-            raise _malformed("a part's headers do not end", at)
-        end = body.find(b"\r\n" + delimiter, headers_end + 4)
+
+    def new_part(name: str, filename: str | None) -> Spool:
+        parts.append(FormPart(name, filename, Spool()))
+        return parts[-1].data
+
+    reader = FormReader(boundary.encode("latin-1"), new_part)
+    try:
+        async for data in body:
+            reader.feed(data)
+        reader.end()
+    except BaseException:
+        _close(parts)
+        raise
+    return parts
+
+
+class FormReader:
+    """A multipart/form-data body read as it arrives: `feed` each chunk, then `end`. Each
+    part's content goes to the spool `new_part(name, filename)` gives, as bytes; only a few
+    bytes more than a boundary are ever held. SqlError (ClickHouse's
+    CANNOT_PARSE_INPUT_ASSERTION_FAILED) naming what is malformed and at which byte."""
+
+    def __init__(self, boundary: bytes, new_part: Callable[[str, str | None], Spool]) -> None:
+        self._delimiter = b"--" + boundary
+        self._new_part = new_part
+        self._buffer = bytearray()
+        self._at = 0  # where _buffer starts in the body
+        self._state = self._preamble
+        self._part: Spool | None = None
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+        while self._state():
+            pass
+
+    def end(self) -> None:
+        self._state()
+        if self._state == self._preamble:
+            raise _malformed("the body holds no boundary", 0)
+        if self._state == self._headers:
+            raise _malformed("a part's headers do not end", self._at)
+        if self._state == self._content:
+            raise _malformed("a part does not end with a boundary", self._at)
+        if self._state == self._after_boundary:
+            raise _malformed("a boundary is not followed by a line break", self._at)
+
+    # Each state reads what it can of the buffer: True when it moved on (run the next one).
+
+    def _preamble(self) -> bool:
+        found = self._buffer.find(self._delimiter)
+        if found < 0:
+            self._consume(max(0, len(self._buffer) - len(self._delimiter) + 1))
+            return False
+        self._consume(found + len(self._delimiter))
+        self._state = self._after_boundary
+        return True
+
+    def _after_boundary(self) -> bool:
+        if len(self._buffer) < 2:
+            return False
+        if self._buffer[:2] == b"--":
+            self._state = self._epilogue  # the closing delimiter
+            return True
+        if self._buffer[:2] != b"\r\n":
+            raise _malformed("a boundary is not followed by a line break", self._at)
+        self._state = self._headers
+        return True
+
+    def _headers(self) -> bool:
+        # From the line break after the boundary: a part with no header line at all ends here.
+        end = self._buffer.find(b"\r\n\r\n")
         if end < 0:
-            raise _malformed("a part does not end with a boundary", headers_end)
-        parts.append(_part(body[at + 2:headers_end], body[headers_end + 4:end], at))
-        at = end + 2 + len(delimiter)
+            if len(self._buffer) > _MAX_PART_HEADERS:
+                raise _malformed(f"a part's headers pass {_MAX_PART_HEADERS} bytes", self._at)
+            return False
+        name, filename = _disposition(bytes(self._buffer[2:end]), self._at)
+        self._part = self._new_part(name, filename)
+        self._consume(end + 4)
+        self._state = self._content
+        return True
+
+    def _content(self) -> bool:
+        assert self._part is not None
+        found = self._buffer.find(b"\r\n" + self._delimiter)
+        if found < 0:
+            # All but what could be the start of the next delimiter.
+            keep = len(self._delimiter) + 1
+            if len(self._buffer) > keep:
+                self._part.write(bytes(self._buffer[:-keep]))
+                self._consume(len(self._buffer) - keep)
+            return False
+        self._part.write(bytes(self._buffer[:found]))
+        self._consume(found + 2 + len(self._delimiter))
+        self._part = None
+        self._state = self._after_boundary
+        return True
+
+    def _epilogue(self) -> bool:
+        self._consume(len(self._buffer))  # ignored, as after the closing delimiter
+        return False
+
+    def _consume(self, count: int) -> None:
+        del self._buffer[:count]
+        self._at += count
 
 
-def _part(header_block: bytes, data: bytes, at: int) -> FormPart:
+def _close(parts: Iterable[FormPart]) -> None:
+    for part in parts:
+        part.data.close()
+
+
+def _disposition(header_block: bytes, at: int) -> tuple[str, str | None]:
+    """The part's name and filename, from its Content-Disposition header."""
     disposition = ""
-    for line in header_block.split(b"\r\n"):
+    for line in header_block.split(b"\r\n") if header_block else ():
         name, colon, value = line.partition(b":")
         if not colon:
             raise _malformed(f"a part's header line {line[:40]!r} has no ':'", at)
@@ -157,7 +281,7 @@ def _part(header_block: bytes, data: bytes, at: int) -> FormPart:
     part_name = _param(disposition, "Content-Disposition", "name")
     if part_name is None:
         raise _malformed("a part has no Content-Disposition name", at)
-    return FormPart(part_name, _param(disposition, "Content-Disposition", "filename"), data)
+    return part_name, _param(disposition, "Content-Disposition", "filename")
 
 
 def _param(header_value: str, header: str, name: str) -> str | None:
@@ -168,10 +292,6 @@ def _param(header_value: str, header: str, name: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return email.utils.collapse_rfc2231_value(value)
-
-
-def _field_text(part: FormPart) -> str:
-    return _utf8(part.data, f"form field {part.name!r}")
 
 
 def _params(fields: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -189,17 +309,6 @@ def _settings(fields: Iterable[tuple[str, str]], tables: set[str]) -> dict[str, 
     return {name: value for name, value in fields
             if name and name not in _TRANSPORT_PARAMETERS and not name.startswith(_PARAM)
             and name not in described}
-
-
-def _utf8(data: bytes, what: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SqlError(
-            62, "SYNTAX_ERROR",
-            f"{what} is not UTF-8 (byte {exc.start}); binary data goes in the body of an "
-            "INSERT whose statement is in the `query` parameter, or in an external table",
-        ) from None
 
 
 def _malformed(what: str, at: int) -> SqlError:

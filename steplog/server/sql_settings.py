@@ -58,12 +58,14 @@ class SqlLimits:
     max_result_bytes: int
     max_concurrent_queries: int = 16
     """Queries in flight at once; one more is answered TOO_MANY_SIMULTANEOUS_QUERIES."""
+    max_body_bytes: int = 1024 * 1024 * 1024
+    """The largest request body, decoded (spooled to disk past 1 MiB: sql_body)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SqlLimits:
         return cls(settings.sql_max_execution_s, settings.sql_max_memory_mb,
                    settings.sql_max_result_rows, settings.sql_max_result_bytes,
-                   settings.sql_max_concurrent_queries)
+                   settings.sql_max_concurrent_queries, settings.sql_max_body_mb * 1024 * 1024)
 
     def engine_settings(self) -> dict[str, str]:
         return {

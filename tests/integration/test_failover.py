@@ -176,5 +176,6 @@ def test_a_killed_and_restarted_leader_loses_and_repeats_nothing(
 def test_a_leader_killed_for_good_loses_and_repeats_nothing(
     stack: Stack, pytestconfig: pytest.Config
 ) -> None:
-    # The module's last test: its node stays dead until the cluster stops.
-    survive_a_kill(stack, pytestconfig, restart=False)
+    # Dead for the whole test; restarted after it for the session's next users of the cluster.
+    with restarted_after(stack.cluster):
+        survive_a_kill(stack, pytestconfig, restart=False)

@@ -30,6 +30,7 @@ from tests.conftest import (
 from tests.workflow_harness import WorkerThread
 
 APP = "shop"
+PLAN = "event.data.plan == 'enterprise' ? 120 : 0"
 
 
 def build_app(settings: Settings) -> App:
@@ -44,6 +45,15 @@ def build_app(settings: Settings) -> App:
         await ctx.step.wait_for_event("hold", event="sync.release", match="data.customer",
                                       timeout="2m")
         return data["n"]
+
+    @app.workflow("customer.rank", triggers=["customer.ranked"],
+                  concurrency=Concurrency(limit=1, key="data.customer"), priority=PLAN)
+    async def rank(ctx: WorkflowContext) -> Any:
+        data = ctx.event.data
+        assert isinstance(data, dict)
+        await ctx.step.wait_for_event("hold", event="rank.release", match="data.customer",
+                                      timeout="2m")
+        return data.get("plan")
 
     @app.workflow("customer.reindex", triggers=["customer.edited"],
                   debounce=Debounce(period_ms=300, key="data.customer"))
@@ -162,3 +172,26 @@ def test_debounce_starts_once_with_the_last_data_after_a_quiet_period(stack: Sta
         row = stack.flow_start(replaced)
         assert row is not None and row["status"] == "skipped", row
         assert stack.processors.run_status(replaced) is None
+
+
+def test_the_priority_expression_lets_a_later_start_go_first(stack: Stack) -> None:
+    runs = [stack.send("customer.ranked", {"customer": "p", "plan": plan}, "customer.rank")
+            for plan in ("free", "free", "enterprise")]
+    no_plan = stack.send("customer.ranked", {"customer": "p"}, "customer.rank")
+
+    wait_for(lambda: stack.processors.run_status(runs[0]) == "running", what="the first run")
+    wait_for(lambda: all(stack.flow_start(run_id) for run_id in [*runs[1:], no_plan]),
+             what="the later starts to wait")
+    rows = [stack.flow_start(run_id) or {} for run_id in [*runs[1:], no_plan]]
+    assert [row["priority"] for row in rows] == [0, 120, 0]
+    assert rows[2]["reason"].startswith("concurrency: 1 running; priority counted as 0: ")
+    assert "no field 'plan'" in rows[2]["reason"]
+
+    stack.client.send_event("rank.release", {"customer": "p"})
+    wait_for(lambda: stack.processors.run_status(runs[2]) == "running",
+             what="the enterprise start to go before the free one sent before it")
+    assert stack.processors.run_status(runs[1]) is None
+    for run_id in (runs[2], runs[1], no_plan):  # then arrival order among equals
+        wait_for(lambda: stack.processors.run_status(run_id) == "running", what=f"run {run_id}")
+        stack.client.send_event("rank.release", {"customer": "p"})
+        wait_for(lambda: stack.processors.run_status(run_id) == "completed", what=f"run {run_id}")

@@ -9,8 +9,16 @@ and what a form or an external table must not smuggle in.
 
 from __future__ import annotations
 
+import gzip
+import os
 import struct
-from collections.abc import Iterator
+import tempfile
+import urllib.parse
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from http.client import HTTPConnection
+from pathlib import Path
 
 import clickhouse_connect
 import pytest
@@ -20,9 +28,10 @@ from urllib3 import encode_multipart_formdata
 from steplog.projections.clickhouse import chdb_path, open_clickhouse
 from steplog.server.sql_engine import Engine
 from steplog.server.sql_errors import SqlError
+from steplog.server.sql_settings import SqlLimits
 from steplog.settings import Settings
-from tests.conftest import isolated_settings
-from tests.integration.sql_endpoint_server import Answer, Endpoint, http, serving
+from tests.conftest import isolated_settings, wait_for
+from tests.integration.sql_endpoint_server import Answer, Endpoint, basic, http, serving
 
 OUTSIDE = "/etc/hostname"
 
@@ -209,3 +218,131 @@ def test_forms_and_external_tables_smuggle_nothing_in(
     assert answer.status in (400, 403, 404), answer.body
     assert answer.body.startswith("Code: ") and named.lower() in answer.body.lower(), answer.body
     assert http(endpoint.url, key=endpoint.keys.read, body=b"SELECT 1").body == "1\n"
+
+
+# Bodies read as a stream: spooled to disk as they arrive, fed to the engine in chunks.
+
+NUMBERS = "".join(f"{n}\n" for n in range(100_000)).encode()  # 588,890 bytes of CSV
+NUMBERS_SUM = sum(range(100_000))
+
+
+def csv_numbers(repeats: int) -> Iterator[bytes]:
+    """A large CSV made on the fly, as a client streams a file: NUMBERS `repeats` times."""
+    for _ in range(repeats):
+        yield NUMBERS
+
+
+def posted_stream(endpoint: Endpoint, key: str, params: dict[str, str],
+                  chunks: Iterable[bytes], headers: dict[str, str]) -> Answer:
+    """A POST whose body is sent as it is made, with chunked transfer encoding."""
+    conn = HTTPConnection("127.0.0.1", endpoint.port, timeout=120)
+    try:
+        conn.request("POST", f"/?{urllib.parse.urlencode(params)}", body=chunks,
+                     headers={**basic(key), **headers}, encode_chunked=True)
+        response = conn.getresponse()
+        return Answer(response.status, dict(response.getheaders()), response.read().decode())
+    finally:
+        conn.close()
+
+
+def form_with_file(name: str, chunks: Iterable[bytes], fields: dict[str, str],
+                   boundary: str = "STEPLOGxBOUNDARY") -> tuple[Iterator[bytes], dict[str, str]]:
+    """A multipart body whose file part `name` comes first, its `fields` after it."""
+    def body() -> Iterator[bytes]:
+        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; "
+               f"filename=\"{name}.csv\"\r\n\r\n").encode()
+        yield from chunks
+        for field, value in fields.items():
+            yield (f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\""
+                   f"\r\n\r\n{value}").encode()
+        yield f"\r\n--{boundary}--\r\n".encode()
+    return body(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/self/status")
+
+
+def spool_files() -> set[str]:
+    """The temporary files this process holds open and that have no name any more: spools
+    (the endpoint runs in this process), and pytest's own capture files."""
+    held = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith(tempfile.gettempdir()) and target.endswith("(deleted)"):
+            held.add(target)
+    return held
+
+
+def test_a_large_external_table_streams_through_disk_not_memory(endpoint: Endpoint) -> None:
+    # 200 MiB of CSV, its structure sent after it (a form field after the file part), to
+    # an endpoint in this very process: its growth is this process's (VmHWM reset first).
+    repeats = 356
+    chunks, headers = form_with_file("t", csv_numbers(repeats), {
+        "t_structure": "x UInt64", "query": "SELECT count(), sum(x) FROM t"})
+    others = spool_files()
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    before = rss_kib("VmRSS")
+    answer = posted_stream(endpoint, endpoint.keys.read, {"t_format": "CSV"}, chunks, headers)
+    grown_mib = (rss_kib("VmHWM") - before) / 1024
+    assert answer.status == 200, answer.body
+    assert answer.body == f"{100_000 * repeats}\t{NUMBERS_SUM * repeats}\n"
+    assert grown_mib < 64, f"the endpoint grew by {grown_mib:.0f} MiB for a 200 MiB table"
+    assert spool_files() == others
+
+
+def test_an_insert_body_streams_compressed_into_the_table(endpoint: Endpoint) -> None:
+    admin, table = endpoint.keys.admin, f"{endpoint.database}.streamed"
+    created = http(endpoint.url, key=admin, body=(
+        f"CREATE TABLE {table} (x UInt64) ENGINE = MergeTree ORDER BY tuple()").encode())
+    assert created.status == 200, created.body
+    gzipped = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    compressed = [gzipped.compress(chunk) for chunk in csv_numbers(20)] + [gzipped.flush()]
+    answer = posted_stream(endpoint, admin, {"query": f"INSERT INTO {table} FORMAT CSV"},
+                           compressed, {"Content-Encoding": "gzip"})
+    assert answer.status == 200, answer.body
+    got = http(endpoint.url, key=admin, body=f"SELECT count(), sum(x) FROM {table}".encode())
+    assert got.body == f"{100_000 * 20}\t{NUMBERS_SUM * 20}\n"
+
+
+def test_a_body_past_the_limit_is_413_naming_the_setting(module_settings: Settings) -> None:
+    limits = replace(SqlLimits.from_settings(module_settings), max_body_bytes=1024 * 1024)
+    with serving(module_settings, limits) as small:
+        bomb = gzip.compress(b"1\n" * 1024 * 1024)  # 2 MiB decoded from a few KiB
+        answer = http(small.url, key=small.keys.admin, body=bomb,
+                      params={"query": "INSERT INTO t FORMAT CSV"},
+                      headers={"Content-Encoding": "gzip"})
+    assert answer.status == 413, answer.body
+    assert answer.headers["X-ClickHouse-Exception-Code"] == "290"
+    assert "STEPLOG_SQL_MAX_BODY_MB" in answer.body and "1048576 bytes" in answer.body
+
+
+def test_spooled_parts_are_freed_on_error_and_when_the_client_goes(endpoint: Endpoint) -> None:
+    others = spool_files()
+    # Rows the engine refuses, after 6 MiB of good ones (on disk by then).
+    chunks, headers = form_with_file("t", [*csv_numbers(10), b"not a number\n"], {
+        "t_structure": "x UInt64", "query": "SELECT count() FROM t"})
+    refused = posted_stream(endpoint, endpoint.keys.read, {"t_format": "CSV"}, chunks, headers)
+    assert refused.status == 400 and "external table 't'" in refused.body, refused.body
+    assert spool_files() == others
+    # A client that hangs up halfway through its upload.
+    chunks, headers = form_with_file("t", csv_numbers(1000), {"t_structure": "x UInt64"})
+    conn = HTTPConnection("127.0.0.1", endpoint.port, timeout=60)
+    conn.putrequest("POST", "/?t_format=CSV")
+    for name, value in {**basic(endpoint.keys.read), **headers,
+                        "Transfer-Encoding": "chunked"}.items():
+        conn.putheader(name, value)
+    conn.endheaders()
+    for _ in range(20):  # about 11 MiB
+        chunk = next(chunks)
+        conn.send(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+    wait_for(lambda: len(spool_files() - others) == 1, timeout=30,
+             what="the part spooled to disk")
+    conn.close()
+    wait_for(lambda: spool_files() == others, timeout=30, what="the spool freed")

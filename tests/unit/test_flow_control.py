@@ -14,6 +14,7 @@ from steplog.processors.fold.effects import SendCommand, WorkflowRunEnded
 from steplog.processors.fold.flow_control import (
     FlowEffect,
     FlowKeyState,
+    RECENT_RUNS,
     FlowStartChanged,
     apply_flow_message,
 )
@@ -165,6 +166,20 @@ def test_the_state_survives_its_changelog_bytes() -> None:
     back = FlowKeyState.from_bytes(state.to_bytes())
     assert back == state
     assert started(apply_flow_message(back, ended("r1"), T0 + 40)) == ["r2"]
+
+
+def test_the_last_runs_done_with_are_remembered_and_the_oldest_forgotten() -> None:
+    state = FlowKeyState()
+    for n in range(RECENT_RUNS + 1):
+        state.remember(f"run {n}")  # a run id may hold spaces
+    back = FlowKeyState.from_bytes(state.to_bytes())
+    assert not back.knows("run 0") and back.knows("run 1") and back.knows(f"run {RECENT_RUNS}")
+    assert not back.knows("run") and not back.knows("1")  # whole ids only
+
+
+def test_a_state_of_another_format_is_refused_naming_both() -> None:
+    with pytest.raises(ValueError, match="format '{\"waiting\".*'flow-key-state 2'"):
+        FlowKeyState.from_bytes(b'{"waiting":[],"running":[]}')
 
 
 # --- options and the gate ------------------------------------------------------------------

@@ -1,16 +1,38 @@
 """Requests read as ClickHouse's HTTP handler reads them: URL, body, multipart form fields and
-file parts (external tables), bytes kept as bytes."""
+file parts (external tables), bytes kept as bytes, bodies read as they arrive (every test's
+body comes in pieces of a few bytes, so that each boundary and header falls across them)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import AsyncIterator, Mapping
 
 import pytest
 from urllib3 import encode_multipart_formdata
 
 from steplog.server.sql_errors import SqlError
 from steplog.server.sql_external import parse_structure, parse_types
-from steplog.server.sql_request import SqlRequest, read_multipart
+from steplog.server.sql_request import FormPart, SqlRequest, read_form
+
+PIECE = 3
+
+
+async def pieces(body: bytes, size: int = PIECE) -> AsyncIterator[bytes]:
+    for at in range(0, len(body), size):
+        yield body[at:at + size]
+
+
+def read(params: Mapping[str, str], headers: Mapping[str, str], body: bytes) -> SqlRequest:
+    return asyncio.run(SqlRequest.read(params, headers, pieces(body), "db"))
+
+
+def read_multipart(content_type: str, body: bytes) -> list[tuple[str, str | None, bytes]]:
+    parts: list[FormPart] = asyncio.run(read_form(content_type, pieces(body)))
+    contents = [(p.name, p.filename, p.data.read()) for p in parts]
+    for part in parts:
+        part.data.close()
+    return contents
 
 
 def multipart(fields: dict[str, str | tuple[str, bytes]]) -> tuple[dict[str, str], bytes]:
@@ -21,23 +43,24 @@ def multipart(fields: dict[str, str | tuple[str, bytes]]) -> tuple[dict[str, str
 
 def test_the_body_continues_the_url_query_and_stays_bytes() -> None:
     rows = b"\x00\xff\x01binary rows"
-    request = SqlRequest.read({"query": "INSERT INTO t FORMAT RowBinary", "param_x": "1",
-                               "max_threads": "1", "": "skipped"}, {}, rows, "db")
-    assert (request.url_query, request.body) == ("INSERT INTO t FORMAT RowBinary", rows)
+    request = read({"query": "INSERT INTO t FORMAT RowBinary", "param_x": "1",
+                               "max_threads": "1", "": "skipped"}, {}, rows)
+    assert request.url_query == "INSERT INTO t FORMAT RowBinary"
+    assert request.body is not None and request.body.read() == rows
     assert request.params == {"x": "1"} and request.settings == {"max_threads": "1"}
 
 
 def test_an_urlencoded_body_is_query_text_as_in_clickhouse() -> None:
     # What curl -d and urllib label every body with.
-    request = SqlRequest.read({}, {"Content-Type": "application/x-www-form-urlencoded"},
-                              b"SELECT 'a=b&c'", "db")
+    request = read({}, {"Content-Type": "application/x-www-form-urlencoded"},
+                              b"SELECT 'a=b&c'")
     assert request.text() == "SELECT 'a=b&c'"
 
 
 def test_headers_win_over_parameters_as_in_clickhouse() -> None:
-    request = SqlRequest.read({"database": "p", "default_format": "CSV"},
+    request = read({"database": "p", "default_format": "CSV"},
                               {"X-ClickHouse-Database": "h", "X-ClickHouse-Format": "JSON"},
-                              b"", "db")
+                              b"")
     assert (request.database, request.default_format) == ("h", "JSON")
 
 
@@ -48,20 +71,20 @@ def test_form_fields_are_parameters_and_file_parts_are_tables() -> None:
         "pets": ("pets.csv", b"1,ada\n\x00\xff"),
         "pets_structure": "id Int32, name String",
     })
-    request = SqlRequest.read({"query": "-- url\n", "param_url": "url", "pets_format": "CSV"},
-                              headers, body, "db")
+    request = read({"query": "-- url\n", "param_url": "url", "pets_format": "CSV"},
+                              headers, body)
     assert request.text() == "-- url\nSELECT * FROM pets WHERE id > {low:Int32}"
     assert request.params == {"low": "1", "url": "url"}  # the URL's wins
     assert request.settings == {"max_threads": "2"}  # not pets_format nor pets_structure
     [table] = request.external_tables
-    assert (table.name, table.format, table.data) == ("pets", "CSV", b"1,ada\n\x00\xff")
+    assert (table.name, table.format, table.data.read()) == ("pets", "CSV", b"1,ada\n\x00\xff")
     assert table.structure == (("id", "Int32"), ("name", "String"))
 
 
 def test_a_file_part_without_its_structure_is_refused_naming_it() -> None:
     headers, body = multipart({"query": "SELECT 1", "t": ("t.tsv", b"1\n")})
     with pytest.raises(SqlError, match=r"external table 't'.*t_structure or t_types") as error:
-        SqlRequest.read({}, headers, body, "db")
+        read({}, headers, body)
     assert error.value.code == 36
 
 
@@ -69,7 +92,7 @@ def test_a_field_that_is_not_utf8_is_refused_naming_it() -> None:
     headers, body = multipart({"query": "SELECT 1", "param_x": "é"})
     body = body.replace("é".encode(), b"\xff")
     with pytest.raises(SqlError, match="form field 'param_x' is not UTF-8"):
-        SqlRequest.read({}, headers, body, "db")
+        read({}, headers, body)
 
 
 @pytest.mark.parametrize(("body", "what"), [
@@ -90,7 +113,7 @@ def test_part_contents_are_bytes_as_sent() -> None:
                            b"preamble\r\n--B\r\nContent-Disposition: form-data; name=\"t\"; "
                            b"filename=\"t.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
                            + data + b"\r\n--B--\r\n")
-    assert [(p.name, p.filename, p.data) for p in parts] == [("t", "t.bin", data)]
+    assert parts == [("t", "t.bin", data)]
 
 
 def test_structures_are_split_outside_brackets_and_quotes() -> None:
