@@ -34,6 +34,7 @@ from aiokafka.errors import KafkaError
 
 from steplog.errors import InvalidEventError
 from steplog.kafka import consumer as kafka_consumer
+from steplog.kafka import start_or_stop
 from steplog.projections.writer import RefusedRow, TableRows
 from steplog.schemas.codec import decode_dead_letter
 
@@ -83,7 +84,7 @@ class DeadLettersHost:
             max_partition_fetch_bytes=config.max_fetch_bytes,
         )
         consumer.subscribe([config.topics.dlq])
-        await consumer.start()
+        await start_or_stop(consumer)
         try:
             while True:
                 fetched = await consumer.getmany(

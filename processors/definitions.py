@@ -27,6 +27,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from steplog.errors import TopicError
 from steplog.kafka import consumer as kafka_consumer
+from steplog.kafka import start_or_stop
 from steplog.topics import topic_partitions
 
 from .stateful_consumer import Record
@@ -80,7 +81,7 @@ class DefinitionsFollower:
             max_partition_fetch_bytes=self.max_fetch_bytes,
             client_id="steplog-definitions",
         )
-        await consumer.start()
+        await start_or_stop(consumer)
         try:
             assigned = [TopicPartition(self.topic, p)
                         for p in await topic_partitions(self.bootstrap, self.topic)]

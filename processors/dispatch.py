@@ -20,7 +20,10 @@ Besides sending, the dispatcher does the two things the fold cannot:
   can take yet is handed back (the timer service retries it when the registry learns more).
 - **flow control** (processors/flow_gate.py): a `start_run` of a workflow that limits its
   starts goes to the flow-control topic instead (unless `SendCommand.admitted`), and a
-  `WorkflowRunEnded` of one that counts running runs frees the run's slot there.
+  `WorkflowRunEnded` of one that counts running runs frees the run's slot there. Every
+  `start_run` sent to the workers is marked `flow_checked`; a worker hands an unmarked one
+  (a client's, a retrigger) back as a `run.scheduled` when its workflow limits starts
+  (producers/held_starts.py), so that it comes through here too.
 - **runner pinning** (`runner` on a command): a pinned run's commands go to the
   runner-commands topic, where only workers of that runner name take them (schemas/topics.py).
   A pinned child's `start_run` goes out with the child's `run.scheduled` (due at once, naming
@@ -264,6 +267,9 @@ class Dispatcher:
             if held is not None:  # flow control decides when it goes (flow_gate.py)
                 self._flow_message(outbox, held)
                 return
+            if isinstance(command, StartRun):
+                # Past the gate: workers hold back only the starts written elsewhere.
+                command = command.model_copy(update={"flow_checked": True})
             value = encode(command, max_bytes=self.max_bytes)
         except EventTooLargeError as exc:
             self._too_large(outbox, effect, command, exc)

@@ -281,7 +281,7 @@ class StateStore(Generic[S]):
             enable_auto_commit=False,
             max_partition_fetch_bytes=self._max_message_bytes,
         )
-        await reader.start()
+        await kafka.start_or_stop(reader)
         try:
             self._states.begin_load(partitions)
             tps = [TopicPartition(self.changelog, partition) for partition in partitions]

@@ -59,6 +59,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import InconsistentGroupProtocolError, KafkaError
 
 from steplog.kafka import consumer as kafka_consumer
+from steplog.kafka import start_or_stop
 from steplog.metrics import metrics
 from steplog.projections.writer import TableRows, concat_rows
 
@@ -244,7 +245,7 @@ class StatefulConsumer:
             rebalance_timeout_ms=int(self.rebalance_timeout * 1000),
         )
         consumer.subscribe([self.topic], listener=_Listener(self))
-        await consumer.start()
+        await start_or_stop(consumer)
         try:
             while True:
                 await self._next_batch(consumer)

@@ -1,6 +1,9 @@
 """How a worker carries out the commands addressed to it: it writes starts and runs passes.
 
-`start_run` writes the run's `run.started` (its event id derived from the run id, so a
+A `start_run` that flow control must decide first (written outside the processors, for a
+workflow whose flow control limits starts) is handed to the processors as a `run.scheduled`
+instead (producers.held_starts). Any other `start_run` writes the run's `run.started` (its
+event id derived from the run id, so a
 duplicated start is a duplicate event; it names the runner the run is pinned to, if any, so
 that the processors' commands for the run name it too). A start this worker is the first to
 see executes its first pass at once, with an empty history: a start_run written after the
@@ -53,6 +56,7 @@ from steplog.schemas.events import (
     Event,
     RunFailed,
     RunFailedPayload,
+    RunScheduled,
     RunStarted,
     RunStartedPayload,
     new_event_id,
@@ -65,6 +69,7 @@ from steplog.settings import Settings
 from .cancel_on import cancel_registrations, cancel_releases
 from .command_commits import CommandCommits, CommandToken
 from .context import TriggerEvent
+from .held_starts import scheduled_instead
 from .history import RunHistory, RunStart
 from .kafka_run_sink import RETRY_DELAYS, KafkaRunSink
 from .pass_branches import StopMode
@@ -153,6 +158,12 @@ class RunExecutor:
     # ------------------------------------------------------------ the commands, as they come
 
     def start(self, command: StartRun, token: CommandToken, *, first_delivery: bool) -> None:
+        workflow = self.app.workflows.get(command.workflow)
+        scheduled = (None if workflow is None
+                     else scheduled_instead(command, workflow, self.app.name))
+        if scheduled is not None:  # flow control decides when it starts (held_starts.py)
+            self._spawn(self._hand_to_gate(scheduled, token))
+            return
         if command.command_id in self._carried_out:
             self._commits.done(token)  # a copy of a start carried out here (module docstring)
             return
@@ -235,6 +246,16 @@ class RunExecutor:
                 self._commits.done(token)
         finally:
             self._started_written(command.run_id)
+
+    async def _hand_to_gate(self, scheduled: RunScheduled, token: CommandToken) -> None:
+        assert self.sink is not None
+        try:
+            written = await self.sink.write_with_retries(scheduled)
+        except Exception:  # see _resume: a command that cannot be carried out is done
+            log.exception("start_run %s: cannot be handed to flow control", scheduled.run_id)
+            written = _NOWHERE
+        if written is not None:  # None: stopping; delivered again
+            self._commits.done(token)
 
     async def _start_and_execute(self, handle: RunInFlight, command: StartRun) -> None:
         """A first delivery: write run.started, then the first pass at once (docstring)."""

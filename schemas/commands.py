@@ -164,6 +164,12 @@ class StartRun(CommandEnvelope):
     history: StepHistory = Field(default_factory=dict, description=_HISTORY_DESCRIPTION)
     history_partition: KafkaPartition | None = Field(None, description=_PARTITION_DESCRIPTION)
     history_offset: KafkaOffset | None = Field(None, description=_OFFSET_DESCRIPTION)
+    flow_checked: bool = Field(
+        False, description="Sent by the processors, past their flow-control gate (held back "
+        "until admitted, or not limited): a worker carries it out as it is. False: a start "
+        "written elsewhere (client.start with app, a retrigger), which a worker hands to the "
+        "processors as a run.scheduled due now if its workflow's flow control limits starts."
+    )
 
     @model_validator(mode="after")
     def _history_position_is_whole(self) -> StartRun:

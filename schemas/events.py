@@ -289,6 +289,10 @@ class RunScheduledPayload(WireModel):
         "its start_run was sent with this event and waits for that runner, so no start timer "
         "is set; the run shows scheduled (then overdue) until the runner starts it."
     )
+    retrigger_of: Name | None = Field(
+        None, description="Set on a re-trigger handed to flow control by a worker: the run this "
+        "one re-runs, carried to its start_run."
+    )
 
 
 class RunStartedPayload(WireModel):

@@ -179,6 +179,17 @@ def admin_client(kafka: Kafka, **options: Any) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(**_options(kafka, options))
 
 
+async def start_or_stop(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+    """`client.start()`; if that fails or is cancelled (a rebalance or a stop during start-up),
+    the client is stopped before the error goes on: aiokafka logs a client collected without
+    being stopped as an ERROR, and keeps its connections until then."""
+    try:
+        await client.start()
+    except BaseException:
+        await client.stop()
+        raise
+
+
 async def start(client: AIOKafkaConsumer | AIOKafkaProducer | AIOKafkaAdminClient,
                 kafka: Kafka) -> None:
     """`client.start()`, saying why the cluster refused the connection when it did: aiokafka

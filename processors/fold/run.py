@@ -255,6 +255,7 @@ def _apply_run_event(
                 scheduled.expires_after_ms,
                 "" if scheduled.schedule is None else scheduled.schedule.model_dump_json(),
                 scheduled.runner or "",
+                scheduled.retrigger_of or "",
             )
     elif isinstance(event, RunStarted):
         started = event.payload

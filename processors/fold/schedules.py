@@ -178,6 +178,7 @@ def start_command(state: RunState, scheduled: ScheduledFact, now: datetime) -> S
             if scheduled.trigger_event
             else None
         ),
+        retrigger_of=scheduled.retrigger_of or None,
     )
     # A run scheduled without an app goes to whichever app defines its workflow.
     resolve = None if scheduled.app else AppResolution(preferred="", exact=False)

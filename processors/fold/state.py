@@ -154,6 +154,8 @@ class ScheduledFact(NamedTuple):
     runner: str = ""
     """The runner a pinned child waits for ('' for none): its start_run is already sent, so
     it wants no start timer (fold/workflow.py)."""
+    retrigger_of: str = ""
+    """The run a held re-trigger re-runs ('' for none; producers/held_starts.py)."""
 
 
 class RunStartFact(NamedTuple):

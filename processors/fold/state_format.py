@@ -38,8 +38,9 @@ __all__ = ["STATE_FORMAT", "StateFormatError", "state_from_bytes", "state_to_byt
 STATE_FORMAT: Final = 6
 """Version of the `RunState.to_bytes` layout. Bump it whenever a field of the state (or of a
 fact) changes meaning or shape: bytes of an unknown format are refused instead of being misread.
-Older formats are still read: format 5 (no runner in the scheduled and start facts: they take
-the default, a run pinned to no runner), format 4 (no expires_after_ms in the scheduled fact
+Older formats are still read: format 5 (no runner in the scheduled and start facts, no
+retrigger_of in the scheduled fact: they take the defaults, a run pinned to no runner and no
+re-trigger), format 4 (no expires_after_ms in the scheduled fact
 and the sleep fact, no schedule in the scheduled fact, no expired in the end fact: they take
 their defaults, a start or wake-up that never expires and a run that did not expire), format 3
 (no created_at: it reads as the earliest time the run row knows, projections/created_at.py,

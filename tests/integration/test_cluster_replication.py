@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -19,22 +20,31 @@ from steplog.topics import ensure_topics, topic_specs
 from tests.cluster_fixtures import cluster_settings
 from tests.conftest import run_cli
 
+
 async def replication(bootstrap: str, prefix: str) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Every topic of `prefix`: its partitions' replica counts and its min.insync.replicas."""
+    """Every topic of `prefix`: its partitions' replica counts and its min.insync.replicas.
+
+    Asked again until every topic's configs are known: a topic just created is listed by one
+    broker before another, which may answer DescribeConfigs, has it (no entries then)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        names = [name for name in await admin.list_topics() if name.startswith(prefix)]
-        described = await admin.describe_topics(names)
-        (response,) = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, name, {"min.insync.replicas": None})
-             for name in names]
-        )
+        deadline = time.monotonic() + 30
+        while True:
+            names = [name for name in await admin.list_topics() if name.startswith(prefix)]
+            described = await admin.describe_topics(names)
+            (response,) = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, name, {"min.insync.replicas": None})
+                 for name in names]
+            )
+            in_sync = {resource["resource_name"]: entry["config_value"]
+                       for resource in response.to_object()["resources"]
+                       for entry in resource["config_entries"]}
+            if all(name in in_sync for name in names) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
     finally:
         await admin.close()
-    in_sync = {resource["resource_name"]: entry["config_value"]
-               for resource in response.to_object()["resources"]
-               for entry in resource["config_entries"]}
     return {t["topic"]: (tuple(sorted({len(p["replicas"]) for p in t["partitions"]})),
                          in_sync[t["topic"]])
             for t in described}

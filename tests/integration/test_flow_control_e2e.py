@@ -195,3 +195,29 @@ def test_the_priority_expression_lets_a_later_start_go_first(stack: Stack) -> No
         wait_for(lambda: stack.processors.run_status(run_id) == "running", what=f"run {run_id}")
         stack.client.send_event("rank.release", {"customer": "p"})
         wait_for(lambda: stack.processors.run_status(run_id) == "completed", what=f"run {run_id}")
+
+
+def test_starts_written_with_an_app_wait_their_turn_as_any_other(stack: Stack) -> None:
+    # client.start(app=) and a retrigger write start_run for the workers themselves, which
+    # hand them to the processors' gate (producers/held_starts.py).
+    first = stack.client.start("customer.sync", {"customer": "s", "n": 1}, app=APP)
+    second = stack.client.start("customer.sync", {"customer": "s", "n": 2}, app=APP)
+    again = stack.client.retrigger(first, workflow="customer.sync", app=APP,
+                                   data={"customer": "s", "n": 3})
+
+    wait_for(lambda: stack.processors.run_status(first) == "running", what="the first start")
+    wait_for(lambda: all((stack.flow_start(run_id) or {}).get("status") == "scheduled"
+                         for run_id in (second, again)), what="the later starts to wait")
+    assert (stack.flow_start(second) or {})["reason"] == "concurrency: 1 running"
+    assert stack.processors.run_status(second) in ("scheduled", "overdue")
+
+    for run_id in (first, second, again):  # one at a time, in arrival order
+        wait_for(lambda: stack.processors.run_status(run_id) == "running", what=f"run {run_id}")
+        stack.client.send_event("sync.release", {"customer": "s"})
+        wait_for(lambda: stack.processors.run_status(run_id) == "completed", what=f"run {run_id}")
+    outputs = [stack.processors.rows("SELECT output FROM runs_current WHERE run_id = "
+                                     "{id:String}", id=run_id) for run_id in (first, second, again)]
+    assert outputs == [[{"output": "1"}], [{"output": "2"}], [{"output": "3"}]]
+    # The re-trigger held on its way keeps its link to the run it re-runs.
+    assert stack.processors.rows("SELECT retrigger_of FROM runs_current WHERE run_id = "
+                                 "{id:String}", id=again) == [{"retrigger_of": first}]

@@ -96,6 +96,15 @@ def test_a_resume_of_the_folded_run_is_stamped_with_the_events_position() -> Non
     assert (command.history_partition, command.history_offset) == (2, 41)
 
 
+def test_every_start_sent_to_the_workers_is_marked_past_the_flow_gate() -> None:
+    # Workers hand unmarked starts of a limited workflow back (producers/held_starts.py).
+    producer = FakeProducer()
+    asyncio.run(dispatcher(producer, registry((APP, "fraud.check"))).carry_out(
+        [Planned(child_start()), Planned(SendCommand(child_start().command, admitted=True))]))
+    sent = [decode_command(value) for _, value in producer.on(TOPICS.commands)]
+    assert [isinstance(c, StartRun) and c.flow_checked for c in sent] == [True, True]
+
+
 def test_a_child_starts_in_the_calling_app_else_in_another_that_defines_it() -> None:
     producer = FakeProducer()
     known = registry((APP, "fraud.check"), ("risk", "fraud.check"))

@@ -20,6 +20,7 @@ from steplog.processors.fold.flow_control import (
 )
 from steplog.processors.fold.run import fold_events
 from steplog.producers.app import App
+from steplog.producers.held_starts import scheduled_instead
 from steplog.schemas.base import TriggerInfo
 from steplog.schemas.commands import StartRun
 from steplog.schemas.flow_control import (
@@ -244,3 +245,27 @@ def test_options_of_one_workflow_count_by_one_key() -> None:
     (registered,) = app.definitions()
     assert registered.flow_control == FlowControl(
         concurrency=Concurrency(limit=3, key="data.customer_id"))
+
+
+def test_a_worker_hands_a_start_written_elsewhere_to_the_gate_as_a_scheduled_run() -> None:
+    async def sync(ctx: Any) -> None:
+        return None
+
+    app = App("shop", project="acme")
+    app.workflow("limited", concurrency=Concurrency(limit=1))(sync)
+    app.workflow("free", priority="data.rank")(sync)  # a priority alone holds nothing back
+    command = StartRun(command_id="c1", project="acme", run_id="r1", ts=_at(T0),
+                       workflow="limited", app="shop", input={"n": 1},
+                       trigger=TriggerInfo(name="customer.updated", event_id="e1"))
+    scheduled = scheduled_instead(command, app.workflows["limited"], "shop")
+    assert scheduled is not None
+    assert (scheduled.run_id, scheduled.flow, scheduled.payload.start_at) == ("r1", "limited",
+                                                                               _at(T0))
+    assert (scheduled.payload.app, scheduled.payload.input) == ("shop", {"n": 1})
+    assert scheduled.payload.trigger == command.trigger
+    again = scheduled_instead(command, app.workflows["limited"], "shop")
+    assert again is not None and again.event_id == scheduled.event_id  # a re-delivery: a copy
+    checked = command.model_copy(update={"flow_checked": True})
+    assert scheduled_instead(checked, app.workflows["limited"], "shop") is None
+    free = command.model_copy(update={"workflow": "free"})
+    assert scheduled_instead(free, app.workflows["free"], "shop") is None

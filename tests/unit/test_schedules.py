@@ -268,9 +268,10 @@ def test_a_state_of_format_4_reads_as_a_start_that_never_expires_and_no_tick() -
     )
     state, _ = fold_events([scheduled])
     stored = pickle.loads(state.to_bytes()[5:])
-    # The scheduled fact's expires_after_ms and schedule, then format 6's runner.
-    assert stored[7][-3:-1] == (None, "")
-    format_4 = (*stored[:7], stored[7][:-3], *stored[8:])
+    # The scheduled fact's expires_after_ms and schedule, then format 6's runner and
+    # retrigger_of.
+    assert stored[7][-4:-2] == (None, "")
+    format_4 = (*stored[:7], stored[7][:-4], *stored[8:])
     restored = RunState.from_bytes(b"SLRS\x04" + pickle.dumps(format_4))
     assert restored.scheduled == state.scheduled
 
