@@ -21,11 +21,13 @@ from tests.cluster_fixtures import cluster_settings
 from tests.conftest import run_cli
 
 
-async def replication(bootstrap: str, prefix: str) -> dict[str, tuple[tuple[int, ...], str]]:
+async def replication(
+    bootstrap: str, prefix: str, expected: int
+) -> dict[str, tuple[tuple[int, ...], str]]:
     """Every topic of `prefix`: its partitions' replica counts and its min.insync.replicas.
 
-    Asked again until every topic's configs are known: a topic just created is listed by one
-    broker before another, which may answer DescribeConfigs, has it (no entries then)."""
+    Asked again until `expected` topics are listed and every one's configs are known: a topic
+    just created is known to one broker before another, which may answer the next request."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -40,7 +42,8 @@ async def replication(bootstrap: str, prefix: str) -> dict[str, tuple[tuple[int,
             in_sync = {resource["resource_name"]: entry["config_value"]
                        for resource in response.to_object()["resources"]
                        for entry in resource["config_entries"]}
-            if all(name in in_sync for name in names) or time.monotonic() > deadline:
+            known = len(names) >= expected and all(name in in_sync for name in names)
+            if known or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.2)
     finally:
@@ -70,7 +73,8 @@ def test_every_topic_takes_the_clusters_replication_and_one_less_in_sync(
         assert make_topics(settings) == 3
     assert caplog.messages == []
     config = processor_config(settings)
-    made = asyncio.run(replication(kafka_cluster.bootstrap, settings.topic_prefix))
+    made = asyncio.run(replication(kafka_cluster.bootstrap, settings.topic_prefix,
+                                   len(topic_specs(settings)) + 5))
     # The processors' group prefix is the topic prefix: their changelogs and faust's topic too.
     assert {config.runs_changelog, config.waits_changelog, config.faust_leader_topic} <= set(made)
     assert len(made) == len(topic_specs(settings)) + 5
@@ -105,7 +109,8 @@ def test_one_replica_is_warned_about_refused_then_reassigned(
     aligned = run_cli(settings, "topics", "ensure", "--reassign")
     assert aligned.returncode == 0, aligned.stdout + aligned.stderr
     assert aligned.stdout.count("3 replicas  replicas reassigned") == len(topic_specs(settings))
-    made = asyncio.run(replication(kafka_cluster.bootstrap, settings.topic_prefix))
+    made = asyncio.run(replication(kafka_cluster.bootstrap, settings.topic_prefix,
+                                   len(topic_specs(settings))))
     assert {made[s.name] for s in topic_specs(settings)} == {((3,), "2")}
 
 

@@ -81,12 +81,15 @@ def test_finished_runs_leave_the_state_and_late_events_are_closed(
     try:
         asyncio.run(produce(settings, first))
 
+        ticked = list[bool]()
+
         def closed() -> bool:
             held = changelog(settings)
             if any(not (held.get(key(run_id)) or b"").startswith(b"\x00steplog-closed")
                    for run_id in RUNS):
                 # The log's time moves on with the broker's clock as events come.
                 asyncio.run(produce(settings, [ticks.completed("tick", 0)]))
+                ticked.append(True)
                 return False
             return key("z") in held and held[key("z")] is None  # its marker went too
 
@@ -98,6 +101,11 @@ def test_finished_runs_leave_the_state_and_late_events_are_closed(
                 "SELECT reason FROM dead_letters FINAL").result_rows]
 
         wait_for(lambda: reasons() == ["run closed"], what="the late event's dead letter")
+        # Every event sent is in the live projection before the stop (replay compares with it):
+        # b's tick (the same event each time) was the last one sent.
+        wait_for(lambda: running.sql.query(
+            "SELECT count(DISTINCT event_id) FROM events WHERE run_id = 'b'"
+        ).result_rows == [(1 + bool(ticked),)], what="b's events projected")
         statuses = running.sql.query(
             "SELECT run_id, status, version FROM runs_current WHERE run_id != 'b' "
             "ORDER BY run_id").result_rows
